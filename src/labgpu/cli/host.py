@@ -1,0 +1,7 @@
+"""`labgpu host`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="host commands.", no_args_is_help=True)

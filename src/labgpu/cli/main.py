@@ -1,0 +1,83 @@
+"""The `labgpu` command: a thin layer over services.
+
+Expected errors (LabgpuError) are printed as one line in :func:`main` and
+turn into exit code 2 (bad input) or 1 (failure); never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from labgpu import __version__
+from labgpu.cli.context import CliContext
+from labgpu.errors import LabgpuError
+
+app = typer.Typer(
+    name="labgpu",
+    help="Self-service GPU containers for research labs, on LXD or Incus.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"labgpu {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Settings file (TOML). Default: $LABGPU_CONFIG or /etc/labgpu/labgpu.toml."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = CliContext(config_path=config)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register() -> None:
+    from labgpu.cli import config_cmd, db, doctor, host, template
+
+    app.add_typer(host.app, name="host")
+    app.add_typer(db.app, name="db")
+    app.add_typer(template.app, name="template")
+    app.add_typer(config_cmd.app, name="config")
+    app.command("doctor")(doctor.doctor)
+
+
+_register()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (used by main() and by tests)."""
+    err = Console(stderr=True, highlight=False)
+    try:
+        app(args=argv, prog_name="labgpu", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except LabgpuError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+        return 2 if exc.is_bad_input else 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,246 @@
+"""Settings: one typed object, read from a TOML file and ``LABGPU_*`` variables.
+
+Precedence, highest first: explicit overrides (tests, CLI flags), environment
+variables, the TOML file, the defaults below. The file is ``--config``, else
+``$LABGPU_CONFIG``, else ``/etc/labgpu/labgpu.toml`` when it exists.
+
+Every setting has a type, a default and a help text; ``docs/configuration.md``
+must describe each one (a test checks it). Nothing here runs at import time:
+call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from labgpu.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
+
+# Values people copy from examples; refused outside development mode.
+WEAK_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "labgpu", "password"})
+
+_file_values: ContextVar[dict[str, Any]] = ContextVar("_file_values", default={})  # noqa: B039
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values read from the TOML file (parsed by :func:`load_settings`)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _file_values.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get())
+
+
+class Settings(BaseSettings):
+    """All of labgpu's settings. See docs/configuration.md for the full reference."""
+
+    model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)
+
+    development: bool = Field(
+        False,
+        description="Development mode: allows weak secrets and shows more detail in errors. Never in production.",
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/labgpu"),
+        description="Folder for labgpu's own state: the SQLite database, the secret key, certificates, caches.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store. Empty: a SQLite file 'labgpu.db' in state_dir. "
+        "PostgreSQL: postgresql+psycopg://user:password@host/dbname.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that signs sessions and CSRF tokens. Empty: generated once and kept in "
+        "state_dir/secret_key (mode 0600). At least 32 characters when set.",
+    )
+    runtime_url: str | None = Field(
+        None,
+        description="Where the LXD/Incus API is: unix:///path/to/unix.socket or https://host:8443. "
+        "Empty: auto-detect ($LXD_DIR, $INCUS_DIR, the snap LXD socket, /var/lib/lxd, /var/lib/incus).",
+    )
+    runtime_client_cert: Path | None = Field(
+        None, description="Client certificate (PEM) for an HTTPS runtime_url."
+    )
+    runtime_client_key: Path | None = Field(None, description="Key (PEM) of runtime_client_cert.")
+    runtime_server_cert: Path | None = Field(
+        None,
+        description="The daemon's certificate (PEM), pinned for an HTTPS runtime_url. "
+        "Empty: the system CA store is used.",
+    )
+    runtime_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait for one request to the LXD/Incus daemon to answer."
+    )
+    operation_timeout: float = Field(
+        300.0, gt=0, description="Seconds to wait for a background operation (create, start, publish) to end."
+    )
+    runtime_project: str = Field(
+        "default", description="The LXD/Incus project labgpu's containers live in."
+    )
+    storage_pool: str = Field(
+        "default", description="Storage pool for containers; `host init` creates it when missing."
+    )
+    storage_driver: Literal["auto", "btrfs", "zfs", "dir"] = Field(
+        "auto",
+        description="Driver for a pool that `host init` creates: auto picks btrfs, then zfs, then dir, "
+        "as the host supports them.",
+    )
+    network_mode: Literal["none", "bridge", "macvlan"] = Field(
+        "none",
+        description="Container network made by `host init`: none (SSH through proxy devices only), "
+        "bridge (a NAT-less bridge), or macvlan on network_parent.",
+    )
+    network_name: str = Field("labgpubr0", description="Name of the bridge network `host init` creates.")
+    network_subnet: str | None = Field(
+        None, description="IPv4 address/prefix of the bridge, e.g. 10.99.0.1/24. Empty: a free /24 is picked."
+    )
+    network_parent: str | None = Field(
+        None, description="Host interface for network_mode=macvlan (e.g. the campus NIC)."
+    )
+    profile_name: str = Field("labgpu", description="Name of the LXD/Incus profile labgpu manages.")
+    default_template: str = Field(
+        "labgpu-minimal", description="Image alias new containers are created from when none is given."
+    )
+    home_base: Path = Field(
+        Path("/srv/labgpu/home"), description="Host folder holding each member's home folder."
+    )
+    home_archive: Path = Field(
+        Path("/srv/labgpu/archive"),
+        description="Where a removed member's home folder is moved (homes are never deleted without --purge).",
+    )
+    container_home: str = Field(
+        "/home/ubuntu/{name}", description="Where the home is mounted inside the container; {name} is the member."
+    )
+    container_user: str = Field("ubuntu", description="The login user inside containers.")
+    uid_base: int = Field(
+        200000,
+        ge=1000,
+        description="First host uid/gid of the range reserved for members' homes (one uid per member).",
+    )
+    uid_count: int = Field(10000, ge=1, description="Size of the member uid range starting at uid_base.")
+    port_range_start: int = Field(22000, ge=1024, le=65535, description="First host port for port maps.")
+    port_range_end: int = Field(22999, ge=1024, le=65535, description="Last host port for port maps.")
+    listen_address: str = Field(
+        "0.0.0.0",  # noqa: S104 - members connect from the campus network by design
+        description="Host address the proxy devices listen on.",
+    )
+    public_address: str | None = Field(
+        None, description="Address members are told to connect to. Empty: the host's name."
+    )
+    web_host: str = Field("127.0.0.1", description="Address `labgpu serve` listens on.")
+    web_port: int = Field(8000, ge=1, le=65535, description="Port `labgpu serve` listens on.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.port_range_end < self.port_range_start:
+            raise ValueError("port_range_end must not be below port_range_start")
+        if self.secret_key is not None and not self.development:
+            value = self.secret_key.get_secret_value()
+            if value.lower() in WEAK_SECRETS or len(value) < 32:
+                raise ValueError(
+                    "secret_key is a default or too short (under 32 characters). Remove it to let labgpu "
+                    "generate one in state_dir, or set a random one: "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    # Derived values --------------------------------------------------------
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'labgpu.db'}"
+
+    def session_secret(self) -> str:
+        """The secret key, generating and storing one in state_dir on first use."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.state_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+
+
+def resolve_config_path(config: Path | None) -> Path | None:
+    """The TOML file to read: ``--config``, ``$LABGPU_CONFIG``, or the default when present."""
+    if config is not None:
+        return config
+    env = os.environ.get("LABGPU_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Allow an optional [labgpu] table as well as top-level keys.
+    if set(data) == {"labgpu"} and isinstance(data["labgpu"], dict):
+        data = data["labgpu"]
+    return data
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the file, the environment and ``overrides``.
+
+    Raises ConfigError with a message naming the setting and how to fix it.
+    """
+    path = resolve_config_path(config)
+    values = _read_toml(path) if path is not None else {}
+    token = _file_values.set(values)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = f" (config file {path})" if path else ""
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError("invalid settings" + where + ": " + "; ".join(problems)) from None
+    finally:
+        _file_values.reset(token)
+
+
+def iter_settings_help() -> list[tuple[str, str, str]]:
+    """(name, default, help) for every setting, for docs and `labgpu config show`."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        rows.append((name, "" if default is None else str(default), field.description or ""))
+    return rows

@@ -85,9 +85,7 @@ class Settings(BaseSettings):
     operation_timeout: float = Field(
         300.0, gt=0, description="Seconds to wait for a background operation (create, start, publish) to end."
     )
-    runtime_project: str = Field(
-        "default", description="The LXD/Incus project labgpu's containers live in."
-    )
+    runtime_project: str = Field("default", description="The LXD/Incus project labgpu's containers live in.")
     storage_pool: str = Field(
         "default", description="Storage pool for containers; `host init` creates it when missing."
     )
@@ -120,7 +118,8 @@ class Settings(BaseSettings):
         description="Where a removed member's home folder is moved (homes are never deleted without --purge).",
     )
     container_home: str = Field(
-        "/home/ubuntu/{name}", description="Where the home is mounted inside the container; {name} is the member."
+        "/home/ubuntu/{name}",
+        description="Where the home is mounted inside the container; {name} is the member.",
     )
     container_user: str = Field("ubuntu", description="The login user inside containers.")
     uid_base: int = Field(

@@ -37,7 +37,9 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Settings file (TOML). Default: $LABGPU_CONFIG or /etc/labgpu/labgpu.toml."),
+        typer.Option(
+            "--config", "-c", help="Settings file (TOML). Default: $LABGPU_CONFIG or /etc/labgpu/labgpu.toml."
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")

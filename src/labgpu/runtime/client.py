@@ -17,9 +17,9 @@ import httpx
 
 from labgpu.runtime.endpoint import Endpoint, detect_endpoint
 from labgpu.runtime.errors import (
-    OperationFailed,
     OperationTimeout,
     RuntimeUnavailable,
+    error_from_operation,
     error_from_status,
     raise_for_response,
 )
@@ -322,7 +322,7 @@ class RuntimeClient:
             if status == "Success":
                 return dict(op)
             if status in ("Failure", "Cancelled"):
-                raise OperationFailed(f"{what}: {op.get('err') or status}")
+                raise error_from_operation(f"{what}: {op.get('err') or status}")
             waited += step
             if waited >= limit:
                 raise OperationTimeout(

@@ -51,6 +51,12 @@ class OperationTimeout(RuntimeError_):
     reason = "operation-timeout"
 
 
+def _names_taken(message: str) -> bool:
+    # LXD 5.0 answers 400, 500 or a failed operation for a taken name, Incus 6.0
+    # a 500 from its database; the text is the one clue they share.
+    return "already exists" in message or "UNIQUE constraint failed" in message
+
+
 def error_from_status(code: int, message: str) -> LabgpuError:
     """Map an API status code and error text to a typed error."""
     if code == 404:
@@ -59,11 +65,21 @@ def error_from_status(code: int, message: str) -> LabgpuError:
         return RuntimeConflict(message)
     if code == 403:
         return RuntimeForbidden(message)
-    if code == 400 and "already exists" in message:
+    if _names_taken(message):
         return RuntimeConflict(message)
     if 400 <= code < 500:
         return RuntimeBadRequest(message)
     return RuntimeError_(message)
+
+
+def error_from_operation(message: str) -> LabgpuError:
+    """Map a failed background operation to a typed error.
+
+    Some daemons (LXD 5.0) report a taken name only when the create operation
+    fails, so the text is the only clue left."""
+    if _names_taken(message):
+        return RuntimeConflict(message)
+    return OperationFailed(message)
 
 
 def raise_for_response(response: httpx.Response, what: str) -> dict[str, Any]:

@@ -160,11 +160,13 @@ class Instances:
         name is taken, RuntimeNotFound when the image is missing."""
         if (image is None) == (fingerprint is None):
             raise ValueError("give exactly one of image or fingerprint")
-        source: dict[str, Any] = {"type": "image"}
         if image is not None:
-            source["alias"] = image
-        else:
-            source["fingerprint"] = fingerprint
+            # Resolved here because the daemons' own answer for a missing alias
+            # ranges from a clear 404 to a vague 500 ("Image not provided").
+            fingerprint = self._c.images.resolve_alias(image)
+            if fingerprint is None:
+                raise RuntimeNotFound(f"create instance {name}: image {image!r} not found")
+        source: dict[str, Any] = {"type": "image", "fingerprint": fingerprint}
         body: dict[str, Any] = {
             "name": name,
             "type": "container",

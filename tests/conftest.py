@@ -1,0 +1,156 @@
+"""Shared fixtures.
+
+Integration tests talk to REAL LXD and Incus daemons (``scripts/test`` installs
+and starts both). Each test gets uniquely named objects and a ``cleanup`` that
+removes them even when the test fails. When ``LABGPU_REQUIRE_DAEMONS=1`` (set by
+``scripts/test`` and CI) a missing daemon fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.endpoint import Endpoint
+from labgpu.runtime.errors import RuntimeNotFound
+
+DAEMON_SOCKETS = {
+    "lxd": Path(os.environ.get("LABGPU_TEST_LXD_SOCKET", "/var/lib/lxd/unix.socket")),
+    "incus": Path(os.environ.get("LABGPU_TEST_INCUS_SOCKET", "/var/lib/incus/unix.socket")),
+}
+TEST_IMAGE_ALIASES = {"busybox": "labgpu-test-busybox", "ssh": "labgpu-test-ssh"}
+
+
+def _require(what: str) -> None:
+    if os.environ.get("LABGPU_REQUIRE_DAEMONS") == "1":
+        pytest.fail(f"{what} (LABGPU_REQUIRE_DAEMONS=1: nothing may be skipped)")
+    pytest.skip(what)
+
+
+def _socket_ok(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A name valid for instances, profiles, pools and Linux users."""
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session", params=["lxd", "incus"])
+def daemon_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="session")
+def runtime(daemon_kind: str) -> Iterator[RuntimeClient]:
+    """A client for the real daemon of this parametrization (LXD, then Incus)."""
+    sock = DAEMON_SOCKETS[daemon_kind]
+    if not _socket_ok(sock):
+        _require(f"{daemon_kind} daemon socket {sock} not found; run scripts/start-daemons lxd incus")
+    client = RuntimeClient(Endpoint.unix(sock), timeout=30, operation_timeout=300)
+    try:
+        client.server()
+    except Exception as exc:
+        _require(f"{daemon_kind} daemon at {sock} does not answer: {exc}")
+    yield client
+    client.close()
+
+
+@dataclass
+class Cleanup:
+    """Objects a test made, deleted in reverse order at teardown, failures ignored."""
+
+    runtime: RuntimeClient
+    actions: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+
+    def add(self, what: str, fn: Callable[[], object]) -> None:
+        self.actions.append((what, fn))
+
+    def instance(self, name: str) -> str:
+        def rm() -> None:
+            try:
+                inst = self.runtime.instances.get(name)
+            except RuntimeNotFound:
+                return
+            if inst.status != "Stopped":
+                self.runtime.instances.stop(name, force=True)
+            self.runtime.instances.delete(name)
+
+        self.add(f"instance {name}", rm)
+        return name
+
+    def profile(self, name: str) -> str:
+        self.add(f"profile {name}", lambda: self.runtime.profiles.delete(name))
+        return name
+
+    def pool(self, name: str) -> str:
+        self.add(f"pool {name}", lambda: self.runtime.storage_pools.delete(name))
+        return name
+
+    def network(self, name: str) -> str:
+        self.add(f"network {name}", lambda: self.runtime.networks.delete(name))
+        return name
+
+    def image(self, fingerprint: str) -> str:
+        self.add(f"image {fingerprint[:12]}", lambda: self.runtime.images.delete(fingerprint))
+        return fingerprint
+
+    def run(self) -> list[str]:
+        errors = []
+        for what, fn in reversed(self.actions):
+            try:
+                fn()
+            except RuntimeNotFound:
+                pass
+            except Exception as exc:
+                errors.append(f"{what}: {exc}")
+        self.actions.clear()
+        return errors
+
+
+@pytest.fixture
+def cleanup(runtime: RuntimeClient) -> Iterator[Cleanup]:
+    c = Cleanup(runtime)
+    yield c
+    errors = c.run()
+    if errors:
+        print("cleanup problems:", errors)
+
+
+def _ensure_test_image(runtime: RuntimeClient, kind: str) -> str:
+    """Import the cached test image under its alias unless the same recipe is already there."""
+    from labgpu.services import base_image
+
+    recipe = base_image.busybox_recipe() if kind == "busybox" else base_image.debootstrap_recipe()
+    alias = TEST_IMAGE_ALIASES[kind]
+    built = base_image.build_image(recipe, cache_dir=base_image.resolve_cache_dir())
+    current = runtime.images.get_by_alias(alias)
+    if current is not None and current.properties.get("labgpu.recipe") == built.recipe_hash:
+        return alias
+    runtime.images.import_tarballs(
+        built.meta, built.rootfs, aliases=[alias], properties={"labgpu.recipe": built.recipe_hash}
+    )
+    return alias
+
+
+@pytest.fixture(scope="session")
+def busybox_image(runtime: RuntimeClient) -> str:
+    """Alias of a tiny real image (busybox init): a running container, no SSH."""
+    return _ensure_test_image(runtime, "busybox")
+
+
+@pytest.fixture(scope="session")
+def ssh_image(runtime: RuntimeClient) -> str:
+    """Alias of the offline-built Debian image with sshd and the `ubuntu` user."""
+    return _ensure_test_image(runtime, "ssh")

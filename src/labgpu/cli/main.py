@@ -50,13 +50,14 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import config_cmd, db, doctor, host, template
+    from labgpu.cli import config_cmd, db, doctor, host, serve, template
 
     app.add_typer(host.app, name="host")
     app.add_typer(db.app, name="db")
     app.add_typer(template.app, name="template")
     app.add_typer(config_cmd.app, name="config")
     app.command("doctor")(doctor.doctor)
+    app.command("serve")(serve.serve)
 
 
 _register()

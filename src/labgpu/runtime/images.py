@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from labgpu.runtime.errors import RuntimeNotFound, raise_for_response
+from labgpu.runtime.errors import RuntimeError_, RuntimeNotFound, raise_for_response
 
 if TYPE_CHECKING:
     from labgpu.runtime.client import RuntimeClient
@@ -34,6 +35,16 @@ class Image:
             architecture=str(data.get("architecture") or ""),
             extra=data,
         )
+
+
+def split_image_fingerprint(metadata: Path, rootfs: Path) -> str:
+    """The fingerprint LXD and Incus give a split image: sha256 of both tarballs in turn."""
+    digest = hashlib.sha256()
+    for path in (metadata, rootfs):
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Images:
@@ -74,9 +85,25 @@ class Images:
         public: bool = False,
         timeout: float | None = None,
     ) -> str:
-        """Upload a split image (metadata + rootfs tarballs), set its properties and
-        point the aliases at it (moving them from an older image). Returns the
-        fingerprint. Waits for the upload to be processed."""
+        """Upload a split image (metadata + rootfs tarballs) unless the daemon
+        already has it, set its properties and point the aliases at it (moving
+        them from an older image). Returns the fingerprint. Waits for the upload."""
+        fingerprint = split_image_fingerprint(metadata, rootfs)
+        if self.find(fingerprint) is None:
+            self._upload(metadata, rootfs, public=public, timeout=timeout)
+        if properties:
+            self.set_properties(fingerprint, properties)
+        for alias in aliases or []:
+            self.set_alias(alias, fingerprint)
+        return fingerprint
+
+    def find(self, fingerprint: str) -> Image | None:
+        try:
+            return self.get(fingerprint)
+        except RuntimeNotFound:
+            return None
+
+    def _upload(self, metadata: Path, rootfs: Path, *, public: bool, timeout: float | None) -> str:
         p = self._c.header_prefix
         with metadata.open("rb") as meta_f, rootfs.open("rb") as root_f:
             files = {
@@ -93,11 +120,7 @@ class Images:
             )
         fingerprint = str(((op or {}).get("metadata") or {}).get("fingerprint", ""))
         if not fingerprint:
-            raise RuntimeNotFound("image import finished without a fingerprint")
-        if properties:
-            self.set_properties(fingerprint, properties)
-        for alias in aliases or []:
-            self.set_alias(alias, fingerprint)
+            raise RuntimeError_("image import finished without a fingerprint")
         return fingerprint
 
     def set_properties(self, fingerprint: str, properties: dict[str, str]) -> None:

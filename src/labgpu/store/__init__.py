@@ -1,0 +1,44 @@
+"""The store: desired state in SQL (SQLite by default, PostgreSQL by URL), schema by Alembic.
+
+Nothing is built at import. Typical use::
+
+    engine = create_engine_for(settings)
+    upgrade(settings, engine=engine)          # or require_current(engine)
+    Session = session_factory(engine)
+    with Session.begin() as session:
+        session.add(Member(name="alice", uid=200001))
+"""
+
+from labgpu.store.db import (
+    connect,
+    create_engine_for,
+    database_url,
+    describe_url,
+    session_factory,
+    unavailable,
+    violated_constraint,
+)
+from labgpu.store.migrate import (
+    MigrationError,
+    UpgradeResult,
+    current_revision,
+    head_revision,
+    require_current,
+    upgrade,
+)
+
+__all__ = [
+    "MigrationError",
+    "UpgradeResult",
+    "connect",
+    "create_engine_for",
+    "current_revision",
+    "database_url",
+    "describe_url",
+    "head_revision",
+    "require_current",
+    "session_factory",
+    "unavailable",
+    "upgrade",
+    "violated_constraint",
+]

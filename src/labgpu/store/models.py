@@ -1,0 +1,296 @@
+"""ORM rows: the desired state (hosts, members, port maps, shares, keys) and the audit log.
+
+These are storage rows, not the domain's objects: services convert at the edge. Every rule that two
+writers could race on (a name, a uid, a host port per listen address) is a database constraint, so a
+clash surfaces as an IntegrityError (see :func:`labgpu.store.db.violated_constraint`) whatever the code
+above did. The schema itself is created by the Alembic revisions in ``migrations/versions``, never by
+``create_all``; a test checks that these classes and the migrations agree.
+
+Times are timezone-aware UTC on both SQLite and PostgreSQL (:class:`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Explicit constraint names, so that migrations (and SQLite's batch mode) can refer to them and services
+# can tell which rule a write broke.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that goes in aware and comes out aware, in UTC, on every backend.
+
+    SQLite has no time zones (SQLAlchemy stores naive text there) and PostgreSQL answers in the session's
+    zone; both are normalised here. Naive datetimes are refused: their meaning depends on the machine.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: labgpu stores timezone-aware times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class HostKind(enum.StrEnum):
+    LXD = "lxd"
+    INCUS = "incus"
+
+
+class Role(enum.StrEnum):
+    MEMBER = "member"
+    ADMIN = "admin"
+
+
+class MemberState(enum.StrEnum):
+    """What the member's container should be; the reconciler makes it so."""
+
+    PROVISIONING = "provisioning"  # desired state written, container not (fully) made yet
+    RUNNING = "running"
+    STOPPED = "stopped"
+    REMOVING = "removing"  # `member rm` started; the row goes once the container is gone
+
+
+class PortPurpose(enum.StrEnum):
+    SSH = "ssh"
+    RDP = "rdp"
+    VNC = "vnc"
+
+
+def _enum(cls: type[enum.StrEnum]) -> sa.Enum:
+    # Stored as plain text (no PostgreSQL ENUM type, which is awkward to extend); the allowed values are
+    # pinned by the named CHECK constraints in each table's __table_args__.
+    return sa.Enum(
+        cls,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+def _check_in(column: str, cls: type[enum.StrEnum]) -> sa.CheckConstraint:
+    values = ", ".join(f"'{m.value}'" for m in cls)
+    return sa.CheckConstraint(f"{column} IN ({values})", name=column)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012 - SQLAlchemy's declared hook
+
+
+class Host(Base):
+    """One LXD/Incus server (standalone) or one member of a cluster."""
+
+    __tablename__ = "hosts"
+    __table_args__ = (_check_in("kind", HostKind),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    # unix:///path or https://host:8443; None: the local daemon, auto-detected.
+    url: Mapped[str | None] = mapped_column(sa.String(255))
+    kind: Mapped[HostKind] = mapped_column(_enum(HostKind))
+    # What members are told to connect to; None: settings.public_address, else the host's name.
+    public_address: Mapped[str | None] = mapped_column(sa.String(255))
+    # A drained host keeps its members but gets no new ones.
+    drained: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+    members: Mapped[list[Member]] = relationship(back_populates="host")
+
+    def __repr__(self) -> str:
+        return f"Host(id={self.id!r}, name={self.name!r}, kind={self.kind!r})"
+
+
+class Member(Base):
+    """A person with an account, and the desired spec of their container."""
+
+    __tablename__ = "members"
+    __table_args__ = (
+        _check_in("role", Role),
+        _check_in("state", MemberState),
+        sa.CheckConstraint("cpu_limit IS NULL OR cpu_limit > 0", name="cpu_limit_positive"),
+        sa.CheckConstraint(
+            "memory_limit_bytes IS NULL OR memory_limit_bytes > 0", name="memory_limit_positive"
+        ),
+        sa.CheckConstraint("disk_size_bytes IS NULL OR disk_size_bytes > 0", name="disk_size_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # A Linux user name: at most 32 characters.
+    name: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    email: Mapped[str | None] = mapped_column(sa.String(254))
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.MEMBER, server_default=Role.MEMBER.value)
+    # The host uid/gid the member's home belongs to (mapped into the container with raw.idmap). None for
+    # an account without a home on any host (an admin who only uses the portal).
+    uid: Mapped[int | None] = mapped_column(unique=True)
+    # Where the container lives; None until it is placed.
+    host_id: Mapped[int | None] = mapped_column(sa.ForeignKey("hosts.id", ondelete="RESTRICT"), index=True)
+    container: Mapped[str | None] = mapped_column(sa.String(63))
+    state: Mapped[MemberState] = mapped_column(
+        _enum(MemberState), default=MemberState.PROVISIONING, server_default=MemberState.PROVISIONING.value
+    )
+    # Template alias (optionally alias/version) the container is built from; None: settings default.
+    template: Mapped[str | None] = mapped_column(sa.String(255))
+    # Limits; None means "the policy default".
+    cpu_limit: Mapped[int | None]
+    memory_limit_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    disk_size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # "all", "none" or GPU indexes such as "0,2"; None: the policy's GPU mode decides.
+    gpu_spec: Mapped[str | None] = mapped_column(sa.String(255))
+    # Bumped whenever the container's desired spec changes; written to user.labgpu.* on the instance so
+    # the reconciler can tell a stale container.
+    spec_version: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=utcnow, onupdate=utcnow, server_default=sa.func.now()
+    )
+
+    host: Mapped[Host | None] = relationship(back_populates="members")
+    port_maps: Mapped[list[PortMap]] = relationship(
+        back_populates="member", cascade="all, delete-orphan", passive_deletes=True
+    )
+    ssh_keys: Mapped[list[SshKey]] = relationship(
+        back_populates="member", cascade="all, delete-orphan", passive_deletes=True
+    )
+    shares: Mapped[list[Share]] = relationship(
+        secondary="member_shares", back_populates="members", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"Member(id={self.id!r}, name={self.name!r}, state={self.state!r})"
+
+
+class PortMap(Base):
+    """A host port forwarded to a container port by an LXD/Incus proxy device."""
+
+    __tablename__ = "port_maps"
+    __table_args__ = (
+        # A socket is (host, listen address, port): the same port on another host is a different socket.
+        sa.UniqueConstraint("host_id", "listen_address", "host_port", name="uq_port_maps_host_port"),
+        sa.UniqueConstraint("member_id", "purpose", name="uq_port_maps_member_purpose"),
+        _check_in("purpose", PortPurpose),
+        sa.CheckConstraint("host_port BETWEEN 1 AND 65535", name="host_port_range"),
+        sa.CheckConstraint("container_port BETWEEN 1 AND 65535", name="container_port_range"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Lookups by member use uq_port_maps_member_purpose's index.
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"))
+    host_id: Mapped[int] = mapped_column(sa.ForeignKey("hosts.id", ondelete="RESTRICT"))
+    listen_address: Mapped[str] = mapped_column(sa.String(64))
+    host_port: Mapped[int]
+    container_port: Mapped[int]
+    purpose: Mapped[PortPurpose] = mapped_column(_enum(PortPurpose))
+
+    member: Mapped[Member] = relationship(back_populates="port_maps")
+    host: Mapped[Host] = relationship()
+
+    def __repr__(self) -> str:
+        return (
+            f"PortMap(member_id={self.member_id!r}, {self.purpose!s} "
+            f"{self.listen_address}:{self.host_port}->{self.container_port})"
+        )
+
+
+class Share(Base):
+    """A host folder mounted into containers (datasets, toolkits), read-only unless said otherwise."""
+
+    __tablename__ = "shares"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    source: Mapped[str] = mapped_column(sa.String(4096))  # path on the host
+    path: Mapped[str] = mapped_column(sa.String(4096))  # mount point inside the container
+    readonly: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    # Attached to every member (through the profile) rather than to those in member_shares.
+    all_members: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+    members: Mapped[list[Member]] = relationship(
+        secondary="member_shares", back_populates="shares", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"Share(id={self.id!r}, name={self.name!r})"
+
+
+member_shares = sa.Table(
+    "member_shares",
+    Base.metadata,
+    sa.Column("member_id", sa.ForeignKey("members.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("share_id", sa.ForeignKey("shares.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+class SshKey(Base):
+    """An SSH public key installed in a member's container."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (sa.UniqueConstraint("member_id", "fingerprint", name="uq_ssh_keys_member_fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"))
+    public_key: Mapped[str] = mapped_column(sa.Text)
+    fingerprint: Mapped[str] = mapped_column(sa.String(128))  # "SHA256:..." as ssh-keygen -l prints it
+    comment: Mapped[str | None] = mapped_column(sa.String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+    member: Mapped[Member] = relationship(back_populates="ssh_keys")
+
+    def __repr__(self) -> str:
+        return f"SshKey(member_id={self.member_id!r}, fingerprint={self.fingerprint!r})"
+
+
+class AuditEvent(Base):
+    """Who changed what, when, from where. Append-only: the database refuses UPDATE and DELETE.
+
+    Actor and target are names, not foreign keys, so the log outlives the members it talks about.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now(), index=True)
+    actor: Mapped[str] = mapped_column(sa.String(64))  # member name, or e.g. "root@cli", "system"
+    action: Mapped[str] = mapped_column(sa.String(64))  # e.g. "member.add"
+    target: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    source_address: Mapped[str | None] = mapped_column(sa.String(64))  # client IP, or None for the CLI
+
+    def __repr__(self) -> str:
+        return f"AuditEvent(id={self.id!r}, actor={self.actor!r}, action={self.action!r})"

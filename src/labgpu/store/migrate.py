@@ -8,6 +8,7 @@ SQLite) and runs in one transaction, so a second runner waits and then finds not
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+@functools.cache  # the shipped revisions do not change while labgpu runs
 def head_revision() -> str:
     """The newest revision this version of labgpu knows."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -146,6 +148,11 @@ def _current(conn: Connection) -> str | None:
 
 
 def _upgrade(conn: Connection) -> UpgradeResult:
+    head = head_revision()
+    # The common case (every command start-up): already there. Revisions only move forward, so this
+    # answer needs no lock, and no writer is held up.
+    if _current(conn) == head:
+        return UpgradeResult(before=head, after=head)
     sqlite = conn.dialect.name == "sqlite"
     if sqlite:
         # Must be off while tables are rebuilt (SQLite's batch ALTER drops and re-creates tables, and a
@@ -160,7 +167,6 @@ def _upgrade(conn: Connection) -> UpgradeResult:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
         before = MigrationContext.configure(conn).get_current_revision()
         _check_known(before)
-        head = head_revision()
         if before != head:
             # The connection is in a transaction, so env.py's migrations run inside it.
             command.upgrade(alembic_config(conn), "head")

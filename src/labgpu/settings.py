@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     default_template: str = Field(
         "labgpu-minimal", description="Image alias new containers are created from when none is given."
     )
+    default_gpus: str = Field(
+        "all",
+        description="GPUs a new member's container gets unless told otherwise: all (shared by everyone, the "
+        "usual lab setup), none, or indexes such as 0,1. On a host without GPUs, all attaches nothing.",
+    )
+    ssh_ready_timeout: float = Field(
+        120.0, gt=0, description="Seconds `member add` waits for the new container's sshd to answer."
+    )
     home_base: Path = Field(
         Path("/srv/labgpu/home"), description="Host folder holding each member's home folder."
     )
@@ -123,9 +131,11 @@ class Settings(BaseSettings):
     )
     container_user: str = Field("ubuntu", description="The login user inside containers.")
     uid_base: int = Field(
-        200000,
+        70000,
         ge=1000,
-        description="First host uid/gid of the range reserved for members' homes (one uid per member).",
+        description="First host uid/gid of the range reserved for members' homes (one uid per member). "
+        "It must lie OUTSIDE the daemon's own subuid range for containers (often root:100000:...), "
+        "between the host's normal users (below 60000) and that range.",
     )
     uid_count: int = Field(10000, ge=1, description="Size of the member uid range starting at uid_base.")
     port_range_start: int = Field(22000, ge=1024, le=65535, description="First host port for port maps.")

@@ -17,7 +17,10 @@ from rich.console import Console
 from labgpu.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from labgpu.runtime.client import RuntimeClient
+    from labgpu.services.context import Services
 
 
 @dataclass
@@ -26,6 +29,8 @@ class CliContext:
     console: Console = field(default_factory=Console)
     _settings: Settings | None = None
     _runtime: RuntimeClient | None = None
+    _engine: Engine | None = None
+    _services: Services | None = None
 
     @property
     def settings(self) -> Settings:
@@ -41,7 +46,33 @@ class CliContext:
             self._runtime = RuntimeClient.from_settings(self.settings)
         return self._runtime
 
+    @property
+    def engine(self) -> Engine:
+        """The store, migrated to the current schema (idempotent, cheap when nothing is to do)."""
+        if self._engine is None:
+            from labgpu.store.db import create_engine_for
+            from labgpu.store.migrate import upgrade
+
+            engine = create_engine_for(self.settings)
+            upgrade(self.settings, engine=engine)
+            self._engine = engine
+        return self._engine
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            from labgpu.services.context import Services
+            from labgpu.store.db import session_factory
+
+            self._services = Services(
+                settings=self.settings, runtime=self.runtime, sessions=session_factory(self.engine)
+            )
+        return self._services
+
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
         if self._runtime is not None:
             self._runtime.close()
             self._runtime = None

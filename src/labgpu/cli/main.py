@@ -50,9 +50,10 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import config_cmd, db, doctor, host, serve, template
+    from labgpu.cli import config_cmd, db, doctor, host, member, serve, template
 
     app.add_typer(host.app, name="host")
+    app.add_typer(member.app, name="member")
     app.add_typer(db.app, name="db")
     app.add_typer(template.app, name="template")
     app.add_typer(config_cmd.app, name="config")

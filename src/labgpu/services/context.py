@@ -1,0 +1,66 @@
+"""What every use case gets: settings, the runtime, the store and who is acting."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from labgpu.runtime.client import RuntimeClient
+from labgpu.settings import Settings
+from labgpu.store.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a change, and from where (for the audit log)."""
+
+    name: str
+    source_address: str | None = None
+    is_admin: bool = True
+
+    @classmethod
+    def cli(cls) -> Actor:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        sudo_user = os.environ.get("SUDO_USER")
+        who = f"{sudo_user}(sudo)" if sudo_user and user == "root" else user
+        return cls(name=f"{who}@cli")
+
+
+SYSTEM = Actor("system")
+
+
+@dataclass
+class Services:
+    """The dependencies of the use cases, built once per CLI call or web app."""
+
+    settings: Settings
+    runtime: RuntimeClient
+    sessions: sessionmaker[Session]
+    actor: Actor = field(default_factory=Actor.cli)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def audit(self, session: Session, action: str, target: str | None, **detail: Any) -> None:
+        """Record a state change by a person (never edited afterwards)."""
+        session.add(
+            AuditEvent(
+                actor=self.actor.name,
+                action=action,
+                target=target,
+                detail=detail or None,
+                source_address=self.actor.source_address,
+            )
+        )

@@ -1,0 +1,736 @@
+"""Members and their containers: add (provision), list, show, start/stop, passwords, keys.
+
+``add_member`` writes the desired state in one transaction (member row, uid,
+ports, keys, shares) and then :func:`provision` brings the daemon to it in
+steps that are each safe to repeat. A crash at any point is repaired by running
+``member add`` again or ``reconcile``: the row says what should exist, and each
+step checks what does before acting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from labgpu.domain.container import (
+    CONTAINER_PORTS,
+    ContainerSpec,
+    PortSpec,
+    ShareSpec,
+    check_safe,
+    missing_gpus,
+)
+from labgpu.domain.members import (
+    GpuRequest,
+    PublicKey,
+    allocate_ports,
+    allocate_uid,
+    parse_gpu_request,
+    parse_public_key,
+    parse_size,
+    validate_cpu,
+    validate_member_name,
+)
+from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.services.context import Services
+from labgpu.services.hosts import local_host, public_address
+from labgpu.store.db import violated_constraint
+from labgpu.store.models import Member, MemberState, PortMap, PortPurpose, Share, SshKey
+
+PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
+PASSWORD_LENGTH = 16
+SSH_READY_TIMEOUT = 120.0
+_ALLOCATION_RETRIES = 5
+
+
+class ProvisionError(LabgpuError):
+    """A provisioning step failed; the member stays in 'provisioning' and can be resumed."""
+
+    reason = "provision-failed"
+
+
+@dataclass(frozen=True)
+class ConnectionSheet:
+    """What a member needs to connect, shown once after provisioning."""
+
+    name: str
+    container: str
+    host: str
+    address: str
+    user: str
+    state: str
+    ports: dict[str, int]
+    home: str
+    container_home: str
+    initial_password: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ssh_port(self) -> int:
+        return self.ports["ssh"]
+
+    def ssh_command(self) -> str:
+        return f"ssh -p {self.ssh_port} {self.user}@{self.address}"
+
+    def ssh_config(self) -> str:
+        return (
+            f"Host labgpu-{self.name}\n"
+            f"    HostName {self.address}\n"
+            f"    Port {self.ssh_port}\n"
+            f"    User {self.user}\n"
+        )
+
+    def rdp_file(self) -> str | None:
+        if "rdp" not in self.ports:
+            return None
+        return f"full address:s:{self.address}:{self.ports['rdp']}\r\nusername:s:{self.user}\r\nprompt for credentials:i:1\r\n"
+
+    def as_dict(self, *, with_password: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "container": self.container,
+            "host": self.host,
+            "state": self.state,
+            "ssh": {
+                "host": self.address,
+                "port": self.ssh_port,
+                "user": self.user,
+                "command": self.ssh_command(),
+            },
+            "ports": self.ports,
+            "home": self.home,
+            "container_home": self.container_home,
+            "ssh_config": self.ssh_config(),
+        }
+        if self.rdp_file():
+            out["rdp_file"] = self.rdp_file()
+        if with_password:
+            out["initial_password"] = self.initial_password
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass(frozen=True)
+class MemberRequest:
+    """A validated request to add a member (nothing touched yet)."""
+
+    name: str
+    template: str
+    cpu: int | None
+    memory_bytes: int | None
+    disk_bytes: int | None
+    gpus: GpuRequest
+    shares: tuple[str, ...]
+    keys: tuple[PublicKey, ...]
+    purposes: tuple[str, ...]
+    email: str | None
+
+
+@dataclass
+class MemberInfo:
+    """A member with their container's live state, for list/show."""
+
+    name: str
+    email: str | None
+    role: str
+    state: str
+    host: str | None
+    container: str | None
+    template: str | None
+    uid: int | None
+    cpu: int | None
+    memory_bytes: int | None
+    disk_bytes: int | None
+    gpus: str
+    ports: dict[str, int]
+    address: str | None
+    shares: list[str]
+    keys: list[str]
+    home: str
+    status: str = "unknown"  # the daemon's view: Running, Stopped, missing, unreachable
+    ipv4: list[str] = field(default_factory=list)
+    memory_usage: int = 0
+    processes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# Validation ---------------------------------------------------------------------------------------
+
+
+def generate_password() -> str:
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+def read_keys(texts: Sequence[str]) -> tuple[PublicKey, ...]:
+    """Parse public keys given as file contents (one or more lines each; comments and blanks skipped)."""
+    keys: dict[str, PublicKey] = {}
+    for text in texts:
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key = parse_public_key(line)
+                keys.setdefault(key.fingerprint, key)
+    return tuple(keys.values())
+
+
+def validate_request(
+    svc: Services,
+    *,
+    name: str,
+    template: str | None = None,
+    cpu: int | None = None,
+    memory: str | None = None,
+    disk: str | None = None,
+    gpus: str | None = None,
+    shares: Sequence[str] = (),
+    ssh_keys: Sequence[str] = (),
+    rdp: bool = False,
+    vnc: bool = False,
+    email: str | None = None,
+) -> MemberRequest:
+    """Check everything about a new member before anything is touched. Raises BadInput."""
+    validate_member_name(name)
+    if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
+        raise BadInput(f"invalid e-mail address {email!r}")
+    purposes = ("ssh",) + (("rdp",) if rdp else ()) + (("vnc",) if vnc else ())
+    return MemberRequest(
+        name=name,
+        template=template or svc.settings.default_template,
+        cpu=validate_cpu(cpu) if cpu is not None else None,
+        memory_bytes=parse_size(memory, what="memory limit") if memory else None,
+        disk_bytes=parse_size(disk, what="disk size") if disk else None,
+        gpus=parse_gpu_request(gpus or svc.settings.default_gpus),
+        shares=tuple(dict.fromkeys(shares)),
+        keys=read_keys(ssh_keys),
+        purposes=purposes,
+        email=email,
+    )
+
+
+def host_gpus(runtime: RuntimeClient) -> dict[int, str]:
+    """The host's NVIDIA GPUs as index -> PCI address, in PCI order (as nvidia-smi numbers them)."""
+    try:
+        cards = (runtime.resources().get("gpu") or {}).get("cards") or []
+    except LabgpuError:
+        return {}
+    addresses = sorted(
+        str(c.get("pci_address")) for c in cards if c.get("driver") == "nvidia" and c.get("pci_address")
+    )
+    return dict(enumerate(addresses))
+
+
+# Add ----------------------------------------------------------------------------------------------
+
+
+def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) -> ConnectionSheet:
+    """Add a member and provision their container; return the connection sheet (with the password).
+
+    A member left half-made by a crash (state provisioning) is resumed when
+    added again. Raises BadInput / Conflict before touching anything when the
+    request is wrong, ProvisionError (member kept, resumable) when a step fails."""
+    with svc.session() as session:
+        existing = session.scalars(select(Member).where(Member.name == request.name)).first()
+        if existing is not None and existing.state != MemberState.PROVISIONING:
+            raise Conflict(f"member {request.name} already exists")
+    if existing is None:
+        _check_request_against_world(svc, request)
+        _write_desired_state(svc, request)
+    return provision(svc, request.name, wait_ssh=wait_ssh)
+
+
+def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
+    runtime = svc.runtime
+    if runtime.images.resolve_alias(request.template) is None:
+        raise BadInput(
+            f"unknown template {request.template!r}",
+            hint="publish one with `labgpu template bootstrap`, or list them with `lxc image list`",
+        )
+    if svc.runtime.profiles.find(svc.settings.profile_name) is None:
+        raise BadInput(
+            f"the {svc.settings.profile_name} profile is missing", hint="run `labgpu host init` first"
+        )
+    try:
+        inst = runtime.instances.get(request.name)
+    except RuntimeNotFound:
+        inst = None
+    if inst is not None and inst.label("owner") != request.name:
+        raise Conflict(f"an instance named {request.name} already exists on the host and is not labgpu's")
+    missing = missing_gpus(request.gpus, host_gpus(runtime))
+    if missing:
+        raise BadInput(f"this host has no GPU {', '.join(map(str, missing))}")
+    with svc.session() as session:
+        known = set(session.scalars(select(Share.name).where(Share.name.in_(request.shares))))
+    unknown = [s for s in request.shares if s not in known]
+    if unknown:
+        raise BadInput(f"unknown share(s): {', '.join(unknown)}", hint="list them with `labgpu share list`")
+
+
+def _write_desired_state(svc: Services, request: MemberRequest) -> None:
+    """One transaction: member row, uid, ports, keys, shares. Retried when a
+    concurrent add took the same uid or port (the constraints catch it)."""
+    settings = svc.settings
+    for attempt in range(_ALLOCATION_RETRIES):
+        try:
+            with svc.session() as session:
+                host = local_host(session, svc.runtime)
+                used_uids = session.scalars(select(Member.uid).where(Member.uid.is_not(None)))
+                uid = allocate_uid(
+                    [u for u in used_uids if u is not None], base=settings.uid_base, count=settings.uid_count
+                )
+                member = Member(
+                    name=request.name,
+                    email=request.email,
+                    uid=uid,
+                    host_id=host.id,
+                    container=request.name,
+                    state=MemberState.PROVISIONING,
+                    template=request.template,
+                    cpu_limit=request.cpu,
+                    memory_limit_bytes=request.memory_bytes,
+                    disk_size_bytes=request.disk_bytes,
+                    gpu_spec=str(request.gpus),
+                )
+                session.add(member)
+                used_ports = session.scalars(
+                    select(PortMap.host_port).where(
+                        PortMap.host_id == host.id, PortMap.listen_address == settings.listen_address
+                    )
+                )
+                ports = allocate_ports(
+                    used_ports,
+                    start=settings.port_range_start,
+                    end=settings.port_range_end,
+                    count=len(request.purposes),
+                )
+                for purpose, port in zip(request.purposes, ports, strict=True):
+                    member.port_maps.append(
+                        PortMap(
+                            host_id=host.id,
+                            listen_address=settings.listen_address,
+                            host_port=port,
+                            container_port=CONTAINER_PORTS[purpose],
+                            purpose=PortPurpose(purpose),
+                        )
+                    )
+                for key in request.keys:
+                    member.ssh_keys.append(
+                        SshKey(public_key=key.line, fingerprint=key.fingerprint, comment=key.comment or None)
+                    )
+                if request.shares:
+                    member.shares.extend(session.scalars(select(Share).where(Share.name.in_(request.shares))))
+                session.flush()
+                svc.audit(
+                    session,
+                    "member.add",
+                    request.name,
+                    uid=uid,
+                    ports={p: port for p, port in zip(request.purposes, ports, strict=True)},
+                    template=request.template,
+                    gpus=str(request.gpus),
+                )
+            return
+        except IntegrityError as exc:
+            constraint = violated_constraint(exc) or ""
+            if "name" in constraint and "member" in constraint:
+                raise Conflict(f"member {request.name} already exists") from None
+            if attempt + 1 == _ALLOCATION_RETRIES:
+                raise Conflict(f"could not allocate a uid and ports for {request.name}; try again") from exc
+
+
+# Provisioning steps (each safe to repeat) ---------------------------------------------------------
+
+
+def load_member(session: Session, name: str) -> Member:
+    member = session.scalars(
+        select(Member)
+        .where(Member.name == name)
+        .options(
+            selectinload(Member.port_maps),
+            selectinload(Member.ssh_keys),
+            selectinload(Member.shares),
+            selectinload(Member.host),
+        )
+    ).first()
+    if member is None:
+        raise NotFound(f"no member named {name}")
+    return member
+
+
+def home_dir(svc: Services, name: str) -> Path:
+    return svc.settings.home_base / name
+
+
+def container_home(svc: Services, name: str) -> str:
+    return svc.settings.container_home.format(name=name)
+
+
+def container_spec(
+    svc: Services, member: Member, *, gpus_on_host: dict[int, str] | None = None
+) -> ContainerSpec:
+    """The container ``member`` should have, from the store and the settings."""
+    if member.uid is None or member.container is None:
+        raise ProvisionError(f"member {member.name} has no uid or container name")
+    return ContainerSpec(
+        name=member.container,
+        owner=member.name,
+        template=member.template or svc.settings.default_template,
+        profile=svc.settings.profile_name,
+        host_uid=member.uid,
+        home_source=str(home_dir(svc, member.name)),
+        home_path=container_home(svc, member.name),
+        cpu=member.cpu_limit,
+        memory_bytes=member.memory_limit_bytes,
+        disk_bytes=member.disk_size_bytes,
+        pool=svc.settings.storage_pool,
+        ports=tuple(
+            PortSpec(str(p.purpose), p.listen_address, p.host_port, p.container_port)
+            for p in sorted(member.port_maps, key=lambda p: p.purpose)
+        ),
+        shares=tuple(
+            ShareSpec(s.name, s.source, s.path, s.readonly)
+            for s in sorted(member.shares, key=lambda s: s.name)
+        ),
+        gpus=parse_gpu_request(member.gpu_spec or svc.settings.default_gpus),
+        host_gpus=gpus_on_host if gpus_on_host is not None else host_gpus(svc.runtime),
+        spec_version=member.spec_version,
+    )
+
+
+def allowed_roots(svc: Services, session: Session) -> list[str]:
+    """Host folders a member container may mount: the homes and the shares' sources."""
+    return [str(svc.settings.home_base), *session.scalars(select(Share.source))]
+
+
+def ensure_home(svc: Services, name: str, uid: int) -> Path:
+    """Create the member's host home folder, owned by their uid (mode 0700). Never touches an existing one."""
+    base = svc.settings.home_base
+    base.mkdir(parents=True, exist_ok=True)
+    path = home_dir(svc, name)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return path
+    os.chown(path, uid, uid)
+    path.chmod(0o700)
+    return path
+
+
+def ensure_container(svc: Services, spec: ContainerSpec, roots: list[str]) -> bool:
+    """Create the container in ONE request unless it exists. Returns True when created.
+
+    Raises Conflict when an instance of that name exists and is not this member's."""
+    runtime = svc.runtime
+    try:
+        inst = runtime.instances.get(spec.name)
+    except RuntimeNotFound:
+        inst = None
+    if inst is not None:
+        if inst.label("owner") != spec.owner:
+            raise Conflict(f"an instance named {spec.name} exists and is not {spec.owner}'s")
+        return False
+    config, devices = spec.config(), spec.devices()
+    check_safe(config, devices, allowed_roots=roots)
+    runtime.instances.create(
+        spec.name,
+        image=spec.template,
+        config=config,
+        devices=devices,
+        profiles=[spec.profile],
+        description=f"labgpu container of {spec.owner}",
+    )
+    return True
+
+
+def ensure_running(runtime: RuntimeClient, name: str) -> bool:
+    """Start the container unless it runs. Returns True when it was started."""
+    if runtime.instances.state(name).status == "Running":
+        return False
+    runtime.instances.start(name)
+    return True
+
+
+def probe_address(listen_address: str) -> str:
+    return "127.0.0.1" if listen_address in ("0.0.0.0", "", "::") else listen_address  # noqa: S104
+
+
+def wait_for_ssh(address: str, port: int, *, timeout: float = SSH_READY_TIMEOUT) -> None:
+    """Wait until an SSH server answers with its banner at address:port (through the proxy device)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=3) as sock:
+                sock.settimeout(3)
+                banner = sock.recv(64)
+            if banner.startswith(b"SSH-"):
+                return
+            last = "connection closed before the SSH banner"
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        time.sleep(0.3)
+    raise ProvisionError(f"sshd did not answer on {address}:{port} within {timeout:g}s ({last})")
+
+
+def set_initial_password(svc: Services, container: str) -> str:
+    """Set a random password for the container user, expired so that the first login must change it."""
+    password = generate_password()
+    user = svc.settings.container_user
+    runtime = svc.runtime
+    tmp = f"/root/.labgpu-passwd-{secrets.token_hex(4)}"
+    runtime.instances.push_file(container, tmp, f"{user}:{password}\n".encode(), mode=0o600)
+    # The script is a constant; the file name is passed as an argument, never spliced in.
+    script = 'chpasswd < "$1"; rc=$?; rm -f "$1"; exit $rc'
+    result = runtime.instances.exec(container, ["sh", "-c", script, "sh", tmp])
+    if not result.ok:
+        raise ProvisionError(f"setting the password in {container} failed: {result.stderr.strip()[:200]}")
+    result = runtime.instances.exec(container, ["chage", "-d", "0", user])
+    if not result.ok:
+        raise ProvisionError(f"expiring the password in {container} failed: {result.stderr.strip()[:200]}")
+    return password
+
+
+def install_keys(svc: Services, container: str, keys: Sequence[str]) -> None:
+    """Write the member's SSH keys to the container user's authorized_keys (replacing it)."""
+    user = svc.settings.container_user
+    runtime = svc.runtime
+    ssh_dir = f"/home/{user}/.ssh"
+    result = runtime.instances.exec(
+        container, ["install", "-d", "-m", "700", "-o", user, "-g", user, ssh_dir]
+    )
+    if not result.ok:
+        raise ProvisionError(f"creating {ssh_dir} in {container} failed: {result.stderr.strip()[:200]}")
+    ids = runtime.instances.exec(container, ["id", "-u", user])
+    uid = int(ids.stdout.strip() or 1000)
+    text = "".join(k.strip() + "\n" for k in keys)
+    runtime.instances.push_file(
+        container, f"{ssh_dir}/authorized_keys", text.encode(), uid=uid, gid=uid, mode=0o600
+    )
+
+
+def provision(
+    svc: Services, name: str, *, wait_ssh: bool = True, set_password: bool = True
+) -> ConnectionSheet:
+    """Bring the daemon to the member's desired state: home, container, running, sshd, credentials.
+
+    Each step checks before acting, so this is safe to run again after any crash.
+    Waits for sshd (up to SSH_READY_TIMEOUT). Raises ProvisionError, Conflict or runtime errors."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        spec = container_spec(svc, member)
+        roots = allowed_roots(svc, session)
+        keys = [k.public_key for k in member.ssh_keys]
+        host_name = member.host.name if member.host else ""
+        address = public_address(member.host, svc.settings) if member.host else svc.settings.listen_address
+    assert member.uid is not None and member.container is not None
+    ensure_home(svc, name, member.uid)
+    ensure_container(svc, spec, roots)
+    ensure_running(svc.runtime, spec.name)
+    ssh = next(p for p in spec.ports if p.purpose == "ssh")
+    if wait_ssh:
+        wait_for_ssh(probe_address(ssh.listen_address), ssh.host_port, timeout=svc.settings.ssh_ready_timeout)
+    password = set_initial_password(svc, spec.name) if set_password else None
+    install_keys(svc, spec.name, keys)
+    with svc.session() as session:
+        row = load_member(session, name)
+        if row.state == MemberState.PROVISIONING:
+            row.state = MemberState.RUNNING
+    return ConnectionSheet(
+        name=name,
+        container=spec.name,
+        host=host_name,
+        address=address,
+        user=svc.settings.container_user,
+        state="running",
+        ports={p.purpose: p.host_port for p in spec.ports},
+        home=str(home_dir(svc, name)),
+        container_home=spec.home_path,
+        initial_password=password,
+    )
+
+
+# Reading ------------------------------------------------------------------------------------------
+
+
+def _info(svc: Services, member: Member) -> MemberInfo:
+    return MemberInfo(
+        name=member.name,
+        email=member.email,
+        role=str(member.role),
+        state=str(member.state),
+        host=member.host.name if member.host else None,
+        container=member.container,
+        template=member.template,
+        uid=member.uid,
+        cpu=member.cpu_limit,
+        memory_bytes=member.memory_limit_bytes,
+        disk_bytes=member.disk_size_bytes,
+        gpus=member.gpu_spec or svc.settings.default_gpus,
+        ports={str(p.purpose): p.host_port for p in member.port_maps},
+        address=public_address(member.host, svc.settings) if member.host else None,
+        shares=sorted(s.name for s in member.shares),
+        keys=[k.fingerprint for k in member.ssh_keys],
+        home=str(home_dir(svc, member.name)),
+    )
+
+
+def list_members(svc: Services, *, live: bool = True) -> list[MemberInfo]:
+    """Every member, with their container's live state from ONE listing request."""
+    with svc.session() as session:
+        members = session.scalars(
+            select(Member)
+            .order_by(Member.name)
+            .options(
+                selectinload(Member.port_maps),
+                selectinload(Member.ssh_keys),
+                selectinload(Member.shares),
+                selectinload(Member.host),
+            )
+        ).all()
+        infos = [_info(svc, m) for m in members]
+    if live and infos:
+        try:
+            instances = {i.name: i for i in svc.runtime.instances.all()}
+        except LabgpuError:
+            for info in infos:
+                info.status = "unreachable"
+            return infos
+        for info in infos:
+            inst = instances.get(info.container or "")
+            if inst is None:
+                info.status = "missing"
+                continue
+            info.status = inst.status
+            if inst.state is not None:
+                info.ipv4 = list(inst.state.ipv4)
+                info.memory_usage = inst.state.memory_usage
+                info.processes = inst.state.processes
+    return infos
+
+
+def get_member(svc: Services, name: str, *, live: bool = True) -> MemberInfo:
+    """One member with their container's live state. Raises NotFound."""
+    with svc.session() as session:
+        info = _info(svc, load_member(session, name))
+    if live and info.container:
+        try:
+            state = svc.runtime.instances.state(info.container)
+            info.status = state.status
+            info.ipv4 = list(state.ipv4)
+            info.memory_usage = state.memory_usage
+            info.processes = state.processes
+        except RuntimeNotFound:
+            info.status = "missing"
+        except LabgpuError:
+            info.status = "unreachable"
+    return info
+
+
+# Changing -----------------------------------------------------------------------------------------
+
+
+def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> str:
+    """start / stop / restart a member's container; records the desired state. Returns the new status."""
+    if action not in ("start", "stop", "restart"):
+        raise BadInput(f"unknown action {action!r}")
+    with svc.session() as session:
+        member = load_member(session, name)
+        if member.state in (MemberState.PROVISIONING, MemberState.REMOVING):
+            raise Conflict(f"member {name} is {member.state}; run `labgpu reconcile` first")
+        container = member.container or name
+        member.state = MemberState.STOPPED if action == "stop" else MemberState.RUNNING
+        svc.audit(session, f"member.{action}", name)
+    runtime = svc.runtime
+    status = runtime.instances.state(container).status
+    if action == "start" and status != "Running":
+        runtime.instances.start(container)
+    elif action == "stop" and status != "Stopped":
+        runtime.instances.stop(container, force=force)
+    elif action == "restart":
+        if status == "Running":
+            runtime.instances.restart(container, force=force)
+        else:
+            runtime.instances.start(container)
+    return runtime.instances.state(container).status
+
+
+def reset_password(svc: Services, name: str) -> str:
+    """Give the member a new random initial password (to change at the next login). Returns it."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        container = member.container or name
+        svc.audit(session, "member.passwd", name)
+    if svc.runtime.instances.state(container).status != "Running":
+        raise Conflict(f"{name}'s container is not running; start it first (labgpu member start {name})")
+    return set_initial_password(svc, container)
+
+
+def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:
+    """Add SSH public keys (skipping ones already there) and install them. Returns the new fingerprints."""
+    keys = read_keys(key_texts)
+    if not keys:
+        raise BadInput("no public key given")
+    with svc.session() as session:
+        member = load_member(session, name)
+        have = {k.fingerprint for k in member.ssh_keys}
+        added = []
+        for key in keys:
+            if key.fingerprint not in have:
+                member.ssh_keys.append(
+                    SshKey(public_key=key.line, fingerprint=key.fingerprint, comment=key.comment or None)
+                )
+                added.append(key.fingerprint)
+        svc.audit(session, "member.key.add", name, fingerprints=added)
+        all_keys = [k.public_key for k in member.ssh_keys]
+        container = member.container or name
+    _install_if_running(svc, container, all_keys)
+    return added
+
+
+def remove_key(svc: Services, name: str, fingerprint_or_comment: str) -> str:
+    """Remove one SSH key by fingerprint (or unique comment). Returns its fingerprint. Raises NotFound."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        matches = [k for k in member.ssh_keys if fingerprint_or_comment in (k.fingerprint, k.comment)]
+        if not matches:
+            raise NotFound(f"{name} has no key {fingerprint_or_comment}")
+        if len(matches) > 1:
+            raise BadInput(f"{fingerprint_or_comment!r} matches several keys; give the fingerprint")
+        member.ssh_keys.remove(matches[0])
+        svc.audit(session, "member.key.rm", name, fingerprint=matches[0].fingerprint)
+        all_keys = [k.public_key for k in member.ssh_keys if k is not matches[0]]
+        container = member.container or name
+    _install_if_running(svc, container, all_keys)
+    return matches[0].fingerprint
+
+
+def list_keys(svc: Services, name: str) -> list[dict[str, str]]:
+    with svc.session() as session:
+        member = load_member(session, name)
+        return [
+            {"fingerprint": k.fingerprint, "comment": k.comment or "", "key": k.public_key}
+            for k in member.ssh_keys
+        ]
+
+
+def _install_if_running(svc: Services, container: str, keys: list[str]) -> None:
+    # A stopped container gets its keys from the store at the next provision/reconcile.
+    try:
+        if svc.runtime.instances.state(container).status == "Running":
+            install_keys(svc, container, keys)
+    except RuntimeNotFound:
+        pass

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from labgpu import __version__
 from labgpu.cli.context import CliContext
@@ -73,9 +74,9 @@ def run(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except LabgpuError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+            err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True)
         return 2 if exc.is_bad_input else 1
     except KeyboardInterrupt:
         err.print("interrupted")

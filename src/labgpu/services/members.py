@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import string
 import time
@@ -250,6 +251,7 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
     if existing is None:
         _check_request_against_world(svc, request)
         _write_desired_state(svc, request)
+        checkpoint("desired-state")
     return provision(svc, request.name, wait_ssh=wait_ssh)
 
 
@@ -522,6 +524,16 @@ def install_keys(svc: Services, container: str, keys: Sequence[str]) -> None:
     )
 
 
+PROVISION_STEPS = ("desired-state", "home", "container", "running", "ssh", "password", "keys", "done")
+
+
+def checkpoint(step: str) -> None:
+    """Fault injection for the crash tests: ``LABGPU_FAULT_KILL_AFTER=<step>`` makes the process
+    SIGKILL itself right after that step, as a power cut or an OOM kill would."""
+    if os.environ.get("LABGPU_FAULT_KILL_AFTER") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def provision(
     svc: Services, name: str, *, wait_ssh: bool = True, set_password: bool = True
 ) -> ConnectionSheet:
@@ -538,17 +550,24 @@ def provision(
         address = public_address(member.host, svc.settings) if member.host else svc.settings.listen_address
     assert member.uid is not None and member.container is not None
     ensure_home(svc, name, member.uid)
+    checkpoint("home")
     ensure_container(svc, spec, roots)
+    checkpoint("container")
     ensure_running(svc.runtime, spec.name)
+    checkpoint("running")
     ssh = next(p for p in spec.ports if p.purpose == "ssh")
     if wait_ssh:
         wait_for_ssh(probe_address(ssh.listen_address), ssh.host_port, timeout=svc.settings.ssh_ready_timeout)
+    checkpoint("ssh")
     password = set_initial_password(svc, spec.name) if set_password else None
+    checkpoint("password")
     install_keys(svc, spec.name, keys)
+    checkpoint("keys")
     with svc.session() as session:
         row = load_member(session, name)
         if row.state == MemberState.PROVISIONING:
             row.state = MemberState.RUNNING
+    checkpoint("done")
     return ConnectionSheet(
         name=name,
         container=spec.name,

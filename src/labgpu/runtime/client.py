@@ -187,8 +187,12 @@ class RuntimeClient:
             what = str(exc) or type(exc).__name__
         return RuntimeUnavailable(
             f"cannot reach the LXD/Incus daemon at {where}: {what}",
-            hint="is the daemon running? (lxd waitready / incus admin waitready; scripts/start-daemons "
-            "on machines without systemd)",
+            hint=(
+                "start the daemon: systemctl start lxd (snap: snap start lxd; Incus: systemctl start incus), "
+                "or scripts/start-daemons on machines without systemd"
+                if self.endpoint.is_unix
+                else "is the daemon running on that host, and is core.https_address set?"
+            ),
         )
 
     def _params(self, params: dict[str, Any] | None, project: bool) -> dict[str, Any]:

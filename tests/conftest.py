@@ -154,3 +154,90 @@ def busybox_image(runtime: RuntimeClient) -> str:
 def ssh_image(runtime: RuntimeClient) -> str:
     """Alias of the offline-built Debian image with sshd and the `ubuntu` user."""
     return _ensure_test_image(runtime, "ssh")
+
+
+# Members: services wired to a real daemon, a private store and private host folders --------------
+
+TEST_PROFILE = "labgpu-test"
+
+
+@pytest.fixture(scope="session")
+def test_profile(runtime: RuntimeClient) -> str:
+    """A labgpu-style profile (root disk on the default pool) shared by the member tests."""
+    if runtime.profiles.find(TEST_PROFILE) is None:
+        runtime.profiles.create(
+            TEST_PROFILE,
+            config={"boot.autostart": "true"},
+            devices={"root": {"type": "disk", "path": "/", "pool": "default"}},
+            description="labgpu tests",
+        )
+    return TEST_PROFILE
+
+
+@dataclass
+class LabgpuEnv:
+    """One test's labgpu: settings overrides, its Services, and the env for CLI subprocesses."""
+
+    overrides: dict[str, str]
+    runtime: RuntimeClient
+
+    def settings(self):  # type: ignore[no-untyped-def]
+        from labgpu.settings import load_settings
+
+        return load_settings(**self.overrides)
+
+    def services(self):  # type: ignore[no-untyped-def]
+        from labgpu.services.context import Actor, Services
+        from labgpu.store.db import create_engine_for, session_factory
+        from labgpu.store.migrate import upgrade
+
+        settings = self.settings()
+        engine = create_engine_for(settings)
+        upgrade(settings, engine=engine)
+        return Services(
+            settings=settings, runtime=self.runtime, sessions=session_factory(engine), actor=Actor("test@cli")
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment for `labgpu` run as a subprocess with the same settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LABGPU_")}
+        env.update({f"LABGPU_{k.upper()}": v for k, v in self.overrides.items()})
+        return env
+
+
+@pytest.fixture
+def labgpu_env(
+    runtime: RuntimeClient, tmp_path: Path, test_profile: str, ssh_image: str, cleanup: Cleanup
+) -> Iterator[LabgpuEnv]:
+    """Settings for one test: own SQLite store and home folders, proxies on 127.0.0.1 in a
+    random port range, the offline-built SSH image as the default template, the test profile.
+    Containers made for members in the store are deleted at teardown (homes are tmp)."""
+    start = 30000 + secrets.randbelow(300) * 100
+    sock = runtime.endpoint.socket_path
+    overrides = {
+        "state_dir": str(tmp_path / "state"),
+        "home_base": str(tmp_path / "home"),
+        "home_archive": str(tmp_path / "archive"),
+        "runtime_url": f"unix://{sock}",
+        "listen_address": "127.0.0.1",
+        "port_range_start": str(start),
+        "port_range_end": str(start + 99),
+        "default_template": ssh_image,
+        "profile_name": test_profile,
+        "ssh_ready_timeout": "180",
+    }
+    env = LabgpuEnv(overrides=overrides, runtime=runtime)
+    yield env
+    # Whatever member containers the test left behind.
+    try:
+        from sqlalchemy import select
+
+        from labgpu.store.models import Member
+
+        svc = env.services()
+        with svc.session() as session:
+            names = [c for c in session.scalars(select(Member.container)) if c]
+    except Exception:
+        names = []
+    for name in names:
+        cleanup.instance(name)

@@ -1,0 +1,5 @@
+"""`python -m labgpu.cli`."""
+
+from labgpu.cli.main import main
+
+main()

@@ -96,10 +96,13 @@ class Settings(BaseSettings):
     )
     network_mode: Literal["none", "bridge", "macvlan"] = Field(
         "none",
-        description="Container network made by `host init`: none (SSH through proxy devices only), "
-        "bridge (a NAT-less bridge), or macvlan on network_parent.",
+        description="Container network made by `host init`: none (no NIC; SSH through proxy devices "
+        "only), bridge (a bridge with NAT, so containers reach apt mirrors), or macvlan on network_parent "
+        "(containers get addresses on the campus network).",
     )
-    network_name: str = Field("labgpubr0", description="Name of the bridge network `host init` creates.")
+    network_name: str = Field(
+        "labgpubr0", description="Name of the network `host init` creates (bridge or macvlan)."
+    )
     network_subnet: str | None = Field(
         None, description="IPv4 address/prefix of the bridge, e.g. 10.99.0.1/24. Empty: a free /24 is picked."
     )

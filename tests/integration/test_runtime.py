@@ -159,3 +159,11 @@ def test_profiles_pools_networks(runtime: RuntimeClient, cleanup: Cleanup) -> No
     assert runtime.storage_pools.find(unique_name("nopool")) is None
 
     assert any(n.name == "lo" for n in runtime.networks.all())
+
+
+def test_create_with_start_runs_the_instance_on_both_daemons(
+    runtime: RuntimeClient, cleanup: Cleanup, busybox_image: str
+) -> None:
+    name = cleanup.instance(unique_name("st"))
+    runtime.instances.create(name, image=busybox_image, start=True)
+    assert runtime.instances.state(name).status == "Running"

@@ -177,9 +177,21 @@ class Instances:
         }
         if profiles is not None:
             body["profiles"] = profiles
-        if start:
+        # LXD 5.0 lacks "instance_create_start" and silently ignores the flag.
+        start_after = start and not self._c.server().has("instance_create_start")
+        if start and not start_after:
             body["start"] = True
         params = {"target": target} if target else None
+        if start_after:
+            self._c.call(
+                "POST",
+                "/1.0/instances",
+                what=f"create instance {name}",
+                json=body,
+                params=params,
+                timeout=timeout,
+            )
+            return self.start(name, wait=wait, timeout=timeout)
         return self._c.call(
             "POST",
             "/1.0/instances",

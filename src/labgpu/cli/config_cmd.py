@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from labgpu.cli.context import get_context, print_json
-from labgpu.settings import iter_settings_help
+from labgpu.settings import iter_settings_help, settings_reference_markdown
 
 app = typer.Typer(help="Show settings.", no_args_is_help=True)
 
@@ -34,3 +34,9 @@ def show(
     for r in rows:
         table.add_row(r["name"], "" if r["value"] is None else str(r["value"]), r["help"])
     c.console.print(table)
+
+
+@app.command("reference")
+def reference() -> None:
+    """Print the settings reference as Markdown (the table in docs/configuration.md)."""
+    typer.echo(settings_reference_markdown(), nl=False)

@@ -1,0 +1,25 @@
+"""Docs that must follow the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labgpu.settings import Settings, settings_reference_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_setting_is_documented_with_its_help() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert settings_reference_markdown() in doc, "docs/configuration.md is stale: run scripts/gen-docs"
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"setting {name} has no help text"
+        assert f"`LABGPU_{name.upper()}`" in doc
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_the_second() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "sudo scripts/quickstart" in readme
+    assert "sudo scripts/test" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "exec scripts/test" in ci

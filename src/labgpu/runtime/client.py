@@ -363,3 +363,35 @@ class RuntimeClient:
             "/1.0/cluster/members", what="list cluster members", params={"recursion": 1}, project=False
         )
         return members
+
+    # Server configuration and trust ------------------------------------------
+
+    def update_server_config(self, changes: dict[str, str | None]) -> None:
+        """Set (or, with None, unset) server config keys such as core.https_address."""
+        current = dict(self.get("/1.0", what="read server config", project=False).get("config") or {})
+        for key, value in changes.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        self.call("PATCH", "/1.0", what="update server config", json={"config": current}, project=False)
+        self._server = None
+
+    def trust_certificate(self, cert_pem: str, *, name: str) -> str:
+        """Add a client certificate to the daemon's trust store; return its fingerprint."""
+        from labgpu.runtime.certs import certificate_fingerprint
+
+        body = {"type": "client", "name": name, "certificate": _pem_body(cert_pem)}
+        self.call("POST", "/1.0/certificates", what=f"trust certificate {name}", json=body, project=False)
+        return certificate_fingerprint(cert_pem)
+
+    def untrust_certificate(self, fingerprint: str) -> None:
+        self.call(
+            "DELETE", f"/1.0/certificates/{fingerprint}", what="remove trusted certificate", project=False
+        )
+
+
+def _pem_body(pem: str) -> str:
+    """The base64 body of a PEM certificate, as the certificates API wants it."""
+    lines = [line for line in pem.strip().splitlines() if not line.startswith("-----")]
+    return "".join(lines)

@@ -51,7 +51,7 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import config_cmd, db, doctor, host, member, serve, template
+    from labgpu.cli import config_cmd, db, doctor, host, member, reconcile, serve, template
 
     app.add_typer(host.app, name="host")
     app.add_typer(member.app, name="member")
@@ -60,6 +60,7 @@ def _register() -> None:
     app.add_typer(config_cmd.app, name="config")
     app.command("doctor")(doctor.doctor)
     app.command("serve")(serve.serve)
+    app.command("reconcile")(reconcile.reconcile)
 
 
 _register()
@@ -74,9 +75,11 @@ def run(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except LabgpuError as exc:
-        err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        # One line, what went wrong and what to do about it, so it survives `| tail -1` and log greps.
+        line = f"[bold red]error:[/] {escape(exc.message)}"
         if exc.hint:
-            err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+            line += f" [dim](fix: {escape(exc.hint)})[/]"
+        err.print(line, soft_wrap=True)
         return 2 if exc.is_bad_input else 1
     except KeyboardInterrupt:
         err.print("interrupted")

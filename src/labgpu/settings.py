@@ -152,6 +152,44 @@ class Settings(BaseSettings):
     )
     web_host: str = Field("127.0.0.1", description="Address `labgpu serve` listens on.")
     web_port: int = Field(8000, ge=1, le=65535, description="Port `labgpu serve` listens on.")
+    secure_cookies: bool = Field(
+        False,
+        description="Always mark the portal's cookies Secure (sent over HTTPS only). They are Secure anyway "
+        "when the request came over HTTPS; set this when a TLS proxy in front does not say so "
+        "(X-Forwarded-Proto).",
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1,::1",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto headers are believed (for the client address in the audit log and throttling, "
+        "and for https). Empty: trust none; * trusts everyone (only behind a proxy that overwrites them).",
+    )
+    session_idle_minutes: int = Field(
+        120,
+        ge=1,
+        description="A portal login ends after this many minutes without a request (the idle timeout).",
+    )
+    session_max_hours: int = Field(
+        24,
+        ge=1,
+        description="A portal login ends this many hours after it began, however active (the absolute timeout).",
+    )
+    login_throttle_minutes: int = Field(
+        15, ge=1, description="Window in which failed logins are counted for throttling."
+    )
+    login_max_failures_per_account: int = Field(
+        5,
+        ge=1,
+        description="Failed logins for one account within the window after which its logins are refused "
+        "(HTTP 429) until the window passes. A successful login clears that account's count.",
+    )
+    login_max_failures_per_address: int = Field(
+        20,
+        ge=1,
+        description="Failed logins from one client address within the window (any accounts) after which "
+        "logins from it are refused (HTTP 429). Failures of an account that then logged in from there "
+        "are forgiven; others are not.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

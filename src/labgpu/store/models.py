@@ -294,3 +294,92 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent(id={self.id!r}, actor={self.actor!r}, action={self.action!r})"
+
+
+# Portal accounts (revision 0002) -------------------------------------------------------------------
+
+
+class Account(Base):
+    """A member's portal credentials: a password hash and whether the account may log in.
+
+    A member added on the command line has no row here (and so no portal password) until one is set.
+    Kept apart from :class:`Member`, which describes the container, so that the reconciler never reads
+    a password hash.
+    """
+
+    __tablename__ = "accounts"
+
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
+    # argon2id in PHC string format ($argon2id$v=19$m=...,t=...,p=...$salt$hash); None: no portal password.
+    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    password_changed_at: Mapped[datetime | None]
+    # Set while the account is disabled: no login, no session, no API token works.
+    disabled_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+    member: Mapped[Member] = relationship()
+
+    def __repr__(self) -> str:
+        return f"Account(member_id={self.member_id!r}, disabled={self.disabled_at is not None})"
+
+
+class LoginSession(Base):
+    """A logged-in browser. The cookie holds a random token; only its SHA-256 is stored here."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # hex SHA-256 of the cookie's token
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    expires_at: Mapped[datetime]  # the absolute limit; the idle limit is last_seen_at + the setting
+    source_address: Mapped[str | None] = mapped_column(sa.String(64))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(255))
+    revoked_at: Mapped[datetime | None]
+
+    member: Mapped[Member] = relationship()
+
+    def __repr__(self) -> str:
+        return f"LoginSession(id={self.id[:8]!r}..., member_id={self.member_id!r})"
+
+
+class ApiToken(Base):
+    """A personal API token (``lgp_...``) for scripts. Only its SHA-256 is stored; it is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(64))  # what the member calls it ("laptop", "ci")
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))  # the first characters, so a member can tell them apart
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    member: Mapped[Member] = relationship()
+
+    def __repr__(self) -> str:
+        return f"ApiToken(id={self.id!r}, member_id={self.member_id!r}, prefix={self.prefix!r})"
+
+
+class LoginAttempt(Base):
+    """One login try, kept for the throttle's window (in the store, so it holds across restarts and
+    workers). ``account`` is the name as typed (it may name nobody)."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        sa.Index("ix_login_attempts_account_at", "account", "at"),
+        sa.Index("ix_login_attempts_source_address_at", "source_address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now(), index=True)
+    account: Mapped[str] = mapped_column(sa.String(64))
+    source_address: Mapped[str] = mapped_column(sa.String(64))
+    succeeded: Mapped[bool]
+
+    def __repr__(self) -> str:
+        return f"LoginAttempt(account={self.account!r}, source={self.source_address!r}, ok={self.succeeded!r})"

@@ -1,66 +1,130 @@
-"""The web application: built by :func:`create_app` from settings, nothing at import."""
+"""The web application: built by :func:`create_app` from settings, nothing at import.
+
+Layout: ``deps`` (typed dependencies: who is asking, the services acting for them, object-level checks),
+``security`` (identity from cookie or bearer token, CSRF, cookies), ``errors`` (the one exception handler),
+``templating`` and ``i18n`` (pages in English and Simplified Chinese), ``schemas`` (the JSON API's models),
+``routes/`` (``api_*``: JSON under /api/v1; ``pages_*``: HTML).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.templating import Jinja2Templates
-from sqlalchemy import text
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 
 from labgpu import __version__
-from labgpu.errors import LabgpuError
+from labgpu.services.context import Actor, Services
 from labgpu.settings import Settings
+from labgpu.web.errors import install_error_handler
+from labgpu.web.security import csrf_protect, csrf_token, request_identity, set_pending_cookies
+from labgpu.web.templating import Renderer
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger("labgpu.web")
+
+# No inline scripts or styles anywhere: htmx and app.js come from /static, htmx's indicator styles are off.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The portal and JSON API for ``settings``. Does no I/O until a request comes."""
+def _build_services(settings: Settings) -> Services:
     from labgpu.runtime.client import RuntimeClient
-    from labgpu.store.db import create_engine_for
+    from labgpu.runtime.endpoint import Endpoint, candidate_sockets
+    from labgpu.runtime.errors import RuntimeUnavailable
+    from labgpu.store.db import create_engine_for, session_factory
 
-    app = FastAPI(title="labgpu", version=__version__, docs_url="/api/docs", redoc_url=None)
-    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-    engine = create_engine_for(settings)
-    app.state.settings = settings
-    app.state.engine = engine
-
-    @app.exception_handler(LabgpuError)
-    async def labgpu_error(request: Request, exc: LabgpuError) -> Any:
-        body = {"error": {"reason": exc.reason, "message": exc.message}}
-        if request.url.path.startswith("/api") or request.url.path == "/healthz":
-            return JSONResponse(body, status_code=exc.status)
-        return templates.TemplateResponse(
-            request, "error.html", {"error": exc, "version": __version__}, status_code=exc.status
+    try:
+        runtime = RuntimeClient.from_settings(settings)
+    except RuntimeUnavailable as exc:
+        # Logging in and accounts work without a daemon; pages that need one say it is unreachable.
+        log.warning("%s; container pages will show it as unreachable", exc.message)
+        runtime = RuntimeClient(
+            Endpoint.unix(candidate_sockets()[0]),
+            timeout=settings.runtime_timeout,
+            operation_timeout=settings.operation_timeout,
+            project=settings.runtime_project,
         )
+    engine = create_engine_for(settings)
+    return Services(settings=settings, runtime=runtime, sessions=session_factory(engine), actor=Actor("web"))
 
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> JSONResponse:
-        """Whether the store and the runtime answer. 200 when both do, 503 otherwise."""
-        checks: dict[str, Any] = {}
-        ok = True
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = {"ok": True}
-        except Exception as exc:
-            ok = False
-            checks["database"] = {"ok": False, "detail": type(exc).__name__}
-        try:
-            with RuntimeClient.from_settings(settings) as runtime:
-                info = runtime.server()
-            checks["runtime"] = {"ok": True, "kind": info.kind, "version": info.version}
-        except LabgpuError as exc:
-            ok = False
-            checks["runtime"] = {"ok": False, "detail": exc.message}
-        body = {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
-        return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request) -> Any:
-        return templates.TemplateResponse(request, "index.html", {"version": __version__})
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    """The portal and JSON API for ``settings``. Does no I/O until a request comes (except creating the
+    secret key file in state_dir when there is none yet).
 
+    ``services`` lets tests hand in their own (a real daemon, a private store); by default they are built
+    from ``settings``. The database must be migrated already (``labgpu serve`` does it)."""
+    from labgpu.web.routes import (
+        api_account,
+        api_audit,
+        api_members,
+        health,
+        pages_account,
+        pages_auth,
+        pages_me,
+    )
+
+    owned = services is None
+    svc = services if services is not None else _build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            svc.runtime.close()
+            svc.sessions.kw["bind"].dispose()
+
+    app = FastAPI(
+        title="labgpu",
+        version=__version__,
+        description="Self-service GPU containers for research labs. Authenticate scripts with a personal "
+        "API token: `Authorization: Bearer lgp_...` (make one on the account page).",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        dependencies=[Depends(csrf_protect)],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.services = svc
+    app.state.engine = svc.sessions.kw["bind"]
+    app.state.secret_key = settings.session_secret()
+    renderer = Renderer(csrf_token=csrf_token, identity=request_identity)
+    app.state.renderer = renderer
+
+    install_error_handler(app, renderer)
+
+    @app.middleware("http")
+    async def finish_response(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        if request.url.path.startswith("/api/") or request.url.path in ("/login", "/account", "/me"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        set_pending_cookies(request, response)
+        return response
+
+    trusted = [h.strip() for h in settings.trusted_proxies.split(",") if h.strip()]
+    if trusted:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
+
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    for module in (health, api_account, api_members, api_audit, pages_auth, pages_account, pages_me):
+        app.include_router(module.router)
     return app

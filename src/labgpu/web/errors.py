@@ -1,0 +1,114 @@
+"""The ONE exception handler: JSON under /api (and /healthz), an HTML page elsewhere.
+
+Every error becomes ``{"error": {"reason": ..., "message": ...}}`` with its status: the project's
+:class:`~labgpu.errors.LabgpuError` (its status and reason), Starlette's HTTP errors (404, 405, ...) and
+request validation errors (422, with a message naming each bad field). A page that needs a login redirects
+to ``/login?next=...`` instead of showing 401. Anything else is a 500 whose details go to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labgpu.errors import LabgpuError
+from labgpu.services.logins import Throttled
+from labgpu.web.templating import N_, Renderer
+
+log = logging.getLogger("labgpu.web")
+
+_HTTP_REASONS = {
+    400: ("bad-request", N_("The request is not valid.")),
+    401: ("login-required", N_("Please log in.")),
+    403: ("forbidden", N_("You may not do this.")),
+    404: ("not-found", N_("There is no such page.")),
+    405: ("method-not-allowed", N_("This address does not accept that method.")),
+    413: ("too-large", N_("The request is too large.")),
+    429: ("throttled", N_("Too many requests; try again later.")),
+}
+
+DEFAULT_TITLE = N_("Something went wrong")
+# Titles of the HTML error page, by status.
+TITLES = {
+    400: N_("Not possible"),
+    401: N_("Please log in"),
+    403: N_("Not allowed"),
+    404: N_("Not found"),
+    409: N_("Not possible right now"),
+    422: N_("Not possible"),
+    429: N_("Too many attempts"),
+    503: N_("Temporarily unavailable"),
+}
+
+
+def _is_json(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith("/api/") or path in ("/api", "/healthz", "/openapi.json")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid request: " + "; ".join(parts)
+
+
+def describe(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
+    """(status, reason, message, headers) for any exception."""
+    if isinstance(exc, LabgpuError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return exc.status, exc.reason, exc.message, headers
+    if isinstance(exc, RequestValidationError):
+        return 422, "invalid-request", _validation_message(exc), {}
+    if isinstance(exc, StarletteHTTPException):
+        reason, message = _HTTP_REASONS.get(exc.status_code, ("error", str(exc.detail)))
+        detail = (
+            exc.detail if isinstance(exc.detail, str) and exc.status_code not in _HTTP_REASONS else message
+        )
+        return exc.status_code, reason, detail, dict(exc.headers or {})
+    return 500, "internal", "internal error; the server log has the details", {}
+
+
+def install_error_handler(app: FastAPI, renderer: Renderer) -> None:
+    async def handle(request: Request, exc: Exception) -> Response:
+        status, reason, message, headers = describe(exc)
+        if status >= 500:
+            log.error(
+                "%s %s failed: %s",
+                request.method,
+                request.url.path,
+                exc.log_message if isinstance(exc, LabgpuError) else repr(exc),
+                exc_info=not isinstance(exc, LabgpuError),
+            )
+        if _is_json(request):
+            body: dict[str, Any] = {"error": {"reason": reason, "message": message}}
+            return JSONResponse(body, status_code=status, headers=headers)
+        if status == 401:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+        gettext = renderer.gettext(request)
+        response = await run_in_threadpool(
+            renderer.render,
+            request,
+            "error.html",
+            status,
+            title=gettext(TITLES.get(status, DEFAULT_TITLE)),
+            message=gettext(message),
+            reason=reason,
+        )
+        response.headers.update(headers)
+        return response
+
+    for exc_type in (LabgpuError, StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(exc_type, handle)

@@ -1,0 +1,128 @@
+"""Pages: my account (change password, personal API tokens, login sessions, log out everywhere)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from labgpu.errors import LabgpuError
+from labgpu.services import accounts, api_tokens, logins
+from labgpu.services.accounts import Identity
+from labgpu.services.context import Services
+from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
+from labgpu.web.messages import translate
+from labgpu.web.security import clear_session_cookie, client_address, forget_identity, set_session_cookie
+from labgpu.web.templating import N_, Renderer
+
+router = APIRouter(include_in_schema=False)
+
+PasswordField = Annotated[str, Form(max_length=1024)]
+TOKEN_LIFETIMES = (30, 90, 365)
+
+
+def _page(
+    request: Request,
+    renderer: Renderer,
+    svc: Services,
+    identity: Identity,
+    status_code: int = 200,
+    **extra: Any,
+) -> HTMLResponse:
+    return renderer.render(
+        request,
+        "account.html",
+        status_code,
+        account=accounts.get_account(svc, identity.name),
+        tokens=api_tokens.list_tokens(svc, identity),
+        sessions=logins.list_sessions(svc, identity),
+        current_session=(identity.session_id or "")[:8],
+        lifetimes=TOKEN_LIFETIMES,
+        **extra,
+    )
+
+
+def _failed(
+    request: Request, renderer: Renderer, svc: Services, identity: Identity, exc: LabgpuError
+) -> HTMLResponse:
+    message = translate(renderer.gettext(request), exc.message)
+    return _page(request, renderer, svc, identity, exc.status, error=message)
+
+
+@router.get("/account")
+def account(
+    request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
+) -> HTMLResponse:
+    return _page(request, renderer, svc, identity)
+
+
+@router.post("/account/password")
+def change_password(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    current_password: PasswordField = "",
+    new_password: PasswordField = "",
+    confirm_password: PasswordField = "",
+) -> HTMLResponse:
+    gettext = renderer.gettext(request)
+    if new_password != confirm_password:
+        message = gettext(N_("The two new passwords differ."))
+        return _page(request, renderer, svc, identity, 400, error=message)
+    try:
+        logins.change_password(
+            svc, identity, current=current_password, new=new_password, source_address=client_address(request)
+        )
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    fresh = logins.start_session(
+        svc, identity, source_address=client_address(request), user_agent=request.headers.get("user-agent")
+    )
+    forget_identity(request, fresh.identity)
+    notice = gettext(N_("Your password was changed. Your other login sessions have ended."))
+    response = _page(request, renderer, svc, fresh.identity, notice=notice)
+    set_session_cookie(request, response, fresh.token)
+    return response
+
+
+@router.post("/account/tokens")
+def create_token(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    name: Annotated[str, Form(max_length=64)] = "",
+    expires_days: Annotated[str, Form(max_length=8)] = "90",
+) -> HTMLResponse:
+    try:
+        days = int(expires_days) if expires_days.strip() else None
+    except ValueError:
+        days = -1  # refused by the service with its message
+    try:
+        token, info = api_tokens.create_token(svc, identity, name=name, expires_days=days)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _page(request, renderer, svc, identity, new_token=token, new_token_info=info)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+def revoke_token(
+    token_id: int, request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
+) -> HTMLResponse:
+    try:
+        api_tokens.revoke_token(svc, identity, token_id)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    notice = renderer.gettext(request)(N_("The token was revoked."))
+    return _page(request, renderer, svc, identity, notice=notice)
+
+
+@router.post("/account/logout-everywhere")
+def logout_everywhere(request: Request, identity: CurrentMember, svc: ServicesDep) -> RedirectResponse:
+    logins.end_all_sessions(svc, identity)
+    response = RedirectResponse("/login", status_code=303)
+    clear_session_cookie(request, response)
+    forget_identity(request, None)
+    return response

@@ -1,0 +1,137 @@
+"""Web fixtures: the portal in process (FastAPI's TestClient) on a real store.
+
+Every test that takes ``portal`` runs on SQLite and, when LABGPU_TEST_POSTGRES_URL is set, again on
+PostgreSQL (a fresh database per test session, emptied before each test), as tests/unit/test_store.py
+does. These tests need no LXD/Incus daemon: the settings point at a socket that does not exist, so pages
+that ask the daemon show it as unreachable. Tests with a real daemon use ``labgpu_env`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+
+from labgpu.services import accounts
+from labgpu.services.context import Actor, Services
+from labgpu.settings import Settings, load_settings
+from labgpu.store.migrate import upgrade
+from labgpu.store.models import Role
+from labgpu.web.app import create_app
+
+PASSWORD = "plum-tractor-71-orbit"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    base = os.environ.get("LABGPU_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("LABGPU_REQUIRE_POSTGRES") == "1":
+            pytest.fail("LABGPU_REQUIRE_POSTGRES=1 but LABGPU_TEST_POSTGRES_URL is not set")
+        pytest.skip("LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres prints one)")
+    name = f"labgpu_webtest_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with eng.connect() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def web_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _empty_postgres(url)
+    settings = load_settings(
+        state_dir=str(tmp_path / "state"),
+        database_url=url,
+        runtime_url=f"unix://{tmp_path}/no-daemon.sock",
+        trusted_proxies="",
+    )
+    upgrade(settings)
+    return settings
+
+
+@dataclass
+class Portal:
+    """One test's portal: the app, services acting as the CLI, and clients from chosen addresses."""
+
+    app: FastAPI
+    settings: Settings
+
+    @property
+    def svc(self) -> Services:
+        services: Services = self.app.state.services
+        return Services(
+            settings=services.settings,
+            runtime=services.runtime,
+            sessions=services.sessions,
+            actor=Actor("root@cli"),
+        )
+
+    def client(self, address: str = "192.0.2.10", **kwargs: object) -> TestClient:
+        return TestClient(self.app, client=(address, 40000), **kwargs)  # type: ignore[arg-type]
+
+    def add_account(self, name: str, *, role: Role = Role.MEMBER, password: str = PASSWORD) -> None:
+        accounts.create_account(self.svc, name=name, password=password, role=role)
+
+    def rebuilt(self) -> Portal:
+        """A second app on the same store (a restart, or another worker)."""
+        return Portal(create_app(self.settings), self.settings)
+
+
+@pytest.fixture
+def portal(web_settings: Settings) -> Iterator[Portal]:
+    app = create_app(web_settings)
+    with TestClient(app):  # runs the lifespan (disposes of the engine at the end)
+        yield Portal(app, web_settings)
+
+
+def csrf_from(html: str) -> str:
+    match = CSRF_RE.search(html)
+    assert match, "no csrf_token field on the page"
+    return match.group(1)
+
+
+def login(client: TestClient, name: str, password: str = PASSWORD, **extra: str) -> httpx.Response:
+    """Log in through the form, as a browser does (get the form, post it with its CSRF token)."""
+    page = client.get("/login")
+    token = csrf_from(page.text)
+    return client.post(
+        "/login",
+        data={"name": name, "password": password, "csrf_token": token, **extra},
+        follow_redirects=False,
+    )
+
+
+def page_token(client: TestClient, path: str = "/account") -> str:
+    response = client.get(path)
+    assert response.status_code == 200, response.text[:300]
+    return csrf_from(response.text)

@@ -353,7 +353,8 @@ class ApiToken(Base):
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(sa.String(64))  # what the member calls it ("laptop", "ci")
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(sa.String(16))  # the first characters, so a member can tell them apart
+    # The first characters, so that a member can tell their tokens apart.
+    prefix: Mapped[str] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
     last_used_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
@@ -382,4 +383,4 @@ class LoginAttempt(Base):
     succeeded: Mapped[bool]
 
     def __repr__(self) -> str:
-        return f"LoginAttempt(account={self.account!r}, source={self.source_address!r}, ok={self.succeeded!r})"
+        return f"LoginAttempt(account={self.account!r}, ok={self.succeeded!r})"

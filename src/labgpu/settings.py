@@ -118,6 +118,17 @@ class Settings(BaseSettings):
         description="GPUs a new member's container gets unless told otherwise: all (shared by everyone, the "
         "usual lab setup), none, or indexes such as 0,1. On a host without GPUs, all attaches nothing.",
     )
+    agent_host: str = Field(
+        "127.0.0.1",
+        description="Address `labgpu agent` (GPU inventory and Prometheus metrics) listens on. Any address "
+        "but a loopback one needs agent_token.",
+    )
+    agent_port: int = Field(9410, ge=1, le=65535, description="Port `labgpu agent` listens on.")
+    agent_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the portal and Prometheus send to `labgpu agent` (Authorization: Bearer "
+        "TOKEN). Empty: the agent only listens on loopback. At least 32 characters when set.",
+    )
     ssh_ready_timeout: float = Field(
         120.0, gt=0, description="Seconds `member add` waits for the new container's sshd to answer."
     )
@@ -202,6 +213,13 @@ class Settings(BaseSettings):
                     "secret_key is a default or too short (under 32 characters). Remove it to let labgpu "
                     "generate one in state_dir, or set a random one: "
                     "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+        if self.agent_token is not None and not self.development:
+            value = self.agent_token.get_secret_value()
+            if value.lower() in WEAK_SECRETS or len(value) < 32:
+                raise ValueError(
+                    "agent_token is a default or too short (under 32 characters); set a random one: "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
         return self
 

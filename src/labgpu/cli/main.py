@@ -51,16 +51,18 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import admin, config_cmd, db, doctor, host, member, reconcile, serve, template
+    from labgpu.cli import admin, config_cmd, db, doctor, gpu, host, member, reconcile, serve, template
 
     app.add_typer(host.app, name="host")
     app.add_typer(member.app, name="member")
     app.add_typer(db.app, name="db")
     app.add_typer(template.app, name="template")
     app.add_typer(config_cmd.app, name="config")
+    app.add_typer(gpu.app, name="gpu")
     app.add_typer(admin.app, name="admin")
     app.command("doctor")(doctor.doctor)
     app.command("serve")(serve.serve)
+    app.command("agent")(gpu.agent)
     app.command("reconcile")(reconcile.reconcile)
 
 

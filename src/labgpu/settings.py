@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         description="Where the home is mounted inside the container; {name} is the member.",
     )
     container_user: str = Field("ubuntu", description="The login user inside containers.")
+    snapshots_keep: int = Field(
+        5,
+        ge=0,
+        description="How many automatic snapshots (the ones `member snapshot` names itself) are kept per "
+        "member; after a new one, the oldest beyond this are deleted. Named snapshots are never deleted "
+        "automatically. 0: never delete snapshots automatically.",
+    )
     uid_base: int = Field(
         70000,
         ge=1000,

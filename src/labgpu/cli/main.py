@@ -51,10 +51,11 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import admin, config_cmd, db, doctor, gpu, host, member, reconcile, serve, template
+    from labgpu.cli import admin, config_cmd, db, doctor, gpu, host, member, reconcile, serve, share, template
 
     app.add_typer(host.app, name="host")
     app.add_typer(member.app, name="member")
+    app.add_typer(share.app, name="share")
     app.add_typer(db.app, name="db")
     app.add_typer(template.app, name="template")
     app.add_typer(config_cmd.app, name="config")

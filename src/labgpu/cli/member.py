@@ -238,3 +238,229 @@ def key_list(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
     for k in keys:
         table.add_row(k["fingerprint"], k["comment"])
     c.console.print(table)
+
+
+# Changing, rebuilding and removing ----------------------------------------------------------------
+
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def confirm(message: str, *, yes: bool) -> None:
+    """Ask before a destructive step; without a terminal, --yes is required (exit 2 otherwise)."""
+    import sys
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise BadInput(f"{message} Refusing without a terminal to ask on: add --yes to confirm")
+    typer.confirm(message, abort=True)
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: str,
+    cpu: Annotated[str | None, typer.Option(help="CPU cores limit, or none for the default.")] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="Memory limit, e.g. 32GiB, or none for the default.")
+    ] = None,
+    disk: Annotated[
+        str | None, typer.Option(help="Root disk size, e.g. 100GiB (where the pool supports it), or none.")
+    ] = None,
+    gpus: Annotated[str | None, typer.Option(help="all, none, or indexes such as 0,2.")] = None,
+    share: Annotated[list[str] | None, typer.Option("--share", help="Attach a share (repeatable).")] = None,
+    no_share: Annotated[
+        list[str] | None, typer.Option("--no-share", help="Detach a share (repeatable).")
+    ] = None,
+    rdp: Annotated[
+        bool | None, typer.Option("--rdp/--no-rdp", help="Forward (or stop forwarding) a port to RDP 3389.")
+    ] = None,
+    vnc: Annotated[
+        bool | None, typer.Option("--vnc/--no-vnc", help="Forward (or stop forwarding) a port to VNC 5901.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a member's limits, GPUs, shares and ports; applied live when the container runs."""
+    from labgpu.services.lifecycle import parse_set_request, set_member
+
+    c = get_context(ctx)
+    request = parse_set_request(
+        cpu=cpu,
+        memory=memory,
+        disk=disk,
+        gpus=gpus,
+        add_shares=share or [],
+        remove_shares=no_share or [],
+        rdp=rdp,
+        vnc=vnc,
+    )
+    changes = set_member(c.services, name, request)
+    if as_json:
+        print_json({"name": name, "changes": [ch.as_dict() for ch in changes]})
+        return
+    if not changes:
+        c.console.print(f"{name}: nothing to change, it is set that way already")
+        return
+    table = Table("setting", "from", "to", "applied", "note", title=f"{name}: changed")
+    for ch in changes:
+        table.add_row(ch.setting, ch.old, ch.new, ch.applied, ch.note)
+    c.console.print(table)
+
+
+@app.command("reset")
+def reset(
+    ctx: typer.Context,
+    name: str,
+    template: Annotated[
+        str | None, typer.Option(help="Rebuild from this template (image alias) instead of the member's.")
+    ] = None,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a member's container from its template; the home, ports and SSH keys are kept.
+
+    Everything outside the home folder (installed packages, the password, snapshots) is lost.
+    A new initial password is printed once."""
+    from labgpu.services.lifecycle import count_snapshots, reset_member
+    from labgpu.services.members import get_member
+
+    c = get_context(ctx)
+    svc = c.services
+    info = get_member(svc, name, live=False)
+    snaps = count_snapshots(svc, name)
+    lost = f" and its {snaps} snapshot(s)" if snaps else ""
+    confirm(
+        f"Rebuild {name}'s container from {template or info.template or svc.settings.default_template}? "
+        f"Its root filesystem{lost} will be deleted; the home {info.home} is kept.",
+        yes=yes,
+    )
+    if as_json:
+        print_json(reset_member(svc, name, template=template).as_dict(with_password=True))
+        return
+    with c.console.status(f"rebuilding {name}'s container"):
+        sheet = reset_member(svc, name, template=template)
+    c.console.print(f"{name}'s container was rebuilt; home, ports and SSH keys kept.")
+    print_sheet(c, sheet)
+
+
+@app.command("snapshot")
+def snapshot(
+    ctx: typer.Context,
+    name: str,
+    snap: Annotated[
+        str | None,
+        typer.Argument(metavar="[SNAPSHOT]", help="Name. Default: snap-YYYYMMDD-HHMMSS (UTC), rotated."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Snapshot a member's container (its root filesystem; NOT the home folder)."""
+    from labgpu.services.snapshots import HOME_NOTE, take_snapshot
+
+    c = get_context(ctx)
+    taken = take_snapshot(c.services, name, snap)
+    if as_json:
+        print_json(taken.as_dict())
+        return
+    c.console.print(f"snapshot [bold]{taken.snapshot.name}[/] of {name} taken")
+    if taken.pruned:
+        c.console.print(f"deleted older automatic snapshot(s): {', '.join(taken.pruned)}")
+    c.console.print(f"[dim]note: {HOME_NOTE}[/]")
+
+
+@app.command("snapshots")
+def snapshots(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
+    """List a member's snapshots, oldest first."""
+    from labgpu.services.snapshots import HOME_NOTE, list_snapshots
+
+    c = get_context(ctx)
+    snaps = list_snapshots(c.services, name)
+    if as_json:
+        print_json([s.as_dict() for s in snaps])
+        return
+    if not snaps:
+        c.console.print(f"{name} has no snapshots: take one with `labgpu member snapshot {name}`")
+        return
+    table = Table("snapshot", "taken (UTC)", "kind")
+    for s in snaps:
+        table.add_row(s.name, s.created_at[:19].replace("T", " "), "automatic" if s.automatic else "named")
+    c.console.print(table)
+    c.console.print(
+        f"[dim]automatic snapshots beyond {c.services.settings.snapshots_keep} are deleted, oldest "
+        f"first; {HOME_NOTE}[/]"
+    )
+
+
+@app.command("restore")
+def restore(
+    ctx: typer.Context,
+    name: str,
+    snap: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="The snapshot to go back to.")],
+    yes: YesOpt = False,
+) -> None:
+    """Roll a member's container back to a snapshot (the home folder is not touched)."""
+    from labgpu.services.snapshots import HOME_NOTE, restore_snapshot
+
+    c = get_context(ctx)
+    confirm(
+        f"Roll {name}'s container back to {snap}? Changes to its root filesystem since then are lost "
+        "(a running container is restarted).",
+        yes=yes,
+    )
+    status = restore_snapshot(c.services, name, snap)
+    c.console.print(f"{name} restored to {snap} ({status}); limits, ports, shares and SSH keys are current")
+    c.console.print(f"[dim]note: {HOME_NOTE}[/]")
+
+
+@app.command("snapshot-rm")
+def snapshot_rm(
+    ctx: typer.Context,
+    name: str,
+    snap: Annotated[str, typer.Argument(metavar="SNAPSHOT")],
+    yes: YesOpt = False,
+) -> None:
+    """Delete one of a member's snapshots."""
+    from labgpu.services.snapshots import delete_snapshot
+
+    c = get_context(ctx)
+    confirm(f"Delete snapshot {snap} of {name}?", yes=yes)
+    delete_snapshot(c.services, name, snap)
+    c.console.print(f"deleted snapshot {snap} of {name}")
+
+
+@app.command("rm")
+def rm(
+    ctx: typer.Context,
+    name: str,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Delete the home folder too, instead of archiving it.")
+    ] = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a member: delete their container and free their ports; the home is archived."""
+    from labgpu.services.lifecycle import remove_member
+    from labgpu.services.members import get_member
+
+    c = get_context(ctx)
+    svc = c.services
+    info = get_member(svc, name, live=False)
+    home = (
+        f"DELETE the home folder {info.home} (--purge)"
+        if purge
+        else f"move the home folder to {svc.settings.home_archive}/"
+    )
+    confirm(
+        f"Remove {name}: delete container {info.container} and its snapshots, free ports, {home}?", yes=yes
+    )
+    removal = remove_member(svc, name, purge=purge)
+    if as_json:
+        print_json(removal.as_dict())
+        return
+    ports = ", ".join(f"{p} {n}" for p, n in removal.freed_ports.items()) or "none"
+    c.console.print(f"removed {name}; ports freed: {ports}")
+    if removal.archived_to:
+        c.console.print(f"home archived to [bold]{removal.archived_to}[/]")
+    elif removal.purged:
+        c.console.print(f"home {removal.home} deleted")
+    for note in removal.notes:
+        c.console.print(f"[dim]note: {note}[/]")

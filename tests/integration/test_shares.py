@@ -129,6 +129,9 @@ def test_cuda_toolkits_side_by_side_for_every_member(
 
     r = labgpu(env, "member", "set", "tom", "--share", "cuda-11.8")
     assert r.returncode == 2 and "every member" in r.stderr
+    r = labgpu(env, "member", "add", "tim", "--share", "cuda-11.8")
+    assert r.returncode == 2 and "every member" in r.stderr
+    assert not (Path(env.overrides["home_base"]) / "tim").exists()
 
     assert labgpu(env, "share", "rm", "cuda-11.8", "--yes").returncode == 0
     assert "share-cuda-11.8" not in runtime.profiles.get(profile).devices

@@ -276,10 +276,18 @@ def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
     if missing:
         raise BadInput(f"this host has no GPU {', '.join(map(str, missing))}")
     with svc.session() as session:
-        known = set(session.scalars(select(Share.name).where(Share.name.in_(request.shares))))
-    unknown = [s for s in request.shares if s not in known]
+        found = {
+            s.name: s.all_members
+            for s in session.scalars(select(Share).where(Share.name.in_(request.shares)))
+        }
+    unknown = [s for s in request.shares if s not in found]
     if unknown:
         raise BadInput(f"unknown share(s): {', '.join(unknown)}", hint="list them with `labgpu share list`")
+    everyone = [s for s in request.shares if found[s]]
+    if everyone:
+        raise BadInput(
+            f"share(s) {', '.join(everyone)} are already mounted for every member; leave out --share"
+        )
 
 
 def _write_desired_state(svc: Services, request: MemberRequest) -> None:

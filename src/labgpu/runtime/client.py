@@ -10,6 +10,8 @@ operation id for the caller to wait on.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +96,7 @@ class RuntimeClient:
         self.operation_timeout = operation_timeout
         self.project = project
         self.request_count = 0  # read by benchmarks and tests: how many HTTP requests we made
+        self.wait_chunk = 60.0  # seconds of one /wait request; longer waits ask again
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
         self._server: ServerInfo | None = None
@@ -231,6 +234,35 @@ class RuntimeClient:
         except (httpx.TransportError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[httpx.Response]:
+        """Send one request and yield the response with its body unread (big downloads: image export).
+
+        Raises the typed error of a failed response before yielding."""
+        client = self._client()
+        self.request_count += 1
+        try:
+            with client.stream(
+                method,
+                path,
+                params=self._params(params, True),
+                timeout=timeout if timeout is not None else self.timeout,
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise_for_response(response, what)
+                yield response
+        except httpx.TransportError as exc:  # not OSError: the caller's own (a full disk) stays what it is
+            raise self._unavailable(exc) from exc
+
     def request(
         self,
         method: str,
@@ -310,7 +342,7 @@ class RuntimeClient:
         waited = 0.0
         while True:
             # Long waits are split so that no single HTTP request outlives its read timeout.
-            step = max(1.0, min(limit - waited, 60.0))
+            step = max(1.0, min(limit - waited, self.wait_chunk))
             response = self.raw(
                 "GET",
                 f"/1.0/operations/{operation_id}/wait",
@@ -321,7 +353,10 @@ class RuntimeClient:
             if response.status_code == 404:
                 # Finished and already forgotten: only happens after a very long gap.
                 raise error_from_status(404, f"{what}: operation {operation_id} is gone")
-            op = raise_for_response(response, what).get("metadata") or {}
+            if _wait_timed_out(response):
+                op: dict[str, Any] = {}  # still running (Incus says so with an error, LXD with the operation)
+            else:
+                op = raise_for_response(response, what).get("metadata") or {}
             status = op.get("status")
             if status == "Success":
                 return dict(op)
@@ -389,6 +424,20 @@ class RuntimeClient:
         self.call(
             "DELETE", f"/1.0/certificates/{fingerprint}", what="remove trusted certificate", project=False
         )
+
+
+def _wait_timed_out(response: httpx.Response) -> bool:
+    """Whether a ``/wait?timeout=N`` answer only says that N seconds passed: Incus 6.0 answers with an
+    error body ("context deadline exceeded", HTTP 200) where LXD returns the still-running operation."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return (
+        isinstance(body, dict)
+        and body.get("type") == "error"
+        and "deadline exceeded" in str(body.get("error", ""))
+    )
 
 
 def _pem_body(pem: str) -> str:

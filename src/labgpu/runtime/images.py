@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from labgpu.runtime.errors import RuntimeError_, RuntimeNotFound, raise_for_response
@@ -35,6 +37,34 @@ class Image:
             architecture=str(data.get("architecture") or ""),
             extra=data,
         )
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """An image on an image server (the official ones, a campus mirror) that the daemon pulls itself."""
+
+    server: str
+    alias: str
+    protocol: str = "simplestreams"
+
+    def source(self) -> dict[str, Any]:
+        """The ``source`` of an instance create request for this image."""
+        return {
+            "type": "image",
+            "mode": "pull",
+            "server": self.server,
+            "protocol": self.protocol,
+            "alias": self.alias,
+        }
+
+
+def file_fingerprint(path: Path) -> str:
+    """The fingerprint LXD and Incus give a unified image: sha256 of its tarball."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def split_image_fingerprint(metadata: Path, rootfs: Path) -> str:
@@ -153,6 +183,16 @@ class Images:
                 json={"target": fingerprint, "description": description},
             )
 
+    def create_alias(self, alias: str, fingerprint: str, *, description: str = "") -> None:
+        """Create ``alias`` for ``fingerprint``; never moves an existing one. Raises RuntimeConflict
+        when the alias exists."""
+        self._c.call(
+            "POST",
+            "/1.0/images/aliases",
+            what=f"create image alias {alias}",
+            json={"name": alias, "target": fingerprint, "description": description},
+        )
+
     def delete_alias(self, alias: str) -> None:
         self._c.call(
             "DELETE", f"/1.0/images/aliases/{quote(alias, safe='')}", what=f"delete image alias {alias}"
@@ -182,9 +222,151 @@ class Images:
             self.set_alias(alias, fingerprint)
         return fingerprint
 
+    def import_unified(
+        self,
+        tarball: Path,
+        *,
+        aliases: list[str] | None = None,
+        properties: dict[str, str] | None = None,
+        public: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Upload a unified image tarball (what export gives for a published image) unless the daemon
+        already has it, set properties and aliases (moving them). Returns the fingerprint. Waits."""
+        fingerprint = file_fingerprint(tarball)
+        if self.find(fingerprint) is None:
+            p = self._c.header_prefix
+            with tarball.open("rb") as f:
+                op = self._c.call(
+                    "POST",
+                    "/1.0/images",
+                    what=f"import image {tarball.name}",
+                    content=f,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        f"{p}public": "1" if public else "0",
+                        f"{p}fingerprint": fingerprint,
+                    },
+                    timeout=timeout,
+                )
+            got = str(((op or {}).get("metadata") or {}).get("fingerprint", ""))
+            if got and got != fingerprint:
+                raise RuntimeError_(f"image import gave fingerprint {got[:12]}, expected {fingerprint[:12]}")
+        if properties:
+            self.set_properties(fingerprint, properties)
+        for alias in aliases or []:
+            self.set_alias(alias, fingerprint)
+        return fingerprint
+
+    def export_to(self, fingerprint: str, dest: Path, *, rootfs_dest: Path | None = None) -> list[Path]:
+        """Stream an image to files: a unified image to ``dest``; a split one to ``dest`` (metadata)
+        and ``rootfs_dest`` (default: ``dest`` + ".rootfs"). Returns the files written. Files are written
+        beside their final names and renamed at the end, so a failed export leaves nothing."""
+        rootfs_dest = rootfs_dest or dest.with_name(dest.name + ".rootfs")
+        written: list[tuple[Path, Path]] = []
+
+        def open_part(final: Path) -> BinaryIO:
+            tmp = final.with_name(f".{final.name}.partial")
+            written.append((tmp, final))
+            return tmp.open("wb")
+
+        try:
+            with self._c.stream(
+                "GET",
+                f"/1.0/images/{quote(fingerprint, safe='')}/export",
+                what=f"export image {fingerprint[:12]}",
+                timeout=self._c.operation_timeout,
+            ) as response:
+                ctype = response.headers.get("content-type", "")
+                if ctype.startswith("multipart/"):
+                    boundary = _boundary(ctype)
+                    targets = {"metadata": dest, "rootfs": rootfs_dest}
+
+                    def open_named(name: str) -> BinaryIO:
+                        if name not in targets:
+                            raise RuntimeError_(f"export image {fingerprint[:12]}: unexpected part {name!r}")
+                        return open_part(targets[name])
+
+                    split_multipart(response.iter_bytes(), boundary, open_named)
+                else:
+                    with open_part(dest) as out:
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+            for tmp, final in written:
+                tmp.rename(final)
+        finally:
+            for tmp, _final in written:
+                tmp.unlink(missing_ok=True)
+        return [final for _tmp, final in written]
+
     def export(self, fingerprint: str) -> bytes:
         """The image file(s) as the daemon serves them (a unified tarball or multipart)."""
         response = self._c.raw("GET", f"/1.0/images/{fingerprint}/export", timeout=self._c.operation_timeout)
         if not response.is_success:
             raise_for_response(response, f"export image {fingerprint[:12]}")
         return response.content
+
+
+def _boundary(content_type: str) -> bytes:
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise RuntimeError_(f"image export: multipart answer without a boundary ({content_type})")
+    return match.group(1).encode()
+
+
+def split_multipart(
+    chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[str], BinaryIO]
+) -> list[str]:
+    """Write each part of a ``multipart/form-data`` stream to the file ``open_part(name)`` gives, without
+    holding a part in memory (a split image's rootfs is hundreds of megabytes). Returns the part names.
+    Raises RuntimeError_ when the stream ends before its closing boundary."""
+    delimiter = b"\r\n--" + boundary
+    keep = len(delimiter) + 2  # bytes held back: the start of a delimiter split across chunks
+    buf = bytearray(b"\r\n")  # so the first delimiter looks like every other one
+    state = "preamble"
+    out: BinaryIO | None = None
+    names: list[str] = []
+    try:
+        for chunk in chunks:
+            buf += chunk
+            while True:
+                if state in ("preamble", "body"):
+                    at = buf.find(delimiter)
+                    if at < 0:
+                        if len(buf) > keep:
+                            if out is not None:
+                                out.write(buf[:-keep])
+                            del buf[:-keep]
+                        break
+                    if out is not None:
+                        out.write(buf[:at])
+                        out.close()
+                        out = None
+                    del buf[: at + len(delimiter)]
+                    state = "delimiter"
+                if state == "delimiter":
+                    if len(buf) < 2:
+                        break
+                    if buf[:2] == b"--":
+                        state = "done"
+                        break
+                    state = "headers"
+                if state == "headers":
+                    end = buf.find(b"\r\n\r\n", 2)
+                    if end < 0:
+                        break
+                    headers = bytes(buf[:end]).decode("latin-1")
+                    del buf[: end + 4]
+                    match = re.search(r'name="([^"]*)"', headers)
+                    name = match.group(1) if match else ""
+                    names.append(name)
+                    out = open_part(name)
+                    state = "body"
+                if state == "done":
+                    break
+    finally:
+        if out is not None:
+            out.close()
+    if state != "done":
+        raise RuntimeError_("image export: the answer ended before the last part was complete")
+    return names

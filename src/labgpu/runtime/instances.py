@@ -10,6 +10,7 @@ from labgpu.runtime.errors import RuntimeConflict, RuntimeError_, RuntimeNotFoun
 
 if TYPE_CHECKING:
     from labgpu.runtime.client import RuntimeClient
+    from labgpu.runtime.images import RemoteImage
 
 Devices = dict[str, dict[str, str]]
 
@@ -144,6 +145,7 @@ class Instances:
         *,
         image: str | None = None,
         fingerprint: str | None = None,
+        remote_image: RemoteImage | None = None,
         config: dict[str, str] | None = None,
         devices: Devices | None = None,
         profiles: list[str] | None = None,
@@ -153,20 +155,25 @@ class Instances:
         wait: bool = True,
         timeout: float | None = None,
     ) -> Any:
-        """Create a container from a local image (alias or fingerprint) with its
-        whole config and devices in ONE request; optionally start it.
+        """Create a container from a local image (alias or fingerprint), or from an image
+        the daemon pulls from a simplestreams server (``remote_image``), with its whole
+        config and devices in ONE request; optionally start it.
 
         Waits for the operation when ``wait``. Raises RuntimeConflict when the
         name is taken, RuntimeNotFound when the image is missing."""
-        if (image is None) == (fingerprint is None):
-            raise ValueError("give exactly one of image or fingerprint")
+        if sum(x is not None for x in (image, fingerprint, remote_image)) != 1:
+            raise ValueError("give exactly one of image, fingerprint or remote_image")
         if image is not None:
             # Resolved here because the daemons' own answer for a missing alias
             # ranges from a clear 404 to a vague 500 ("Image not provided").
             fingerprint = self._c.images.resolve_alias(image)
             if fingerprint is None:
                 raise RuntimeNotFound(f"create instance {name}: image {image!r} not found")
-        source: dict[str, Any] = {"type": "image", "fingerprint": fingerprint}
+        source: dict[str, Any] = (
+            remote_image.source()
+            if remote_image is not None
+            else {"type": "image", "fingerprint": fingerprint}
+        )
         body: dict[str, Any] = {
             "name": name,
             "type": "container",

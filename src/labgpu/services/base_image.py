@@ -94,6 +94,8 @@ _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"]+$")
 _HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+#: debootstrap's --variant values a recipe may ask for ("default": no --variant, debootstrap's own default).
+VARIANTS = ("minbase", "buildd", "default")
 
 Progress = Callable[[str], None]
 
@@ -173,6 +175,7 @@ class ImageRecipe:
     busybox: str = ""
     busybox_sha256: str = ""
     busybox_version: str = ""
+    variant: str = "minbase"
 
     @property
     def os_name(self) -> str:
@@ -185,7 +188,7 @@ class ImageRecipe:
     @property
     def description(self) -> str:
         if self.kind == "debootstrap":
-            return f"labgpu base: Debian {self.suite} minbase with sshd ({self.architecture})"
+            return f"labgpu base: Debian {self.suite} {self.variant} with sshd ({self.architecture})"
         return f"labgpu test: busybox {self.busybox_version} ({self.architecture})"
 
 
@@ -215,13 +218,18 @@ def debootstrap_recipe(
     include: Sequence[str] = DEFAULT_INCLUDE,
     user: str = DEFAULT_USER,
     uid: int = DEFAULT_UID,
+    variant: str = "minbase",
     architecture: str | None = None,
 ) -> ImageRecipe:
-    """The recipe of a Debian image with sshd. Raises BadInput for a malformed suite, mirror, package or user."""
+    """The recipe of a Debian image with sshd: the ``include`` packages (sshd and sudo at least) installed by
+    debootstrap ``variant`` on the host. Raises BadInput for a malformed suite, mirror, variant, package or
+    user."""
     if not _SUITE_RE.match(suite):
         raise BadInput(f"invalid suite name {suite!r}")
     if not _MIRROR_RE.match(mirror):
         raise BadInput(f"invalid mirror {mirror!r}: expected an http://, https:// or file:// URL")
+    if variant not in VARIANTS:
+        raise BadInput(f"invalid debootstrap variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     for package in include:
         if not _PACKAGE_RE.match(package):
             raise BadInput(f"invalid package name {package!r}")
@@ -237,6 +245,7 @@ def debootstrap_recipe(
         include=tuple(sorted(set(include))),
         user=user,
         uid=uid,
+        variant=variant,
     )
 
 
@@ -439,7 +448,7 @@ def _build_debootstrap_rootfs(recipe: ImageRecipe, rootfs: Path, say: Progress, 
     say(f"debootstrap {recipe.suite} from {recipe.mirror} (about a minute)")
     argv = [
         debootstrap,
-        "--variant=minbase",
+        *([] if recipe.variant == "default" else [f"--variant={recipe.variant}"]),
         "--components=main",
         f"--include={','.join(recipe.include)}",
         recipe.suite,

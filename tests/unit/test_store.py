@@ -521,3 +521,39 @@ def test_the_labgpu_command_reports_an_unreachable_database_without_a_traceback(
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
         "error: cannot connect to PostgreSQL at 127.0.0.1:1 (database labgpu, user labgpu): connection refused"
     ]
+
+
+def test_a_gpu_slot_is_held_by_one_booking_only(sessions: sessionmaker[Session]) -> None:
+    from datetime import UTC, datetime
+
+    from labgpu.store.models import Booking, BookingSlot, BookingStatus
+
+    t0 = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+    t1 = datetime(2026, 12, 1, 14, 15, tzinfo=UTC)
+    t2 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
+    with sessions.begin() as s:
+        host = _host(s)
+        alice, bob = _member(s, "alice", 200001, host), _member(s, "bob", 200002, host)
+        a = Booking(
+            member=alice, host_id=host.id, gpus="0", start_at=t0, end_at=t2, status=BookingStatus.APPROVED
+        )
+        a.slots = [BookingSlot(host_id=host.id, gpu_index=0, slot_start=t) for t in (t0, t1)]
+        s.add(a)
+        # The same time on another GPU is fine.
+        b = Booking(member=bob, host_id=host.id, gpus="1", start_at=t0, end_at=t1)
+        b.slots = [BookingSlot(host_id=host.id, gpu_index=1, slot_start=t0)]
+        s.add(b)
+    with pytest.raises(IntegrityError) as err, sessions.begin() as s:
+        c = Booking(member_id=bob.id, host_id=host.id, gpus="0", start_at=t1, end_at=t2)
+        c.slots = [BookingSlot(host_id=host.id, gpu_index=0, slot_start=t1)]
+        s.add(c)
+    assert violated_constraint(err.value) == "pk_booking_slots"
+    with pytest.raises(IntegrityError), sessions.begin() as s:
+        s.add(Booking(member_id=bob.id, host_id=host.id, gpus="2", start_at=t2, end_at=t0))
+    # Cancelling frees the slots (they go with the booking's rows).
+    with sessions.begin() as s:
+        s.delete(s.get_one(Booking, a.id))
+    with sessions.begin() as s:
+        c = Booking(member_id=bob.id, host_id=host.id, gpus="0", start_at=t1, end_at=t2)
+        c.slots = [BookingSlot(host_id=host.id, gpu_index=0, slot_start=t1)]
+        s.add(c)

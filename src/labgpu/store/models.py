@@ -117,7 +117,10 @@ class Host(Base):
     """One LXD/Incus server (standalone) or one member of a cluster."""
 
     __tablename__ = "hosts"
-    __table_args__ = (_check_in("kind", HostKind),)
+    __table_args__ = (
+        _check_in("kind", HostKind),
+        sa.CheckConstraint("gpu_mode IN ('shared', 'assigned', 'booked')", name="gpu_mode"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(63), unique=True)
@@ -129,6 +132,10 @@ class Host(Base):
     # A drained host keeps its members but gets no new ones.
     drained: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    # How this host's GPUs are shared (revision 0003): shared, assigned or booked.
+    gpu_mode: Mapped[str] = mapped_column(sa.String(16), default="shared", server_default="shared")
+    # Where this host's `labgpu agent` answers (GPU usage); None: the local one or none.
+    agent_url: Mapped[str | None] = mapped_column(sa.String(255))
 
     members: Mapped[list[Member]] = relationship(back_populates="host")
 
@@ -384,3 +391,167 @@ class LoginAttempt(Base):
 
     def __repr__(self) -> str:
         return f"LoginAttempt(account={self.account!r}, ok={self.succeeded!r})"
+
+
+# Applications, GPU bookings, jobs, notices (revision 0003) ------------------------------------------
+
+
+class ApplicationStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for an admin
+    APPROVED = "approved"  # approved; the container is being provisioned (see ``progress``)
+    DONE = "done"  # provisioned: the member exists
+    FAILED = "failed"  # approved but provisioning failed (``progress`` says why); can be retried
+    REJECTED = "rejected"
+
+
+class Application(Base):
+    """A sign-up request from the portal, waiting for an admin to approve or reject it.
+
+    The applicant's chosen portal password is kept only as its argon2id hash and moves to the account
+    on approval. Several applications may carry the same name over time (one rejected, one later), but
+    only one may be pending: checked in the service under the member-name constraint at approval.
+    """
+
+    __tablename__ = "applications"
+    __table_args__ = (
+        _check_in("status", ApplicationStatus),
+        sa.Index("ix_applications_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(32), index=True)  # the member name asked for
+    email: Mapped[str] = mapped_column(sa.String(254))
+    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    supervisor: Mapped[str | None] = mapped_column(sa.String(128))
+    group_name: Mapped[str | None] = mapped_column(sa.String(128))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[ApplicationStatus] = mapped_column(
+        _enum(ApplicationStatus), default=ApplicationStatus.PENDING, server_default=ApplicationStatus.PENDING.value
+    )
+    # What the admin approved (may differ from the defaults); None: the defaults.
+    template: Mapped[str | None] = mapped_column(sa.String(255))
+    cpu_limit: Mapped[int | None]
+    memory_limit_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    gpu_spec: Mapped[str | None] = mapped_column(sa.String(255))
+    decided_by: Mapped[str | None] = mapped_column(sa.String(64))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(sa.Text)  # shown to the applicant on rejection
+    # Human-readable provisioning progress ("creating the container", "waiting for sshd", an error).
+    progress: Mapped[str | None] = mapped_column(sa.String(255))
+    source_address: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=sa.func.now())
+
+    def __repr__(self) -> str:
+        return f"Application(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+class GpuMode(enum.StrEnum):
+    SHARED = "shared"  # every container gets every GPU (the seeds' default)
+    ASSIGNED = "assigned"  # the admin attaches chosen GPUs to each member
+    BOOKED = "booked"  # members book GPUs for a time window
+
+
+class BookingStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for an admin (when policy asks for approval); holds its slots
+    APPROVED = "approved"  # will be attached at its start
+    ACTIVE = "active"  # attached now
+    ENDED = "ended"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+class Booking(Base):
+    """A time-boxed claim of GPUs on one host by a member (half-open window [start_at, end_at))."""
+
+    __tablename__ = "bookings"
+    __table_args__ = (
+        _check_in("status", BookingStatus),
+        sa.CheckConstraint("end_at > start_at", name="window"),
+        sa.Index("ix_bookings_status_start_at", "status", "start_at"),
+        sa.Index("ix_bookings_status_end_at", "status", "end_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    host_id: Mapped[int] = mapped_column(sa.ForeignKey("hosts.id", ondelete="RESTRICT"))
+    # The GPU indexes, comma-separated ("0,2"): the slots below are what the constraint checks.
+    gpus: Mapped[str] = mapped_column(sa.String(255))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    status: Mapped[BookingStatus] = mapped_column(
+        _enum(BookingStatus), default=BookingStatus.APPROVED, server_default=BookingStatus.APPROVED.value
+    )
+    note: Mapped[str | None] = mapped_column(sa.String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=sa.func.now())
+
+    member: Mapped[Member] = relationship()
+    slots: Mapped[list[BookingSlot]] = relationship(
+        back_populates="booking", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"Booking(id={self.id!r}, member_id={self.member_id!r}, gpus={self.gpus!r}, status={self.status!r})"
+
+
+class BookingSlot(Base):
+    """One GPU for one fixed-length time slot, held by a live booking.
+
+    The primary key (host, GPU, slot start) makes two overlapping bookings of a GPU impossible on every
+    backend, whatever the code above did. A booking holds one row per GPU per slot while it is pending,
+    approved or active; its rows are deleted when it is cancelled, rejected or ends early.
+    """
+
+    __tablename__ = "booking_slots"
+
+    host_id: Mapped[int] = mapped_column(sa.ForeignKey("hosts.id", ondelete="RESTRICT"), primary_key=True)
+    gpu_index: Mapped[int] = mapped_column(primary_key=True)
+    slot_start: Mapped[datetime] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(sa.ForeignKey("bookings.id", ondelete="CASCADE"), index=True)
+
+    booking: Mapped[Booking] = relationship(back_populates="slots")
+
+
+class GpuSample(Base):
+    """A GPU's utilization at one moment, kept for idle detection and the portal's charts."""
+
+    __tablename__ = "gpu_samples"
+    __table_args__ = (sa.Index("ix_gpu_samples_host_id_gpu_index_at", "host_id", "gpu_index", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    host_id: Mapped[int] = mapped_column(sa.ForeignKey("hosts.id", ondelete="CASCADE"))
+    gpu_index: Mapped[int]
+    at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    utilization: Mapped[int | None]  # percent
+    memory_used: Mapped[int | None] = mapped_column(sa.BigInteger)  # bytes
+    member: Mapped[str | None] = mapped_column(sa.String(32))  # who had processes on it, if anyone
+
+
+class JobState(Base):
+    """The last and next run of a periodic job (booking starts/ends, idle checks, reconcile), and a lease
+    so that only one runner works on a job at a time. Kept in the store: jobs survive restarts."""
+
+    __tablename__ = "job_states"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    last_started_at: Mapped[datetime | None]
+    last_finished_at: Mapped[datetime | None]
+    last_status: Mapped[str | None] = mapped_column(sa.String(16))  # ok, failed
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    next_run_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_until: Mapped[datetime | None]
+
+
+class Notice(Base):
+    """A maintenance notice from an admin, shown in the login banner and the portal while active."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message: Mapped[str] = mapped_column(sa.Text)
+    starts_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    ends_at: Mapped[datetime | None]  # None: until removed
+    created_by: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())

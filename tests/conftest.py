@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -241,3 +242,45 @@ def labgpu_env(
         names = []
     for name in names:
         cleanup.instance(name)
+
+
+# Mail: a real SMTP server (aiosmtpd) on loopback ----------------------------------------------------
+
+
+@dataclass
+class MailBox:
+    host: str
+    port: int
+    messages: list[Any] = field(default_factory=list)
+
+    def to(self, address: str) -> list[Any]:
+        return [m for m in self.messages if address in (m["To"] or "")]
+
+    def settings(self) -> dict[str, str]:
+        return {"smtp_host": self.host, "smtp_port": str(self.port), "mail_from": "labgpu@lab.test"}
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[MailBox]:
+    """A real SMTP server on 127.0.0.1 collecting every message it receives (parsed)."""
+    import socket
+    from email import message_from_bytes, policy
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:  # aiosmtpd needs a fixed port to check its own start-up
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    box = MailBox(host="127.0.0.1", port=port)
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            box.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()

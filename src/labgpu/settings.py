@@ -168,6 +168,23 @@ class Settings(BaseSettings):
     public_address: str | None = Field(
         None, description="Address members are told to connect to. Empty: the host's name."
     )
+    smtp_host: str | None = Field(
+        None,
+        description="SMTP server for mail to members and admins. Empty: no mail is sent (and it is logged).",
+    )
+    smtp_port: int = Field(
+        25, ge=1, le=65535, description="SMTP server port (587 for STARTTLS, 465 for TLS)."
+    )
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        "none", description="How to secure the SMTP connection: none, starttls or tls."
+    )
+    smtp_user: str | None = Field(None, description="SMTP login user; empty: no login.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
+    mail_from: str = Field("labgpu@localhost", description="Sender address of labgpu's mail.")
+    portal_url: str | None = Field(
+        None,
+        description="The portal's address as members reach it, used in mail (e.g. https://gpu.lab.edu/).",
+    )
     web_host: str = Field("127.0.0.1", description="Address `labgpu serve` listens on.")
     web_port: int = Field(8000, ge=1, le=65535, description="Port `labgpu serve` listens on.")
     secure_cookies: bool = Field(

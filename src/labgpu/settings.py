@@ -185,6 +185,21 @@ class Settings(BaseSettings):
         None,
         description="The portal's address as members reach it, used in mail (e.g. https://gpu.lab.edu/).",
     )
+    applications_open: bool = Field(
+        True,
+        description="Whether visitors may apply for an account on the portal (/apply). Off: only admins add "
+        "members.",
+    )
+    apply_max_per_hour: int = Field(
+        5,
+        ge=1,
+        description="Applications one client address may send per hour; more are refused (HTTP 429).",
+    )
+    apply_max_pending: int = Field(
+        200,
+        ge=1,
+        description="Applications that may wait for an admin at once; past it, new ones are refused (HTTP 429).",
+    )
     web_host: str = Field("127.0.0.1", description="Address `labgpu serve` listens on.")
     web_port: int = Field(8000, ge=1, le=65535, description="Port `labgpu serve` listens on.")
     secure_cookies: bool = Field(

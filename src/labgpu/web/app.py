@@ -8,6 +8,7 @@ Layout: ``deps`` (typed dependencies: who is asking, the services acting for the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from labgpu import __version__
 from labgpu.services.context import Actor, Services
@@ -60,28 +62,43 @@ def _build_services(settings: Settings) -> Services:
     return Services(settings=settings, runtime=runtime, sessions=session_factory(engine), actor=Actor("web"))
 
 
-def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+def create_app(settings: Settings, *, services: Services | None = None, background: bool = True) -> FastAPI:
     """The portal and JSON API for ``settings``. Does no I/O until a request comes (except creating the
     secret key file in state_dir when there is none yet).
 
     ``services`` lets tests hand in their own (a real daemon, a private store); by default they are built
-    from ``settings``. The database must be migrated already (``labgpu serve`` does it)."""
+    from ``settings``. The database must be migrated already (``labgpu serve`` does it). With
+    ``background`` (the default) approved applications are provisioned by a worker thread, and those left
+    unfinished by an earlier run are resumed at start-up; without it they stay queued in the store."""
+    from labgpu.services.applications import ProvisionWorker
     from labgpu.web.routes import (
         api_account,
+        api_applications,
         api_audit,
+        api_container,
+        api_lab,
         api_members,
         health,
         pages_account,
+        pages_admin,
+        pages_apply,
         pages_auth,
+        pages_lab,
         pages_me,
     )
 
     owned = services is None
     svc = services if services is not None else _build_services(settings)
+    worker = ProvisionWorker(dataclasses.replace(svc, actor=Actor("system")), enabled=background)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if background:
+            resumed = await run_in_threadpool(worker.resume)
+            if resumed:
+                log.info("resuming the provisioning of %d approved application(s)", resumed)
         yield
+        await run_in_threadpool(worker.stop)
         if owned:
             svc.runtime.close()
             svc.sessions.kw["bind"].dispose()
@@ -100,6 +117,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.state.settings = settings
     app.state.services = svc
     app.state.engine = svc.sessions.kw["bind"]
+    app.state.worker = worker
     app.state.secret_key = settings.session_secret()
     renderer = Renderer(csrf_token=csrf_token, identity=request_identity)
     app.state.renderer = renderer
@@ -113,7 +131,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         response = await call_next(request)
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
-        if request.url.path.startswith("/api/") or request.url.path in ("/login", "/account", "/me"):
+        if not request.url.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
         set_pending_cookies(request, response)
         return response
@@ -125,6 +143,21 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    for module in (health, api_account, api_members, api_audit, pages_auth, pages_account, pages_me):
+    # api_container before api_members: its /members/{name}/reset must not be taken for {action}.
+    for module in (
+        health,
+        api_account,
+        api_applications,
+        api_container,
+        api_members,
+        api_lab,
+        api_audit,
+        pages_auth,
+        pages_apply,
+        pages_account,
+        pages_me,
+        pages_admin,
+        pages_lab,
+    ):
         app.include_router(module.router)
     return app

@@ -30,6 +30,21 @@ SERVICE_MESSAGES = (
     N_("you have no container yet"),
     N_("your container has no remote desktop port"),
     N_("internal error; the server log has the details"),
+    N_("an e-mail address is required: the decision is sent there"),
+    N_("this portal does not take applications; ask an admin of your lab for an account"),
+    N_("give the applicant a reason for the rejection"),
+    N_("type your name to confirm the reset"),
+    N_("type the member's name to confirm the removal"),
+    N_("you cannot remove your own account"),
+    N_("you cannot disable your own account"),
+    N_("no public key given"),
+    N_("a member name is required"),
+    # Provisioning progress of an application (shown on the admin's queue).
+    N_("queued"),
+    N_("creating the container"),
+    N_("waiting for sshd"),
+    N_("creating the portal account"),
+    N_("done"),
 )
 _KNOWN = frozenset(SERVICE_MESSAGES)
 

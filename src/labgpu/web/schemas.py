@@ -143,3 +143,206 @@ class AuditOut(BaseModel):
     target: str | None
     detail: dict[str, object] | None
     source_address: str | None
+
+
+# Applications ---------------------------------------------------------------------------------------
+
+
+class ApplicationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64, description="The member name asked for (a Linux user name).")
+    email: str = Field(max_length=254, description="Where the decision is sent.")
+    password: str = Field(max_length=1024, description="The portal password (kept only as a hash).")
+    supervisor: str | None = Field(None, max_length=128)
+    group_name: str | None = Field(None, max_length=128)
+    reason: str | None = Field(None, max_length=2000)
+
+
+class ApplicationReceived(BaseModel):
+    id: int
+    name: str
+    status: str
+    message: str
+
+
+class ApplicationOut(BaseModel):
+    id: int
+    name: str
+    email: str
+    supervisor: str | None
+    group_name: str | None
+    reason: str | None
+    status: Literal["pending", "approved", "done", "failed", "rejected"]
+    template: str | None
+    cpu: int | None
+    memory_bytes: int | None
+    gpus: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_reason: str | None
+    progress: str | None = Field(description="Provisioning progress, or the error of a failed one.")
+    source_address: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApplicationApprove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template: str | None = Field(None, max_length=255, description="Template; empty: the default.")
+    cpu: int | None = Field(None, ge=1, le=4096, description="CPU limit in cores; empty: no limit.")
+    memory: str | None = Field(None, max_length=32, description="Memory limit, e.g. 32GiB; empty: none.")
+    gpus: str | None = Field(None, max_length=255, description="all, none, or indexes such as 0,1.")
+
+
+class ApplicationReject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, description="Sent to the applicant.")
+
+
+# The lab: containers, hosts, templates, shares -----------------------------------------------------
+
+
+class ContainerOut(BaseModel):
+    name: str
+    host: str
+    status: str = Field(description="The daemon's status, or missing / unreachable.")
+    kind: Literal["labgpu", "foreign", "orphan"] = Field(
+        description="labgpu: a member's; foreign: not labgpu's (never touched); orphan: marked as labgpu's "
+        "but no member explains it."
+    )
+    owner: str | None
+    ipv4: list[str]
+    ports: dict[str, int]
+    gpus: str
+    cpu: str | None
+    memory: str | None
+    template: str | None
+    memory_usage: int
+    processes: int
+
+
+class HostOut(BaseModel):
+    name: str
+    kind: str
+    url: str | None
+    public_address: str | None
+    drained: bool
+    gpu_mode: str
+    members: int
+    reachable: bool | None
+    version: str | None
+
+
+class TemplateVersionOut(BaseModel):
+    name: str
+    version: str | None
+    ref: str
+    fingerprint: str
+    aliases: list[str]
+    size: int
+    created_at: str
+    built_at: str
+    spec_hash: str
+    description: str
+    latest: bool
+    containers: list[str]
+
+
+class TemplateOut(BaseModel):
+    name: str
+    latest: str | None
+    containers: list[str]
+    versions: list[TemplateVersionOut]
+
+
+class ShareOut(BaseModel):
+    name: str
+    source: str
+    path: str
+    readonly: bool
+    all_members: bool
+    members: list[str]
+    device: str
+
+
+class ShareCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=63)
+    source: str = Field(max_length=4096, description="Folder on the host.")
+    path: str = Field(max_length=4096, description="Mount point inside the containers.")
+    readonly: bool = True
+    all_members: bool = False
+
+
+# A member's container: limits, removal, reset, snapshots, keys --------------------------------------
+
+
+class MemberChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: str | None = Field(None, max_length=8, description="Cores, or none for no limit.")
+    memory: str | None = Field(None, max_length=32, description="e.g. 32GiB, or none.")
+    disk: str | None = Field(None, max_length=32, description="e.g. 100GiB, or none.")
+    gpus: str | None = Field(None, max_length=255, description="all, none, or indexes such as 0,1.")
+
+
+class ChangeOut(BaseModel):
+    setting: str
+    old: str
+    new: str
+    applied: str
+    note: str
+
+
+class RemovalOut(BaseModel):
+    name: str
+    container: str | None
+    container_deleted: bool
+    home: str
+    archived_to: str | None
+    purged: bool
+    freed_ports: dict[str, int]
+    notes: list[str]
+
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    confirm: str = Field(max_length=64, description="The member's name, typed again.")
+    template: str | None = Field(None, max_length=255, description="Another template (admins only).")
+
+
+class InitialPasswordOut(BaseModel):
+    name: str
+    user: str
+    password: str = Field(description="Shown once; must be changed at the first SSH login.")
+
+
+class ResetOut(ConnectionOut):
+    initial_password: str | None = Field(None, description="Shown once; changed at the first login.")
+
+
+class SnapshotOut(BaseModel):
+    name: str
+    created_at: str
+    automatic: bool
+    stateful: bool
+
+
+class SnapshotCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=63, description="Empty: an automatic name (rotated).")
+
+
+class SnapshotTaken(SnapshotOut):
+    pruned: list[str]
+    note: str
+
+
+class KeyOut(BaseModel):
+    fingerprint: str
+    comment: str
+    key: str
+
+
+class KeyAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(max_length=16384, description="One or more public keys, one per line.")

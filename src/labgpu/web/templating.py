@@ -66,6 +66,19 @@ def _size(value: int | None) -> str:
     return str(value)
 
 
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "—"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
 class Renderer:
     """Renders templates for a request, in its language, with the values every page needs."""
 
@@ -81,6 +94,7 @@ class Renderer:
         self.env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
         self.env.filters["when"] = _when
         self.env.filters["size"] = _size
+        self.env.filters["duration"] = _duration
         self._csrf_token = csrf_token
         self._identity = identity
 

@@ -1,4 +1,6 @@
-"""Pages: my container (state, ports, connection sheet, start/stop/restart) and its downloads."""
+"""Pages: my container (state, limits, uptime, connection sheet, start/stop/restart, reset, first-login
+password, snapshots, SSH keys) and its downloads. Every action is on the logged-in member's own
+container: there is no name in these forms to tamper with."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from labgpu.errors import LabgpuError, NotFound
-from labgpu.services import members
+from labgpu.errors import BadInput, LabgpuError, NotFound
+from labgpu.services import containers, lifecycle, members, snapshots
 from labgpu.services.accounts import Identity
 from labgpu.services.context import Services
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
@@ -23,6 +25,7 @@ POWER_DONE = {
     "stop": N_("Your container was stopped."),
     "restart": N_("Your container was restarted."),
 }
+SnapshotField = Annotated[str, Form(max_length=63)]
 
 
 def _page(
@@ -35,7 +38,42 @@ def _page(
 ) -> HTMLResponse:
     info = members.get_member(svc, identity.name, live=True)
     sheet = connection_sheet(svc, info)
-    return renderer.render(request, "me.html", status_code, member=info, sheet=sheet, **extra)
+    snaps: list[snapshots.SnapshotInfo] = []
+    keys: list[dict[str, str]] = []
+    uptime = None
+    if info.container:
+        keys = members.list_keys(svc, identity.name)
+        if info.status not in ("missing", "unreachable"):
+            try:
+                snaps = snapshots.list_snapshots(svc, identity.name)
+            except LabgpuError:
+                snaps = []
+            if info.status == "Running":
+                uptime = containers.uptime_seconds(svc, info.container)
+    return renderer.render(
+        request,
+        "me.html",
+        status_code,
+        member=info,
+        sheet=sheet,
+        snapshots=list(reversed(snaps)),
+        keys=keys,
+        uptime=uptime,
+        **extra,
+    )
+
+
+def _done(
+    request: Request, renderer: Renderer, svc: Services, identity: Identity, notice: str, **extra: Any
+) -> HTMLResponse:
+    return _page(request, renderer, svc, identity, notice=renderer.gettext(request)(notice), **extra)
+
+
+def _failed(
+    request: Request, renderer: Renderer, svc: Services, identity: Identity, exc: LabgpuError
+) -> HTMLResponse:
+    message = translate(renderer.gettext(request), exc.message)
+    return _page(request, renderer, svc, identity, exc.status, error=message)
 
 
 @router.get("/me")
@@ -51,12 +89,128 @@ def power(
     renderer: RendererDep,
     action: Annotated[Literal["start", "stop", "restart"], Form()],
 ) -> HTMLResponse:
-    gettext = renderer.gettext(request)
     try:
         members.set_power(svc, identity.name, action)
     except LabgpuError as exc:
-        return _page(request, renderer, svc, identity, exc.status, error=translate(gettext, exc.message))
-    return _page(request, renderer, svc, identity, notice=gettext(POWER_DONE[action]))
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(request, renderer, svc, identity, POWER_DONE[action])
+
+
+@router.post("/me/reset")
+def reset(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    confirm: Annotated[str, Form(max_length=64)] = "",
+) -> HTMLResponse:
+    try:
+        if confirm.strip() != identity.name:
+            raise BadInput("type your name to confirm the reset")
+        sheet = lifecycle.reset_member(svc, identity.name)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(
+        request,
+        renderer,
+        svc,
+        identity,
+        N_("Your container was rebuilt from its template. Your home folder was kept."),
+        new_password=sheet.initial_password,
+    )
+
+
+@router.post("/me/initial-password")
+def initial_password(
+    request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
+) -> HTMLResponse:
+    try:
+        password = members.reset_password(svc, identity.name)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(
+        request,
+        renderer,
+        svc,
+        identity,
+        N_("A new first-login password was set for your container."),
+        new_password=password,
+    )
+
+
+@router.post("/me/snapshots")
+def take_snapshot(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    name: SnapshotField = "",
+) -> HTMLResponse:
+    try:
+        snapshots.take_snapshot(svc, identity.name, name.strip() or None)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(request, renderer, svc, identity, N_("The snapshot was taken."))
+
+
+@router.post("/me/snapshots/restore")
+def restore_snapshot(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    snapshot: SnapshotField = "",
+) -> HTMLResponse:
+    try:
+        snapshots.restore_snapshot(svc, identity.name, snapshot)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(request, renderer, svc, identity, N_("Your container was restored from the snapshot."))
+
+
+@router.post("/me/snapshots/delete")
+def delete_snapshot(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    snapshot: SnapshotField = "",
+) -> HTMLResponse:
+    try:
+        snapshots.delete_snapshot(svc, identity.name, snapshot)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(request, renderer, svc, identity, N_("The snapshot was deleted."))
+
+
+@router.post("/me/keys")
+def add_key(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    key: Annotated[str, Form(max_length=16384)] = "",
+) -> HTMLResponse:
+    try:
+        members.add_keys(svc, identity.name, [key])
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(request, renderer, svc, identity, N_("The SSH key was added."))
+
+
+@router.post("/me/keys/remove")
+def remove_key(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    fingerprint: Annotated[str, Form(max_length=255)] = "",
+) -> HTMLResponse:
+    try:
+        members.remove_key(svc, identity.name, fingerprint)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, identity, exc)
+    return _done(request, renderer, svc, identity, N_("The SSH key was removed."))
 
 
 def _sheet(svc: Services, identity: Identity) -> Any:

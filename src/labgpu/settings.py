@@ -240,11 +240,79 @@ class Settings(BaseSettings):
         "logins from it are refused (HTTP 429). Failures of an account that then logged in from there "
         "are forgiven; others are not.",
     )
+    gpu_passthrough: Literal["auto", "cdi", "nvidia-runtime", "none"] = Field(
+        "auto",
+        description="How the NVIDIA driver's user-space (libraries, nvidia-smi) reaches containers given a GPU "
+        "by labgpu: cdi (the gpu device names a CDI id, nvidia.com/gpu=N; needs the runtime's gpu_cdi API "
+        "extension and `nvidia-ctk cdi generate`), nvidia-runtime (nvidia.runtime=true; needs "
+        "nvidia-container-cli on the host), none (device nodes only). auto: cdi when the runtime supports "
+        "it, else nvidia-runtime when nvidia-container-cli is installed, else none.",
+    )
+    booking_slot_minutes: int = Field(
+        15,
+        description="Bookings hold whole slots of this many minutes (5, 10, 15, 20, 30 or 60): a start is "
+        "rounded down and an end up to a slot boundary. Change it only when no booking is in the future.",
+    )
+    booking_max_gpus: int = Field(0, ge=0, description="Most GPUs in one booking. 0: no limit.")
+    booking_max_gpus_per_member: int = Field(
+        0, ge=0, description="Most GPUs one member may hold through bookings at the same moment. 0: no limit."
+    )
+    booking_max_gpu_hours_per_week: float = Field(
+        0,
+        ge=0,
+        description="Most GPU-hours (GPUs x hours) a member may book within ANY 7 consecutive days (a rolling "
+        "week, counting bookings that ran, run or will run). 0: no limit.",
+    )
+    booking_advance_days: int = Field(
+        14, ge=0, description="How many days ahead a booking may start. 0: no limit."
+    )
+    booking_min_minutes: int = Field(30, ge=1, description="Shortest booking, in minutes.")
+    booking_max_hours: float = Field(
+        168, ge=0, description="Longest booking, in hours (extensions included). 0: no limit."
+    )
+    booking_approval: bool = Field(
+        False,
+        description="Bookings wait for an admin's approval (`labgpu gpu approve ID`). A waiting booking "
+        "already holds its GPUs, so no two overlapping requests can both be approved.",
+    )
+    gpu_idle_threshold: float = Field(
+        5.0,
+        gt=0,
+        le=100,
+        description="A booked or assigned GPU whose utilization stays below this percentage for "
+        "gpu_idle_minutes is idle (memory held does not count as use).",
+    )
+    gpu_idle_minutes: int = Field(
+        60, ge=1, description="How long a booked or assigned GPU must be seen idle before labgpu acts."
+    )
+    gpu_idle_action: Literal["notify", "release"] = Field(
+        "notify",
+        description="What happens to an idle GPU: notify (mail the member once per idle spell) or release "
+        "(mail the member and end the booking early, detaching its GPUs; assigned GPUs are only notified).",
+    )
+    gpu_sample_seconds: int = Field(
+        60,
+        ge=10,
+        description="How often the job runner samples GPU utilization for idle detection and the portal.",
+    )
+    gpu_samples_keep_days: int = Field(
+        14, ge=1, description="GPU utilization samples older than this many days are deleted."
+    )
+    reconcile_interval_minutes: int = Field(
+        10, ge=1, description="How often the job runner repairs drift between the store and the daemon."
+    )
+    jobs_in_serve: bool = Field(
+        True,
+        description="Run the job runner (booking starts and ends, idle checks, reconcile) inside "
+        "`labgpu serve`. Off: run `labgpu jobs run-once` from cron every minute instead.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.port_range_end < self.port_range_start:
             raise ValueError("port_range_end must not be below port_range_start")
+        if self.booking_slot_minutes not in (5, 10, 15, 20, 30, 60):
+            raise ValueError("booking_slot_minutes must be 5, 10, 15, 20, 30 or 60 (a divisor of an hour)")
         if self.secret_key is not None and not self.development:
             value = self.secret_key.get_secret_value()
             if value.lower() in WEAK_SECRETS or len(value) < 32:

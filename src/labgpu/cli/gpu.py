@@ -24,7 +24,7 @@ from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.gpu.inventory import GpuUsage, Inventory, attribute_reading, unavailable_inventory
 from labgpu.gpu.nvml import GpuSource, NvmlUnavailable
 
-app = typer.Typer(help="GPUs: inventory and who uses which GPU.", no_args_is_help=True)
+app = typer.Typer(help="GPUs: inventory, who uses which GPU, modes and bookings.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # Hidden: replay a recording (labgpu gpu record) instead of reading NVML, and read another /proc.
@@ -258,3 +258,12 @@ def agent(
     auth = "bearer token required" if token else "no token: loopback only"
     c.console.print(f"labgpu agent on [bold]http://{bind_host}:{bind_port}/[/] ({auth}; Ctrl-C stops it)")
     uvicorn.run(app_, host=bind_host, port=bind_port, log_level="info")
+
+
+def _register_bookings() -> None:
+    from labgpu.cli import gpu_bookings
+
+    gpu_bookings.register(app)
+
+
+_register_bookings()

@@ -51,7 +51,20 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import admin, config_cmd, db, doctor, gpu, host, member, reconcile, serve, share, template
+    from labgpu.cli import (
+        admin,
+        config_cmd,
+        db,
+        doctor,
+        gpu,
+        host,
+        jobs,
+        member,
+        reconcile,
+        serve,
+        share,
+        template,
+    )
 
     app.add_typer(host.app, name="host")
     app.add_typer(member.app, name="member")
@@ -61,6 +74,7 @@ def _register() -> None:
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(gpu.app, name="gpu")
     app.add_typer(admin.app, name="admin")
+    app.add_typer(jobs.app, name="jobs")
     app.command("doctor")(doctor.doctor)
     app.command("serve")(serve.serve)
     app.command("agent")(gpu.agent)

@@ -26,9 +26,10 @@ off-by-eight-hours bugs in labs that are not on UTC).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from labgpu.errors import BadInput, Conflict, Exhausted, LabgpuError
@@ -346,3 +347,101 @@ def assign_gpus(
     assigned_set = set(assigned)
     ranked = sorted(free, key=lambda i: (i in assigned_set, load[i], i))
     return tuple(sorted(ranked[:count]))
+
+
+# Slots and times as people type them -----------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SLOT_MINUTES = (5, 10, 15, 20, 30, 60)  # divisors of an hour: slots line up with the clock
+
+
+def floor_to_slot(moment: datetime, slot: timedelta) -> datetime:
+    """The start of the slot ``moment`` lies in (slots are counted from the Unix epoch, in UTC)."""
+    _aware(moment, "time")
+    return moment - (moment.astimezone(UTC) - _EPOCH) % slot
+
+
+def ceil_to_slot(moment: datetime, slot: timedelta) -> datetime:
+    floor = floor_to_slot(moment, slot)
+    return floor if floor == moment else floor + slot
+
+
+def align_window(start: datetime, end: datetime, slot: timedelta) -> tuple[datetime, datetime]:
+    """``[start, end)`` widened to whole slots: the start down, the end up.
+
+    A booking holds whole slots, so that the store can hold one row per GPU per slot and let its
+    primary key refuse any overlap. Rounding the start down means "from now" gets the GPUs now."""
+    return floor_to_slot(start, slot), ceil_to_slot(end, slot)
+
+
+def slot_starts(start: datetime, end: datetime, slot: timedelta) -> list[datetime]:
+    """The starts of the slots an (aligned) window ``[start, end)`` covers, in UTC."""
+    first, last = align_window(start, end, slot)
+    out, t = [], first.astimezone(UTC)
+    while t < last:
+        out.append(t)
+        t += slot
+    return out
+
+
+_DURATION = re.compile(r"(\d+)\s*(w|d|h|m|min)", re.IGNORECASE)
+_UNITS = {"w": timedelta(weeks=1), "d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``2h``, ``1h30m``, ``3d``, ``1w`` as a timedelta. Raises BadInput."""
+    value = text.strip().lower().replace(" ", "")
+    if not value or _DURATION.sub("", value) != "":
+        raise BadInput(f"invalid duration {text!r}: use e.g. 90m, 2h, 1h30m, 3d")
+    total = timedelta(0)
+    for number, unit in _DURATION.findall(value):
+        total += int(number) * _UNITS[unit[0]]
+    if total <= timedelta(0):
+        raise BadInput(f"invalid duration {text!r}: it must be more than 0")
+    return total
+
+
+def parse_time(text: str, *, now: datetime, tz: tzinfo, base: datetime | None = None) -> datetime:
+    """A moment as people type it, as an aware datetime.
+
+    ``now``; ``+2h`` / ``+90m`` / ``+1d`` (after ``base``, else after now); ``14:00`` (today);
+    ``2026-03-02 14:00`` or ``2026-03-02T14:00``; ``2026-03-02`` (midnight); ISO 8601 with an offset
+    (``...+08:00``, ``...Z``). Times without a zone are in ``tz`` (the host's local zone in the CLI).
+    Raises BadInput with examples."""
+    _aware(now, "now")
+    value = text.strip()
+    if value.lower() == "now":
+        return now
+    if value.startswith("+"):
+        return (base or now) + parse_duration(value[1:])
+    if re.fullmatch(r"\d{1,2}:\d{2}", value):
+        hour, minute = (int(p) for p in value.split(":"))
+        if hour > 23 or minute > 59:
+            raise BadInput(f"invalid time {text!r}")
+        local = now.astimezone(tz)
+        return local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(
+            f"invalid time {text!r}: use now, +2h, 14:00, 2026-03-02 14:00 or 2026-03-02T14:00+08:00"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed
+
+
+def parse_gpu_choice(text: str) -> tuple[int | None, tuple[int, ...]]:
+    """``--gpus`` of a booking: a count (``2``: any two free GPUs) or GPU indexes (``0,2``; one chosen
+    GPU as a list of one: ``3,``). Returns (count, ()) or (None, indexes). Raises BadInput."""
+    value = text.strip().replace(" ", "")
+    if value.isdigit():
+        count = int(value)
+        if count < 1:
+            raise BadInput("book at least one GPU")
+        return count, ()
+    parts = [p for p in value.split(",") if p != ""]
+    if "," not in value or not parts or not all(p.isdigit() for p in parts):
+        raise BadInput(f"invalid --gpus {text!r}: give a count (2) or GPU indexes (0,2; one GPU: 3,)")
+    indexes = tuple(sorted({int(p) for p in parts}))
+    return None, indexes

@@ -1,4 +1,5 @@
-"""GPU rules that need no I/O: when a booked or assigned GPU counts as idle.
+"""GPU rules that need no I/O: when a booked or assigned GPU counts as idle, and the runtime devices
+that give a container a GPU.
 
 The idle rule: a GPU is idle when every utilization sample of the last ``duration`` is below
 ``threshold`` percent, the samples cover that time without holes longer than ``max_gap`` and the
@@ -9,7 +10,8 @@ NVML could not say) restarts the clock: labgpu only calls a GPU idle when it saw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -64,3 +66,59 @@ def idle_verdict(samples: Sequence[UtilizationSample], rule: IdleRule, now: date
         return IdleVerdict(idle=False, since=None, observed=timedelta(0))
     observed = ordered[-1].at - run_start
     return IdleVerdict(idle=observed >= rule.duration, since=run_start, observed=observed)
+
+
+# GPU devices for LXD/Incus ------------------------------------------------------------------------
+
+# Devices labgpu adds for bookings. Deliberately NOT "labgpu-*": those belong to the member's container
+# spec (member set --gpus, reconcile), which knows nothing of bookings and would remove them. The
+# booking job is the one owner of "booked-gpuN" devices and puts them right on every run.
+BOOKED_DEVICE_PREFIX = "booked-gpu"
+_BOOKED_DEVICE = re.compile(rf"{BOOKED_DEVICE_PREFIX}(\d+)")
+
+# How the NVIDIA user-space (driver libraries, nvidia-smi) reaches a container.
+PASSTHROUGH_CDI = "cdi"  # the gpu device names a CDI id; the runtime injects what the CDI spec lists
+PASSTHROUGH_NVIDIA_RUNTIME = "nvidia-runtime"  # nvidia.runtime=true: nvidia-container-cli at start
+PASSTHROUGH_NONE = "none"  # device nodes only; the container must bring matching libraries
+
+
+def booked_device_name(index: int) -> str:
+    return f"{BOOKED_DEVICE_PREFIX}{index}"
+
+
+def booked_device_index(name: str) -> int | None:
+    """The GPU index of a booking's device name, None for any other device."""
+    m = _BOOKED_DEVICE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def gpu_device(index: int, pci_address: str, passthrough: str) -> dict[str, str]:
+    """The runtime's ``gpu`` device for one physical GPU.
+
+    With CDI (LXD's ``gpu_cdi`` API extension) the device names the GPU by CDI id
+    (``nvidia.com/gpu=INDEX``, the index nvidia-smi shows) and the runtime also passes in the driver's
+    user-space; otherwise by PCI address, which is stable across reboots and driver upgrades."""
+    if passthrough == PASSTHROUGH_CDI:
+        return {"type": "gpu", "gputype": "physical", "id": f"nvidia.com/gpu={index}"}
+    return {"type": "gpu", "gputype": "physical", "pci": pci_address}
+
+
+def booked_devices(
+    indexes: Iterable[int], host_gpus: Mapping[int, str], passthrough: str
+) -> tuple[dict[str, dict[str, str]], list[int]]:
+    """The devices that give a container the booked GPUs ``indexes``, and the indexes this host does
+    not have (nothing can be attached for those)."""
+    devices: dict[str, dict[str, str]] = {}
+    missing: list[int] = []
+    for i in sorted(set(indexes)):
+        if i in host_gpus:
+            devices[booked_device_name(i)] = gpu_device(i, host_gpus[i], passthrough)
+        else:
+            missing.append(i)
+    return devices, missing
+
+
+def passthrough_config(passthrough: str) -> dict[str, str]:
+    """Instance config the passthrough needs: ``nvidia.runtime=true`` for the nvidia-container-cli
+    path (LXD and Incus forbid ``nvidia.*`` keys next to CDI devices)."""
+    return {"nvidia.runtime": "true"} if passthrough == PASSTHROUGH_NVIDIA_RUNTIME else {}

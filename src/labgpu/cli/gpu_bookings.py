@@ -1,0 +1,378 @@
+"""`labgpu gpu mode|assign|unassign|book|bookings|cancel|extend|approve|reject|idle`: GPU modes and bookings.
+
+Registered on the `labgpu gpu` app by :mod:`labgpu.cli.gpu`. Times are read and shown in this
+machine's local time zone unless they carry their own (``2026-03-02T14:00+08:00``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.domain.bookings import parse_time
+from labgpu.errors import BadInput, LabgpuError
+from labgpu.store.models import utcnow
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+# Hidden, for tests and demos on hosts without a GPU: the clock, and the host's GPUs from a recording.
+NowOpt = Annotated[str | None, typer.Option("--now", hidden=True)]
+ReplayOpt = Annotated[Path | None, typer.Option("--replay", hidden=True, exists=True, dir_okay=False)]
+
+
+def local_tz() -> tzinfo:
+    tz = datetime.now().astimezone().tzinfo
+    assert tz is not None
+    return tz
+
+
+def clock(now: str | None) -> datetime:
+    """The current time, or the hidden ``--now`` (ISO 8601; without a zone: local time)."""
+    if now is None:
+        return utcnow()
+    return parse_time(now, now=utcnow(), tz=local_tz())
+
+
+def show_time(moment: datetime) -> str:
+    return moment.astimezone(local_tz()).strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def _gpu_map(c: CliContext, replay: Path | None) -> dict[int, str] | None:
+    if replay is None:
+        return None
+    from labgpu.gpu.fake import RecordedNvml
+    from labgpu.services.gpu_attach import gpu_map
+
+    return gpu_map(c.services, RecordedNvml.from_file(replay))
+
+
+def _default_member(c: CliContext) -> str:
+    """The member named like the person running the command (their sudo user), if there is one."""
+    from sqlalchemy import select
+
+    from labgpu.store.models import Member
+
+    try:
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = ""
+    with c.services.session() as session:
+        if user and session.scalars(select(Member.id).where(Member.name == user)).first() is not None:
+            return user
+    raise BadInput("which member is the booking for? give --member NAME")
+
+
+# Modes --------------------------------------------------------------------------------------------
+
+
+def mode(
+    ctx: typer.Context,
+    new_mode: Annotated[
+        str | None,
+        typer.Argument(metavar="[shared|assigned|booked]", help="The mode to switch to; none: show it."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="The host (default: this machine's daemon).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Leaving booked mode: cancel the bookings that hold GPUs.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or switch a host's GPU mode: shared (every container gets every GPU), assigned (the admin
+    attaches chosen GPUs: gpu assign), booked (GPUs attached only for bookings: gpu book)."""
+    from labgpu.services import gpu_modes
+
+    c = get_context(ctx)
+    svc = c.services
+    if new_mode is None:
+        name, current = gpu_modes.get_mode(svc, host=host)
+        if json_out:
+            print_json({"host": name, "mode": current})
+        else:
+            c.console.print(f"{name}: {current}", soft_wrap=True)
+        return
+    report = gpu_modes.set_mode(svc, new_mode, host=host, force=force)
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        verb = "stays" if report.old == report.new else f"switched from {report.old} to"
+        c.console.print(Text(f"{report.host}: GPU mode {verb} {report.new}"), soft_wrap=True)
+        if report.cancelled_bookings:
+            c.console.print(f"{report.cancelled_bookings} booking(s) cancelled", soft_wrap=True)
+        for m in report.members:
+            if m.applied != "unchanged":
+                note = f" ({m.note})" if m.note else ""
+                c.console.print(
+                    Text(f"  {m.member}: GPUs {m.old} -> {m.new}: {m.applied}{note}"), soft_wrap=True
+                )
+        for o in report.detached:
+            c.console.print(Text(f"  {o.member}: {o.message}"), soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def assign(
+    ctx: typer.Context,
+    member: Annotated[str, typer.Argument(help="The member.")],
+    gpus: Annotated[str, typer.Argument(help="GPU indexes, e.g. 0,1.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Attach chosen GPUs to a member's container (host in assigned mode); live when it runs."""
+    from labgpu.services import gpu_modes
+
+    c = get_context(ctx)
+    result = gpu_modes.assign(c.services, member, gpus)
+    _print_member_gpus(c, result, json_out)
+
+
+def unassign(
+    ctx: typer.Context, member: Annotated[str, typer.Argument(help="The member.")], json_out: JsonOpt = False
+) -> None:
+    """Take a member's assigned GPUs away (host in assigned mode); live when the container runs."""
+    from labgpu.services import gpu_modes
+
+    c = get_context(ctx)
+    _print_member_gpus(c, gpu_modes.unassign(c.services, member), json_out)
+
+
+def _print_member_gpus(c: CliContext, result: object, json_out: bool) -> None:
+    from labgpu.services.gpu_modes import MemberGpus
+
+    assert isinstance(result, MemberGpus)
+    if json_out:
+        print_json(result.as_dict())
+        return
+    note = f" ({result.note})" if result.note else ""
+    c.console.print(
+        Text(f"{result.member}: GPUs {result.old} -> {result.new}: {result.applied}{note}"), soft_wrap=True
+    )
+
+
+# Bookings -----------------------------------------------------------------------------------------
+
+
+def book(
+    ctx: typer.Context,
+    gpus: Annotated[str, typer.Option("--gpus", help="How many GPUs (2), or which (0,2; one GPU: 3,).")],
+    until: Annotated[
+        str, typer.Option("--until", help="End: +3h (after the start), 18:00, 2026-03-02 18:00, ISO 8601.")
+    ],
+    start: Annotated[str, typer.Option("--from", help="Start: now, +1h, 14:00, 2026-03-02 14:00.")] = "now",
+    member: Annotated[
+        str | None, typer.Option(help="Whom the booking is for (default: you, if you are a member).")
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="What it is for (shown to admins).")] = None,
+    json_out: JsonOpt = False,
+    now: NowOpt = None,
+    replay: ReplayOpt = None,
+) -> None:
+    """Book GPUs for a time window. Times are rounded to whole slots (booking_slot_minutes)."""
+    from labgpu.services import bookings
+
+    c = get_context(ctx)
+    moment = clock(now)
+    tz = local_tz()
+    start_at = parse_time(start, now=moment, tz=tz)
+    end_at = parse_time(until, now=moment, tz=tz, base=start_at)
+    who = member or _default_member(c)
+    view = bookings.book(
+        c.services,
+        member=who,
+        gpus=gpus,
+        start=start_at,
+        end=end_at,
+        note=note,
+        now=moment,
+        gpus_on_host=_gpu_map(c, replay),
+    )
+    if json_out:
+        print_json(view.as_dict())
+        return
+    rounded = (view.start, view.end) != (start_at, end_at)
+    status = (
+        "pending: waits for an admin (labgpu gpu approve)"
+        if view.status == "pending"
+        else "approved: the GPUs are attached at its start"
+    )
+    c.console.print(
+        Text(
+            f"booking {view.id}: GPU {','.join(map(str, view.gpus))} on {view.host} for {view.member}, "
+            f"{show_time(view.start)} to {show_time(view.end)}"
+            + (f" (rounded to {c.settings.booking_slot_minutes}-minute slots)" if rounded else "")
+            + f"; {status}"
+        ),
+        soft_wrap=True,
+    )
+
+
+def list_bookings(
+    ctx: typer.Context,
+    show_all: Annotated[bool, typer.Option("--all", help="Also ended, cancelled and rejected ones.")] = False,
+    member: Annotated[str | None, typer.Option(help="Only this member's.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bookings that hold GPUs (pending, approved, active), by start time."""
+    from labgpu.services import bookings
+
+    c = get_context(ctx)
+    views = bookings.list_bookings(c.services, member=member, include_all=show_all)
+    if json_out:
+        print_json([v.as_dict() for v in views])
+        return
+    if not views:
+        c.console.print(
+            "no bookings" if show_all else "no bookings hold GPUs (--all shows past ones)", soft_wrap=True
+        )
+        return
+    table = Table()
+    for col in ("id", "member", "host", "GPUs", "from", "until", "status", "note"):
+        table.add_column(col, justify="right" if col == "id" else "left")
+    for v in views:
+        table.add_row(
+            str(v.id),
+            Text(v.member),
+            Text(v.host),
+            ",".join(map(str, v.gpus)),
+            show_time(v.start),
+            show_time(v.end),
+            v.status,
+            Text(v.note or ""),
+        )
+    c.console.print(table)
+
+
+def cancel(
+    ctx: typer.Context,
+    booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
+    json_out: JsonOpt = False,
+    now: NowOpt = None,
+    replay: ReplayOpt = None,
+) -> None:
+    """Cancel a booking; one that runs ends now and its GPUs are detached."""
+    from labgpu.services import bookings, gpu_attach
+
+    c = get_context(ctx)
+    done = bookings.cancel(c.services, booking_id, now=clock(now))
+    outcomes: list[gpu_attach.AttachOutcome] = []
+    note = ""
+    if done.ended_early:
+        try:
+            outcomes = gpu_attach.sync_host(
+                c.services, gpus_on_host=_gpu_map(c, replay), members={done.booking.member}
+            )
+        except LabgpuError as exc:
+            note = f"GPUs not detached yet ({exc.message}); the job runner detaches them"
+    if json_out:
+        print_json(
+            {**done.booking.as_dict(), "detach": [o.as_dict() for o in outcomes], "note": note or None}
+        )
+        return
+    verb = "ended now" if done.ended_early else "cancelled"
+    c.console.print(f"booking {booking_id} {verb}", soft_wrap=True)
+    for o in outcomes:
+        c.console.print(Text(f"  {o.member}: {o.message}"), soft_wrap=True)
+    if note:
+        c.console.print(Text(f"  {note}"), soft_wrap=True)
+    if any(o.failed for o in outcomes):
+        raise typer.Exit(1)
+
+
+def extend(
+    ctx: typer.Context,
+    booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
+    until: Annotated[
+        str, typer.Option("--until", help="New end: +2h (after the current end), 20:00, a date.")
+    ],
+    json_out: JsonOpt = False,
+    now: NowOpt = None,
+) -> None:
+    """Move a booking's end later (checked like a new booking: conflicts and quotas)."""
+    from labgpu.services import bookings
+
+    c = get_context(ctx)
+    moment = clock(now)
+    current = bookings.get_booking(c.services, booking_id)
+    new_end = parse_time(until, now=moment, tz=local_tz(), base=current.end)
+    view = bookings.extend(c.services, booking_id, until=new_end, now=moment)
+    if json_out:
+        print_json(view.as_dict())
+        return
+    c.console.print(f"booking {view.id} now ends {show_time(view.end)}", soft_wrap=True)
+
+
+def approve(
+    ctx: typer.Context,
+    booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
+    json_out: JsonOpt = False,
+    now: NowOpt = None,
+) -> None:
+    """Approve a pending booking (when booking_approval is on); mails the member."""
+    from labgpu.services import bookings
+
+    c = get_context(ctx)
+    view = bookings.approve(c.services, booking_id, now=clock(now))
+    if json_out:
+        print_json(view.as_dict())
+        return
+    c.console.print(
+        f"booking {view.id} approved ({view.member}, {show_time(view.start)} to {show_time(view.end)})",
+        soft_wrap=True,
+    )
+
+
+def reject(
+    ctx: typer.Context,
+    booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
+    reason: Annotated[str | None, typer.Option(help="Why (mailed to the member).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Reject a pending booking, freeing its GPUs; mails the member the reason."""
+    from labgpu.services import bookings
+
+    c = get_context(ctx)
+    view = bookings.reject(c.services, booking_id, reason=reason)
+    if json_out:
+        print_json(view.as_dict())
+        return
+    c.console.print(f"booking {view.id} rejected", soft_wrap=True)
+
+
+def idle(ctx: typer.Context, json_out: JsonOpt = False, now: NowOpt = None) -> None:
+    """Booked or assigned GPUs that are idle now (from the samples the job runner takes)."""
+    from labgpu.services import gpu_idle
+
+    c = get_context(ctx)
+    found = gpu_idle.idle_gpus(c.services, now=clock(now))
+    if json_out:
+        print_json([g.as_dict() for g in found])
+        return
+    if not found:
+        c.console.print("no held GPU is idle", soft_wrap=True)
+        return
+    for g in found:
+        what = f"booking {g.booking}" if g.booking is not None else "assigned"
+        c.console.print(
+            Text(
+                f"GPU {g.gpu} on {g.host}: {g.member} ({what}), idle since {show_time(g.since)} ({g.minutes} min)"
+            ),
+            soft_wrap=True,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mode")(mode)
+    app.command("assign")(assign)
+    app.command("unassign")(unassign)
+    app.command("book")(book)
+    app.command("bookings")(list_bookings)
+    app.command("cancel")(cancel)
+    app.command("extend")(extend)
+    app.command("approve")(approve)
+    app.command("reject")(reject)
+    app.command("idle")(idle)

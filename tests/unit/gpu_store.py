@@ -1,0 +1,113 @@
+"""A real store (SQLite, and PostgreSQL when LABGPU_TEST_POSTGRES_URL is set) with a host in booked mode
+and three members, for the booking, job and idle service tests. No daemon: the runtime client points
+at a socket that does not exist, so anything that would reach the daemon fails as "unavailable"."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.endpoint import Endpoint
+from labgpu.services.context import Actor, Services
+from labgpu.settings import Settings
+from labgpu.store import create_engine_for, session_factory, upgrade
+from labgpu.store.models import Host, HostKind, Member
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, on a slot boundary
+H = timedelta(hours=1)
+MIN = timedelta(minutes=1)
+GPUS = {0: "0000:1b:00.0", 1: "0000:3b:00.0", 2: "0000:5e:00.0", 3: "0000:86:00.0"}
+MEMBERS = ("alice", "bob", "carol")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    base = os.environ.get("LABGPU_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("LABGPU_REQUIRE_POSTGRES") == "1":
+            pytest.fail("LABGPU_REQUIRE_POSTGRES=1 but LABGPU_TEST_POSTGRES_URL is not set")
+        pytest.skip("LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres prints one)")
+    name = f"labgpu_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with eng.connect() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        eng.dispose()
+
+
+@dataclass
+class GpuStore:
+    """Services over a fresh store; ``svc(...)`` gives services with other settings or another actor."""
+
+    settings: Settings
+    engine: sa.Engine
+    backend: str
+
+    def svc(self, *, actor: Actor | None = None, **overrides: Any) -> Services:
+        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        runtime = RuntimeClient(Endpoint.unix(Path("/nonexistent/labgpu-test.socket")), timeout=2)
+        return Services(
+            settings=settings,
+            runtime=runtime,
+            sessions=session_factory(self.engine),
+            actor=actor or Actor("admin@cli"),
+        )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def gpu_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GpuStore]:
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _empty_postgres(url)
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        database_url=url,
+        booking_advance_days=14,
+        booking_min_minutes=30,
+        booking_max_hours=72,
+    )
+    engine = create_engine_for(settings)
+    upgrade(settings, engine=engine)
+    with session_factory(engine).begin() as session:
+        host = Host(name="gpu1", url=None, kind=HostKind.LXD, gpu_mode="booked")
+        session.add(host)
+        session.flush()
+        for uid, name in enumerate(MEMBERS, start=70001):
+            session.add(
+                Member(
+                    name=name,
+                    uid=uid,
+                    host_id=host.id,
+                    container=name,
+                    email=f"{name}@lab.test",
+                    gpu_spec="none",
+                )
+            )
+    yield GpuStore(settings=settings, engine=engine, backend=request.param)
+    engine.dispose()

@@ -306,6 +306,46 @@ class Settings(BaseSettings):
         description="Run the job runner (booking starts and ends, idle checks, reconcile) inside "
         "`labgpu serve`. Off: run `labgpu jobs run-once` from cron every minute instead.",
     )
+    gateway_group: str = Field(
+        "labgpu-members",
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="Host group of the members' gateway accounts (`labgpu host gateway`). sshd's Match block "
+        "and the sudoers rule name it; put nobody else in it.",
+    )
+    gateway_login_command: Path = Field(
+        Path("/usr/local/bin/labgpu-login"),
+        description="Where `host gateway enable` installs labgpu-login, the program sshd runs for every "
+        "gateway login (ForceCommand and the accounts' shell).",
+    )
+    gateway_helper: Path = Field(
+        Path("/usr/local/lib/labgpu/gateway-exec"),
+        description="Where `host gateway enable` installs the privileged helper that labgpu-login runs "
+        "through sudo; the only command the sudoers rule allows members.",
+    )
+    gateway_sshd_config: Path = Field(
+        Path("/etc/ssh/sshd_config.d/labgpu-gateway.conf"),
+        description="The sshd_config drop-in `host gateway enable` writes (Match Group gateway_group, "
+        "ForceCommand, no forwarding). The main sshd_config must Include it (Debian and Ubuntu do).",
+    )
+    gateway_sudoers: Path = Field(
+        Path("/etc/sudoers.d/labgpu-gateway"),
+        description="The sudoers drop-in `host gateway enable` writes (checked with visudo first).",
+    )
+    gateway_dir: Path = Field(
+        Path("/etc/labgpu/gateway"),
+        description="Root-owned folder with the gateway's member map (map.json, root only), the members' "
+        "authorized keys (keys/NAME, read-only) and the accounts' empty home.",
+    )
+    gateway_password_login: bool = Field(
+        False,
+        description="Let gateway accounts log in with a password (a random one, shown once by `host gateway "
+        "add-user`, to change at first login). Off: SSH keys only (recommended).",
+    )
+    gateway_python: Path = Field(
+        Path("/usr/bin/python3"),
+        description="Interpreter of the installed labgpu-login and gateway helper (run with -I -S: no "
+        "environment, no site-packages); every member must be able to execute it.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

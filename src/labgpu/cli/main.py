@@ -80,6 +80,12 @@ def _register() -> None:
     app.command("agent")(gpu.agent)
     app.command("reconcile")(reconcile.reconcile)
 
+    # Living on a real host: the login gateway and notices.
+    from labgpu.cli import gateway, notice
+
+    host.app.add_typer(gateway.app, name="gateway")
+    app.add_typer(notice.app, name="notice")
+
 
 _register()
 

@@ -1,0 +1,107 @@
+"""Browser tests: Playwright driving Debian's Chromium (headless) against `labgpu serve` run as a
+subprocess on a free loopback port, with a real LXD/Incus daemon (``labgpu_env``) and a real SMTP server
+(``smtp_server``). Screenshots go to artifacts/screenshots/ (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LabgpuEnv, MailBox
+
+CHROMIUM = os.environ.get("LABGPU_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+ADMIN_PASSWORD = "amber-falcon-62-ledger"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    url: str
+    env: dict[str, str]
+    log: Path
+
+
+@pytest.fixture
+def served(labgpu_env: LabgpuEnv, smtp_server: MailBox, tmp_path: Path) -> Iterator[Served]:
+    """`labgpu serve` with the test's settings and mail going to ``smtp_server``; an admin `boss`."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    labgpu_env.overrides.update(smtp_server.settings(), portal_url=url + "/", trusted_proxies="")
+    env = labgpu_env.env()
+    labgpu = shutil.which("labgpu", path=str(Path(os.sys.executable).parent)) or "labgpu"
+    subprocess.run([labgpu, "db", "upgrade"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [labgpu, "admin", "create", "boss", "--email", "boss@lab.test", "--password-stdin"],
+        input=ADMIN_PASSWORD + "\n",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("labgpu serve did not start:\n" + log.read_text()[-2000:]) from None
+                time.sleep(0.2)
+        yield Served(url=url, env=env, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/install-deps --test)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def screenshot(page: object, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    return path

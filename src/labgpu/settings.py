@@ -168,6 +168,29 @@ class Settings(BaseSettings):
     public_address: str | None = Field(
         None, description="Address members are told to connect to. Empty: the host's name."
     )
+    host_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds to wait for each host when labgpu asks all hosts at once (`host list`, "
+        "`container list`, placing a new container); a host that has not answered by then is shown as "
+        "unreachable and the others are not held up.",
+    )
+    homes_shared: bool = Field(
+        False,
+        description="Members' homes are on storage that every host mounts at home_base (NFS, CephFS): a "
+        "move between hosts copies nothing. Off: each host keeps the homes of its own containers on its own "
+        "disk; labgpu creates them on other hosts and copies them on a move with rsync over SSH "
+        "(host_ssh_user, host_ssh_command).",
+    )
+    host_ssh_user: str = Field(
+        "root",
+        description="User labgpu logs in as, with a key and no password, to create and copy members' homes "
+        "on other hosts (only when homes_shared is off).",
+    )
+    host_ssh_command: str = Field(
+        "ssh -o BatchMode=yes -o ConnectTimeout=10",
+        description="The SSH command (and options) for host_ssh_user's logins and for rsync's transport.",
+    )
     smtp_host: str | None = Field(
         None,
         description="SMTP server for mail to members and admins. Empty: no mail is sent (and it is logged).",

@@ -70,6 +70,8 @@ class CliContext:
         return self._services
 
     def close(self) -> None:
+        if self._services is not None:
+            self._services.clients.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

@@ -12,7 +12,9 @@ from rich.markup import escape
 from labgpu.cli.context import get_context, print_json
 from labgpu.errors import LabgpuError, Unavailable
 
-app = typer.Typer(help="Set a host up for labgpu.", no_args_is_help=True)
+app = typer.Typer(
+    help="Hosts: set one up, add others (standalone or a cluster), list, drain, remove.", no_args_is_help=True
+)
 
 STATUS_STYLE = {
     "created": "green",

@@ -80,6 +80,10 @@ def _register() -> None:
     app.command("agent")(gpu.agent)
     app.command("reconcile")(reconcile.reconcile)
 
+    from labgpu.cli import hosts  # host add/list/rm/drain/undrain/set (on host.app) and `container`
+
+    app.add_typer(hosts.container_app, name="container")
+
     # Living on a real host: the login gateway and notices.
     from labgpu.cli import gateway, notice
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 import os
 import socket
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -13,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from labgpu.errors import BadInput
 from labgpu.runtime.errors import RuntimeUnavailable
 
 
@@ -65,3 +70,40 @@ def certificate_fingerprint(pem: str) -> str:
     """SHA-256 fingerprint in hex, as `lxc config trust list` shows it."""
     cert = x509.load_pem_x509_certificate(pem.encode())
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass(frozen=True)
+class TrustToken:
+    """What a one-time trust token (``incus config trust add`` / ``lxc config trust add``) carries."""
+
+    text: str  # the token as given, sent back to the daemon
+    client_name: str
+    fingerprint: str  # SHA-256 of the daemon's certificate: pins it without asking anyone
+    addresses: tuple[str, ...]
+    expires_at: str
+
+
+def decode_trust_token(text: str) -> TrustToken:
+    """Read a trust token (base64 JSON). Raises BadInput when it is not one."""
+    raw = text.strip()
+    try:
+        data = json.loads(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        raise BadInput(
+            "that is not a trust token: paste the whole line `incus config trust add NAME` printed"
+        ) from None
+    if not isinstance(data, dict) or not data.get("secret") or not data.get("fingerprint"):
+        raise BadInput(
+            "that is not a trust token: paste the whole line `incus config trust add NAME` printed"
+        )
+    if "server_name" in data and "client_name" not in data:
+        raise BadInput(
+            "that is a cluster join token; give a client trust token (`incus config trust add NAME`)"
+        )
+    return TrustToken(
+        text=raw,
+        client_name=str(data.get("client_name") or ""),
+        fingerprint=str(data["fingerprint"]).lower(),
+        addresses=tuple(str(a) for a in data.get("addresses") or ()),
+        expires_at=str(data.get("expires_at") or ""),
+    )

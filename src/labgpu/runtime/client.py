@@ -90,11 +90,15 @@ class RuntimeClient:
         timeout: float = 30.0,
         operation_timeout: float = 300.0,
         project: str = "default",
+        target: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.operation_timeout = operation_timeout
         self.project = project
+        # The cluster member this client stands for (a host that is one member of a cluster): new
+        # instances and host resources go to it. None: a standalone daemon, or the cluster as a whole.
+        self.target = target
         self.request_count = 0  # read by benchmarks and tests: how many HTTP requests we made
         self.wait_chunk = 60.0  # seconds of one /wait request; longer waits ask again
         self._lock = threading.Lock()
@@ -383,7 +387,9 @@ class RuntimeClient:
         return "X-Incus-" if self.server().kind == "incus" else "X-LXD-"
 
     def resources(self, *, target: str | None = None) -> dict[str, Any]:
-        """Hardware of the host: CPU, memory, GPUs (``GET /1.0/resources``)."""
+        """Hardware of the host: CPU, memory, GPUs (``GET /1.0/resources``); of the client's own
+        cluster member unless ``target`` names another."""
+        target = target or self.target
         params = {"target": target} if target else None
         result: dict[str, Any] = self.get(
             "/1.0/resources", what="read host resources", params=params, project=False
@@ -403,13 +409,10 @@ class RuntimeClient:
 
     def update_server_config(self, changes: dict[str, str | None]) -> None:
         """Set (or, with None, unset) server config keys such as core.https_address."""
-        current = dict(self.get("/1.0", what="read server config", project=False).get("config") or {})
-        for key, value in changes.items():
-            if value is None:
-                current.pop(key, None)
-            else:
-                current[key] = value
-        self.call("PATCH", "/1.0", what="update server config", json={"config": current}, project=False)
+        # PATCH merges: keys left out stay as they are (write-only ones such as core.trust_password
+        # included), and an empty value is what unsets a key.
+        config = {key: "" if value is None else value for key, value in changes.items()}
+        self.call("PATCH", "/1.0", what="update server config", json={"config": config}, project=False)
         self._server = None
 
     def trust_certificate(self, cert_pem: str, *, name: str) -> str:
@@ -418,6 +421,32 @@ class RuntimeClient:
 
         body = {"type": "client", "name": name, "certificate": _pem_body(cert_pem)}
         self.call("POST", "/1.0/certificates", what=f"trust certificate {name}", json=body, project=False)
+        return certificate_fingerprint(cert_pem)
+
+    def redeem_trust(
+        self, cert_pem: str, *, name: str, token: str | None = None, password: str | None = None
+    ) -> str:
+        """Have an UNTRUSTED client's certificate trusted by the daemon itself, with a one-time trust token
+        (``incus config trust add NAME`` / ``lxc config trust add --name NAME``) or the legacy trust
+        password (LXD's ``core.trust_password``). Returns the certificate's fingerprint.
+
+        Incus reads the token from ``trust_token``, LXD 5.0 from ``password``; both are sent, each daemon
+        ignores the field it does not know. Raises RuntimeForbidden when the daemon refuses."""
+        from labgpu.runtime.certs import certificate_fingerprint
+
+        if (token is None) == (password is None):
+            raise ValueError("give a token or a password")
+        secret = token if token is not None else password
+        body: dict[str, Any] = {
+            "type": "client",
+            "name": name,
+            "certificate": _pem_body(cert_pem),
+            "password": secret,
+        }
+        if token is not None:
+            body["trust_token"] = token
+        self.call("POST", "/1.0/certificates", what="trust labgpu's certificate", json=body, project=False)
+        self._server = None
         return certificate_fingerprint(cert_pem)
 
     def untrust_certificate(self, fingerprint: str) -> None:

@@ -58,6 +58,7 @@ class Instance:
     description: str = ""
     state: InstanceState | None = None
     etag: str = ""
+    architecture: str = ""
 
     @property
     def running(self) -> bool:
@@ -93,6 +94,7 @@ class Instance:
             description=str(data.get("description") or ""),
             state=InstanceState.from_api(state) if isinstance(state, dict) else None,
             etag=etag,
+            architecture=str(data.get("architecture") or ""),
         )
 
 
@@ -159,6 +161,9 @@ class Instances:
         the daemon pulls from a simplestreams server (``remote_image``), with its whole
         config and devices in ONE request; optionally start it.
 
+        On a client that stands for one cluster member (``client.target``) the container
+        is made on that member unless ``target`` names another.
+
         Waits for the operation when ``wait``. Raises RuntimeConflict when the
         name is taken, RuntimeNotFound when the image is missing."""
         if sum(x is not None for x in (image, fingerprint, remote_image)) != 1:
@@ -188,6 +193,7 @@ class Instances:
         start_after = start and not self._c.server().has("instance_create_start")
         if start and not start_after:
             body["start"] = True
+        target = target or self._c.target
         params = {"target": target} if target else None
         if start_after:
             self._c.call(

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from labgpu.runtime.client import RuntimeClient
+from labgpu.services.host_clients import HostClients
 from labgpu.settings import Settings
 from labgpu.store.models import AuditEvent
 
@@ -46,6 +47,8 @@ class Services:
     runtime: RuntimeClient
     sessions: sessionmaker[Session]
     actor: Actor = field(default_factory=Actor.cli)
+    # Clients for the other hosts (services.host_clients.runtime_for), shared by copies of this object.
+    clients: HostClients = field(default_factory=HostClients)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -26,9 +26,16 @@ def local_host(session: Session, runtime: RuntimeClient) -> Host:
 
 
 def public_address(host: Host, settings: Settings) -> str:
-    """The address members connect to for ``host``."""
+    """The address members connect to for ``host``: its own public address; for a daemon on another
+    machine, the address labgpu reaches it at; for this machine, the settings' public address."""
     if host.public_address:
         return host.public_address
+    if host.url is not None:
+        from labgpu.services.host_clients import parse_host_url
+
+        hostname = parse_host_url(host.url).hostname
+        if hostname:
+            return hostname
     if settings.public_address:
         return settings.public_address
     if settings.listen_address not in ("0.0.0.0", "::", ""):  # noqa: S104

@@ -210,9 +210,31 @@ def idle_gpus(svc: Services, *, now: datetime | None = None) -> list[IdleGpu]:
         if host is None:
             return []
         for held in held_gpus(session, host):
-            for gpu, v in sorted(_verdicts(session, held, rule, now).items()):
-                if v.idle and v.since is not None:
-                    out.append(IdleGpu(held.host, gpu, held.member, held.booking, v.since, v.idle_minutes))
+            out.extend(_idle(session, held, _verdicts(session, held, rule, now), now))
+    return out
+
+
+def _idle(session: Session, held: Held, verdicts: dict[int, IdleVerdict], now: datetime) -> list[IdleGpu]:
+    """The idle GPUs among ``verdicts``. A spell already known goes back to when it was first seen
+    (the samples read for a verdict reach back only a little longer than the rule's duration)."""
+    out = []
+    for gpu, v in sorted(verdicts.items()):
+        if not v.idle or v.since is None:
+            continue
+        since = v.since
+        state = session.get(JobState, _episode_key(held, gpu))
+        if (
+            state is not None
+            and state.last_started_at is not None
+            and state.last_finished_at is not None
+            and v.since <= state.last_finished_at
+        ):
+            since = min(since, state.last_started_at)
+        out.append(
+            IdleGpu(
+                held.host, gpu, held.member, held.booking, since, int((now - since).total_seconds() // 60)
+            )
+        )
     return out
 
 
@@ -234,12 +256,7 @@ def check_idle(svc: Services, *, now: datetime | None = None) -> IdleReport:
         if host is None:
             return report
         for held in held_gpus(session, host):
-            verdicts = _verdicts(session, held, rule, now)
-            idle = [
-                IdleGpu(held.host, gpu, held.member, held.booking, v.since, v.idle_minutes)
-                for gpu, v in sorted(verdicts.items())
-                if v.idle and v.since is not None
-            ]
+            idle = _idle(session, held, _verdicts(session, held, rule, now), now)
             report.idle.extend(idle)
             new = [g for g in idle if _new_spell(session, held, g, now)]
             all_idle = bool(idle) and len(idle) == len(held.gpus)
@@ -284,7 +301,11 @@ def _new_spell(session: Session, held: Held, gpu: IdleGpu, now: datetime) -> boo
     time a job saw it idle (no busy sample or hole since). Each look at a known spell moves "last seen"
     on."""
     state = session.get(JobState, _episode_key(held, gpu.gpu))
-    if state is None or state.last_finished_at is None or gpu.since > state.last_finished_at:
+    if state is None or state.last_started_at is None or state.last_finished_at is None:
+        return True
+    if (
+        gpu.since != state.last_started_at
+    ):  # _idle() carried a known spell's start over; a new one starts later
         return True
     state.last_finished_at = now
     return False

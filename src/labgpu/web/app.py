@@ -71,6 +71,7 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
     ``background`` (the default) approved applications are provisioned by a worker thread, and those left
     unfinished by an earlier run are resumed at start-up; without it they stay queued in the store."""
     from labgpu.services.applications import ProvisionWorker
+    from labgpu.services.jobs import start_job_runner
     from labgpu.web.routes import (
         api_account,
         api_applications,
@@ -97,7 +98,11 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
             resumed = await run_in_threadpool(worker.resume)
             if resumed:
                 log.info("resuming the provisioning of %d approved application(s)", resumed)
+        # Booking starts and ends, idle GPU checks, reconcile (labgpu.services.jobs).
+        stop_jobs = start_job_runner(svc) if owned and background and settings.jobs_in_serve else None
         yield
+        if stop_jobs is not None:
+            await run_in_threadpool(stop_jobs)
         await run_in_threadpool(worker.stop)
         if owned:
             svc.runtime.close()

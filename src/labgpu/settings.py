@@ -369,6 +369,16 @@ class Settings(BaseSettings):
         description="Interpreter of the installed labgpu-login and gateway helper (run with -I -S: no "
         "environment, no site-packages); every member must be able to execute it.",
     )
+    backup_dir: Path = Field(
+        Path("/var/backups/labgpu"),
+        description="Where `labgpu backup create` writes backups (one folder each) unless --dest is given.",
+    )
+    backup_keep: int = Field(
+        7,
+        ge=0,
+        description="How many backups `backup create` keeps in its folder; older ones are deleted after a "
+        "new one succeeded. 0: keep every backup.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -84,13 +84,14 @@ def _register() -> None:
 
     app.add_typer(hosts.container_app, name="container")
 
-    # Living on a real host: the login gateway, notices, boot and its services.
-    from labgpu.cli import boot, gateway, notice
+    # Living on a real host: the login gateway, notices, boot and its services, backups.
+    from labgpu.cli import backup, boot, gateway, notice
 
     host.app.add_typer(gateway.app, name="gateway")
     host.app.command("install-services")(boot.install_services)
     app.command("boot")(boot.boot)
     app.add_typer(notice.app, name="notice")
+    app.add_typer(backup.app, name="backup")
 
 
 _register()

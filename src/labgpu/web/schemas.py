@@ -49,7 +49,7 @@ class MeOut(AccountOut):
 
 
 class PasswordChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     current_password: str = Field(max_length=1024)
     new_password: str = Field(max_length=1024)
 
@@ -63,7 +63,7 @@ class CountOut(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=64, description="What the token is for, e.g. laptop.")
     expires_days: int | None = Field(
         90, ge=1, le=3650, description="Lifetime in days; null for a token that does not expire."
@@ -149,7 +149,7 @@ class AuditOut(BaseModel):
 
 
 class ApplicationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(max_length=64, description="The member name asked for (a Linux user name).")
     email: str = Field(max_length=254, description="Where the decision is sent.")
     password: str = Field(max_length=1024, description="The portal password (kept only as a hash).")
@@ -187,7 +187,7 @@ class ApplicationOut(BaseModel):
 
 
 class ApplicationApprove(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     template: str | None = Field(None, max_length=255, description="Template; empty: the default.")
     cpu: int | None = Field(None, ge=1, le=4096, description="CPU limit in cores; empty: no limit.")
     memory: str | None = Field(None, max_length=32, description="Memory limit, e.g. 32GiB; empty: none.")
@@ -195,7 +195,7 @@ class ApplicationApprove(BaseModel):
 
 
 class ApplicationReject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     reason: str = Field(min_length=1, max_length=2000, description="Sent to the applicant.")
 
 
@@ -266,7 +266,7 @@ class ShareOut(BaseModel):
 
 
 class ShareCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(max_length=63)
     source: str = Field(max_length=4096, description="Folder on the host.")
     path: str = Field(max_length=4096, description="Mount point inside the containers.")
@@ -278,7 +278,7 @@ class ShareCreate(BaseModel):
 
 
 class MemberChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     cpu: str | None = Field(None, max_length=8, description="Cores, or none for no limit.")
     memory: str | None = Field(None, max_length=32, description="e.g. 32GiB, or none.")
     disk: str | None = Field(None, max_length=32, description="e.g. 100GiB, or none.")
@@ -305,7 +305,7 @@ class RemovalOut(BaseModel):
 
 
 class ResetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     confirm: str = Field(max_length=64, description="The member's name, typed again.")
     template: str | None = Field(None, max_length=255, description="Another template (admins only).")
 
@@ -328,7 +328,7 @@ class SnapshotOut(BaseModel):
 
 
 class SnapshotCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str | None = Field(None, max_length=63, description="Empty: an automatic name (rotated).")
 
 
@@ -344,5 +344,5 @@ class KeyOut(BaseModel):
 
 
 class KeyAdd(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     key: str = Field(max_length=16384, description="One or more public keys, one per line.")

@@ -182,3 +182,11 @@ def test_hot_plugging_a_gpu_the_host_lacks_is_refused_and_changes_nothing(
     (outcome,) = gpu_attach.sync_host(svc, gpus_on_host=GPUS, mode=PASSTHROUGH_NONE)
     assert outcome.detached == (3,) and booked(runtime, name) == {}
     assert lifecycle.owned_instance(svc, name, name) is not None
+
+    # Assigned mode on a host without GPUs: assigning goes through `member set --gpus`, which refuses.
+    r = labgpu(labgpu_env, "gpu", "mode", "assigned")
+    assert r.returncode == 0 and "switched from booked to assigned" in r.stdout, r.stdout + r.stderr
+    r = labgpu(labgpu_env, "gpu", "assign", name, "0")
+    assert r.returncode == 2 and "this host has no GPU 0" in r.stderr, r.stderr
+    r = labgpu(labgpu_env, "gpu", "unassign", name)
+    assert r.returncode == 0 and f"{name}: GPUs none -> none: unchanged" in r.stdout, r.stdout + r.stderr

@@ -141,3 +141,18 @@ def test_serve_runs_the_job_runner_for_as_long_as_the_app_lives(tmp_path: Path) 
     off = settings.model_copy(update={"jobs_in_serve": False})
     with TestClient(create_app(off)):
         assert len(runners()) == before
+
+
+def test_the_bookings_job_moves_bookings_even_when_the_daemon_is_away(gpu_store: GpuStore) -> None:
+    from labgpu.services import bookings
+    from tests.unit.gpu_store import GPUS, H
+
+    svc = gpu_store.svc()
+    view = bookings.book(
+        svc, member="alice", gpus="1,", start=T0 + H, end=T0 + 2 * H, now=T0, gpus_on_host=GPUS
+    )
+    (run,) = jobs.run_once(svc, job="bookings", now=T0 + H)
+    assert run.status == "failed"
+    assert run.result.lines == [f"booking {view.id} (alice, GPU 1): approved -> active"]
+    assert run.result.errors[0].startswith("GPUs not attached or detached: cannot reach the LXD/Incus daemon")
+    assert bookings.get_booking(svc, view.id).status == "active"

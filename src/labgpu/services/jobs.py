@@ -96,7 +96,11 @@ def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
         if t.new == BookingStatus.ACTIVE:
             started.add(b.member)
     gpus_on_host = gpu_attach.gpu_map(svc, ctx.source()) if ctx.gpu_source is not None else None
-    outcomes = gpu_attach.sync_host(svc, gpus_on_host=gpus_on_host)
+    try:
+        outcomes = gpu_attach.sync_host(svc, gpus_on_host=gpus_on_host)
+    except LabgpuError as exc:  # the transitions above stand; attaching waits for the next run
+        result.errors.append(f"GPUs not attached or detached: {exc.message}")
+        return result
     for o in outcomes:
         if o.applied == gpu_attach.UNCHANGED and o.message == gpu_attach.AS_BOOKED:
             continue

@@ -7,6 +7,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -74,6 +75,10 @@ def test_gateway_lands_each_member_in_their_own_container(
     r = gw.ssh(alice, key_a, "hostname")
     assert r.returncode == 0, r.stderr + gw.log.read_text()[-3000:]
     assert r.stdout.strip() == sheets[alice].container
+    started = time.monotonic()
+    for _ in range(3):
+        assert gw.ssh(alice, key_a, "true").returncode == 0
+    print(f"gateway command round trip (ssh, sudo, helper, exec): {(time.monotonic() - started) / 3:.2f}s")
     r = gw.ssh(alice, key_a, "exit 7")
     assert r.returncode == 7, r.stderr
     r = gw.ssh(bob, key_b, "/bin/sh", "-c", "'id -un; hostname; cat /proc/1/comm'")

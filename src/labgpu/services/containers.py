@@ -74,81 +74,98 @@ def _gpus(inst: Instance) -> str:
 
 
 def list_containers(svc: Services) -> list[ContainerRow]:
-    """Every instance on the hosts the store knows (and every member container missing from them).
+    """Every instance on every host in the store (and every member container missing from them).
 
-    Asks each reachable host's daemon ONCE. Today the portal reaches the local daemon only; members placed
-    on other hosts are shown from the store with status "unreachable". Does not wait on anything."""
+    Asks each host's daemon ONCE (one listing with state), all hosts at once, each within
+    ``runtime_timeout``; a host that does not answer shows its members' containers as "unreachable".
+    Does not wait on anything else."""
+    from labgpu.services.host_clients import parse_host_url, runtime_for
+    from labgpu.services.inventory import ask_all, known_hosts, list_instances, on_member
+
+    hosts = known_hosts(svc)
     with svc.session() as session:
-        rows = session.scalars(
-            select(Member).options(selectinload(Member.port_maps), selectinload(Member.host))
-        ).all()
-        by_container = {
-            (m.container or m.name): m for m in rows if m.container is not None and m.uid is not None
-        }
-        wanted = {
-            name: (
-                m.name,
-                m.host.name if m.host else "",
-                m.host.url if m.host else None,
-                {str(p.purpose): p.host_port for p in m.port_maps},
-                m.gpu_spec or svc.settings.default_gpus,
-                m.template,
-            )
-            for name, m in by_container.items()
-        }
-        local_name = next((h.name for h in session.scalars(select(Host).where(Host.url.is_(None)))), "local")
-    try:
-        instances = svc.runtime.instances.all(with_state=True)
-        reachable = True
-    except LabgpuError:
-        instances, reachable = [], False
+        rows = session.scalars(select(Member).options(selectinload(Member.port_maps))).all()
+        # host id -> container name -> (owner, ports, gpus, template)
+        wanted: dict[int | None, dict[str, tuple[str, dict[str, int], str, str | None]]] = {}
+        for m in rows:
+            if m.container is not None and m.uid is not None:
+                wanted.setdefault(m.host_id, {})[m.container] = (
+                    m.name,
+                    {str(p.purpose): p.host_port for p in m.port_maps},
+                    m.gpu_spec or svc.settings.default_gpus,
+                    m.template,
+                )
+    timeout = svc.settings.runtime_timeout
+
+    def job(host: Host) -> Any:
+        client = runtime_for(svc, host)
+        return lambda: list_instances(client, with_state=True, timeout=timeout)
+
+    answers = ask_all({h.id: job(h) for h in hosts}, timeout=timeout)
     out: list[ContainerRow] = []
-    seen: set[str] = set()
-    for inst in instances:
-        owner = inst.label("owner")
-        want = wanted.get(inst.name)
-        if owner is None:
-            kind = FOREIGN
-        elif want is not None and want[0] == owner:
-            kind = OWNED
-        else:
-            kind = ORPHAN
-        state = inst.state
-        row = ContainerRow(
-            name=inst.name,
-            host=inst.location if inst.location and inst.location != "none" else local_name,
-            status=inst.status,
-            kind=kind,
-            owner=owner,
-            ipv4=list(state.ipv4) if state else [],
-            ports=dict(want[3]) if kind == OWNED and want else _proxy_ports(inst),
-            gpus=want[4] if kind == OWNED and want else _gpus(inst),
-            cpu=inst.expanded_config.get("limits.cpu") or None,
-            memory=inst.expanded_config.get("limits.memory") or None,
-            template=(want[5] if kind == OWNED and want else None) or inst.config.get("user.labgpu.template"),
-            memory_usage=state.memory_usage if state else 0,
-            processes=state.processes if state else 0,
-        )
-        if kind == OWNED:
-            seen.add(inst.name)
-        out.append(row)
-    for name, (owner, host, url, ports, gpus, template) in wanted.items():
-        if name in seen:
+    local_id = next((h.id for h in hosts if h.url is None), None)
+    for host in hosts:
+        mine = dict(wanted.get(host.id, {}))
+        if host.id == local_id:
+            mine.update(wanted.get(None, {}))
+        answer = answers[host.id]
+        if not answer.answered:
+            for name, (owner, ports, gpus, template) in sorted(mine.items()):
+                out.append(
+                    ContainerRow(
+                        name,
+                        host.name,
+                        "unreachable",
+                        OWNED,
+                        owner,
+                        ports=ports,
+                        gpus=gpus,
+                        template=template,
+                    )
+                )
             continue
-        status = "missing" if reachable and url is None else "unreachable"
-        out.append(
-            ContainerRow(
-                name=name,
-                host=host or local_name,
-                status=status,
-                kind=OWNED,
-                owner=owner,
-                ports=ports,
-                gpus=gpus,
-                template=template,
+        target = parse_host_url(host.url).target if host.url else None
+        for inst in on_member(answer.value or [], target):
+            out.append(_row(host.name, inst, mine.pop(inst.name, None)))
+        for name, (owner, ports, gpus, template) in sorted(mine.items()):
+            out.append(
+                ContainerRow(
+                    name, host.name, "missing", OWNED, owner, ports=ports, gpus=gpus, template=template
+                )
             )
-        )
+    if not hosts:  # no host recorded yet (a fresh store, the daemon down)
+        for name, (owner, ports, gpus, template) in sorted(wanted.get(None, {}).items()):
+            out.append(
+                ContainerRow(name, "", "unreachable", OWNED, owner, ports=ports, gpus=gpus, template=template)
+            )
     return sorted(out, key=lambda r: (r.kind != OWNED, r.host, r.name))
+
+
+def _row(host: str, inst: Instance, want: tuple[str, dict[str, int], str, str | None] | None) -> ContainerRow:
+    owner = inst.label("owner")
+    if owner is None:
+        kind = FOREIGN
+    elif want is not None and want[0] == owner:
+        kind = OWNED
+    else:
+        kind = ORPHAN
+    state = inst.state
+    owned = kind == OWNED and want is not None
+    return ContainerRow(
+        name=inst.name,
+        host=host,
+        status=inst.status,
+        kind=kind,
+        owner=owner,
+        ipv4=list(state.ipv4) if state else [],
+        ports=dict(want[1]) if owned and want else _proxy_ports(inst),
+        gpus=want[2] if owned and want else _gpus(inst),
+        cpu=inst.expanded_config.get("limits.cpu") or None,
+        memory=inst.expanded_config.get("limits.memory") or None,
+        template=(want[3] if owned and want else None) or inst.config.get("user.labgpu.template"),
+        memory_usage=state.memory_usage if state else 0,
+        processes=state.processes if state else 0,
+    )
 
 
 def _proxy_ports(inst: Instance) -> dict[str, int]:

@@ -41,6 +41,17 @@ SECURITY_HEADERS = {
 }
 
 
+def _active_notices(request: Request) -> list[object]:
+    """The admins' maintenance notices, shown at the top of every page; none when the store fails."""
+    from labgpu.services.notices import active_notices
+
+    try:
+        return list(active_notices(request.app.state.services))
+    except Exception:
+        log.exception("cannot read the notices")
+        return []
+
+
 def _build_services(settings: Settings) -> Services:
     from labgpu.runtime.client import RuntimeClient
     from labgpu.runtime.endpoint import Endpoint, candidate_sockets
@@ -124,7 +135,7 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
     app.state.engine = svc.sessions.kw["bind"]
     app.state.worker = worker
     app.state.secret_key = settings.session_secret()
-    renderer = Renderer(csrf_token=csrf_token, identity=request_identity)
+    renderer = Renderer(csrf_token=csrf_token, identity=request_identity, notices=_active_notices)
     app.state.renderer = renderer
 
     install_error_handler(app, renderer)

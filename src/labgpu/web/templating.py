@@ -82,7 +82,13 @@ def _duration(seconds: int | None) -> str:
 class Renderer:
     """Renders templates for a request, in its language, with the values every page needs."""
 
-    def __init__(self, *, csrf_token: Callable[[Request], str], identity: Callable[[Request], Any]) -> None:
+    def __init__(
+        self,
+        *,
+        csrf_token: Callable[[Request], str],
+        identity: Callable[[Request], Any],
+        notices: Callable[[Request], list[Any]] | None = None,
+    ) -> None:
         self.env = Environment(
             loader=FileSystemLoader(str(TEMPLATES_DIR)),
             autoescape=select_autoescape(["html"]),
@@ -97,6 +103,7 @@ class Renderer:
         self.env.filters["duration"] = _duration
         self._csrf_token = csrf_token
         self._identity = identity
+        self._notices = notices
 
     def locale(self, request: Request) -> str:
         cached = getattr(request.state, "locale", None)
@@ -129,6 +136,7 @@ class Renderer:
             "locales": {key: value[0] for key, value in i18n.LOCALES.items()},
             "version": __version__,
             "path": request.url.path,
+            "notices": self._notices(request) if self._notices else [],
             **context,
         }
         html = self.env.get_template(template).render(values)

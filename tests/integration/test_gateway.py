@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.gatewayutil import GatewayUnderTest, test_gateway  # noqa: F401 - the fixture
-from tests.integration.sshutil import SSH_OPTS, make_key
+from tests.integration.sshutil import SSH_OPTS, change_expired_password, make_key, ssh_password
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +172,31 @@ def test_gateway_lands_each_member_in_their_own_container(
     with pytest.raises(KeyError):
         grp.getgrnam(gw.group)
     assert svc.runtime.instances.state(sheets[bob].container).status == "Running"
+
+
+def test_gateway_password_login_must_be_changed_first(
+    test_gateway: GatewayUnderTest,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from labgpu.services.members import add_member, validate_request
+
+    gw = test_gateway
+    env = gw.env
+    env.overrides["gateway_password_login"] = "true"
+    svc = env.services()
+    name = unique_name("gp")
+    sheet = add_member(svc, validate_request(svc, name=name), wait_ssh=False)
+    r = labgpu(
+        env, "host", "gateway", "enable", "--sshd-config", str(gw.main_config), "--no-reload", "--json"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    password = json.loads(r.stdout)["passwords"][name]
+    gw.start_sshd()
+
+    # The first login must change the password (as for containers), then the new one lands in the container.
+    transcript = change_expired_password(gw.port, password, "Gateway-pass-2026", user=name)
+    assert "password" in transcript.lower()
+    r = ssh_password("Gateway-pass-2026", gw.port, "hostname", user=name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == sheet.container
+    assert ssh_password(password, gw.port, "true", user=name).returncode != 0

@@ -426,7 +426,9 @@ class Application(Base):
     group_name: Mapped[str | None] = mapped_column(sa.String(128))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     status: Mapped[ApplicationStatus] = mapped_column(
-        _enum(ApplicationStatus), default=ApplicationStatus.PENDING, server_default=ApplicationStatus.PENDING.value
+        _enum(ApplicationStatus),
+        default=ApplicationStatus.PENDING,
+        server_default=ApplicationStatus.PENDING.value,
     )
     # What the admin approved (may differ from the defaults); None: the defaults.
     template: Mapped[str | None] = mapped_column(sa.String(255))
@@ -440,7 +442,9 @@ class Application(Base):
     progress: Mapped[str | None] = mapped_column(sa.String(255))
     source_address: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=utcnow, onupdate=utcnow, server_default=sa.func.now()
+    )
 
     def __repr__(self) -> str:
         return f"Application(id={self.id!r}, name={self.name!r}, status={self.status!r})"
@@ -484,7 +488,9 @@ class Booking(Base):
     )
     note: Mapped[str | None] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=utcnow, onupdate=utcnow, server_default=sa.func.now()
+    )
 
     member: Mapped[Member] = relationship()
     slots: Mapped[list[BookingSlot]] = relationship(

@@ -200,7 +200,8 @@ def _facts_of(svc: Services, host: Host) -> HostFacts:
     )
 
 
-def _list_instances(client: RuntimeClient, *, with_state: bool, timeout: float) -> list[Instance]:
+def list_instances(client: RuntimeClient, *, with_state: bool, timeout: float) -> list[Instance]:
+    """Every instance of the daemon (a cluster: of every member) in ONE request."""
     body = client.request(
         "GET",
         "/1.0/instances",
@@ -211,8 +212,8 @@ def _list_instances(client: RuntimeClient, *, with_state: bool, timeout: float) 
     return [Instance.from_api(d) for d in body.get("metadata") or []]
 
 
-def _on_member(instances: list[Instance], target: str | None) -> list[Instance]:
-    # A cluster lists every member's instances; a member's row keeps its own.
+def on_member(instances: list[Instance], target: str | None) -> list[Instance]:
+    """The instances located on cluster member ``target`` (all of them for a standalone daemon)."""
     return instances if target is None else [i for i in instances if i.location == target]
 
 
@@ -260,8 +261,8 @@ def host_facts(
                 out.memory_total = int(memory.get("total") or 0) or None
                 out.memory_used = int(memory.get("used") or 0) or None
                 out.gpus = parse_gpus(res)
-            out.instances = _on_member(
-                _list_instances(client, with_state=with_state, timeout=timeout), out.target
+            out.instances = on_member(
+                list_instances(client, with_state=with_state, timeout=timeout), out.target
             )
             return out
 

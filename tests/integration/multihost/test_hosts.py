@@ -191,12 +191,15 @@ def test_unreachable_hosts_do_not_hold_up_the_others(
     _add_fake_host(hosts_env, "down", f"https://127.0.0.1:{closed}", pinned)
     monkeypatch.setenv("LABGPU_HOST_TIMEOUT", "2")
 
+    before = len(s1.instances())
     started = time.monotonic()
     hosts = {h["name"]: h for h in cli_json(capsys, "host", "list")}  # type: ignore[union-attr]
     elapsed = time.monotonic() - started
+    after = len(s1.instances())
     assert elapsed < 4.5, f"host list took {elapsed:.1f}s with a 2s host timeout"
     assert hosts["gpu-a"]["reachable"] is True
-    assert hosts["gpu-a"]["containers"] == len(s1.instances())
+    # Counted around the listing: another run may use the same test daemon meanwhile.
+    assert hosts["gpu-a"]["containers"] in {before, after}
     assert hosts["hung"]["reachable"] is False
     assert hosts["hung"]["error"] == "no answer within 2s"
     assert hosts["down"]["reachable"] is False

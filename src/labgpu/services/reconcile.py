@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from labgpu.domain.container import ContainerSpec, check_safe
@@ -38,6 +38,7 @@ from labgpu.errors import LabgpuError
 from labgpu.runtime.instances import Instance
 from labgpu.services import members
 from labgpu.services.context import Services
+from labgpu.services.host_clients import services_for
 from labgpu.store.models import Host, Member, MemberState, utcnow
 
 # Actions a report can hold. The first group changes something (done=True once carried out);
@@ -49,7 +50,10 @@ REMOVE_DEVICE = "remove-device"
 CONFIG = "config"
 START = "start"
 FINISH_REMOVAL = "finish-removal"
-CHANGING_ACTIONS = frozenset({PROVISION, RECREATE, DEVICE, REMOVE_DEVICE, CONFIG, START, FINISH_REMOVAL})
+MOVE = "move"  # an interrupted `member move` finished or rolled back
+CHANGING_ACTIONS = frozenset(
+    {PROVISION, RECREATE, DEVICE, REMOVE_DEVICE, CONFIG, START, FINISH_REMOVAL, MOVE}
+)
 
 FOREIGN = "foreign"
 ORPHAN = "orphan"
@@ -137,10 +141,74 @@ def reconcile(
     RuntimeUnavailable when the daemon cannot be listed; a repair that fails is
     recorded in the report (``error``) and the others still run.
     """
+    from labgpu.services.move_recovery import recover_moves
+
     report = ReconcileReport(dry_run=dry_run)
-    desired, roots = _read_desired(svc, report)
-    instances = {i.name: i for i in svc.runtime.instances.all(with_state=False)}
-    report.instances = len(instances)
+    # Moves first: a member whose move was interrupted gets exactly one container again (on the old
+    # host or the new one) before anything else looks at it.
+    moving = set()
+    for step in recover_moves(svc, dry_run=dry_run, grace=provisioning_grace):
+        report.actions.append(
+            Action(step.member, MOVE if step.changes else NOTE, step.detail, step.done, step.error)
+        )
+        if step.still_moving:
+            moving.add(step.member)
+    with svc.session() as session:
+        report.members = session.scalars(select(func.count()).select_from(Member)).one()
+    for host in _hosts_to_check(svc):
+        if host is None or host.url is None:
+            _reconcile_host(svc, report, host, moving, dry_run, provisioning_grace)  # raises when down
+            continue
+        try:
+            _reconcile_host(services_for(svc, host), report, host, moving, dry_run, provisioning_grace)
+        except LabgpuError as exc:
+            report.actions.append(
+                Action(host.name, NOTE, f"host {host.name} could not be checked", error=exc.message)
+            )
+
+    if report.changed:
+        with svc.session() as session:
+            svc.audit(
+                session,
+                "reconcile",
+                None,
+                actions=[a.as_dict() for a in report.actions if a.done],
+            )
+    return report
+
+
+def _hosts_to_check(svc: Services) -> list[Host | None]:
+    """The local host (always: it reports foreign and orphan instances) and every other host that has
+    members. None stands for a local daemon that has no host row yet."""
+    with svc.session() as session:
+        local = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
+        others = session.scalars(
+            select(Host)
+            .where(
+                Host.url.is_not(None), Host.id.in_(select(Member.host_id).where(Member.host_id.is_not(None)))
+            )
+            .order_by(Host.name)
+        ).all()
+    return [local, *others]
+
+
+def _reconcile_host(
+    svc: Services,
+    report: ReconcileReport,
+    host: Host | None,
+    moving: set[str],
+    dry_run: bool,
+    provisioning_grace: timedelta | None,
+) -> None:
+    """Reconcile the members of one host (``svc`` talks to its daemon) and report what else runs there."""
+    desired, roots = _read_desired(svc, report, host, moving)
+    listed = svc.runtime.instances.all(with_state=False)
+    target = svc.runtime.target
+    # A cluster lists every member's instances: members' containers are looked up among all of them,
+    # but only the instances on this member are reported as foreign or orphans.
+    instances = {i.name: i for i in listed}
+    here = {i.name: i for i in listed if target is None or i.location == target}
+    report.instances += len(here)
     cli = "incus" if svc.runtime.server().kind == "incus" else "lxc"
 
     claimed: set[str] = set()
@@ -152,11 +220,14 @@ def reconcile(
         except LabgpuError as exc:
             report.actions.append(Action(want.name, NOTE, "could not be checked", error=exc.message))
 
-    member_names = {d.name for d in desired}
-    for inst in sorted(instances.values(), key=lambda i: i.name):
+    with svc.session() as session:
+        member_names = set(session.scalars(select(Member.name)))
+    for inst in sorted(here.values(), key=lambda i: i.name):
         if inst.name in claimed:
             continue
         owner = inst.label("owner")
+        if owner in moving:
+            continue  # its move's action above says what it is
         if owner is None:
             report.actions.append(
                 Action(inst.name, FOREIGN, "not labgpu's (no user.labgpu.owner): ignored, never changed")
@@ -176,24 +247,17 @@ def reconcile(
             )
         )
 
-    if report.changed:
-        with svc.session() as session:
-            svc.audit(
-                session,
-                "reconcile",
-                None,
-                actions=[a.as_dict() for a in report.actions if a.done],
-            )
-    return report
 
-
-def _read_desired(svc: Services, report: ReconcileReport) -> tuple[list[_Desired], list[str]]:
-    """The members on the local host (one host today: the daemon ``svc.runtime`` talks to)."""
+def _read_desired(
+    svc: Services, report: ReconcileReport, host: Host | None, moving: set[str]
+) -> tuple[list[_Desired], list[str]]:
+    """The members of ``host`` (the local host also takes the members not placed yet), except those
+    whose move is still unresolved."""
     gpus_on_host: dict[int, str] | None = None
     out: list[_Desired] = []
+    local = host is None or host.url is None
+    host_id = host.id if host is not None else None
     with svc.session() as session:
-        host = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
-        host_id = host.id if host is not None else None
         rows = session.scalars(
             select(Member)
             .order_by(Member.name)
@@ -203,12 +267,9 @@ def _read_desired(svc: Services, report: ReconcileReport) -> tuple[list[_Desired
                 selectinload(Member.host),
             )
         ).all()
-        report.members = len(rows)
         for row in rows:
-            if row.host_id is not None and row.host_id != host_id:
-                report.actions.append(
-                    Action(row.name, SKIP, f"lives on host {row.host.name if row.host else row.host_id}")
-                )
+            mine = row.host_id == host_id or (local and row.host_id is None)
+            if not mine or row.name in moving:
                 continue
             spec = None
             if row.uid is not None and row.container is not None:

@@ -1,4 +1,5 @@
-"""`labgpu host add/list/rm/drain/undrain/set` and `labgpu container list`: many hosts, one view."""
+"""Many hosts, one view: `labgpu host add/list/rm/drain/undrain/set`, `labgpu container list` and
+`labgpu member move` (registered on the host and member command groups)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from labgpu.cli.context import get_context, print_json
 from labgpu.cli.host import app
+from labgpu.cli.member import app as member_app
 from labgpu.domain.members import format_size
 from labgpu.errors import BadInput
 
@@ -250,3 +252,43 @@ def container_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             r.kind,
         )
     c.console.print(table if rows else "no hosts answered and none are known")
+
+
+@member_app.command("move")
+def member_move(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The member.")],
+    to: Annotated[str, typer.Option("--to", help="The host to move the container to.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a member's container to another host (cold: it is stopped, moved, started).
+
+    Home, SSH keys, limits and the GPU request come along; the member gets ports on the new host and is
+    told the new address by mail. Within a cluster the runtime moves it; between standalone hosts one
+    daemon copies it to the other. The original is deleted only after the new one runs."""
+    from labgpu.services.moves import move_member
+
+    c = get_context(ctx)
+    if as_json:
+        print_json(move_member(c.services, name, to).as_dict())
+        return
+    with c.console.status(f"moving {name}'s container to {to}"):
+        result = move_member(c.services, name, to)
+    user = c.services.settings.container_user
+    c.console.print(
+        f"moved {escape(name)} from {escape(result.source)} to {escape(result.dest)} ({result.how}); "
+        f"{'running' if result.running else 'stopped, as before'}",
+        highlight=False,
+    )
+    if "ssh" in result.ports:
+        c.console.print(
+            f"  SSH: [bold]ssh -p {result.ports['ssh']} {user}@{escape(result.address)}[/]", highlight=False
+        )
+    for purpose, port in result.ports.items():
+        if purpose != "ssh":
+            c.console.print(f"  {purpose.upper()}: {escape(result.address)}:{port}", highlight=False)
+    for note in result.notes:
+        c.console.print(f"  {escape(note)}", highlight=False)
+    c.console.print(
+        "  the member was told by mail" if result.mailed else "  no mail sent (no address or no SMTP)"
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -51,6 +52,7 @@ def print_sheet(c: CliContext, sheet: object) -> None:
             "",
         ]
     lines += ["~/.ssh/config:", sheet.ssh_config().rstrip()]
+    lines += ["", *(f"[dim]{escape(note)}[/]" for note in sheet.notes)] if sheet.notes else []
     c.console.print(Panel("\n".join(lines), title="connection sheet", expand=False), soft_wrap=True)
     rdp = sheet.rdp_file()
     if rdp:
@@ -83,9 +85,15 @@ def add(
         bool, typer.Option("--vnc", help="Forward a port to VNC (5901) when the template has it.")
     ] = False,
     email: Annotated[str | None, typer.Option(help="The member's e-mail address.")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Host for the container. Default: chosen by placement.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add a member: home folder, ports, container, SSH; prints the connection sheet."""
+    """Add a member: home folder, ports, container, SSH; prints the connection sheet.
+
+    The container goes to the host placement chooses (free GPUs, CPU and memory, fewest containers;
+    never a drained host), or to --host; the sheet says which and why."""
     from labgpu.services.members import add_member, validate_request
 
     c = get_context(ctx)
@@ -103,6 +111,7 @@ def add(
         rdp=rdp,
         vnc=vnc,
         email=email,
+        host=host,
     )
     if as_json:
         sheet = add_member(svc, request)

@@ -10,6 +10,7 @@ both halves and waits for them. Both wait on their background operations explici
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -77,10 +78,12 @@ def copy_instance(
     profiles: list[str],
     description: str = "",
     timeout: float | None = None,
+    started: Callable[[], object] | None = None,
 ) -> str:
     """Copy the STOPPED instance ``name`` (with its snapshots) to another daemon under the same name,
     with ``config``, ``devices`` and ``profiles`` replacing its own (what the new host needs).
 
+    ``started`` is called once both daemons have their halves (they go on without us from there).
     Returns the mode used (``pull`` or ``push``). Waits for both halves; on failure, whatever the
     destination made of it may be left there (the caller deletes it). Raises RuntimeError_ (neither side
     reachable), RuntimeConflict (the name is taken there), OperationFailed."""
@@ -133,6 +136,8 @@ def copy_instance(
             json={"migration": True, "live": False, "target": target},
             wait=False,
         )
+    if started is not None:
+        started()
     try:
         dest.client.wait(dest_op, what=f"{what} (destination)", timeout=timeout)
     except Exception:

@@ -130,6 +130,7 @@ def apply_spec(svc: Services, name: str) -> str:
     APPLIED_WHEN_CREATED (no container yet), or "unchanged". Raises Conflict for an instance that
     is not the member's, BadInput when check_safe refuses the result, runtime errors when the
     daemon refuses the change (then nothing changed on the container). Waits for the update."""
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
         member = members.load_member(session, name)
         spec = members.container_spec(svc, member)
@@ -263,6 +264,7 @@ def set_member(svc: Services, name: str, request: SetRequest) -> list[Change]:
             "nothing to change: give at least one of --cpu, --memory, --disk, --gpus, --share, "
             "--no-share, --rdp/--no-rdp, --vnc/--no-vnc"
         )
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     _check_set_against_world(svc, name, request)
     for attempt in range(_ALLOCATION_RETRIES):
         try:
@@ -451,6 +453,7 @@ def reset_member(
     again, ``member add NAME`` or ``labgpu reconcile``. Waits for sshd. Returns the connection
     sheet with a new initial password. Raises NotFound, BadInput (unknown template), Conflict (an
     instance that is not the member's), ProvisionError."""
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
         member = members.load_member(session, name)
         if member.state == MemberState.REMOVING:
@@ -532,6 +535,7 @@ def remove_member(svc: Services, name: str, *, purge: bool = False) -> Removal:
     deleted with ``purge``; the row goes last, and with it the port maps and keys. Running it again
     after a crash finishes the job. Raises NotFound, Conflict (an instance of that name that is
     not the member's: nothing is changed). Waits for the deletion."""
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
         member = members.load_member(session, name)
         container = member.container
@@ -550,6 +554,7 @@ def finish_removal(svc: Services, name: str) -> Removal:
 
     The home is archived, never purged: a purge needs the admin's explicit `member rm --purge`.
     Raises NotFound, Conflict (the member is not being removed, or the instance is not theirs)."""
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
         member = members.load_member(session, name)
         if member.state != MemberState.REMOVING:
@@ -647,6 +652,7 @@ def _copy_then_remove(home: Path, target: Path) -> None:
 
 def count_snapshots(svc: Services, name: str) -> int:
     """How many snapshots the member's container has (0 when it has no container)."""
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
         container = members.load_member(session, name).container
     if not container:

@@ -16,7 +16,7 @@ import socket
 import string
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,10 @@ from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.context import Services
+from labgpu.services.host_clients import runtime_for, services_for
 from labgpu.services.hosts import local_host, public_address
 from labgpu.store.db import violated_constraint
-from labgpu.store.models import Member, MemberState, PortMap, PortPurpose, Share, SshKey
+from labgpu.store.models import Host, Member, MemberState, PortMap, PortPurpose, Share, SshKey
 
 PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
 PASSWORD_LENGTH = 16
@@ -139,6 +140,7 @@ class MemberRequest:
     keys: tuple[PublicKey, ...]
     purposes: tuple[str, ...]
     email: str | None
+    host: str | None = None  # the admin's choice of host; None: placement chooses
 
 
 @dataclass
@@ -203,9 +205,14 @@ def validate_request(
     rdp: bool = False,
     vnc: bool = False,
     email: str | None = None,
+    host: str | None = None,
 ) -> MemberRequest:
     """Check everything about a new member before anything is touched. Raises BadInput."""
     validate_member_name(name)
+    if host is not None:
+        from labgpu.services.remote_hosts import validate_host_name
+
+        validate_host_name(host)
     if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
         raise BadInput(f"invalid e-mail address {email!r}")
     purposes = ("ssh",) + (("rdp",) if rdp else ()) + (("vnc",) if vnc else ())
@@ -220,6 +227,7 @@ def validate_request(
         keys=read_keys(ssh_keys),
         purposes=purposes,
         email=email,
+        host=host,
     )
 
 
@@ -241,18 +249,33 @@ def host_gpus(runtime: RuntimeClient) -> dict[int, str]:
 def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) -> ConnectionSheet:
     """Add a member and provision their container; return the connection sheet (with the password).
 
-    A member left half-made by a crash (state provisioning) is resumed when
+    The container goes to ``request.host``, or to the host placement chooses (the sheet's notes say
+    which and why). A member left half-made by a crash (state provisioning) is resumed when
     added again. Raises BadInput / Conflict before touching anything when the
     request is wrong, ProvisionError (member kept, resumable) when a step fails."""
+    from labgpu.services.placement import place
+
     with svc.session() as session:
         existing = session.scalars(select(Member).where(Member.name == request.name)).first()
         if existing is not None and existing.state != MemberState.PROVISIONING:
             raise Conflict(f"member {request.name} already exists")
+    note = None
     if existing is None:
-        _check_request_against_world(svc, request)
-        _write_desired_state(svc, request)
+        placement = place(
+            svc,
+            gpus=request.gpus,
+            cpu=request.cpu,
+            memory_bytes=request.memory_bytes,
+            template=request.template,
+            host=request.host,
+            member=request.name,
+        )
+        _check_request_against_world(services_for(svc, placement.host), request)
+        _write_desired_state(svc, request, host_id=placement.host.id)
         checkpoint("desired-state")
-    return provision(svc, request.name, wait_ssh=wait_ssh)
+        note = placement.note
+    sheet = provision(svc, request.name, wait_ssh=wait_ssh)
+    return replace(sheet, notes=(*sheet.notes, note)) if note else sheet
 
 
 def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
@@ -290,14 +313,40 @@ def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
         )
 
 
-def _write_desired_state(svc: Services, request: MemberRequest) -> None:
+def new_port_maps(session: Session, settings: Any, host_id: int, purposes: Sequence[str]) -> list[PortMap]:
+    """Port maps for ``purposes`` on the lowest free ports of ``host_id`` (settings.listen_address).
+
+    Not added to any member; a concurrent allocation of the same port fails on the store's constraint."""
+    used = session.scalars(
+        select(PortMap.host_port).where(
+            PortMap.host_id == host_id, PortMap.listen_address == settings.listen_address
+        )
+    )
+    ports = allocate_ports(
+        used, start=settings.port_range_start, end=settings.port_range_end, count=len(purposes)
+    )
+    return [
+        PortMap(
+            host_id=host_id,
+            listen_address=settings.listen_address,
+            host_port=port,
+            container_port=CONTAINER_PORTS[purpose],
+            purpose=PortPurpose(purpose),
+        )
+        for purpose, port in zip(purposes, ports, strict=True)
+    ]
+
+
+def _write_desired_state(svc: Services, request: MemberRequest, *, host_id: int | None = None) -> None:
     """One transaction: member row, uid, ports, keys, shares. Retried when a
     concurrent add took the same uid or port (the constraints catch it)."""
     settings = svc.settings
     for attempt in range(_ALLOCATION_RETRIES):
         try:
             with svc.session() as session:
-                host = local_host(session, svc.runtime)
+                host = session.get(Host, host_id) if host_id is not None else None
+                if host is None:
+                    host = local_host(session, svc.runtime)
                 used_uids = session.scalars(select(Member.uid).where(Member.uid.is_not(None)))
                 uid = allocate_uid(
                     [u for u in used_uids if u is not None], base=settings.uid_base, count=settings.uid_count
@@ -316,27 +365,9 @@ def _write_desired_state(svc: Services, request: MemberRequest) -> None:
                     gpu_spec=str(request.gpus),
                 )
                 session.add(member)
-                used_ports = session.scalars(
-                    select(PortMap.host_port).where(
-                        PortMap.host_id == host.id, PortMap.listen_address == settings.listen_address
-                    )
-                )
-                ports = allocate_ports(
-                    used_ports,
-                    start=settings.port_range_start,
-                    end=settings.port_range_end,
-                    count=len(request.purposes),
-                )
-                for purpose, port in zip(request.purposes, ports, strict=True):
-                    member.port_maps.append(
-                        PortMap(
-                            host_id=host.id,
-                            listen_address=settings.listen_address,
-                            host_port=port,
-                            container_port=CONTAINER_PORTS[purpose],
-                            purpose=PortPurpose(purpose),
-                        )
-                    )
+                port_maps = new_port_maps(session, settings, host.id, request.purposes)
+                member.port_maps.extend(port_maps)
+                ports = [pm.host_port for pm in port_maps]
                 for key in request.keys:
                     member.ssh_keys.append(
                         SshKey(public_key=key.line, fingerprint=key.fingerprint, comment=key.comment or None)
@@ -348,6 +379,7 @@ def _write_desired_state(svc: Services, request: MemberRequest) -> None:
                     session,
                     "member.add",
                     request.name,
+                    host=host.name,
                     uid=uid,
                     ports={p: port for p, port in zip(request.purposes, ports, strict=True)},
                     template=request.template,
@@ -360,6 +392,62 @@ def _write_desired_state(svc: Services, request: MemberRequest) -> None:
                 raise Conflict(f"member {request.name} already exists") from None
             if attempt + 1 == _ALLOCATION_RETRIES:
                 raise Conflict(f"could not allocate a uid and ports for {request.name}; try again") from exc
+
+
+def place_unplaced(svc: Services, name: str) -> str | None:
+    """Give a member without a host (its host was removed with --force) a host chosen by placement and
+    ports there (SSH, and the RDP/VNC it had). Returns the placement note, or None when it has a host.
+    Raises what placement raises (Exhausted when no host can take it)."""
+    from labgpu.services.placement import place
+
+    with svc.session() as session:
+        member = load_member(session, name)
+        if member.host_id is not None or member.uid is None:
+            return None
+        request = parse_gpu_request(member.gpu_spec or svc.settings.default_gpus)
+        cpu, memory, template = member.cpu_limit, member.memory_limit_bytes, member.template
+        purposes = ["ssh", *_purposes_before_unplacing(session, name)]
+    placement = place(
+        svc,
+        gpus=request,
+        cpu=cpu,
+        memory_bytes=memory,
+        template=template or svc.settings.default_template,
+        member=name,
+    )
+    for attempt in range(_ALLOCATION_RETRIES):
+        try:
+            with svc.session() as session:
+                member = load_member(session, name)
+                member.host_id = placement.host.id
+                member.port_maps.extend(new_port_maps(session, svc.settings, placement.host.id, purposes))
+                session.flush()
+                svc.audit(session, "member.placed", name, host=placement.host.name, reason=placement.note)
+            return placement.note
+        except IntegrityError as exc:
+            if attempt + 1 == _ALLOCATION_RETRIES:
+                raise Conflict(f"could not allocate ports for {name}; try again") from exc
+    return None
+
+
+def _purposes_before_unplacing(session: Session, name: str) -> list[str]:
+    """The RDP/VNC ports a member had before `host rm --force` took them (recorded in its audit)."""
+    from labgpu.store.models import AuditEvent
+
+    events = session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "host.rm").order_by(AuditEvent.id.desc()).limit(50)
+    )
+    for event in events:
+        had = ((event.detail or {}).get("unplaced_members") or {}).get(name)
+        if isinstance(had, list):
+            return [p for p in had if p in ("rdp", "vnc")]
+    return []
+
+
+def member_services(svc: Services, name: str) -> Services:
+    """``svc`` talking to the daemon of the host ``name``'s container lives on. Raises NotFound."""
+    with svc.session() as session:
+        return services_for(svc, load_member(session, name).host)
 
 
 # Provisioning steps (each safe to repeat) ---------------------------------------------------------
@@ -478,6 +566,19 @@ def probe_address(listen_address: str) -> str:
     return "127.0.0.1" if listen_address in ("0.0.0.0", "", "::") else listen_address  # noqa: S104
 
 
+def ssh_probe_address(svc: Services, host: Host | None, listen_address: str) -> str | None:
+    """Where labgpu can knock on a member's SSH port: this machine's loopback for the local daemon; the
+    host's public address for another host listening on every address; None when the proxy listens
+    on another host's loopback (nothing to reach from here)."""
+    if host is None or host.url is None:
+        return probe_address(listen_address)
+    if listen_address in ("0.0.0.0", "", "::"):  # noqa: S104
+        return public_address(host, svc.settings)
+    if listen_address.startswith("127.") or listen_address in ("::1", "localhost"):
+        return None
+    return listen_address
+
+
 def wait_for_ssh(address: str, port: int, *, timeout: float = SSH_READY_TIMEOUT) -> None:
     """Wait until an SSH server answers with its banner at address:port (through the proxy device)."""
     deadline = time.monotonic() + timeout
@@ -547,25 +648,32 @@ def provision(
 ) -> ConnectionSheet:
     """Bring the daemon to the member's desired state: home, container, running, sshd, credentials.
 
-    Each step checks before acting, so this is safe to run again after any crash.
+    The container is made on the member's host (a member without one, after `host rm --force`, is
+    placed first). Each step checks before acting, so this is safe to run again after any crash.
     Waits for sshd (up to SSH_READY_TIMEOUT). Raises ProvisionError, Conflict or runtime errors."""
+    from labgpu.services.homes import ensure_home_on
+
+    place_unplaced(svc, name)
     with svc.session() as session:
         member = load_member(session, name)
+        host = member.host
+        svc = services_for(svc, host)  # from here on: the daemon of the member's host
         spec = container_spec(svc, member)
         roots = allowed_roots(svc, session)
         keys = [k.public_key for k in member.ssh_keys]
-        host_name = member.host.name if member.host else ""
-        address = public_address(member.host, svc.settings) if member.host else svc.settings.listen_address
+        host_name = host.name if host else ""
+        address = public_address(host, svc.settings) if host else svc.settings.listen_address
     assert member.uid is not None and member.container is not None
-    ensure_home(svc, name, member.uid)
+    ensure_home_on(svc, host, name, member.uid)
     checkpoint("home")
     ensure_container(svc, spec, roots)
     checkpoint("container")
     ensure_running(svc.runtime, spec.name)
     checkpoint("running")
     ssh = next(p for p in spec.ports if p.purpose == "ssh")
-    if wait_ssh:
-        wait_for_ssh(probe_address(ssh.listen_address), ssh.host_port, timeout=svc.settings.ssh_ready_timeout)
+    probe = ssh_probe_address(svc, host, ssh.listen_address)
+    if wait_ssh and probe is not None:
+        wait_for_ssh(probe, ssh.host_port, timeout=svc.settings.ssh_ready_timeout)
     checkpoint("ssh")
     password = set_initial_password(svc, spec.name) if set_password else None
     checkpoint("password")
@@ -630,13 +738,13 @@ def list_members(svc: Services, *, live: bool = True) -> list[MemberInfo]:
         ).all()
         infos = [_info(svc, m) for m in members]
     if live and infos:
-        try:
-            instances = {i.name: i for i in svc.runtime.instances.all()}
-        except LabgpuError:
-            for info in infos:
+        hosts = {m.host_id: m.host for m in members}
+        listings = _instances_by_host(svc, hosts)
+        for member, info in zip(members, infos, strict=True):
+            instances = listings.get(member.host_id)
+            if instances is None:
                 info.status = "unreachable"
-            return infos
-        for info in infos:
+                continue
             inst = instances.get(info.container or "")
             if inst is None:
                 info.status = "missing"
@@ -649,13 +757,41 @@ def list_members(svc: Services, *, live: bool = True) -> list[MemberInfo]:
     return infos
 
 
+def _instances_by_host(
+    svc: Services, hosts: dict[int | None, Host | None]
+) -> dict[int | None, dict[str, Any]]:
+    """host id -> {name: Instance} with state, ONE listing per host; the local daemon for members
+    without a host. Asked in parallel, each within host_timeout (the local one within the runtime's
+    own timeout, as before); a host that fails is left out."""
+    from labgpu.services.inventory import ask_all, on_member
+
+    def job(host: Host | None) -> Any:
+        def ask() -> dict[str, Any]:
+            runtime = runtime_for(svc, host)
+            found = on_member(runtime.instances.all(), runtime.target)
+            return {i.name: i for i in found}
+
+        return ask
+
+    if set(hosts) <= {None} or all(h is None or h.url is None for h in hosts.values()):
+        try:
+            local = {i.name: i for i in svc.runtime.instances.all()}
+        except LabgpuError:
+            return {}
+        return dict.fromkeys(hosts, local)
+    answers = ask_all({key: job(host) for key, host in hosts.items()}, timeout=svc.settings.host_timeout)
+    return {key: a.value for key, a in answers.items() if a.value is not None and a.error is None}
+
+
 def get_member(svc: Services, name: str, *, live: bool = True) -> MemberInfo:
     """One member with their container's live state. Raises NotFound."""
     with svc.session() as session:
-        info = _info(svc, load_member(session, name))
+        member = load_member(session, name)
+        info = _info(svc, member)
+        runtime = runtime_for(svc, member.host)
     if live and info.container:
         try:
-            state = svc.runtime.instances.state(info.container)
+            state = runtime.instances.state(info.container)
             info.status = state.status
             info.ipv4 = list(state.ipv4)
             info.memory_usage = state.memory_usage
@@ -681,7 +817,7 @@ def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> 
         container = member.container or name
         member.state = MemberState.STOPPED if action == "stop" else MemberState.RUNNING
         svc.audit(session, f"member.{action}", name)
-    runtime = svc.runtime
+        runtime = runtime_for(svc, member.host)
     status = runtime.instances.state(container).status
     if action == "start" and status != "Running":
         runtime.instances.start(container)
@@ -701,6 +837,7 @@ def reset_password(svc: Services, name: str) -> str:
         member = load_member(session, name)
         container = member.container or name
         svc.audit(session, "member.passwd", name)
+        svc = services_for(svc, member.host)
     if svc.runtime.instances.state(container).status != "Running":
         raise Conflict(f"{name}'s container is not running; start it first (labgpu member start {name})")
     return set_initial_password(svc, container)
@@ -724,6 +861,7 @@ def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:
         svc.audit(session, "member.key.add", name, fingerprints=added)
         all_keys = [k.public_key for k in member.ssh_keys]
         container = member.container or name
+        svc = services_for(svc, member.host)
     _install_if_running(svc, container, all_keys)
     return added
 
@@ -741,6 +879,7 @@ def remove_key(svc: Services, name: str, fingerprint_or_comment: str) -> str:
         svc.audit(session, "member.key.rm", name, fingerprint=matches[0].fingerprint)
         all_keys = [k.public_key for k in member.ssh_keys if k is not matches[0]]
         container = member.container or name
+        svc = services_for(svc, member.host)
     _install_if_running(svc, container, all_keys)
     return matches[0].fingerprint
 

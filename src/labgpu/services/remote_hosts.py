@@ -455,20 +455,28 @@ def remove_host(svc: Services, name: str, *, force: bool = False) -> RemovedHost
         }
         if mine and not (mine & other_fps):
             try:
-                clients[0].untrust_certificate(certificate_fingerprint(client_cert.read_text()))
+                fp = certificate_fingerprint(client_cert.read_text())
+                # Within host_timeout: a host that is gone must not hold up its removal.
+                clients[0].request(
+                    "DELETE",
+                    f"/1.0/certificates/{fp}",
+                    what="remove labgpu's certificate",
+                    project=False,
+                    timeout=svc.settings.host_timeout,
+                )
             except LabgpuError as exc:
                 notes.append(f"labgpu's certificate stays in {name}'s trust list ({exc.message})")
-    unplaced: list[str] = []
+    unplaced: dict[str, list[str]] = {}  # member -> the port purposes they had (given again elsewhere)
     with svc.session() as session:
         rows = _rows_named(session, name)
         ids = [h.id for h in rows]
         for member in session.scalars(select(Member).where(Member.host_id.in_(ids))):
+            unplaced[member.name] = sorted(str(pm.purpose) for pm in member.port_maps)
             for pm in list(member.port_maps):
                 member.port_maps.remove(pm)
             member.host_id = None
             member.state = MemberState.PROVISIONING
             member.spec_version += 1
-            unplaced.append(member.name)
         session.flush()
         # Port maps of members elsewhere never point here, but a half-finished move may have left some.
         for pm in session.scalars(select(PortMap).where(PortMap.host_id.in_(ids))):

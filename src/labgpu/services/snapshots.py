@@ -109,6 +109,7 @@ def _container(svc: Services, name: str, *, changing: bool) -> str:
 
 def list_snapshots(svc: Services, name: str) -> list[SnapshotInfo]:
     """The member's container's snapshots, oldest first. Raises NotFound."""
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=False)
     return oldest_first([SnapshotInfo.from_api(d) for d in svc.runtime.instances.snapshots(container)])
 
@@ -128,6 +129,7 @@ def take_snapshot(svc: Services, name: str, snapshot: str | None = None) -> Take
     Conflict (name taken)."""
     if snapshot is not None:
         validate_snapshot_name(snapshot)
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=True)
     runtime = svc.runtime
     existing = [SnapshotInfo.from_api(d) for d in runtime.instances.snapshots(container)]
@@ -160,6 +162,7 @@ def restore_snapshot(svc: Services, name: str, snapshot: str) -> str:
     restore changes only the root filesystem. A running container is restarted by the restore.
     Waits. Audit ``member.restore``. Raises NotFound (no such snapshot), Conflict."""
     validate_snapshot_name(snapshot)
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=True)
     runtime = svc.runtime
     names = [SnapshotInfo.from_api(d).name for d in runtime.instances.snapshots(container)]
@@ -185,6 +188,7 @@ def restore_snapshot(svc: Services, name: str, snapshot: str) -> str:
 def delete_snapshot(svc: Services, name: str, snapshot: str) -> None:
     """Delete one snapshot of the member's container. Waits. Raises NotFound."""
     validate_snapshot_name(snapshot)
+    svc = members.member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=False)
     names = [SnapshotInfo.from_api(d).name for d in svc.runtime.instances.snapshots(container)]
     if snapshot not in names:

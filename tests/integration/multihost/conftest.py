@@ -216,3 +216,26 @@ def hosts_env(
                 print(f"cleanup {daemon.name}/{name}: {exc}")
         daemon.untrust(env.client_cert)
     local.close()
+
+
+def local_host_name(svc: Any) -> str:
+    from labgpu.services.inventory import known_hosts
+
+    return next(h.name for h in known_hosts(svc) if h.url is None)
+
+
+def add_test_hosts(env: HostsEnv, svc: Any, *, s2_by_socket: bool = True) -> dict[str, str]:
+    """Add s1 (HTTPS, token), s2 (its unix socket, public address given, or HTTPS) and the cluster
+    "lab" through c1 (hosts c1 and c2); drain the local daemon so that nothing lands there.
+    Returns host name -> the address members connect to."""
+    from labgpu.services.remote_hosts import add_host, set_drained
+
+    d = env.daemons
+    add_host(svc, "s1", d["s1"].url, token=d["s1"].token())
+    if s2_by_socket:
+        add_host(svc, "s2", f"unix://{d['s2'].socket}", public_address=d["s2"].address)
+    else:
+        add_host(svc, "s2", d["s2"].url, token=d["s2"].token())
+    add_host(svc, "lab", d["c1"].url, token=d["c1"].token())
+    set_drained(svc, local_host_name(svc), True)
+    return {name: d[name].address for name in ("s1", "s2", "c1", "c2")}

@@ -246,8 +246,8 @@ class GpuUsageReader:
     source: Callable[[], GpuSource] | None = None
     proc_root: Path = Path("/proc")
     transport: httpx.BaseTransport | None = None
-    _sweeps: dict[tuple[int, str | None], Sweep] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _sweeps: dict[tuple[int, str | None], Sweep] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     # One host -------------------------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ class BookingCancelled(BookingOut):
 
 
 class BookingCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     gpus: (
         Annotated[int, Field(ge=1, le=1024)] | Annotated[list[GpuIndex], Field(min_length=1, max_length=64)]
     ) = Field(description="How many GPUs (labgpu picks free ones), or which: a list of indexes, e.g. [0, 2].")

@@ -70,6 +70,14 @@ TABLE: dict[tuple[str, str], str] = {
     ("PATCH", "/api/v1/members/{name}"): ADMIN,
     ("DELETE", "/api/v1/members/{name}"): ADMIN,
     ("GET", "/api/v1/audit"): ADMIN,
+    ("GET", "/api/v1/gpus"): SELF,
+    ("GET", "/api/v1/bookings"): SELF,
+    ("POST", "/api/v1/bookings"): SELF,
+    ("GET", "/api/v1/bookings/{booking_id}"): SELF,
+    ("POST", "/api/v1/bookings/{booking_id}/cancel"): SELF,
+    ("POST", "/api/v1/bookings/{booking_id}/extend"): SELF,
+    ("POST", "/api/v1/bookings/{booking_id}/approve"): ADMIN,
+    ("POST", "/api/v1/bookings/{booking_id}/reject"): ADMIN,
     ("GET", "/"): PUBLIC,
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
@@ -112,6 +120,13 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/admin/shares/{name}/remove"): ADMIN,
     ("GET", "/admin/hosts"): ADMIN,
     ("GET", "/admin/audit"): ADMIN,
+    ("GET", "/gpus"): SELF,
+    ("GET", "/bookings"): SELF,
+    ("POST", "/bookings"): SELF,
+    ("POST", "/bookings/{booking_id}/cancel"): SELF,
+    ("POST", "/bookings/{booking_id}/extend"): SELF,
+    ("POST", "/bookings/{booking_id}/approve"): ADMIN,
+    ("POST", "/bookings/{booking_id}/reject"): ADMIN,
 }
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}
@@ -136,6 +151,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         path.replace("{name}", OWNER)
         .replace("{application_id}", str(application_id))
         .replace("{token_id}", str(token_id))
+        .replace("{booking_id}", "1")
         .replace("{snapshot}", "snap-1")
         .replace("{share}", "datasets")
         .replace("{action}", "start")

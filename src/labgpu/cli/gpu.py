@@ -21,8 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
-from labgpu.gpu.inventory import GpuUsage, Inventory, attribute_reading, unavailable_inventory
-from labgpu.gpu.nvml import GpuSource, NvmlUnavailable
+from labgpu.gpu.inventory import GpuUsage, Inventory
+from labgpu.gpu.nvml import GpuSource
 
 app = typer.Typer(help="GPUs: inventory, who uses which GPU, modes and bookings.", no_args_is_help=True)
 
@@ -42,38 +42,13 @@ def _source(replay: Path | None) -> GpuSource:
     return NvmlSource()
 
 
-def _gpus_on_bus() -> int:
-    from labgpu.services.doctor import nvidia_pci_devices
-    from labgpu.services.host_setup import HostPaths
-
-    return len(nvidia_pci_devices(HostPaths()))
-
-
 def make_sweep(c: CliContext, source: GpuSource, proc_root: Path = Path("/proc")) -> Callable[[], Inventory]:
     """One inventory per call: NVML through ``source``, members from the runtime (cached)."""
-    from labgpu.gpu.runtime_view import RuntimeView
+    from labgpu.services.gpu_sweep import make_sweep as sweep_of_this_machine
 
-    view = RuntimeView(lambda: c.runtime, project=c.settings.runtime_project)
-    on_bus = _gpus_on_bus()
-
-    def sweep() -> Inventory:
-        started = time.perf_counter()
-        try:
-            reading = source.read()
-        except NvmlUnavailable as exc:
-            # sysfs tells "no GPU" from "GPU but no driver"; no need to ask the daemon.
-            return unavailable_inventory(exc, gpus_on_bus=on_bus)
-        facts = view.facts()
-        return attribute_reading(
-            reading,
-            owners=facts.owners,
-            resources=facts.resources,
-            proc_root=proc_root,
-            notes=[facts.error] if facts.error else [],
-            started=started,
-        )
-
-    return sweep
+    return sweep_of_this_machine(
+        lambda: c.runtime, source, project=c.settings.runtime_project, proc_root=proc_root
+    )
 
 
 def _size(value: int | None) -> str:

@@ -210,16 +210,30 @@ def set_(
     public_address: Annotated[
         str | None, typer.Option("--public-address", help="Address members connect to; 'none' clears it.")
     ] = None,
+    agent_url: Annotated[
+        str | None,
+        typer.Option(
+            "--agent-url",
+            help="Where the host's `labgpu agent` answers (http://ADDRESS:9410): the portal reads the "
+            "host's GPU usage from it; 'none' clears it.",
+        ),
+    ] = None,
 ) -> None:
-    """Change a host's public address (what connection sheets tell members)."""
-    from labgpu.services.remote_hosts import set_public_address
+    """Change a host's public address (what connection sheets tell members) or its GPU agent's address."""
+    from labgpu.services.remote_hosts import set_agent_url, set_public_address
 
-    if public_address is None:
-        raise BadInput("nothing to change: give --public-address")
+    if public_address is None and agent_url is None:
+        raise BadInput("nothing to change: give --public-address or --agent-url")
     c = get_context(ctx)
-    value = None if public_address.strip().lower() in ("none", "") else public_address
-    set_public_address(c.services, name, value)
-    c.console.print(f"{escape(name)}: public address {escape(value or '(default)')}", highlight=False)
+    if public_address is not None:
+        value = None if public_address.strip().lower() in ("none", "") else public_address
+        set_public_address(c.services, name, value)
+        c.console.print(f"{escape(name)}: public address {escape(value or '(default)')}", highlight=False)
+    if agent_url is not None:
+        clear = agent_url.strip().lower() in ("none", "")
+        stored = set_agent_url(c.services, name, None if clear else agent_url)
+        shown = stored or "(none: only a host on this machine is read, in process)"
+        c.console.print(f"{escape(name)}: GPU agent {escape(shown)}", highlight=False)
 
 
 @container_app.command("list")

@@ -528,3 +528,35 @@ def set_public_address(svc: Services, name: str, address: str | None) -> None:
             raise NotFound(f"no host named {name}")
         host.public_address = address.strip() if address else None
         svc.audit(session, "host.set", name, public_address=host.public_address)
+
+
+def normalize_agent_url(url: str) -> str:
+    """``http(s)://address[:port][/path]`` of a `labgpu agent`, without a trailing slash. Raises BadInput."""
+    text = url.strip().rstrip("/")
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise BadInput(f"invalid agent URL {url!r}: use http://ADDRESS:9410 (the agent's address and port)")
+    if parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise BadInput(
+            f"invalid agent URL {url!r}: give only the address, port and path; the token is the "
+            "agent_token setting"
+        )
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise BadInput(f"invalid agent URL {url!r}: the port is not a number") from None
+    return text
+
+
+def set_agent_url(svc: Services, name: str, url: str | None) -> str | None:
+    """Set (or, with None, clear) where host ``name``'s `labgpu agent` answers: the portal reads that
+    host's GPU usage from it (without one, only a host on this machine is read, in process). Returns the
+    stored URL. Raises NotFound, BadInput. Audit ``host.set``."""
+    value = normalize_agent_url(url) if url is not None else None
+    with svc.session() as session:
+        host = session.scalars(select(Host).where(Host.name == name)).first()
+        if host is None:
+            raise NotFound(f"no host named {name}")
+        host.agent_url = value
+        svc.audit(session, "host.set", name, agent_url=value)
+    return value

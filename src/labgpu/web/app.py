@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labgpu import __version__
 from labgpu.services.context import Actor, Services
+from labgpu.services.gpu_usage import GpuUsageReader
 from labgpu.settings import Settings
 from labgpu.web.errors import install_error_handler
 from labgpu.web.security import csrf_protect, csrf_token, request_identity, set_pending_cookies
@@ -73,14 +74,22 @@ def _build_services(settings: Settings) -> Services:
     return Services(settings=settings, runtime=runtime, sessions=session_factory(engine), actor=Actor("web"))
 
 
-def create_app(settings: Settings, *, services: Services | None = None, background: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    background: bool = True,
+    gpu_usage: GpuUsageReader | None = None,
+) -> FastAPI:
     """The portal and JSON API for ``settings``. Does no I/O until a request comes (except creating the
     secret key file in state_dir when there is none yet).
 
     ``services`` lets tests hand in their own (a real daemon, a private store); by default they are built
     from ``settings``. The database must be migrated already (``labgpu serve`` does it). With
     ``background`` (the default) approved applications are provisioned by a worker thread, and those left
-    unfinished by an earlier run are resumed at start-up; without it they stay queued in the store."""
+    unfinished by an earlier run are resumed at start-up; without it they stay queued in the store.
+    ``gpu_usage`` reads the hosts' GPUs (tests give one over recorded NVML readings); by default the real
+    NVML of this machine and the hosts' agents."""
     from labgpu.services.applications import ProvisionWorker
     from labgpu.services.jobs import start_job_runner
     from labgpu.web.routes import (
@@ -88,6 +97,7 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
         api_applications,
         api_audit,
         api_container,
+        api_gpus,
         api_lab,
         api_members,
         health,
@@ -95,6 +105,7 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
         pages_admin,
         pages_apply,
         pages_auth,
+        pages_gpus,
         pages_lab,
         pages_me,
     )
@@ -134,6 +145,7 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
     app.state.services = svc
     app.state.engine = svc.sessions.kw["bind"]
     app.state.worker = worker
+    app.state.gpu_usage = gpu_usage if gpu_usage is not None else GpuUsageReader()
     app.state.secret_key = settings.session_secret()
     renderer = Renderer(csrf_token=csrf_token, identity=request_identity, notices=_active_notices)
     app.state.renderer = renderer
@@ -168,12 +180,14 @@ def create_app(settings: Settings, *, services: Services | None = None, backgrou
         api_members,
         api_lab,
         api_audit,
+        api_gpus,
         pages_auth,
         pages_apply,
         pages_account,
         pages_me,
         pages_admin,
         pages_lab,
+        pages_gpus,
     ):
         app.include_router(module.router)
     return app

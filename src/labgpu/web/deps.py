@@ -6,6 +6,7 @@
 - ``AdminRequired``: the caller, required to be an admin (403 otherwise).
 - ``ServicesDep``: :class:`~labgpu.services.context.Services` whose actor is the caller and their address,
   so every audit entry says who did it and from where.
+- ``GpuUsageDep``: the app's :class:`~labgpu.services.gpu_usage.GpuUsageReader` (every host's GPUs).
 - ``VisibleMember``: the ``{name}`` path parameter, checked with :func:`check_member_access`: an admin sees
   every member, a member only themself; anyone else gets 404, exactly as for a name that does not exist.
 
@@ -22,6 +23,7 @@ from fastapi import Depends, Path, Request
 from labgpu.errors import NotFound
 from labgpu.services.accounts import Forbidden, Identity, Unauthenticated
 from labgpu.services.context import Actor, Services
+from labgpu.services.gpu_usage import GpuUsageReader
 from labgpu.web.security import client_address, request_identity
 from labgpu.web.templating import Renderer
 
@@ -85,3 +87,11 @@ def visible_member(identity: CurrentMember, name: Annotated[str, Path(max_length
 
 
 VisibleMember = Annotated[str, Depends(visible_member)]
+
+
+def get_gpu_usage(request: Request) -> GpuUsageReader:
+    reader: GpuUsageReader = request.app.state.gpu_usage
+    return reader
+
+
+GpuUsageDep = Annotated[GpuUsageReader, Depends(get_gpu_usage)]

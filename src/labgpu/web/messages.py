@@ -39,6 +39,12 @@ SERVICE_MESSAGES = (
     N_("you cannot disable your own account"),
     N_("no public key given"),
     N_("a member name is required"),
+    # Booking forms (web/routes/pages_gpus.py, services/booking_requests.py).
+    N_("say how many GPUs, or pick them"),
+    N_("pick GPUs from the list"),
+    N_("day: give a date as YYYY-MM-DD"),
+    N_("the note must be one line of printable text"),
+    N_("the reason must be printable text"),
     # Provisioning progress of an application (shown on the admin's queue).
     N_("queued"),
     N_("creating the container"),

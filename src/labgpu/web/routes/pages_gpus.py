@@ -1,0 +1,320 @@
+"""Pages: GPU usage (every host's GPUs, their processes and holders) and the bookings board (book, cancel,
+extend; admins approve and reject). Every signed-in member sees both: who uses which GPU is no secret in a
+lab. The rules, and who may change which booking, are :mod:`labgpu.services.bookings`'s."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Path, Request
+from fastapi.responses import HTMLResponse
+
+from labgpu.errors import BadInput, LabgpuError
+from labgpu.services import booking_board, booking_requests, bookings
+from labgpu.services.accounts import Identity
+from labgpu.services.context import Services
+from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.store.models import utcnow
+from labgpu.web.deps import AdminRequired, CurrentMember, GpuUsageDep, RendererDep, ServicesDep
+from labgpu.web.messages import translate
+from labgpu.web.templating import N_, Renderer
+
+router = APIRouter(include_in_schema=False)
+BookingId = Annotated[int, Path(ge=1, le=2**53)]
+BOARD_DAYS = 7  # days linked from the board
+TimeField = Annotated[str, Form(max_length=64)]
+DayField = Annotated[str, Form(max_length=10)]
+
+DONE = {
+    "book": N_("Booking %(id)s was made: GPU %(gpus)s on %(host)s."),
+    "pending": N_(
+        "Booking %(id)s was requested: GPU %(gpus)s on %(host)s. An admin decides; you get an e-mail."
+    ),
+    "cancel": N_("Booking %(id)s was cancelled."),
+    "end": N_("Booking %(id)s ended now; its GPUs are taken from the container."),
+    "extend": N_("Booking %(id)s now ends %(end)s."),
+    "approve": N_("Booking %(id)s was approved."),
+    "reject": N_("Booking %(id)s was rejected."),
+}
+
+
+class Clock:
+    """Times on these pages, in the portal machine's time zone (the one typed times are read in)."""
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+
+    def local(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.tz)
+
+    def full(self, moment: datetime | None) -> str:
+        return self.local(moment).strftime("%Y-%m-%d %H:%M") if moment else "—"
+
+    def hour(self, moment: datetime) -> str:
+        return self.local(moment).strftime("%H")
+
+    def short(self, moment: datetime, day: date) -> str:
+        """``14:00`` on ``day``, else ``03-04 14:00``."""
+        local = self.local(moment)
+        return local.strftime("%H:%M") if local.date() == day else local.strftime("%m-%d %H:%M")
+
+    @property
+    def zone(self) -> str:
+        now = datetime.now(self.tz)
+        offset = now.strftime("%z")
+        return f"{now.tzname() or ''} (UTC{offset[:3]}:{offset[3:]})".strip()
+
+
+# GPU usage ----------------------------------------------------------------------------------------
+
+
+@router.get("/gpus")
+def gpus_page(
+    request: Request,
+    _: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+) -> HTMLResponse:
+    hosts = reader.read(svc)
+    clock = Clock(booking_requests.local_tz())
+    return renderer.render(request, "gpus.html", hosts=hosts, clock=clock)
+
+
+# The bookings board -------------------------------------------------------------------------------
+
+
+def _day(text: str, today: date) -> date:
+    text = text.strip()
+    if not text:
+        return today
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadInput("day: give a date as YYYY-MM-DD") from None
+
+
+def _board_page(
+    request: Request,
+    renderer: Renderer,
+    svc: Services,
+    reader: GpuUsageReader,
+    identity: Identity,
+    status_code: int = 200,
+    *,
+    day: date | None = None,
+    form: dict[str, Any] | None = None,
+    **extra: Any,
+) -> HTMLResponse:
+    clock = Clock(booking_requests.local_tz())
+    today = clock.local(utcnow()).date()
+    day = day or today
+    board = booking_board.read_board(svc, reader, day=day, tz=clock.tz)
+    host = booking_requests.member_host(svc, identity.name)
+    listed = bookings.list_bookings(svc)  # a member's own; an admin's: everyone's
+    pending = [b for b in listed if b.status == "pending"] if identity.is_admin else []
+    choices = board.gpus.get(host.name, []) if host is not None else []
+    if identity.is_admin and not choices:
+        seen: dict[int, Any] = {}
+        for gpus in board.gpus.values():
+            for g in gpus:
+                seen.setdefault(g.index, g)
+        choices = [seen[i] for i in sorted(seen)]
+    return renderer.render(
+        request,
+        "bookings.html",
+        status_code,
+        board=board,
+        clock=clock,
+        today=today,
+        days=[today + timedelta(days=n) for n in range(BOARD_DAYS)],
+        prev_day=day - timedelta(days=1),
+        next_day=day + timedelta(days=1),
+        my_host=host,
+        choices=choices,
+        listed=[b for b in listed if b.status != "pending" or not identity.is_admin],
+        pending=pending,
+        form=form if form is not None else {"start": "now", "until": "+2h", "count": "1"},
+        now=utcnow(),
+        **extra,
+    )
+
+
+def _failed(
+    request: Request,
+    renderer: Renderer,
+    svc: Services,
+    reader: GpuUsageReader,
+    identity: Identity,
+    exc: LabgpuError,
+    **extra: Any,
+) -> HTMLResponse:
+    message = translate(renderer.gettext(request), exc.message)
+    return _board_page(request, renderer, svc, reader, identity, exc.status, error=message, **extra)
+
+
+def _done(
+    request: Request,
+    renderer: Renderer,
+    svc: Services,
+    reader: GpuUsageReader,
+    identity: Identity,
+    what: str,
+    view: bookings.BookingView,
+    **extra: Any,
+) -> HTMLResponse:
+    clock = Clock(booking_requests.local_tz())
+    text = renderer.gettext(request)(DONE[what]) % {
+        "id": view.id,
+        "gpus": bookings.format_gpus(view.gpus),
+        "host": view.host,
+        "end": clock.full(view.end),
+    }
+    return _board_page(request, renderer, svc, reader, identity, notice=text, **extra)
+
+
+@router.get("/bookings")
+def bookings_page(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    day: str = "",
+) -> HTMLResponse:
+    today = Clock(booking_requests.local_tz()).local(utcnow()).date()
+    return _board_page(request, renderer, svc, reader, identity, day=_day(day[:10], today))
+
+
+@router.post("/bookings")
+def book(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    count: Annotated[str, Form(max_length=8)] = "",
+    gpu: Annotated[list[str], Form(max_length=64)] = [],  # noqa: B006 - FastAPI copies defaults
+    start: TimeField = "now",
+    until: TimeField = "",
+    note: Annotated[str, Form(max_length=255)] = "",
+    member: Annotated[str, Form(max_length=64)] = "",
+) -> HTMLResponse:
+    form = {"count": count, "gpu": gpu, "start": start, "until": until, "note": note, "member": member}
+    try:
+        choice = _gpu_choice(count, gpu)
+        view = booking_requests.request_booking(
+            svc,
+            reader,
+            member=member.strip() or identity.name,
+            gpus=choice,
+            start=start,
+            until=until,
+            note=note,
+        )
+    except LabgpuError as exc:
+        message = translate(renderer.gettext(request), exc.message)
+        return _board_page(
+            request, renderer, svc, reader, identity, exc.status, form=form, form_error=message
+        )
+    what = "pending" if view.status == "pending" else "book"
+    day = Clock(booking_requests.local_tz()).local(view.start).date()
+    return _done(request, renderer, svc, reader, identity, what, view, day=day)
+
+
+def _gpu_choice(count: str, picked: list[str]) -> str:
+    indexes = []
+    for value in picked:
+        if not value.strip().isdigit():
+            raise BadInput("pick GPUs from the list")
+        indexes.append(int(value))
+    if indexes:
+        return booking_requests.gpu_choice(indexes=indexes)
+    text = count.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise BadInput("say how many GPUs, or pick them")
+    return booking_requests.gpu_choice(count=int(text))
+
+
+@router.post("/bookings/{booking_id}/cancel")
+def cancel(
+    booking_id: BookingId,
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    day: DayField = "",
+) -> HTMLResponse:
+    shown = _shown_day(day)
+    try:
+        done = booking_requests.cancel_booking(svc, booking_id)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
+    what = "end" if done.ended_early else "cancel"
+    return _done(request, renderer, svc, reader, identity, what, done.booking, day=shown)
+
+
+@router.post("/bookings/{booking_id}/extend")
+def extend(
+    booking_id: BookingId,
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    until: TimeField = "",
+    day: DayField = "",
+) -> HTMLResponse:
+    shown = _shown_day(day)
+    try:
+        view = booking_requests.request_extension(svc, booking_id, until=until)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
+    return _done(request, renderer, svc, reader, identity, "extend", view, day=shown)
+
+
+@router.post("/bookings/{booking_id}/approve")
+def approve(
+    booking_id: BookingId,
+    request: Request,
+    identity: AdminRequired,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    day: DayField = "",
+) -> HTMLResponse:
+    shown = _shown_day(day)
+    try:
+        view = bookings.approve(svc, booking_id)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
+    return _done(request, renderer, svc, reader, identity, "approve", view, day=shown)
+
+
+@router.post("/bookings/{booking_id}/reject")
+def reject(
+    booking_id: BookingId,
+    request: Request,
+    identity: AdminRequired,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    reason: Annotated[str, Form(max_length=2000)] = "",
+    day: DayField = "",
+) -> HTMLResponse:
+    shown = _shown_day(day)
+    try:
+        view = booking_requests.reject_booking(svc, booking_id, reason=reason)
+    except LabgpuError as exc:
+        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
+    return _done(request, renderer, svc, reader, identity, "reject", view, day=shown)
+
+
+def _shown_day(text: str) -> date | None:
+    """The board's day a form came from (None: today); a bad one is ignored, the action still runs."""
+    try:
+        return date.fromisoformat(text.strip()) if text.strip() else None
+    except ValueError:
+        return None

@@ -1,0 +1,130 @@
+"""The GPU pages in a real browser: a member sees who uses which GPU, books a GPU on the bookings board (the
+form, with htmx and without) and sees the booking on the board; the pages in English and Chinese are saved as
+screenshots, the Chinese ones without an untranslated string.
+
+The portal runs in process under uvicorn on a free loopback port, on a real SQLite store, with the GPUs of a
+REAL `labgpu agent` (replaying a recorded NVML reading) on another port. No LXD/Incus daemon is needed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from pydantic import SecretStr
+
+from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.settings import load_settings
+from labgpu.store.migrate import upgrade
+from labgpu.store.models import Role
+from labgpu.web.app import create_app
+from tests.browser.conftest import screenshot
+from tests.web.conftest import PASSWORD, Portal
+from tests.web.gpus.helpers import AGENT_TOKEN, add_host, add_member, free_port, no_nvml, serve_agent
+from tests.web.test_i18n import untranslated
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a thread cannot take signals
+        pass
+
+
+@pytest.fixture
+def gpu_site(tmp_path: Path) -> Iterator[str]:
+    """The portal at http://127.0.0.1:PORT with host gpu1 (booked mode, its agent), alice, bob and boss."""
+    with serve_agent(tmp_path) as agent:
+        settings = load_settings(
+            state_dir=str(tmp_path / "state"),
+            runtime_url=f"unix://{tmp_path}/no-daemon.sock",
+            trusted_proxies="",
+            jobs_in_serve=False,
+        ).model_copy(update={"agent_token": SecretStr(AGENT_TOKEN)})
+        upgrade(settings)
+        app = create_app(settings, background=False, gpu_usage=GpuUsageReader(source=no_nvml))
+        portal = Portal(app, settings)
+        host_id = add_host(portal, agent_url=agent.url)
+        add_member(portal, "alice", host_id)
+        add_member(portal, "bob", host_id)
+        add_member(portal, "boss", None, role=Role.ADMIN)
+        port = free_port()
+        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True, name="test-portal")
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the portal did not start")
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=20)
+
+
+def _login(page: Any, url: str, name: str) -> None:
+    page.goto(url + "/login")
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.click("form[action='/login'] button[type=submit]")
+    page.wait_for_url(url + "/me")
+
+
+def test_a_member_books_a_gpu_on_the_board_and_sees_it(gpu_site: str, browser: Any) -> None:
+    url = gpu_site
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    _login(page, url, "alice")
+
+    page.click("header nav a[href='/gpus']")
+    page.wait_for_url(url + "/gpus")
+    gpu0 = page.locator("#gpu-gpu1-0")
+    assert "alice" in gpu0.inner_text() and "bob" in gpu0.inner_text()
+    assert "Xorg" in page.locator("#gpu-gpu1-1").inner_text()
+    screenshot(page, "en-gpus")
+
+    page.click("header nav a[href='/bookings']")
+    page.wait_for_url(url + "/bookings")
+    assert page.locator("#board-gpu1-2 td.held").count() == 0
+    page.check("input[name=gpu][value='2']")
+    page.fill("#until", "+3h")
+    page.fill("#note", "thesis experiments")
+    page.click("#book-button")  # htmx swaps the page in place
+    page.wait_for_selector("#board-gpu1-2 td.held.mine")
+    assert "was made: GPU 2 on gpu1" in page.locator(".notice").inner_text()
+    held = page.locator("#board-gpu1-2 td.held.mine")
+    assert "alice" in held.inner_text()
+    assert "thesis experiments" in page.locator("#my-bookings").inner_text()
+    screenshot(page, "en-bookings")
+
+    # Without JavaScript the same form works as a plain POST; a clash is one sentence on the form.
+    plain = browser.new_context(locale="en-US", java_script_enabled=False)
+    bob = plain.new_page()
+    _login(bob, url, "bob")
+    bob.goto(url + "/bookings")
+    assert "alice" in bob.locator("#board-gpu1-2").inner_text()
+    bob.check("input[name=gpu][value='2']")
+    bob.fill("#until", "+1h")
+    bob.click("#book-button")
+    assert bob.locator("#form-error").inner_text().startswith("GPU 2 is booked by alice from ")
+    bob.uncheck("input[name=gpu][value='2']")
+    bob.check("input[name=gpu][value='3']")
+    bob.click("#book-button")
+    bob.wait_for_selector("#board-gpu1-3 td.held.mine")
+    assert "bob" in bob.locator("#board-gpu1-3").inner_text()
+    plain.close()
+
+    # The same pages in Chinese.
+    zh = browser.new_context(locale="zh-CN")
+    page_zh = zh.new_page()
+    _login(page_zh, url, "alice")
+    for path, name in (("/gpus", "zh-gpus"), ("/bookings", "zh-bookings")):
+        page_zh.goto(url + path)
+        assert untranslated(page_zh.content()) == [], path
+        screenshot(page_zh, name)
+    zh.close()
+    context.close()

@@ -24,8 +24,8 @@ from pathlib import Path
 
 DEFAULT_HELPER = "/usr/local/lib/labgpu/gateway-exec"
 DEFAULT_SUDO = "/usr/bin/sudo"
-_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_LANG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+_LANG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 _SFTP_NAMES = ("sftp-server", "internal-sftp")
 
 

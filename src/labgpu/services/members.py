@@ -215,6 +215,10 @@ def validate_request(
         validate_host_name(host)
     if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
         raise BadInput(f"invalid e-mail address {email!r}")
+    if template and (len(template) > 255 or not template.isprintable() or any(c.isspace() for c in template)):
+        raise BadInput(
+            f"invalid template {template[:60]!r}: an image alias has no spaces or control characters"
+        )
     purposes = ("ssh",) + (("rdp",) if rdp else ()) + (("vnc",) if vnc else ())
     return MemberRequest(
         name=name,

@@ -836,15 +836,18 @@ def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> 
 
 
 def reset_password(svc: Services, name: str) -> str:
-    """Give the member a new random initial password (to change at the next login). Returns it."""
+    """Give the member a new random initial password (to change at the next login). Returns it.
+    Audited once the password is set (a refusal, or a daemon that fails, leaves no row claiming it was)."""
     with svc.session() as session:
         member = load_member(session, name)
         container = member.container or name
-        svc.audit(session, "member.passwd", name)
-        svc = services_for(svc, member.host)
-    if svc.runtime.instances.state(container).status != "Running":
+        host_svc = services_for(svc, member.host)
+    if host_svc.runtime.instances.state(container).status != "Running":
         raise Conflict(f"{name}'s container is not running; start it first (labgpu member start {name})")
-    return set_initial_password(svc, container)
+    password = set_initial_password(host_svc, container)
+    with svc.session() as session:
+        svc.audit(session, "member.passwd", name)
+    return password
 
 
 def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:

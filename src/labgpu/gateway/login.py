@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None, *, helper: str = DEFAULT_HELPER, sudo: s
     environ = dict(os.environ)
     args = requested(argv, environ, self_path=str(Path(argv[0]).absolute()) if argv else "")
     try:
-        os.execve(sudo, [sudo, "-n", "--", helper, *args], helper_environment(environ))  # noqa: S606
+        os.execve(sudo, [sudo, "-n", "--", helper, *args], helper_environment(environ))  # noqa: S606 - an argument list, no shell
     except OSError as exc:
         sys.stderr.write(
             f"labgpu: the login gateway cannot start ({sudo}: {exc.strerror}); tell your admin\n"

@@ -567,7 +567,7 @@ def ensure_running(runtime: RuntimeClient, name: str) -> bool:
 
 
 def probe_address(listen_address: str) -> str:
-    return "127.0.0.1" if listen_address in ("0.0.0.0", "", "::") else listen_address  # noqa: S104
+    return "127.0.0.1" if listen_address in ("0.0.0.0", "", "::") else listen_address  # noqa: S104 - a comparison, binds nothing
 
 
 def ssh_probe_address(svc: Services, host: Host | None, listen_address: str) -> str | None:
@@ -576,7 +576,7 @@ def ssh_probe_address(svc: Services, host: Host | None, listen_address: str) -> 
     on another host's loopback (nothing to reach from here)."""
     if host is None or host.url is None:
         return probe_address(listen_address)
-    if listen_address in ("0.0.0.0", "", "::"):  # noqa: S104
+    if listen_address in ("0.0.0.0", "", "::"):  # noqa: S104 - a comparison, binds nothing
         return public_address(host, svc.settings)
     if listen_address.startswith("127.") or listen_address in ("::1", "localhost"):
         return None

@@ -9,6 +9,7 @@ privileged or nested container, no host folder outside the allowed roots.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -18,6 +19,10 @@ from labgpu.errors import BadInput
 
 LABEL_PREFIX = "user.labgpu."
 CONTAINER_PORTS = {"ssh": 22, "rdp": 3389, "vnc": 5901}
+# One raw.idmap line as labgpu writes it: one host id mapped to one container id.
+_IDMAP_LINE = re.compile(r"^(uid|gid|both) ([0-9]{1,10}) ([0-9]{1,10})\Z")
+# Host ids below this belong to the host's system accounts (root, daemons): never mapped into a container.
+MIN_MAPPED_HOST_ID = 1000
 
 
 @dataclass(frozen=True)
@@ -148,16 +153,20 @@ def check_safe(
 ) -> None:
     """Refuse a container definition that would weaken isolation.
 
-    Raises BadInput for: privileged or nested containers, raw LXC config,
-    host devices of the unix-char/unix-block kind, and disk devices whose host
-    source lies outside ``allowed_roots`` (the homes base and the shares)."""
+    Raises BadInput for: privileged or nested containers, raw LXC/AppArmor/seccomp/QEMU config, a
+    raw.idmap that maps anything but single member ids (never a host id below 1000), host devices of
+    the unix-char/unix-block kind, disk devices whose host source lies outside ``allowed_roots`` (the
+    homes base and the shares), and proxy devices other than host TCP/UDP ports forwarded into the
+    container."""
     roots = [posixpath.normpath(r) for r in allowed_roots]
     for key, value in config.items():
         if key == "security.privileged" and value.lower() in ("true", "1", "yes", "on"):
             raise BadInput("refused: labgpu never creates privileged containers")
         if key == "security.nesting" and value.lower() in ("true", "1", "yes", "on"):
             raise BadInput("refused: labgpu does not enable nesting in member containers")
-        if key in ("raw.lxc", "raw.apparmor", "raw.seccomp", "security.idmap.base"):
+        if key == "raw.idmap":
+            _check_idmap(value)
+        elif key.startswith("raw.") or key == "security.idmap.base":
             raise BadInput(f"refused: labgpu never sets {key}")
     for name, dev in devices.items():
         kind = dev.get("type")
@@ -171,5 +180,27 @@ def check_safe(
                 raise BadInput(f"refused: device {name} mounts {source}, outside the allowed host folders")
         if kind == "disk" and dev.get("path") == "/" and dev.get("source"):
             raise BadInput(f"refused: device {name} replaces the root filesystem with a host folder")
-        if kind == "proxy" and dev.get("connect", "").startswith("unix:"):
-            raise BadInput(f"refused: device {name} would expose a host socket")
+        if kind == "proxy":
+            if dev.get("connect", "").startswith("unix:"):
+                raise BadInput(f"refused: device {name} would expose a host socket")
+            # bind=instance turns the proxy around: it listens in the container and connects from the
+            # host, so the container would reach the host's own loopback services (the daemon, the agent).
+            if dev.get("bind", "host") != "host":
+                raise BadInput(f"refused: device {name} would let the container connect out from the host")
+            for end in ("listen", "connect"):
+                if not dev.get(end, "").startswith(("tcp:", "udp:")):
+                    raise BadInput(f"refused: device {name} {end}s on something other than a TCP/UDP port")
+
+
+def _check_idmap(value: str) -> None:
+    """raw.idmap may only map single host ids of members (never root's or a system account's)."""
+    for line in value.splitlines():
+        match = _IDMAP_LINE.match(line)
+        if match is None:
+            raise BadInput(
+                f"refused: raw.idmap line {line[:60]!r} is not 'uid|gid|both HOST_ID CONTAINER_ID'"
+            )
+        if int(match.group(2)) < MIN_MAPPED_HOST_ID:
+            raise BadInput(
+                f"refused: raw.idmap would map the host's system id {match.group(2)} into a container"
+            )

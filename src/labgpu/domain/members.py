@@ -14,7 +14,7 @@ from labgpu.errors import BadInput, Exhausted
 # A member name is both a Linux user name and an LXD/Incus instance name:
 # lower-case letters, digits and single hyphens, starting with a letter,
 # not ending with a hyphen, at most 32 characters.
-_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,31}$")
+_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,31}\Z")
 
 RESERVED_NAMES = frozenset(
     {

@@ -17,7 +17,7 @@ from labgpu.errors import BadInput
 
 # Used in the device name "share-NAME": lower-case letters, digits, dots, hyphens and underscores,
 # starting and ending with a letter or digit ("cuda-11.8", "imagenet", "matlab_r2024a").
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,38}[a-z0-9])?$")
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,38}[a-z0-9])?\Z")
 
 # Host folders never shared, nor anything inside them, nor any folder that contains them.
 FORBIDDEN_SOURCES = (
@@ -79,6 +79,8 @@ def check_share_source(source: str, *, real_path: str, private: Iterable[str] = 
     (the state dir, the homes base, the home archive). The folder's existence is the caller's job."""
     if not source.startswith("/"):
         raise BadInput(f"the share source {source!r} must be an absolute host path")
+    if not source.isprintable():
+        raise BadInput(f"the share source {source!r} contains control characters")
     if ".." in PurePosixPath(source).parts:
         raise BadInput(f"the share source {source!r} must not contain '..'")
     guarded = [_norm(p) for p in (*FORBIDDEN_SOURCES, *private)]
@@ -97,6 +99,8 @@ def check_share_path(path: str, *, container_user: str = "ubuntu") -> str:
     """Check where a share is mounted inside containers; return the normalised path. Raises BadInput."""
     if not path.startswith("/"):
         raise BadInput(f"the mount path {path!r} must be an absolute path inside the container")
+    if not path.isprintable():
+        raise BadInput(f"the mount path {path!r} contains control characters")
     if ".." in PurePosixPath(path).parts:
         raise BadInput(f"the mount path {path!r} must not contain '..'")
     p = _norm(path)

@@ -36,9 +36,9 @@ UTC = timezone.utc  # noqa: UP017
 DEFAULT_MAP = "/etc/labgpu/gateway/map.json"
 MAP_VERSION = 1
 EXIT_REFUSED = 1
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_LANG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+_LANG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 _QUERY_TIMEOUT = 30
 _START_TIMEOUT = 180
 
@@ -153,7 +153,7 @@ class Runtime:
             raise Refused("the gateway map names no lxc/incus client; tell your admin")
         self.cli = cli
         self.project = str(spec.get("project") or "default")
-        if not re.match(r"^[A-Za-z0-9_.-]{1,63}$", self.project):
+        if not re.match(r"^[A-Za-z0-9_.-]{1,63}\Z", self.project):
             raise Refused("the gateway map names a bad project; tell your admin")
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin", "HOME": "/root", "LANG": "C.UTF-8"}
         for key, value in (spec.get("env") or {}).items():

@@ -24,8 +24,8 @@ from pathlib import Path
 
 DEFAULT_HELPER = "/usr/local/lib/labgpu/gateway-exec"
 DEFAULT_SUDO = "/usr/bin/sudo"
-_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_LANG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_TERM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+_LANG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 _SFTP_NAMES = ("sftp-server", "internal-sftp")
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None, *, helper: str = DEFAULT_HELPER, sudo: s
     environ = dict(os.environ)
     args = requested(argv, environ, self_path=str(Path(argv[0]).absolute()) if argv else "")
     try:
-        os.execve(sudo, [sudo, "-n", "--", helper, *args], helper_environment(environ))  # noqa: S606
+        os.execve(sudo, [sudo, "-n", "--", helper, *args], helper_environment(environ))  # noqa: S606 - an argument list, no shell
     except OSError as exc:
         sys.stderr.write(
             f"labgpu: the login gateway cannot start ({sudo}: {exc.strerror}); tell your admin\n"

@@ -262,7 +262,9 @@ def parse_overrides(
 ) -> Overrides:
     """Check an admin's changes to an application (empty values: the defaults). Raises BadInput."""
     template = (template or "").strip() or None
-    if template is not None and (len(template) > 255 or any(c.isspace() for c in template)):
+    if template is not None and (
+        len(template) > 255 or not template.isprintable() or any(c.isspace() for c in template)
+    ):
         raise BadInput(f"invalid template {template[:60]!r}")
     cpu_value = None
     if cpu is not None and str(cpu).strip():

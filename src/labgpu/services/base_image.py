@@ -89,11 +89,11 @@ _LXD_ARCHITECTURES = {
     "riscv64": "riscv64",
 }
 
-_SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]{0,31}$")
-_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"]+$")
-_HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+_SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]{0,31}\Z")
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}\Z")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+_MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"]+\Z")
+_HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
 #: debootstrap's --variant values a recipe may ask for ("default": no --variant, debootstrap's own default).
 VARIANTS = ("minbase", "buildd", "default")
 

@@ -62,7 +62,7 @@ from labgpu.store.models import (
 MARKER = "# Managed by labgpu"
 GECOS_PREFIX = "labgpu gateway account of "
 KEY_OPTIONS = "restrict,pty"
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*$")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*\Z")
 _SUBPROCESS_TIMEOUT = 60
 
 CREATED = "created"

@@ -38,6 +38,6 @@ def public_address(host: Host, settings: Settings) -> str:
             return hostname
     if settings.public_address:
         return settings.public_address
-    if settings.listen_address not in ("0.0.0.0", "::", ""):  # noqa: S104
+    if settings.listen_address not in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, binds nothing
         return settings.listen_address
     return socket.getfqdn()

@@ -215,6 +215,10 @@ def validate_request(
         validate_host_name(host)
     if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
         raise BadInput(f"invalid e-mail address {email!r}")
+    if template and (len(template) > 255 or not template.isprintable() or any(c.isspace() for c in template)):
+        raise BadInput(
+            f"invalid template {template[:60]!r}: an image alias has no spaces or control characters"
+        )
     purposes = ("ssh",) + (("rdp",) if rdp else ()) + (("vnc",) if vnc else ())
     return MemberRequest(
         name=name,
@@ -563,7 +567,7 @@ def ensure_running(runtime: RuntimeClient, name: str) -> bool:
 
 
 def probe_address(listen_address: str) -> str:
-    return "127.0.0.1" if listen_address in ("0.0.0.0", "", "::") else listen_address  # noqa: S104
+    return "127.0.0.1" if listen_address in ("0.0.0.0", "", "::") else listen_address  # noqa: S104 - a comparison, binds nothing
 
 
 def ssh_probe_address(svc: Services, host: Host | None, listen_address: str) -> str | None:
@@ -572,7 +576,7 @@ def ssh_probe_address(svc: Services, host: Host | None, listen_address: str) -> 
     on another host's loopback (nothing to reach from here)."""
     if host is None or host.url is None:
         return probe_address(listen_address)
-    if listen_address in ("0.0.0.0", "", "::"):  # noqa: S104
+    if listen_address in ("0.0.0.0", "", "::"):  # noqa: S104 - a comparison, binds nothing
         return public_address(host, svc.settings)
     if listen_address.startswith("127.") or listen_address in ("::1", "localhost"):
         return None
@@ -832,15 +836,18 @@ def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> 
 
 
 def reset_password(svc: Services, name: str) -> str:
-    """Give the member a new random initial password (to change at the next login). Returns it."""
+    """Give the member a new random initial password (to change at the next login). Returns it.
+    Audited once the password is set (a refusal, or a daemon that fails, leaves no row claiming it was)."""
     with svc.session() as session:
         member = load_member(session, name)
         container = member.container or name
-        svc.audit(session, "member.passwd", name)
-        svc = services_for(svc, member.host)
-    if svc.runtime.instances.state(container).status != "Running":
+        host_svc = services_for(svc, member.host)
+    if host_svc.runtime.instances.state(container).status != "Running":
         raise Conflict(f"{name}'s container is not running; start it first (labgpu member start {name})")
-    return set_initial_password(svc, container)
+    password = set_initial_password(host_svc, container)
+    with svc.session() as session:
+        svc.audit(session, "member.passwd", name)
+    return password
 
 
 def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:

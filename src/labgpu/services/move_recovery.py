@@ -170,7 +170,7 @@ def _recover(svc: Services, name: str, phase: str, detail: dict[str, Any], dry_r
             what = f"the cluster had moved {container} to {dest.name}: finish the move there"
             if dry_run:
                 return Recovery(name, what, still_moving=True)
-            put_spec(dst.runtime, container, plan.dest_spec)
+            put_spec(dst.runtime, container, plan.dest_spec, roots=plan.roots)
             if run_after:
                 start_and_wait(dst, plan, wait_ssh=False)
             commit_move(svc, plan, dst)
@@ -181,7 +181,7 @@ def _recover(svc: Services, name: str, phase: str, detail: dict[str, Any], dry_r
         what = f"only the copy on {dest.name} is left: finish the move there"
         if dry_run:
             return Recovery(name, what, still_moving=True)
-        put_spec(dst.runtime, container, plan.dest_spec)
+        put_spec(dst.runtime, container, plan.dest_spec, roots=plan.roots)
         if run_after:
             start_and_wait(dst, plan, wait_ssh=False)
         commit_move(svc, plan, dst)

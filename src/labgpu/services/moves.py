@@ -336,7 +336,7 @@ def _transfer(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
         target = parse_host_url(plan.dest.url or "").target
         assert target is not None
         move_in_cluster(src.runtime, plan.container, target, timeout=svc.settings.operation_timeout)
-        put_spec(dst.runtime, plan.container, spec)
+        put_spec(dst.runtime, plan.container, spec, roots=plan.roots)
         return CLUSTER
     inst = src.runtime.instances.get(plan.container)
     config = {k: v for k, v in inst.config.items() if k.startswith("image.")} | spec.config()
@@ -354,10 +354,12 @@ def _transfer(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
     return f"{COPY} ({mode})"
 
 
-def put_spec(runtime: RuntimeClient, container: str, spec: ContainerSpec) -> None:
-    """Put ``spec``'s config and devices on the container (labgpu's own keys and devices only)."""
+def put_spec(runtime: RuntimeClient, container: str, spec: ContainerSpec, *, roots: list[str]) -> None:
+    """Put ``spec``'s config and devices on the container (labgpu's own keys and devices only).
+    Raises BadInput, before any request, when check_safe refuses the spec (``roots``: allowed_roots)."""
     from labgpu.services.lifecycle import desired_patch
 
+    check_safe(spec.config(), spec.devices(), allowed_roots=roots)
     inst = runtime.instances.get(container)
     config, devices = desired_patch(spec.config(), spec.devices(), inst.config, inst.devices)
     if config or devices:
@@ -408,7 +410,7 @@ def commit_move(svc: Services, plan: MovePlan, dst: Services) -> dict[str, int]:
                 fresh = members.new_port_maps(session, svc.settings, plan.dest.id, sorted(ports))
                 ports = {str(pm.purpose): pm.host_port for pm in fresh}
             spec = _spec_with_ports(plan.dest_spec, ports, svc.settings.listen_address)
-            put_spec(dst.runtime, plan.container, spec)
+            put_spec(dst.runtime, plan.container, spec, roots=plan.roots)
     return ports
 
 
@@ -449,7 +451,7 @@ def roll_back(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
                     src.runtime, plan.container, source_target, timeout=svc.settings.operation_timeout
                 )
                 done.append(f"moved back to {plan.source.name}")
-            put_spec(src.runtime, plan.container, plan.source_spec)
+            put_spec(src.runtime, plan.container, plan.source_spec, roots=plan.roots)
         elif src.runtime.instances.exists(plan.container) and delete_if_members(
             dst.runtime, plan.container, plan.name
         ):

@@ -48,8 +48,8 @@ from labgpu.services.host_clients import (
 from labgpu.store.models import Host, HostKind, Member, MemberState, PortMap
 
 DEFAULT_PORT = 8443
-_HOST_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
-_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}$")
+_HOST_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?\Z")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}\Z")
 
 
 def validate_host_name(name: str) -> str:

@@ -24,7 +24,7 @@ from labgpu.services.context import Services
 from labgpu.store.models import MemberState, utcnow
 
 AUTOMATIC_RE = re.compile(r"^snap-(\d{8}-\d{6})(?:-(\d+))?$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _TIME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?")
 HOME_NOTE = "the home folder is not in snapshots: it lives on the host and is never rolled back"
 

@@ -38,20 +38,20 @@ from pydantic import (
 from labgpu.errors import BadInput
 from labgpu.services import base_image
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}(=[A-Za-z0-9.+:~-]{1,100}|/[a-z0-9-]{1,40})?$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-URL_RE = re.compile(r"^https?://[^\s'\"]+$")
-MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"]+$")
-SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]{0,31}$")
-COMPONENT_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]\Z")
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}(=[A-Za-z0-9.+:~-]{1,100}|/[a-z0-9-]{1,40})?\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+URL_RE = re.compile(r"^https?://[^\s'\"]+\Z")
+MIRROR_RE = re.compile(r"^(https?|file)://[^\s'\"]+\Z")
+SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]{0,31}\Z")
+COMPONENT_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 REMOTE_IMAGE_RE = re.compile(
-    r"^(?P<remote>[a-z][a-z0-9-]{0,31}):(?P<alias>[A-Za-z0-9][A-Za-z0-9._/-]{0,127})$"
+    r"^(?P<remote>[a-z][a-z0-9-]{0,31}):(?P<alias>[A-Za-z0-9][A-Za-z0-9._/-]{0,127})\Z"
 )
-MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
-GEOMETRY_RE = re.compile(r"^[1-9][0-9]{2,4}x[1-9][0-9]{2,4}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MODE_RE = re.compile(r"^0?[0-7]{3,4}\Z")
+GEOMETRY_RE = re.compile(r"^[1-9][0-9]{2,4}x[1-9][0-9]{2,4}\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 #: Simplestreams image servers a spec may name without declaring them under ``base.remotes``.
 BUILTIN_REMOTES = {
@@ -163,7 +163,7 @@ class Base(_Model):
     @classmethod
     def _remotes(cls, v: dict[str, str]) -> dict[str, str]:
         for name, url in v.items():
-            if not re.match(r"^[a-z][a-z0-9-]{0,31}$", name):
+            if not re.match(r"^[a-z][a-z0-9-]{0,31}\Z", name):
                 raise ValueError(f"invalid remote name {name!r}")
             if not URL_RE.match(url):
                 raise ValueError(f"remote {name}: expected an https:// (or http://) URL, not {url!r}")

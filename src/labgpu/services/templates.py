@@ -115,8 +115,8 @@ def template_versions(images: Iterable[Image], name: str) -> list[str]:
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """``NAME`` or ``NAME/VERSION`` -> (name, version or None). Raises BadInput."""
     name, _, version = ref.partition("/")
-    if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", name) or (
-        version and not re.match(r"^[A-Za-z0-9._-]{1,40}$", version)
+    if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}\Z", name) or (
+        version and not re.match(r"^[A-Za-z0-9._-]{1,40}\Z", version)
     ):
         raise BadInput(f"invalid template {ref!r}: expected NAME or NAME/VERSION")
     return name, version or None

@@ -1,0 +1,186 @@
+"""The authorization matrix, for the callers tests/web/test_authorization.py does not cover: a personal API
+token of each role (owner, another member, admin), and an account that was disabled while it had a login
+session and a token.
+
+The route table and its categories are tests/web/test_authorization.py's TABLE (the one list of routes:
+a route the app has and the table lacks fails there, and so here every route is driven for these callers
+too). What is asserted, per route:
+
+- under /api, a token acts as its member: a member's token gets 403 on admin routes and 404 (word for word
+  "no member named ...") on another member's objects; everything else gets past authorization;
+- the cookie-based pages ignore bearer tokens: a page asks for a login, a form post has no CSRF token (403);
+- a disabled account's session cookie and token are worth nothing at once: 401 (API) or a redirect to the
+  login form (pages) on every route that is not public, and its password no longer logs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from labgpu.services import accounts, api_tokens, applications
+from labgpu.services.accounts import Identity
+from labgpu.store.models import Role
+from labgpu.web.security import CSRF_MESSAGE
+from tests.web.conftest import Portal, csrf_from, login
+from tests.web.test_authorization import (
+    ADMIN,
+    OBJECT,
+    OTHER,
+    OWNER,
+    PUBLIC,
+    SESSION_ENDING,
+    TABLE,
+    _denied,
+    _member_id,
+    _url,
+    app_routes,
+)
+
+TOKEN_ROLES = ("token-owner", "token-other", "token-admin")
+DISABLED_ROLES = ("disabled-session", "disabled-token")
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _classify(response: httpx.Response, path: str) -> str | None:
+    """How the request was refused ("login", "forbidden", "hidden", "csrf"), or None when let through."""
+    if response.status_code == 403 and CSRF_MESSAGE in response.text:
+        return "csrf"
+    return _denied(response, path)
+
+
+def _make_token(portal: Portal, name: str, role: str, label: str) -> tuple[str, int]:
+    identity = Identity(member_id=_member_id(portal, name), name=name, role=role, via="token")
+    secret, info = api_tokens.create_token(portal.svc, identity, name=label, expires_days=30)
+    return secret, info.id
+
+
+def _setup(portal: Portal) -> tuple[int, int]:
+    """boss (admin), alice (the objects' owner) and bob; an application; a token of alice's that the
+    /tokens/{token_id} routes name. Returns (application id, that token's id)."""
+    portal.add_account("boss", role=Role.ADMIN)
+    portal.add_account(OWNER)
+    portal.add_account(OTHER)
+    application = applications.submit(
+        portal.svc, name="applicant", email="a@lab.test", password="quiet-walnut-58-harbor"
+    )
+    _, target_token = _make_token(portal, OWNER, "member", "laptop")
+    return application.id, target_token
+
+
+def _routes(portal: Portal) -> list[tuple[str, str]]:
+    """Every (method, path) of the app itself (not of the table), session-ending ones last."""
+    return sorted(set(app_routes(portal.app)), key=lambda r: (r[1] in SESSION_ENDING, r[1], r[0]))
+
+
+def _send(client: TestClient, method: str, path: str, url: str, headers: dict[str, str]) -> httpx.Response:
+    if method == "MOUNT":
+        return client.get(url, follow_redirects=False)
+    kwargs: dict[str, Any] = {"follow_redirects": False, "headers": headers}
+    if method in STATE_CHANGING and method != "DELETE" and path.startswith("/api/"):
+        kwargs["json"] = {}
+    return client.request(method, url, **kwargs)
+
+
+def _expected_for_token(role: str, method: str, path: str, category: str) -> str | None:
+    if not path.startswith("/api/"):
+        # Pages and forms read the session cookie only; a bearer token is no credential there.
+        if category == PUBLIC and method not in STATE_CHANGING:
+            return None
+        return "csrf" if method in STATE_CHANGING else "login"
+    if category == PUBLIC:
+        return None
+    if role == "token-admin":
+        return None
+    if category == ADMIN:
+        return "forbidden"
+    if category == OBJECT and role == "token-other":
+        return "hidden"
+    return None
+
+
+@pytest.mark.parametrize("role", TOKEN_ROLES)
+def test_every_route_for_an_api_token_of_every_role(portal: Portal, role: str) -> None:
+    application_id, target_token = _setup(portal)
+    who = {"token-owner": OWNER, "token-other": OTHER, "token-admin": "boss"}[role]
+    secret, _ = _make_token(portal, who, "admin" if who == "boss" else "member", "script")
+    client = portal.client(address="198.51.100.40")
+    bearer = {"Authorization": f"Bearer {secret}"}
+
+    problems = []
+    for method, path in _routes(portal):
+        if (method, path) not in TABLE:
+            problems.append(f"{method} {path}: no entry in the matrix (tests/web/test_authorization.py)")
+            continue
+        response = _send(client, method, path, _url(path, application_id, target_token), bearer)
+        got = _classify(response, path)
+        expected = _expected_for_token(role, method, path, TABLE[(method, path)])
+        if got != expected:
+            problems.append(f"{role} {method} {path}: {response.status_code} ({got}), expected {expected}")
+        if expected is None and response.status_code in (401, 403):
+            problems.append(f"{role} {method} {path}: {response.status_code} although allowed")
+    assert problems == []
+    # The token still works at the end (no route revoked it as a side effect), and it is the caller's.
+    me = client.get("/api/v1/me", headers=bearer)
+    assert me.status_code == 200 and me.json()["name"] == who and me.json()["auth"] == "token"
+
+
+def _expected_when_disabled(method: str, path: str, category: str, *, via_token: bool) -> str | None:
+    if category == PUBLIC:
+        if via_token and method in STATE_CHANGING and not path.startswith("/api/"):
+            return "csrf"  # a public form, posted by a script with no cookie: no CSRF token either
+        return None
+    if via_token and not path.startswith("/api/") and method in STATE_CHANGING:
+        return "csrf"
+    return "login"
+
+
+@pytest.mark.parametrize("role", DISABLED_ROLES)
+def test_a_disabled_accounts_session_and_tokens_stop_working_on_every_route(
+    portal: Portal, role: str
+) -> None:
+    application_id, target_token = _setup(portal)
+    secret, _ = _make_token(portal, OWNER, "member", "script")
+    client = portal.client(address="198.51.100.41")
+    assert login(client, OWNER).status_code == 303
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/v1/me").status_code == 200
+    assert portal.client().get("/api/v1/me", headers=bearer).status_code == 200
+
+    # The admin disables alice (the service the CLI and both admin routes call): at once, nothing left.
+    assert accounts.set_disabled(portal.svc, OWNER, disabled=True) is True
+
+    via_token = role == "disabled-token"
+    if via_token:
+        client = portal.client(address="198.51.100.42")
+        headers = bearer
+    else:
+        # What a browser holding the old cookie gets after reloading: the login form and its token.
+        form = client.get("/login")
+        assert form.status_code == 200, "a disabled account's cookie must not count as logged in"
+        headers = {"X-CSRF-Token": csrf_from(form.text)}
+
+    problems = []
+    for method, path in _routes(portal):
+        if (method, path) not in TABLE:
+            problems.append(f"{method} {path}: no entry in the matrix (tests/web/test_authorization.py)")
+            continue
+        url = _url(path, application_id, target_token)
+        if via_token or method == "MOUNT" or path.startswith("/api/") or method not in STATE_CHANGING:
+            response = _send(client, method, path, url, headers)
+        else:
+            response = client.request(
+                method, url, data={"csrf_token": headers["X-CSRF-Token"]}, follow_redirects=False
+            )
+        got = _classify(response, path)
+        expected = _expected_when_disabled(method, path, TABLE[(method, path)], via_token=via_token)
+        if got != expected:
+            problems.append(f"{role} {method} {path}: {response.status_code} ({got}), expected {expected}")
+    assert problems == []
+    assert login(portal.client("198.51.100.43"), OWNER).status_code == 401
+    # Enabling the account again does not bring back what disabling ended.
+    accounts.set_disabled(portal.svc, OWNER, disabled=False)
+    assert portal.client().get("/api/v1/me", headers=bearer).status_code == 401

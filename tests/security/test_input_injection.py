@@ -1,0 +1,283 @@
+"""Names, paths, keys and texts from users cannot inject: not into a host path (``..``), not into raw.idmap
+or an authorized_keys line (newlines, options), not into a shell or a daemon URL (metacharacters).
+
+Each hostile value is sent the way a person would send it: through the JSON API and the forms of the
+portal (the ``portal`` fixture, no daemon needed) and through the ``labgpu`` command (in process, no
+daemon). What is asserted is what they would notice: a clear 4xx with a JSON error (or exit code 2 and
+one ``error:`` line), and nothing stored, no folder made.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+
+from labgpu.cli.main import run
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.endpoint import Endpoint
+from labgpu.services import applications, members, shares
+from labgpu.store.models import Role
+from tests.web.conftest import Portal, csrf_from, login, page_token
+
+# Member names are Linux user names, LXD instance names and folder names under home_base at once.
+HOSTILE_NAMES = [
+    "../etc",
+    "..",
+    "alice/../bob",
+    "alice\nbob",
+    "alice\nboth 0 0",
+    "a;reboot",
+    "a|sh",
+    "$(id)",
+    "`id`",
+    "a b",
+    "ALICE",
+    "al\x00ice",
+    "-rf",
+    "root",
+    "x" * 40,
+    "ąlice",
+]
+HOSTILE_SHARE_NAMES = ["../x", "a b", "Cuda", "x;y", "cuda\n", "cuda/../../etc", "$(id)", ""]
+HOSTILE_SNAPSHOTS = ["../x", "a b", "x;reboot", "$(id)", "snap\nx", "-rf", ".hidden", "a/b", "x" * 80]
+
+
+def _public_key(comment: str = "alice@laptop") -> str:
+    raw = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return f"{raw} {comment}"
+
+
+def _hostile_keys() -> list[str]:
+    good = _public_key()
+    kind, blob, _ = good.split(" ", 2)
+    other = base64.b64encode(b"\x00\x00\x00\x07ssh-rsa" + b"\x00" * 20).decode()
+    return [
+        f'command="/bin/sh" {good}',  # an authorized_keys option in front of the key
+        f"no-pty,{good}",
+        f'{good}\ncommand="sh" {kind} {blob}',
+        f"{kind} {blob} me\rcommand=sh",  # control characters in the comment
+        f"{kind} {blob} me\x1b[31m",
+        f"{kind} $(id)",
+        f"{kind} {blob}; reboot",
+        f"ssh-rsa {blob}",  # the blob says ed25519
+        f"ssh-ed25519 {other}",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+        "",
+    ]
+
+
+def _one_line_error(response: httpx.Response, *statuses: int) -> str:
+    assert response.status_code in statuses, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["reason"] in ("bad-input", "invalid-request", "weak-password", "not-found"), error
+    assert error["message"] and "Traceback" not in error["message"]
+    return str(error["message"])
+
+
+def _logged_in(portal: Portal, name: str, role: Role = Role.MEMBER) -> tuple[TestClient, dict[str, str]]:
+    portal.add_account(name, role=role)
+    client = portal.client(f"192.0.2.{50 + len(name)}")
+    assert login(client, name).status_code == 303
+    return client, {"X-CSRF-Token": page_token(client)}
+
+
+# The portal ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_member_names_in_an_application_are_refused(portal: Portal, name: str) -> None:
+    api = portal.client("198.51.100.60")
+    body = {"name": name, "email": "a@lab.test", "password": "quiet-walnut-58-harbor"}
+    message = _one_line_error(api.post("/api/v1/applications", json=body), 400, 422)
+    assert "name" in message
+    form = portal.client("198.51.100.61")
+    token = csrf_from(form.get("/apply").text)
+    r = form.post("/apply", data={**body, "confirm_password": body["password"], "csrf_token": token})
+    assert r.status_code in (400, 422)
+    assert applications.list_applications(portal.svc) == []
+
+
+def test_an_application_with_control_characters_in_its_texts_is_refused(portal: Portal) -> None:
+    api = portal.client("198.51.100.62")
+    for field in ("supervisor", "group_name", "reason"):
+        body = {
+            "name": "carol",
+            "email": "c@lab.test",
+            "password": "quiet-walnut-58-harbor",
+            field: "Prof. X\x1b]0;pwned\x07",
+        }
+        message = _one_line_error(api.post("/api/v1/applications", json=body), 400, 422)
+        assert "control characters" in message
+    assert applications.list_applications(portal.svc) == []
+
+
+def test_hostile_shares_are_refused_and_nothing_is_recorded(portal: Portal, tmp_path: Path) -> None:
+    admin, headers = _logged_in(portal, "boss", Role.ADMIN)
+    data = tmp_path / "datasets"
+    data.mkdir()
+    (tmp_path / "to-etc").symlink_to("/etc")
+    settings = portal.settings
+    cases: list[dict[str, Any]] = [
+        *({"name": n, "source": str(data), "path": "/data"} for n in HOSTILE_SHARE_NAMES),
+        *(
+            {"name": "data", "source": s, "path": "/data"}
+            for s in (
+                "/etc",
+                "/",
+                f"{data}/../../../../etc",
+                "datasets",
+                f"{data}\n",
+                str(tmp_path / "to-etc"),  # a symbolic link to /etc
+                str(settings.state_dir),
+                str(settings.home_base / "alice"),
+                "/var/lib/lxd",
+            )
+        ),
+        *(
+            {"name": "data", "source": str(data), "path": p}
+            for p in ("/etc/ssh", "/", "data", "/data/../etc", "/home/ubuntu", "/proc/x", "/data\nx", "/usr")
+        ),
+    ]
+    for case in cases:
+        r = admin.post("/api/v1/shares", json=case, headers=headers)
+        _one_line_error(r, 400, 422)
+    assert shares.list_shares(portal.svc) == []
+    # The same admin, the same request with sane values: recorded (the refusals above were not blanket).
+    r = admin.post(
+        "/api/v1/shares", json={"name": "data", "source": str(data), "path": "/data"}, headers=headers
+    )
+    assert r.status_code == 201, r.text
+    assert [s.source for s in shares.list_shares(portal.svc)] == [str(data)]
+
+
+@pytest.mark.parametrize("snapshot", HOSTILE_SNAPSHOTS)
+def test_hostile_snapshot_names_are_refused_before_the_daemon_is_asked(portal: Portal, snapshot: str) -> None:
+    client, headers = _logged_in(portal, "alice")
+    r = client.post("/api/v1/members/alice/snapshots", json={"name": snapshot}, headers=headers)
+    assert "name" in _one_line_error(r, 400, 422)
+    for method, suffix in (("POST", "/restore"), ("DELETE", "")):
+        url = "/api/v1/members/alice/snapshots/" + quote(snapshot, safe="")
+        r = client.request(method, url + suffix, headers=headers)
+        # "a/b" and ".." change the route (404 before any code runs); anything else is refused by name.
+        assert r.status_code in (400, 404, 405, 422), (snapshot, r.status_code)
+        if r.status_code == 400:
+            assert "invalid snapshot name" in r.json()["error"]["message"]
+    # The form a member uses: the same answer, in HTML.
+    r = client.post("/me/snapshots", data={"name": snapshot, "csrf_token": headers["X-CSRF-Token"]})
+    assert r.status_code in (400, 422) and "name" in r.text
+
+
+def test_hostile_ssh_keys_are_refused_and_nothing_is_stored(portal: Portal) -> None:
+    client, headers = _logged_in(portal, "alice")
+    for key in _hostile_keys():
+        r = client.post("/api/v1/members/alice/keys", json={"key": key}, headers=headers)
+        _one_line_error(r, 400, 422)
+        r = client.post("/me/keys", data={"key": key, "csrf_token": headers["X-CSRF-Token"]})
+        assert r.status_code in (400, 422), key
+    assert client.get("/api/v1/members/alice/keys").json() == []
+    assert members.list_keys(portal.svc, "alice") == []
+
+
+def test_hostile_templates_in_an_approval_are_refused(portal: Portal) -> None:
+    admin, headers = _logged_in(portal, "boss", Role.ADMIN)
+    app = applications.submit(portal.svc, name="dave", email="d@lab.test", password="quiet-walnut-58-harbor")
+    for template in ("x\ny", "a b", "x\x00", "x\x1b[2J", "t" * 300):
+        r = admin.post(f"/api/v1/applications/{app.id}/approve", json={"template": template}, headers=headers)
+        assert "template" in _one_line_error(r, 400, 422)
+    assert applications.get_application(portal.svc, app.id).status == "pending"
+
+
+def test_names_reach_the_daemon_as_one_escaped_path_segment() -> None:
+    """What a validator might let through still cannot walk the daemon's REST API: every name is quoted."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(404, json={"type": "error", "error": "not found", "error_code": 404})
+
+    client = RuntimeClient(Endpoint.unix(Path("/nonexistent.sock")))
+    client._http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://runtime")
+    assert client.images.resolve_alias("../../instances/victim?recursion=1") is None
+    assert client.instances.exists("../victim") is False
+    assert seen == [
+        "/1.0/images/aliases/..%2F..%2Finstances%2Fvictim%3Frecursion%3D1",
+        "/1.0/instances/..%2Fvictim",
+    ]
+
+
+# The command line --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Settings for `labgpu` in process: a private SQLite store and homes, a daemon that is not there (so a
+    command that got past validation would fail differently: exit 1, "cannot reach")."""
+    for var in ("LABGPU_CONFIG", "LABGPU_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LABGPU_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LABGPU_HOME_BASE", str(tmp_path / "home"))
+    monkeypatch.setenv("LABGPU_RUNTIME_URL", "unix:///nonexistent.sock")
+    return tmp_path
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    code = run(list(argv))
+    out = capsys.readouterr()
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert code == 2, (argv, code, out.err)
+    assert lines and lines[0].startswith("error:") and "Traceback" not in out.err, out.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_cli_refuses_hostile_member_names_and_makes_nothing(
+    offline: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    assert "name" in _refused(capsys, "member", "add", "--", name)
+    assert not (offline / "home").exists() or list((offline / "home").iterdir()) == []
+    monkeypatch.setattr("sys.stdin", io.StringIO("quiet-walnut-58-harbor\n"))
+    assert "name" in _refused(capsys, "admin", "create", "--password-stdin", "--", name)
+
+
+def test_cli_refuses_hostile_shares_snapshots_templates_and_keys(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = offline / "data"
+    data.mkdir()
+    for name in HOSTILE_SHARE_NAMES:
+        _refused(capsys, "share", "add", name, str(data), "/data")
+    for source in ("/etc", f"{data}/../../etc", "relative", "/"):
+        _refused(capsys, "share", "add", "data", source, "/data")
+    for path in ("/etc/ssh", "../data", "/home/ubuntu"):
+        _refused(capsys, "share", "add", "data", str(data), path)
+    for snapshot in HOSTILE_SNAPSHOTS:
+        assert "invalid snapshot name" in _refused(capsys, "member", "snapshot", "--", "alice", snapshot)
+    for template in ("x y", "x\ny", "x\x07"):
+        assert "template" in _refused(capsys, "member", "add", "alice", "--template", template)
+    for i, key in enumerate(k for k in _hostile_keys() if k):
+        path = offline / f"key{i}.pub"
+        path.write_text(key)
+        _refused(capsys, "member", "add", "alice", "--ssh-key", str(path))
+    # Nothing of it was recorded, nothing made on the host.
+    capsys.readouterr()
+    assert run(["share", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert not (offline / "home").exists() or list((offline / "home").iterdir()) == []

@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     default_gpus: str = Field(
         "all",
         description="GPUs a new member's container gets unless told otherwise: all (shared by everyone, the "
-        "usual lab setup), none, or indexes such as 0,1. On a host without GPUs, all attaches nothing.",
+        "usual lab setup), none, or indexes such as 0,1. On a host without GPUs, all attaches nothing; on a "
+        "host in assigned or booked GPU mode a new member starts with none.",
     )
     agent_host: str = Field(
         "127.0.0.1",

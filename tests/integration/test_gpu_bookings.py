@@ -61,10 +61,14 @@ def booked(runtime, container: str) -> dict[str, dict[str, str]]:  # type: ignor
 
 
 def new_member(env: LabgpuEnv) -> str:
+    """A member added to a host already in booked mode, without a GPU choice: it starts with no GPUs."""
     svc = env.services()
     name = f"g{secrets.token_hex(4)}"
-    members.add_member(svc, members.validate_request(svc, name=name, gpus="none"), wait_ssh=False)
     gpu_modes.set_mode(svc, "booked")
+    sheet = members.add_member(svc, members.validate_request(svc, name=name), wait_ssh=False)
+    assert any(n.startswith("GPUs: none for now") and "labgpu gpu book" in n for n in sheet.notes)
+    with svc.session() as session:
+        assert members.load_member(session, name).gpu_spec == "none"  # not default_gpus ("all")
     return name
 
 

@@ -141,6 +141,7 @@ class MemberRequest:
     purposes: tuple[str, ...]
     email: str | None
     host: str | None = None  # the admin's choice of host; None: placement chooses
+    gpus_given: bool = True  # False: ``gpus`` is default_gpus, which a host in assigned/booked mode overrides
 
 
 @dataclass
@@ -232,7 +233,21 @@ def validate_request(
         purposes=purposes,
         email=email,
         host=host,
+        gpus_given=bool(gpus and gpus.strip()),
     )
+
+
+def gpus_for_host(request: MemberRequest, host: Host) -> tuple[MemberRequest, str | None]:
+    """The request with the GPUs a new member gets on ``host``, and a note when that is not what was asked.
+
+    Without an explicit choice a member gets ``default_gpus`` (usually all), except on a host whose GPUs
+    are assigned or booked: there the default would hand every GPU to the new member behind the admin's
+    assignments and everyone's bookings, so the member starts with none."""
+    if request.gpus_given or host.gpu_mode not in ("assigned", "booked") or request.gpus.mode == "none":
+        return request, None
+    how = "labgpu gpu assign" if host.gpu_mode == "assigned" else "labgpu gpu book"
+    note = f"GPUs: none for now ({host.name} shares its GPUs in {host.gpu_mode} mode: {how})"
+    return replace(request, gpus=parse_gpu_request("none")), note
 
 
 def host_gpus(runtime: RuntimeClient) -> dict[int, str]:
@@ -263,7 +278,6 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
         existing = session.scalars(select(Member).where(Member.name == request.name)).first()
         if existing is not None and existing.state != MemberState.PROVISIONING:
             raise Conflict(f"member {request.name} already exists")
-    note = None
     if existing is None:
         placement = place(
             svc,
@@ -274,12 +288,13 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
             host=request.host,
             member=request.name,
         )
+        request, gpu_note = gpus_for_host(request, placement.host)
         _check_request_against_world(services_for(svc, placement.host), request)
         _write_desired_state(svc, request, host_id=placement.host.id)
         checkpoint("desired-state")
-        note = placement.note
+        notes = tuple(n for n in (placement.note, gpu_note) if n)
     sheet = provision(svc, request.name, wait_ssh=wait_ssh)
-    return replace(sheet, notes=(*sheet.notes, note)) if note else sheet
+    return replace(sheet, notes=(*sheet.notes, *notes)) if existing is None else sheet
 
 
 def _check_request_against_world(svc: Services, request: MemberRequest) -> None:

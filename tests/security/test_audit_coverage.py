@@ -9,6 +9,10 @@ DELETE) and every CLI command must have an entry below, or the test fails. An en
   calls writes that action, and that without a daemon the route fails WITHOUT an audit row claiming it
   happened; the integration test named beside it checks the row against a real daemon;
 - changes nothing that is a person's state change (NOT_AUDITED, with the reason).
+
+The portal here has no daemon, but GPU bookings are driven for real (RUN): the GPUs of alice's host come
+from a REAL `labgpu agent` served over the recorded 4-GPU host (tests/web/gpus/helpers.py), whose token
+the portal's settings carry.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from labgpu.cli.main import app as cli_app
 from labgpu.services import (
@@ -34,6 +38,7 @@ from labgpu.services import (
     applications,
     audit,
     backups,
+    booking_requests,
     bookings,
     gateway,
     gpu_modes,
@@ -47,8 +52,10 @@ from labgpu.services import (
     template_build,
     templates,
 )
-from labgpu.store.models import Application, ApplicationStatus, Role
+from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.store.models import Application, ApplicationStatus, Booking, BookingStatus, Member, Role
 from tests.web.conftest import PASSWORD, Portal, csrf_from, login, page_token
+from tests.web.gpus.helpers import PortalFactory, ServedAgent, add_host
 from tests.web.test_authorization import app_routes
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -73,6 +80,7 @@ class Lab:
     tmp: Path
     admin: TestClient
     alice: TestClient
+    agent_url: str
 
     ADMIN_ADDRESS = "192.0.2.1"
     ALICE_ADDRESS = "192.0.2.2"
@@ -121,6 +129,27 @@ class Lab:
         shares.add_share(self.portal.svc, name="data", source=self.share_dir(), path="/data")
         return "data"
 
+    def gpu_host(self) -> None:
+        """alice's container on host gpu1, in booked mode, whose GPUs come from the served agent."""
+        host_id = add_host(self.portal, agent_url=self.agent_url)
+        with self.portal.svc.session() as session:
+            member = session.scalars(select(Member).where(Member.name == "alice")).one()
+            member.host_id, member.container, member.gpu_spec = host_id, "alice", "none"
+
+    def alice_booking(self, *, pending: bool = False) -> int:
+        """A booking of alice's (GPU 1, in an hour, for an hour); ``pending``: waiting for an admin."""
+        self.gpu_host()
+        reader: GpuUsageReader = self.portal.app.state.gpu_usage
+        view = booking_requests.request_booking(
+            self.portal.svc, reader, member="alice", gpus="1,", start="+1h", until="+1h"
+        )
+        if pending:
+            with self.portal.svc.session() as session:
+                session.execute(
+                    update(Booking).where(Booking.id == view.id).values(status=BookingStatus.PENDING)
+                )
+        return view.id
+
 
 # A call: (who, lambda lab -> response). Who: "admin", "alice" or "visitor" (the audit row's actor/address).
 Call = tuple[str, Callable[[Lab], httpx.Response]]
@@ -143,6 +172,34 @@ def _login_form(lab: Lab) -> httpx.Response:
 
 def _logout_form(lab: Lab) -> httpx.Response:
     return lab.alice.post("/logout", data=lab.form(lab.alice), follow_redirects=False)
+
+
+def _book_api(lab: Lab) -> httpx.Response:
+    lab.gpu_host()
+    body = {"gpus": 1, "from": "+1h", "until": "+2h", "note": "ablation runs"}
+    return lab.alice.post("/api/v1/bookings", json=body, headers=lab.csrf(lab.alice))
+
+
+def _book_form(lab: Lab) -> httpx.Response:
+    lab.gpu_host()
+    token = page_token(lab.alice, "/bookings")
+    data = {"count": "1", "start": "+1h", "until": "+2h", "note": "ablation runs", "csrf_token": token}
+    return lab.alice.post("/bookings", data=data)
+
+
+def _on_booking(who: str, action: str, *, api: bool, pending: bool = False, **body: str) -> Call:
+    """``who`` posts ``action`` on a booking of alice's, through the API or the board's form."""
+
+    def call(lab: Lab) -> httpx.Response:
+        booking = lab.alice_booking(pending=pending)
+        client = lab.admin if who == "admin" else lab.alice
+        if api:
+            url = f"/api/v1/bookings/{booking}/{action}"
+            return client.post(url, json=body, headers=lab.csrf(client))
+        token = page_token(client, "/bookings")
+        return client.post(f"/bookings/{booking}/{action}", data={**body, "csrf_token": token})
+
+    return who, call
 
 
 # (method, path) -> (expected audit action, target, the call).
@@ -333,6 +390,49 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
             ),
         ),
     ),
+    # GPU bookings: the target is the booking's member.
+    ("POST", "/api/v1/bookings"): ("booking.add", "alice", ("alice", _book_api)),
+    ("POST", "/bookings"): ("booking.add", "alice", ("alice", _book_form)),
+    ("POST", "/api/v1/bookings/{booking_id}/cancel"): (
+        "booking.cancel",
+        "alice",
+        _on_booking("alice", "cancel", api=True),
+    ),
+    ("POST", "/bookings/{booking_id}/cancel"): (
+        "booking.cancel",
+        "alice",
+        _on_booking("alice", "cancel", api=False),
+    ),
+    ("POST", "/api/v1/bookings/{booking_id}/extend"): (
+        "booking.extend",
+        "alice",
+        _on_booking("alice", "extend", api=True, until="+1h"),
+    ),
+    ("POST", "/bookings/{booking_id}/extend"): (
+        "booking.extend",
+        "alice",
+        _on_booking("alice", "extend", api=False, until="+1h"),
+    ),
+    ("POST", "/api/v1/bookings/{booking_id}/approve"): (
+        "booking.approve",
+        "alice",
+        _on_booking("admin", "approve", api=True, pending=True),
+    ),
+    ("POST", "/bookings/{booking_id}/approve"): (
+        "booking.approve",
+        "alice",
+        _on_booking("admin", "approve", api=False, pending=True),
+    ),
+    ("POST", "/api/v1/bookings/{booking_id}/reject"): (
+        "booking.reject",
+        "alice",
+        _on_booking("admin", "reject", api=True, pending=True, reason="GPU 1 is for the course"),
+    ),
+    ("POST", "/bookings/{booking_id}/reject"): (
+        "booking.reject",
+        "alice",
+        _on_booking("admin", "reject", api=False, pending=True, reason="GPU 1 is for the course"),
+    ),
 }
 
 # Routes whose service needs the daemon: (service function, action it audits, the integration test that
@@ -507,14 +607,16 @@ def _audits(function: Callable[..., Any], action: str) -> bool:
 
 
 @pytest.fixture
-def lab(portal: Portal, tmp_path: Path) -> Lab:
+def lab(gpu_portal: PortalFactory, gpu_agent: ServedAgent, tmp_path: Path) -> Lab:
+    """The daemon-less portal (tests/web/gpus' one: it trusts the served agent's token, for bookings)."""
+    portal = gpu_portal()
     portal.add_account("boss", role=Role.ADMIN)
     portal.add_account("alice")
     admin = portal.client(Lab.ADMIN_ADDRESS)
     alice = portal.client(Lab.ALICE_ADDRESS)
     assert login(admin, "boss").status_code == 303
     assert login(alice, "alice").status_code == 303
-    return Lab(portal, tmp_path, admin, alice)
+    return Lab(portal, tmp_path, admin, alice, gpu_agent.url)
 
 
 def test_every_state_changing_route_is_in_the_audit_table(portal: Portal) -> None:
@@ -558,6 +660,30 @@ def test_without_a_daemon_no_audit_row_claims_a_change_that_did_not_happen(lab: 
         lab.admin.post(f"/api/v1/applications/{app_id}/approve", json={}, headers=headers),
     ]
     assert all(r.status_code >= 400 for r in calls), [r.status_code for r in calls]
+    new = [e.action for e in audit.list_events(lab.portal.svc, limit=1000) if e.id not in before]
+    assert new == [], new
+
+
+def test_a_refused_booking_change_writes_no_audit_row(lab: Lab) -> None:
+    """Each booking route, refused (a rule, a bad time, not pending, not an admin's, no such booking):
+    a 4xx, and no booking.* row claims it happened."""
+    booking = lab.alice_booking()
+    before = {e.id for e in audit.list_events(lab.portal.svc, limit=1000)}
+    alice, admin = lab.csrf(lab.alice), lab.csrf(lab.admin)
+    board = page_token(lab.alice, "/bookings")
+    calls = [
+        lab.alice.post("/api/v1/bookings", json={"gpus": [7], "until": "+1h"}, headers=alice),
+        lab.alice.post("/api/v1/bookings", json={"gpus": [1], "from": "+1h", "until": "+1h"}, headers=alice),
+        lab.alice.post("/bookings", data={"count": "9", "until": "+1h", "csrf_token": board}),
+        lab.alice.post(f"/api/v1/bookings/{booking}/extend", json={"until": "soon"}, headers=alice),
+        lab.alice.post(f"/bookings/{booking}/extend", data={"until": "+99999999999w", "csrf_token": board}),
+        lab.alice.post(f"/api/v1/bookings/{booking}/approve", headers=alice),
+        lab.alice.post(f"/bookings/{booking}/reject", data={"csrf_token": board}),
+        lab.admin.post(f"/api/v1/bookings/{booking}/approve", headers=admin),  # approved, not pending
+        lab.admin.post(f"/api/v1/bookings/{booking + 1}/cancel", headers=admin),
+        lab.alice.post(f"/bookings/{booking + 1}/cancel", data={"csrf_token": board}),
+    ]
+    assert all(400 <= r.status_code < 500 for r in calls), [r.status_code for r in calls]
     new = [e.action for e in audit.list_events(lab.portal.svc, limit=1000) if e.id not in before]
     assert new == [], new
 
@@ -642,6 +768,10 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "template import": (templates.import_template, "template.import"),
     "template rm": (templates.remove_template, "template.rm"),
 }
+# Commands whose options call further services (command -> [(service function, the action it audits)]).
+ALSO_AUDITED: dict[str, list[tuple[Callable[..., Any], str]]] = {
+    "host set": [(remote_hosts.set_agent_url, "host.set")],  # --agent-url
+}
 
 
 def test_every_cli_command_is_classified() -> None:
@@ -649,6 +779,7 @@ def test_every_cli_command_is_classified() -> None:
     listed = READ_ONLY_COMMANDS | set(NOT_A_PERSONS_CHANGE) | set(AUDITED_COMMANDS)
     assert commands - listed == set(), "say whether the new command changes state, and what it audits"
     assert listed - commands == set()
+    assert set(ALSO_AUDITED) <= set(AUDITED_COMMANDS)
 
 
 def _callback_source(command: str) -> str:
@@ -669,9 +800,17 @@ def _callback_source(command: str) -> str:
     return source + "".join(inspect.getsource(getattr(module, h)) for h in sorted(helpers))
 
 
-@pytest.mark.parametrize("command", sorted(AUDITED_COMMANDS))
-def test_every_state_changing_cli_command_calls_a_service_that_audits(command: str) -> None:
-    function, action = AUDITED_COMMANDS[command]
+@pytest.mark.parametrize(
+    ("command", "function", "action"),
+    [
+        *((command, *AUDITED_COMMANDS[command]) for command in sorted(AUDITED_COMMANDS)),
+        *((command, *call) for command in sorted(ALSO_AUDITED) for call in ALSO_AUDITED[command]),
+    ],
+    ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", None),
+)
+def test_every_state_changing_cli_command_calls_a_service_that_audits(
+    command: str, function: Callable[..., Any], action: str
+) -> None:
     assert f"{function.__name__}(" in _callback_source(command), (
         f"`labgpu {command}` does not call {function}"
     )

@@ -11,6 +11,10 @@ too). What is asserted, per route:
 - the cookie-based pages ignore bearer tokens: a page asks for a login, a form post has no CSRF token (403);
 - a disabled account's session cookie and token are worth nothing at once: 401 (API) or a redirect to the
   login form (pages) on every route that is not public, and its password no longer logs in.
+
+GPU bookings are objects without a ``{name}`` in their path (the table says SELF): for them another
+member's token gets exactly the answer for a booking that does not exist, on a real booking (its GPUs from
+a served `labgpu agent`, tests/web/gpus).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts, api_tokens, applications
+from labgpu.services import accounts, api_tokens, applications, audit, bookings
 from labgpu.services.accounts import Identity
 from labgpu.store.models import Role
 from labgpu.web.security import CSRF_MESSAGE
 from tests.web.conftest import Portal, csrf_from, login
+from tests.web.gpus.helpers import PortalFactory, ServedAgent
+from tests.web.gpus.helpers import lab as gpu_lab
 from tests.web.test_authorization import (
     ADMIN,
     OBJECT,
@@ -184,3 +190,46 @@ def test_a_disabled_accounts_session_and_tokens_stop_working_on_every_route(
     # Enabling the account again does not bring back what disabling ended.
     accounts.set_disabled(portal.svc, OWNER, disabled=False)
     assert portal.client().get("/api/v1/me", headers=bearer).status_code == 401
+
+
+def test_another_members_token_finds_no_booking_of_alices(
+    gpu_portal: PortalFactory, gpu_agent: ServedAgent
+) -> None:
+    portal, _ = gpu_lab(gpu_portal, gpu_agent, booking_approval=True)
+    tokens = {
+        name: _make_token(portal, name, "admin" if name == "boss" else "member", "script")[0]
+        for name in ("alice", "bob", "boss")
+    }
+
+    def as_(name: str) -> TestClient:
+        return portal.client("198.51.100.44", headers={"Authorization": f"Bearer {tokens[name]}"})
+
+    made = as_("alice").post("/api/v1/bookings", json={"gpus": 1, "until": "+2h"})
+    assert made.status_code == 201 and made.json()["member"] == "alice", made.text
+    mine, missing = made.json()["id"], made.json()["id"] + 100
+    before = {e.id for e in audit.list_events(portal.svc, limit=1000)}
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "", None),
+        ("POST", "/cancel", {}),
+        ("POST", "/extend", {"until": "+1h"}),
+    ]
+    bob = as_("bob")
+    for method, suffix, body in calls:
+        theirs = bob.request(method, f"/api/v1/bookings/{mine}{suffix}", json=body)
+        nothing = bob.request(method, f"/api/v1/bookings/{missing}{suffix}", json=body)
+        assert theirs.status_code == nothing.status_code == 404, (suffix, theirs.text)
+        assert theirs.json()["error"]["message"].replace(str(mine), "N") == nothing.json()["error"][
+            "message"
+        ].replace(str(missing), "N")
+    for suffix, body in (("/approve", {}), ("/reject", {"reason": "mine now"})):
+        r = bob.post(f"/api/v1/bookings/{mine}{suffix}", json=body)
+        assert r.status_code == 403 and r.json()["error"]["message"] == "only an admin may do this"
+    r = bob.post("/api/v1/bookings", json={"gpus": 1, "until": "+1h", "member": "alice"})
+    assert r.status_code == 403
+    assert bob.get("/api/v1/bookings").json() == []
+    assert bob.get("/api/v1/bookings?member=alice").status_code == 403
+    assert [e.id for e in audit.list_events(portal.svc, limit=1000) if e.id not in before] == []
+    # The owner's and an admin's tokens act on it.
+    assert as_("alice").get(f"/api/v1/bookings/{mine}").json()["status"] == "pending"
+    assert as_("boss").post(f"/api/v1/bookings/{mine}/approve", json={}).json()["status"] == "approved"
+    assert bookings.get_booking(portal.svc, mine).status == "approved"

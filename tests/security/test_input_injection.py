@@ -2,7 +2,8 @@
 or an authorized_keys line (newlines, options), not into a shell or a daemon URL (metacharacters).
 
 Each hostile value is sent the way a person would send it: through the JSON API and the forms of the
-portal (the ``portal`` fixture, no daemon needed) and through the ``labgpu`` command (in process, no
+portal (the ``portal`` fixture, no daemon needed; for GPU bookings the ``gpu_portal`` of tests/web/gpus,
+whose GPUs come from a served `labgpu agent`) and through the ``labgpu`` command (in process, no
 daemon). What is asserted is what they would notice: a clear 4xx with a JSON error (or exit code 2 and
 one ``error:`` line), and nothing stored, no folder made.
 """
@@ -25,9 +26,11 @@ from fastapi.testclient import TestClient
 from labgpu.cli.main import run
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
-from labgpu.services import applications, members, shares
+from labgpu.services import applications, audit, bookings, members, shares
 from labgpu.store.models import Role
 from tests.web.conftest import Portal, csrf_from, login, page_token
+from tests.web.gpus.helpers import PortalFactory, ServedAgent
+from tests.web.gpus.helpers import lab as gpu_lab
 
 # Member names are Linux user names, LXD instance names and folder names under home_base at once.
 HOSTILE_NAMES = [
@@ -50,6 +53,58 @@ HOSTILE_NAMES = [
 ]
 HOSTILE_SHARE_NAMES = ["../x", "a b", "Cuda", "x;y", "cuda\n", "cuda/../../etc", "$(id)", ""]
 HOSTILE_SNAPSHOTS = ["../x", "a b", "x;reboot", "$(id)", "snap\nx", "-rf", ".hidden", "a/b", "x" * 80]
+# GPU bookings: a member's note (one line, shown on the board and to admins), the typed times, and an
+# admin's reason for a rejection (mailed to the member, in the audit log).
+HOSTILE_NOTES = [
+    "a\nb",
+    "a\rb",
+    "a\tb",
+    "a\x00b",
+    "\x1b[31mred",
+    "\x1b]0;pwned\x07",
+    "x\u2028y",
+    "\u202eevil",
+    "x" * 256,
+]
+HOSTILE_TIMES = [
+    "+1h; reboot",
+    "$(date)",
+    "`id`",
+    "+1h|sh",
+    "+1h\n+2h",
+    "now\r\nX-Injected: 1",
+    "+1h\x00",
+    "\x00",
+    "../../etc",
+    "+-1h",
+    "{{7*7}}",
+    "%s%n",
+    "9999-99-99",
+    "+99999999999w",
+    "1" * 100,
+]
+HOSTILE_REASONS = [
+    "\x1b]0;pwned\x07",
+    "a\x00b",
+    "\u202eevil",
+    "approved\rrejected",  # a lone CR overwrites the line on a terminal
+    "a\x0bb",
+    "a\x0cb",
+    "a\x1cb",
+    "a\x85b",
+    "a\u2028b",
+    "x" * 2001,
+]
+HOSTILE_AGENT_URLS = [
+    "file:///etc/passwd",
+    "http://u:pw@gpu2:9410",
+    "http://gpu2:9410/?token=x",
+    "http://gpu2\n.evil:9410",
+    "http://gpu2:9410/a b",
+    "http://gpu2\x1b[31m:9410",
+    "http://$(id):9410",
+    "http://gpu2;reboot:9410",
+]
 
 
 def _public_key(comment: str = "alice@laptop") -> str:
@@ -204,6 +259,79 @@ def test_hostile_templates_in_an_approval_are_refused(portal: Portal) -> None:
     assert applications.get_application(portal.svc, app.id).status == "pending"
 
 
+def test_hostile_booking_notes_times_and_members_are_refused(
+    gpu_portal: PortalFactory, gpu_agent: ServedAgent
+) -> None:
+    portal, _ = gpu_lab(gpu_portal, gpu_agent)
+    alice = portal.client("192.0.2.60")
+    assert login(alice, "alice").status_code == 303
+    headers = {"X-CSRF-Token": page_token(alice)}
+    token = page_token(alice, "/bookings")
+    for note in HOSTILE_NOTES:
+        r = alice.post("/api/v1/bookings", json={"gpus": 1, "until": "+1h", "note": note}, headers=headers)
+        assert "note" in _one_line_error(r, 400, 422), note
+        form = {"count": "1", "until": "+1h", "note": note, "csrf_token": token}
+        assert alice.post("/bookings", data=form).status_code in (400, 422), note
+    for time in HOSTILE_TIMES:
+        for field, form_field in (("from", "start"), ("until", "until")):
+            body = {"gpus": 1, "from": "now", "until": "+1h", field: time}
+            assert field in _one_line_error(
+                alice.post("/api/v1/bookings", json=body, headers=headers), 400, 422
+            )
+            form = {"count": "1", "start": "now", "until": "+1h", form_field: time, "csrf_token": token}
+            assert alice.post("/bookings", data=form).status_code in (400, 422), (field, time)
+    boss = portal.client("192.0.2.61")
+    assert login(boss, "boss").status_code == 303
+    admin_headers = {"X-CSRF-Token": page_token(boss)}
+    for name in HOSTILE_NAMES:
+        body = {"gpus": 1, "until": "+1h", "member": name}
+        assert "name" in _one_line_error(
+            boss.post("/api/v1/bookings", json=body, headers=admin_headers), 400, 422
+        )
+    assert bookings.list_bookings(portal.svc, include_all=True) == []
+    assert audit.list_events(portal.svc, action="booking.", limit=10) == []
+
+    # A sane booking (the refusals above were not blanket): its end is then safe from hostile times too.
+    made = alice.post("/api/v1/bookings", json={"gpus": 1, "until": "+1h", "note": "thesis"}, headers=headers)
+    assert made.status_code == 201, made.text
+    booking = made.json()
+    for time in HOSTILE_TIMES:
+        r = alice.post(f"/api/v1/bookings/{booking['id']}/extend", json={"until": time}, headers=headers)
+        assert "until" in _one_line_error(r, 400, 422)
+        r = alice.post(f"/bookings/{booking['id']}/extend", data={"until": time, "csrf_token": token})
+        assert r.status_code in (400, 422), time
+    assert bookings.get_booking(portal.svc, booking["id"]).end.isoformat() == booking["end"].replace(
+        "Z", "+00:00"
+    )
+
+
+def test_hostile_rejection_reasons_are_refused(gpu_portal: PortalFactory, gpu_agent: ServedAgent) -> None:
+    portal, _ = gpu_lab(gpu_portal, gpu_agent, booking_approval=True)
+    alice = portal.client("192.0.2.62")
+    assert login(alice, "alice").status_code == 303
+    made = alice.post(
+        "/api/v1/bookings", json={"gpus": 1, "until": "+1h"}, headers={"X-CSRF-Token": page_token(alice)}
+    )
+    assert made.json()["status"] == "pending", made.text
+    booking = made.json()["id"]
+    boss = portal.client("192.0.2.63")
+    assert login(boss, "boss").status_code == 303
+    headers = {"X-CSRF-Token": page_token(boss)}
+    token = page_token(boss, "/bookings")
+    for reason in HOSTILE_REASONS:
+        r = boss.post(f"/api/v1/bookings/{booking}/reject", json={"reason": reason}, headers=headers)
+        assert "reason" in _one_line_error(r, 400, 422), reason
+        r = boss.post(f"/bookings/{booking}/reject", data={"reason": reason, "csrf_token": token})
+        assert r.status_code in (400, 422), reason
+    assert bookings.get_booking(portal.svc, booking).status == "pending"
+    assert audit.list_events(portal.svc, action="booking.reject", limit=10) == []
+    # Lines ended as a browser's textarea ends them are text: stored with plain newlines.
+    r = boss.post(f"/api/v1/bookings/{booking}/reject", json={"reason": "course\r\nweek 3"}, headers=headers)
+    assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
+    [event] = audit.list_events(portal.svc, action="booking.reject", limit=10)
+    assert event.detail["reason"] == "course\nweek 3"
+
+
 def test_names_reach_the_daemon_as_one_escaped_path_segment() -> None:
     """What a validator might let through still cannot walk the daemon's REST API: every name is quoted."""
     seen: list[str] = []
@@ -272,6 +400,8 @@ def test_cli_refuses_hostile_shares_snapshots_templates_and_keys(
         assert "invalid snapshot name" in _refused(capsys, "member", "snapshot", "--", "alice", snapshot)
     for template in ("x y", "x\ny", "x\x07"):
         assert "template" in _refused(capsys, "member", "add", "alice", "--template", template)
+    for url in HOSTILE_AGENT_URLS:
+        assert "invalid agent URL" in _refused(capsys, "host", "set", "gpu1", "--agent-url", url)
     for i, key in enumerate(k for k in _hostile_keys() if k):
         path = offline / f"key{i}.pub"
         path.write_text(key)

@@ -5,6 +5,8 @@ The portal runs under a real uvicorn server (as `labgpu serve` runs it, access l
 at DEBUG, SQLAlchemy's statement log included, and the flows that carry secrets go over HTTP: applying
 with a password, logging in (and failing to), changing the password, making and using API tokens; then
 `labgpu admin create/passwd` on the command line. Every record captured is then searched for each secret.
+The portal's agent token too: the GPU pages and bookings send it to the hosts' `labgpu agent` (one of
+which, with another token, refuses it).
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from labgpu.cli.main import run
 from labgpu.web.app import create_app
 from labgpu.web.security import SESSION_COOKIE
 from tests.web.conftest import PASSWORD, Portal, csrf_from
+from tests.web.gpus.helpers import AGENT_TOKEN, PortalFactory, ServedAgent, add_host, serve_agent
+from tests.web.gpus.helpers import lab as gpu_lab
 
 APPLICANT_PASSWORD = "velvet-comet-93-lantern"
 FORM_APPLICANT_PASSWORD = "amber-falcon-27-meadow"
@@ -39,10 +45,16 @@ CLI_NEW_PASSWORD = "orchid-tundra-85-beacon"
 @pytest.fixture
 def server(portal: Portal) -> Iterator[str]:
     """The portal's app under uvicorn on a free loopback port; yields its base URL."""
+    with _served(create_app(portal.settings, services=portal.app.state.services, background=False)) as url:
+        yield url
+
+
+@contextmanager
+def _served(app: FastAPI) -> Iterator[str]:
+    """``app`` under uvicorn, as `labgpu serve` runs it, on a free loopback port; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    app = create_app(portal.settings, services=portal.app.state.services, background=False)
     # log_config=None: uvicorn's loggers keep no handlers of their own and reach the test's capture.
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, log_level="debug", access_log=True
@@ -185,3 +197,40 @@ def test_no_secret_is_logged_at_debug(
         if value in (logs if where == "log" else printed.out + printed.err)
     }
     assert leaked == {}, f"secrets found: {leaked}"
+
+
+OTHER_AGENT_TOKEN = "other-agent-token-" + "z" * 32
+
+
+def test_the_agent_token_is_not_logged_at_debug(
+    gpu_portal: PortalFactory, gpu_agent: ServedAgent, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy.engine")
+    portal, _ = gpu_lab(gpu_portal, gpu_agent)
+    state = portal.app.state
+    app = create_app(portal.settings, services=state.services, background=False, gpu_usage=state.gpu_usage)
+    # Host gpu2's agent has another token: the portal sends its own there, and it is refused.
+    with (
+        serve_agent(tmp_path / "gpu2", token=OTHER_AGENT_TOKEN) as other,
+        _served(app) as server,
+        httpx.Client(base_url=server, follow_redirects=False) as browser,
+    ):
+        add_host(portal, "gpu2", agent_url=other.url)
+        form = {"name": "alice", "password": PASSWORD, "csrf_token": _form_token(browser, "/login")}
+        assert browser.post("/login", data=form).status_code == 303
+        hosts = {h["host"]: h for h in browser.get("/api/v1/gpus").json()}
+        assert hosts["gpu1"]["available"] and len(hosts["gpu1"]["gpus"]) == 4
+        assert "refused the portal's token" in hosts["gpu2"]["message"]
+        assert browser.get("/gpus").status_code == 200
+        csrf = {"X-CSRF-Token": _form_token(browser, "/bookings")}
+        r = browser.post("/api/v1/bookings", json={"gpus": 1, "until": "+1h"}, headers=csrf)
+        assert r.status_code == 201, r.text
+        pages = browser.get("/gpus").text + browser.get("/bookings").text
+
+    logs = _log_text(caplog)
+    # The capture saw the portal ask both agents (so finding nothing below means something).
+    assert f"{gpu_agent.url}/v1/gpus" in logs and f"{other.url}/v1/gpus" in logs, "httpx was not captured"
+    assert '"POST /api/v1/bookings HTTP/1.1" 201' in logs, "uvicorn's access log was not captured"
+    for secret in (AGENT_TOKEN, OTHER_AGENT_TOKEN):
+        assert secret not in logs and secret not in pages

@@ -15,7 +15,7 @@ from labgpu.runtime.errors import RuntimeError_
 from labgpu.runtime.migration import PULL, PUSH, Peer, copy_mode
 from labgpu.services.host_clients import HostAddress, parse_host_url
 from labgpu.services.inventory import ask_all, parse_gpus
-from labgpu.services.remote_hosts import normalize_url, validate_host_name
+from labgpu.services.remote_hosts import normalize_agent_url, normalize_url, validate_host_name
 
 
 def test_host_url_round_trip() -> None:
@@ -46,6 +46,46 @@ def test_normalize_url(given: str, expected: str) -> None:
 def test_normalize_url_refuses(bad: str) -> None:
     with pytest.raises(BadInput):
         normalize_url(bad)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (" http://10.0.0.2:9410/ ", "http://10.0.0.2:9410"),
+        ("https://gpu2.lab:9410/agent/", "https://gpu2.lab:9410/agent"),
+        ("http://GPU2.lab:9410", "http://GPU2.lab:9410"),
+        ("http://gpu_2:9410", "http://gpu_2:9410"),
+        ("http://[fd00::2]:9410", "http://[fd00::2]:9410"),
+    ],
+)
+def test_normalize_agent_url(given: str, expected: str) -> None:
+    assert normalize_agent_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "10.0.0.2:9410",
+        "file:///etc/passwd",
+        "http://u:pw@gpu2:9410",
+        "http://gpu2:9410/?token=x",
+        "http://gpu2:94x",
+        # The URL is stored as typed and gets the agent token: urlparse would drop the newline and tab.
+        "http://gpu2\n.evil:9410",
+        "http://gpu2:9410/x\ny",
+        "http://gpu2\t:9410",
+        "http://gpu2:9410/a b",
+        "http://gpu2:9410/\x00",
+        "http://gpu2\x1b[31m:9410",
+        "http://gpu2[:9410",
+        "http://$(id):9410",
+        "http://gpu2;reboot:9410",
+        "http://-x:9410",
+    ],
+)
+def test_normalize_agent_url_refuses(bad: str) -> None:
+    with pytest.raises(BadInput, match="invalid agent URL"):
+        normalize_agent_url(bad)
 
 
 @pytest.mark.parametrize("name", ["gpu1", "node-2", "GPU.lab", "a"])

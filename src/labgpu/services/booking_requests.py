@@ -77,9 +77,12 @@ def clean_note(note: str | None) -> str | None:
 
 
 def clean_reason(reason: str | None) -> str | None:
-    """A rejection's reason: printable lines, or None. Raises BadInput."""
-    text = (reason or "").strip()
-    if not all(line.isprintable() for line in text.splitlines()):
+    """A rejection's reason: printable lines (ended by LF or CRLF, stored as LF), or None. Raises
+    BadInput. Only those two end lines: str.splitlines would also take a lone CR (which overwrites a
+    line on a terminal), form feeds and the separators \x1c-\x1e, \x85, U+2028 as line ends, and let
+    them into the audit log and the member's mail."""
+    text = (reason or "").strip().replace("\r\n", "\n")
+    if not all(line.isprintable() for line in text.split("\n")):
         raise BadInput("the reason must be printable text")
     return text or None
 

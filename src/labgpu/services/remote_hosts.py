@@ -49,6 +49,8 @@ from labgpu.store.models import Host, HostKind, Member, MemberState, PortMap
 
 DEFAULT_PORT = 8443
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?\Z")
+# The address part of an agent URL: a DNS name or IPv4 address, or an IPv6 literal (without its brackets).
+_AGENT_ADDRESS_RE = re.compile(r"^(?:[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9])?|[0-9a-f:.]*:[0-9a-f:.]*)\Z")
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{12,64}\Z")
 
 
@@ -531,9 +533,20 @@ def set_public_address(svc: Services, name: str, address: str | None) -> None:
 
 
 def normalize_agent_url(url: str) -> str:
-    """``http(s)://address[:port][/path]`` of a `labgpu agent`, without a trailing slash. Raises BadInput."""
+    """``http(s)://address[:port][/path]`` of a `labgpu agent`, without a trailing slash. Raises BadInput.
+
+    The URL is stored as typed, and the portal sends the agent token to it: so no white space or control
+    characters anywhere (urlparse drops tabs and newlines, and would check another URL than the one
+    stored), and an address of letters, digits, dots, hyphens (or an IPv6 literal)."""
     text = url.strip().rstrip("/")
-    parsed = urlparse(text)
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise BadInput(f"invalid agent URL {url!r}: no spaces or control characters")
+    try:
+        parsed = urlparse(text)
+    except ValueError:  # an unbalanced [ of an IPv6 literal
+        raise BadInput(f"invalid agent URL {url!r}: use http://ADDRESS:9410") from None
+    if parsed.hostname and not _AGENT_ADDRESS_RE.match(parsed.hostname):
+        raise BadInput(f"invalid agent URL {url!r}: {parsed.hostname!r} is no address or host name")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise BadInput(f"invalid agent URL {url!r}: use http://ADDRESS:9410 (the agent's address and port)")
     if parsed.query or parsed.fragment or parsed.username or parsed.password:

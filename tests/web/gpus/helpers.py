@@ -63,7 +63,12 @@ def serve_agent(tmp_path: Path, token: str = AGENT_TOKEN) -> Iterator[ServedAgen
         sweep=lambda: take_inventory(source, owners=OWNERS, proc_root=proc), token=token, min_interval=0
     )
     port = free_port()
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    # log_config=None: uvicorn's default one is dictConfig'd process-wide and stops its loggers from
+    # propagating, so a later test would no longer capture a served portal's access log.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", log_config=None, lifespan="off"
+    )
+    server = _Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="test-agent")
     thread.start()
     deadline = time.monotonic() + 10

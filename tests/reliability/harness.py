@@ -50,7 +50,7 @@ QUICK = {
     "move-standalone": {"move-copied"},
     "move-cluster": set(),
     "daemon-restart": {"container-made"},
-    "disk-full": {"state-dir"},
+    "disk-full": {"state-dir", "state-dir-while-open"},
 }
 
 

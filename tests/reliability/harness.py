@@ -49,7 +49,7 @@ QUICK = {
     "booking-end": set(),
     "move-standalone": {"move-copied"},
     "move-cluster": set(),
-    "daemon-restart": {"container-made"},
+    "daemon-restart": {"container"},
     "disk-full": {"state-dir", "state-dir-while-open"},
 }
 

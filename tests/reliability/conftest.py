@@ -60,7 +60,9 @@ class Fault:
 
     def killed(self, result: subprocess.CompletedProcess[str]) -> None:
         """The process died by the injected SIGKILL (not by an error of its own)."""
-        assert result.returncode == -9, f"exit {result.returncode}: {result.stdout[-2000:]} {result.stderr[-3000:]}"
+        assert result.returncode == -9, (
+            f"exit {result.returncode}: {result.stdout[-2000:]} {result.stderr[-3000:]}"
+        )
         self.inject()
 
     def recover(self, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 from labgpu.errors import Unavailable
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.members import add_member, validate_request
-from tests.conftest import LabgpuEnv, unique_name
+from tests.conftest import Cleanup, LabgpuEnv, unique_name
 from tests.reliability.conftest import Fault
 from tests.reliability.harness import run_labgpu, steps
 
@@ -52,11 +52,11 @@ def _fill(folder: Path) -> Path:
 @pytest.mark.scenario("disk-full")
 @pytest.mark.parametrize("step", steps("disk-full", ["state-dir"]))
 def test_member_add_on_a_full_state_dir(
-    labgpu_env: LabgpuEnv, small_state_dir: Path, fault: Fault, step: str
+    labgpu_env: LabgpuEnv, small_state_dir: Path, cleanup: Cleanup, fault: Fault, step: str
 ) -> None:
     env = labgpu_env.env()
     assert run_labgpu(env, "member", "list").returncode == 0  # the store exists
-    name = unique_name("fd")
+    name = cleanup.instance(unique_name("fd"))  # the store is unmounted before labgpu_env cleans up
     filler = _fill(small_state_dir)
     fault.inject()
 
@@ -81,12 +81,12 @@ def test_member_add_on_a_full_state_dir(
 @pytest.mark.scenario("disk-full")
 @pytest.mark.parametrize("step", steps("disk-full", ["state-dir-while-open"]))
 def test_the_disk_fills_while_labgpu_has_the_store_open(
-    labgpu_env: LabgpuEnv, small_state_dir: Path, fault: Fault, step: str
+    labgpu_env: LabgpuEnv, small_state_dir: Path, cleanup: Cleanup, fault: Fault, step: str
 ) -> None:
     """The store already open (a `labgpu serve`, a job runner): the write fails with labgpu's own error,
     one line (it was SQLAlchemy's OperationalError: a traceback in the CLI, a 500 in the portal)."""
     svc = labgpu_env.services()
-    name = unique_name("fd")
+    name = cleanup.instance(unique_name("fd"))
     filler = _fill(small_state_dir)
     fault.inject()
     with pytest.raises(Unavailable, match="the disk is full") as caught:

@@ -8,13 +8,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labgpu.cli.context import get_context, print_json
+from labgpu.cli.context import CliContext, get_context, print_json
 
 
 def reconcile(
     ctx: typer.Context,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Change nothing; say what would be repaired.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Change nothing; check that every member has exactly one container, no port is "
+            "used twice, every home folder exists, nothing is left to repair and booked GPUs match "
+            "the bookings. Exit code 1 when one of these does not hold.",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -28,12 +37,33 @@ def reconcile(
     from labgpu.services.reconcile import reconcile as run_reconcile
 
     c = get_context(ctx)
+    if check:
+        _check(c, as_json=as_json)
+        return
     report = run_reconcile(c.services, dry_run=dry_run)
     if as_json:
         print_json(report.as_dict())
     else:
         _print_report(c.console, report)
     if report.failures:
+        raise typer.Exit(1)
+
+
+def _check(c: CliContext, *, as_json: bool) -> None:
+    from labgpu.services.invariants import check_invariants
+
+    report = check_invariants(c.services)
+    if as_json:
+        print_json(report.as_dict())
+    elif report.ok:
+        c.console.print(f"every invariant holds ({report.checks} checks)")
+    else:
+        table = Table("invariant", "subject", "what is wrong", title="does not hold", title_justify="left")
+        for v in report.violations:
+            table.add_row(v.invariant, escape(v.subject), escape(v.detail))
+        c.console.print(table)
+        c.console.print("run `labgpu reconcile` to repair what it can, then check again")
+    if not report.ok:
         raise typer.Exit(1)
 
 

@@ -9,11 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.host_clients import HostClients
 from labgpu.settings import Settings
+from labgpu.store.db import unavailable
 from labgpu.store.models import AuditEvent
 
 
@@ -52,9 +54,15 @@ class Services:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back on error."""
-        with self.sessions() as session, session.begin():
-            yield session
+        """A transaction: committed when the block ends, rolled back on error.
+
+        Raises Unavailable (one line) when the store cannot be reached or written, e.g. on a full disk."""
+        try:
+            with self.sessions() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            bind = self.sessions.kw.get("bind")
+            raise unavailable(exc, bind.url if bind is not None else "sqlite://", doing="write") from exc
 
     def audit(self, session: Session, action: str, target: str | None, **detail: Any) -> None:
         """Record a state change by a person (never edited afterwards)."""

@@ -38,6 +38,7 @@ from labgpu.errors import LabgpuError
 from labgpu.gpu.nvml import GpuSource
 from labgpu.services import bookings, gpu_attach, gpu_idle
 from labgpu.services.context import SYSTEM, Services
+from labgpu.services.members import checkpoint
 from labgpu.store.models import BookingStatus, JobState, Member, utcnow
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,16 @@ def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
         )
         if t.new == BookingStatus.ACTIVE:
             started.add(b.member)
+    # Fault injection (tests/reliability): killed here, the store has the new statuses but the GPUs
+    # are not attached or detached yet; the next run (once this run's lease expires) does it.
+    checkpoint("booking-advanced")
     gpus_on_host = gpu_attach.gpu_map(svc, ctx.source()) if ctx.gpu_source is not None else None
     try:
         outcomes = gpu_attach.sync_host(svc, gpus_on_host=gpus_on_host)
     except LabgpuError as exc:  # the transitions above stand; attaching waits for the next run
         result.errors.append(f"GPUs not attached or detached: {exc.message}")
         return result
+    checkpoint("booking-attached")
     for o in outcomes:
         if o.applied == gpu_attach.UNCHANGED and o.message == gpu_attach.AS_BOOKED:
             continue

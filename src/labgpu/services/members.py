@@ -657,9 +657,18 @@ PROVISION_STEPS = ("desired-state", "home", "container", "running", "ssh", "pass
 
 def checkpoint(step: str) -> None:
     """Fault injection for the crash tests: ``LABGPU_FAULT_KILL_AFTER=<step>`` makes the process
-    SIGKILL itself right after that step, as a power cut or an OOM kill would."""
+    SIGKILL itself right after that step, as a power cut or an OOM kill would.
+    ``LABGPU_FAULT_PAUSE_AFTER=<step>`` with ``LABGPU_FAULT_PAUSE_FILE=<path>`` makes it create that
+    file after the step and wait (up to 10 minutes) until it is gone, so that a test can restart the
+    daemon in the middle of the operation."""
     if os.environ.get("LABGPU_FAULT_KILL_AFTER") == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("LABGPU_FAULT_PAUSE_FILE")
+    if pause and os.environ.get("LABGPU_FAULT_PAUSE_AFTER") == step:
+        Path(pause).write_text(f"{os.getpid()} paused after {step}\n")
+        deadline = time.monotonic() + 600
+        while Path(pause).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def provision(

@@ -8,6 +8,7 @@ naming the server (never the password) through :func:`connect` or :func:`unavail
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -106,14 +107,15 @@ def connect(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def unavailable(exc: BaseException, url: URL | str) -> Unavailable:
-    """The Unavailable error for a failed connection to ``url``: names the server, not the password."""
+def unavailable(exc: BaseException, url: URL | str, *, doing: str = "open") -> Unavailable:
+    """The Unavailable error for a failed connection to ``url`` (or a write: ``doing="write"``): names
+    the server, not the password; for SQLite on a full disk, says so and how much is free."""
     url = make_url(url)
     reason = _reason(exc)
     path = sqlite_path(url)
     if url.get_backend_name() == "sqlite":
         where = f"the SQLite database {path}" if path else "the in-memory SQLite database"
-        message = f"cannot open {where}: {reason}"
+        message = f"cannot {doing} {where}: {reason}{_disk_note(path, reason)}"
     else:
         server = f"{url.host or 'localhost'}:{url.port or 5432}"
         message = (
@@ -121,6 +123,25 @@ def unavailable(exc: BaseException, url: URL | str) -> Unavailable:
             f"user {url.username or '?'}): {reason}"
         )
     return Unavailable(message, log_message=f"{message} [{describe_url(url)}] {exc!r}")
+
+
+_DISK_ERRORS = ("disk i/o error", "database or disk is full", "no space left")
+
+
+def _disk_note(path: Path | None, reason: str) -> str:
+    """Why SQLite says 'disk I/O error' most often: the state dir's disk is full."""
+    if path is None or not any(e in reason.lower() for e in _DISK_ERRORS):
+        return ""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    if free > 1024 * 1024:
+        return ""
+    return (
+        f" ({path.parent} has {free} bytes free: the disk is full; free some space, then try again;"
+        " the change was not saved)"
+    )
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:

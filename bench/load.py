@@ -235,6 +235,14 @@ class Person:
 # The lab under test --------------------------------------------------------------------------------
 
 
+def port_block(span: int = 150) -> tuple[int, int]:
+    """A random block of ``span`` host ports above the kernel's ephemeral range (32768-60999 here) and
+    the tests' port ranges: a port in the ephemeral range may be taken by any outgoing connection
+    (this run's own clients included) when the proxy device wants to listen on it."""
+    start = 61000 + secrets.randbelow((65500 - 61000) // span) * span
+    return start, start + span - 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -267,8 +275,6 @@ class Lab:
             actor=Actor("bench@load"),
         )
         self.extra_instances: list[str] = []
-        # Ports just above the portal's range for the raw way's proxies (the store never sees them).
-        self.spare_ports = 0
         self.url = ""
         self.log = workdir / "serve.log"
 
@@ -526,11 +532,12 @@ def add_listed_members(lab: Lab, count: int) -> list[str]:
     names = [f"{lab.tag}b{i}" for i in range(count)]
     lab.extra_instances += names
     create_containers(lab.client, names, workers=4)
-    # Ports above the portal's own range and the raw way's; uids past the ones the portal hands out.
+    # Stored ports only (a stopped container has no proxy listening), below the portal's range; uids
+    # past the ones the portal hands out.
     store_members(
         lab.svc,
         names,
-        port_start=lab.settings.port_range_end + 1 + lab.spare_ports,
+        port_start=40000,
         uid_start=lab.settings.uid_base + lab.settings.uid_count // 2,
         password_hash=hash_password(PASSWORD),
     )
@@ -789,7 +796,6 @@ def run_load(
     ``raw_profile`` on ``pool``). Instances made are deleted at the end."""
     report = Report(daemon=daemon, database=database, scale=scale)
     lab = Lab(daemon, overrides, workdir)
-    lab.spare_ports = scale.applications
     try:
         admins = lab.add_admins(max(2, scale.admins))
         if raw:
@@ -932,9 +938,8 @@ def main() -> int:
         devices={"root": {"type": "disk", "path": "/", "pool": pool}},
         description="labgpu load bench (deleted at the end)",
     )
-    # Above the kernel's ephemeral range and the tests' port ranges (30000-59999).
-    start = 61000 + secrets.randbelow(8) * 500
-    span = max(100, 2 * scale.applications)
+    # The portal's ports, then the raw way's just above them.
+    start, end = port_block(max(150, 3 * scale.applications))
     workdir = Path(tempfile.mkdtemp(prefix=f"labgpu-load-{tag}-"))
     try:
         with contextlib.ExitStack() as stack:
@@ -946,7 +951,7 @@ def main() -> int:
                 "runtime_url": f"unix://{socket_path}",
                 "listen_address": "127.0.0.1",
                 "port_range_start": str(start),
-                "port_range_end": str(start + span - 1),
+                "port_range_end": str(end - scale.applications),
                 "default_template": image,
                 "profile_name": profile,
                 "storage_pool": pool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench.load import QUICK, run_load, table
+from bench.load import QUICK, port_block, run_load, table
 
 from tests.conftest import LabgpuEnv
 from tests.web.conftest import _empty_postgres, postgres_url  # noqa: F401  (a fixture)
@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 def test_load_quick_loses_nothing(
     labgpu_env: LabgpuEnv, daemon_kind: str, database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    overrides = dict(labgpu_env.overrides)
+    # Ports above the kernel's ephemeral range: the run's own 10 clients must not take the one a proxy wants.
+    start, end = port_block(100)
+    overrides = {**labgpu_env.overrides, "port_range_start": str(start), "port_range_end": str(end)}
     if database == "postgresql":
         url = request.getfixturevalue("postgres_url")
         _empty_postgres(url)

@@ -45,6 +45,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -184,6 +185,7 @@ class Report:
             "scale": dataclasses.asdict(self.scale),
             "cpus": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
+            "inotify_max_user_instances": inotify_instances(),
             "parts": self.parts,
             "checks": self.checks,
             "ok": not self.failures,
@@ -485,6 +487,7 @@ def check_members(lab: Lab, report: Report, names: list[str]) -> None:
 
 def raw_launch(lab: Lab, n: int, profile: str, pool: str) -> dict[str, Any]:
     """The raw way for N members at once: launch, proxy device, wait for sshd; then delete them."""
+    from labgpu.errors import LabgpuError
     from labgpu.services.members import wait_for_ssh
 
     cli = CLIS[lab.daemon]
@@ -502,8 +505,14 @@ def raw_launch(lab: Lab, n: int, profile: str, pool: str) -> dict[str, Any]:
         run(cli, "launch", lab.settings.default_template, names[i], "-p", profile, "-s", pool)
         run(cli, "config", "device", "add", names[i], "ssh", "proxy",
             f"listen=tcp:127.0.0.1:{base + i}", "connect=tcp:127.0.0.1:22")  # fmt: skip
-        wait_for_ssh("127.0.0.1", base + i, timeout=600)
-        return time.perf_counter() - t0
+        deadline = time.monotonic() + 600
+        while True:  # fail at once when the container stopped (its init died) instead of at the deadline
+            try:
+                wait_for_ssh("127.0.0.1", base + i, timeout=5)
+                return time.perf_counter() - t0
+            except LabgpuError:
+                if time.monotonic() > deadline or lab.client.instances.state(names[i]).status != "Running":
+                    raise
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(n) as pool_:
@@ -904,6 +913,16 @@ def postgres_database(url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def inotify_instances() -> int | None:
+    """fs.inotify.max_user_instances: every running systemd container takes about 8 of them, all
+    unprivileged containers count as one host user, and past the limit a container's init dies at boot
+    ("Failed to allocate manager object: Too many open files")."""
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--daemon", choices=sorted(SOCKETS), default="lxd")
@@ -922,6 +941,17 @@ def main() -> int:
     scale = dataclasses.replace(
         scale, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Scale) if getattr(args, f.name)}
     )
+    limit = inotify_instances()
+    if limit is not None and limit < 8 * scale.applications + 24:
+        print(
+            f"fs.inotify.max_user_instances is {limit}: about {limit // 8} systemd containers can run at once "
+            f"on this host, {scale.applications} are asked for; raise it first (LXD's production setup: "
+            "sysctl fs.inotify.max_user_instances=1048576) or use fewer --applications",
+            file=sys.stderr,
+        )
+        return 2
+    # A plain kill (SIGTERM) runs the clean-up too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from tests.conftest import TEST_IMAGE_ALIASES, _ensure_test_image, ensure_test_pool
 
     socket_path = SOCKETS[args.daemon]

@@ -36,17 +36,28 @@ from labgpu.runtime.endpoint import Endpoint
 PASSWORD = "bench-portal-password-9187"
 
 
-def _store_members(svc, names: list[str], port_start: int) -> None:  # type: ignore[no-untyped-def]
+def store_members(
+    svc,  # type: ignore[no-untyped-def]
+    names: list[str],
+    *,
+    port_start: int,
+    uid_start: int | None = None,
+    password_hash: str | None = None,
+) -> None:
+    """Members of the existing stopped containers ``names``, written straight to the store (fast): one SSH
+    port map each from ``port_start``, uids from ``uid_start`` (default: the policy's uid_base), and a
+    portal account with ``password_hash`` when one is given."""
     from labgpu.services.hosts import local_host
-    from labgpu.store.models import Member, MemberState, PortMap, PortPurpose
+    from labgpu.store.models import Account, Member, MemberState, PortMap, PortPurpose
 
+    uid_start = svc.settings.uid_base if uid_start is None else uid_start
     with svc.session() as session:
         host = local_host(session, svc.runtime)
         for i, name in enumerate(names):
             member = Member(
                 name=name,
                 email=f"{name}@bench.test",
-                uid=svc.settings.uid_base + i,
+                uid=uid_start + i,
                 host_id=host.id,
                 container=name,
                 state=MemberState.STOPPED,
@@ -63,6 +74,39 @@ def _store_members(svc, names: list[str], port_start: int) -> None:  # type: ign
                 )
             )
             session.add(member)
+            if password_hash is not None:
+                session.flush()
+                session.add(Account(member_id=member.id, password_hash=password_hash))
+
+
+def create_containers(client: RuntimeClient, names: list[str], *, workers: int = 4) -> float:
+    """Small stopped containers (busybox test image) marked as labgpu's; returns the seconds it took."""
+
+    def create(name: str) -> None:
+        client.instances.create(name, image=ALIAS, config={"user.labgpu.owner": name})
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(create, names))
+    return time.perf_counter() - t0
+
+
+def delete_containers(client: RuntimeClient, names: list[str], *, workers: int = 4) -> None:
+    """Delete the instances ``names`` (stopped first), ignoring failures (clean-up)."""
+
+    def rm(name: str) -> None:
+        with contextlib.suppress(Exception):
+            client.instances.stop(name, force=True)
+        with contextlib.suppress(Exception):
+            client.instances.delete(name)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(rm, names))
+
+
+def cli_list(daemon: str) -> None:
+    """The raw way: `lxc list --format json` (or incus), output parsed."""
+    json.loads(subprocess.run(CLI[daemon], check=True, capture_output=True).stdout)
 
 
 def main() -> int:
@@ -90,15 +134,9 @@ def main() -> int:
     prefix = f"bp-{secrets.token_hex(3)}"
     names = [f"{prefix}-{i}" for i in range(args.n)]
 
-    def create(name: str) -> None:
-        client.instances.create(name, image=ALIAS, config={"user.labgpu.owner": name})
-
     tmp = tempfile.TemporaryDirectory(prefix="labgpu-bench-portal-")
     try:
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(create, names))
-        created_s = time.perf_counter() - t0
+        created_s = create_containers(client, names)
 
         settings = load_settings(
             state_dir=f"{tmp.name}/state",
@@ -112,7 +150,7 @@ def main() -> int:
         svc = Services(
             settings=settings, runtime=runtime, sessions=session_factory(engine), actor=Actor("bench")
         )
-        _store_members(svc, names, 40000)
+        store_members(svc, names, port_start=40000)
         accounts.create_account(svc, name="boss", password=PASSWORD, role=Role.ADMIN)
         boss = next(a for a in accounts.list_accounts(svc, admins_only=True))
         from sqlalchemy import select
@@ -151,7 +189,7 @@ def main() -> int:
                 assert response.status_code == 200 and len(response.json()) >= args.n
 
             def cli() -> None:
-                json.loads(subprocess.run(CLI[args.daemon], check=True, capture_output=True).stdout)
+                cli_list(args.daemon)
 
             page(), api(), cli()  # warm all three
             t_page = statistics.median(timed(page, args.rounds))
@@ -188,13 +226,7 @@ def main() -> int:
             print(f"  ratio page / cli: {t_page / t_cli:.3f}   ratio api / cli: {t_api / t_cli:.3f}")
         return 0 if per_view == 1 else 1
     finally:
-
-        def rm(name: str) -> None:
-            with contextlib.suppress(Exception):
-                client.instances.delete(name)
-
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(rm, names))
+        delete_containers(client, names)
         client.close()
         tmp.cleanup()
 

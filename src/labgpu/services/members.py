@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import string
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -834,29 +835,47 @@ def get_member(svc: Services, name: str, *, live: bool = True) -> MemberInfo:
 # Changing -----------------------------------------------------------------------------------------
 
 
+# One power change at a time per member in this process. The desired state is written, then the daemon
+# acts; two changes sent together (a stop and a start from two tabs) must reach the daemon in the order
+# they reached the store, or the store says running while the daemon stopped (a lost update). Another
+# process (the CLI beside the portal) is not serialized with this one: the reconciler repairs that drift.
+_power_locks: dict[str, threading.Lock] = {}
+_power_locks_guard = threading.Lock()
+
+
+def _power_lock(name: str) -> threading.Lock:
+    with _power_locks_guard:
+        return _power_locks.setdefault(name, threading.Lock())
+
+
 def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> str:
-    """start / stop / restart a member's container; records the desired state. Returns the new status."""
+    """start / stop / restart a member's container; records the desired state. Returns the new status.
+
+    Waits for the daemon. Changes for the same member are made one at a time (in this process), so the
+    desired state in the store is the one of the change the daemon saw last. Raises BadInput, NotFound,
+    Conflict (the member is being provisioned or removed) and runtime errors."""
     if action not in ("start", "stop", "restart"):
         raise BadInput(f"unknown action {action!r}")
-    with svc.session() as session:
-        member = load_member(session, name)
-        if member.state in (MemberState.PROVISIONING, MemberState.REMOVING):
-            raise Conflict(f"member {name} is {member.state}; run `labgpu reconcile` first")
-        container = member.container or name
-        member.state = MemberState.STOPPED if action == "stop" else MemberState.RUNNING
-        svc.audit(session, f"member.{action}", name)
-        runtime = runtime_for(svc, member.host)
-    status = runtime.instances.state(container).status
-    if action == "start" and status != "Running":
-        runtime.instances.start(container)
-    elif action == "stop" and status != "Stopped":
-        runtime.instances.stop(container, force=force)
-    elif action == "restart":
-        if status == "Running":
-            runtime.instances.restart(container, force=force)
-        else:
+    with _power_lock(name):
+        with svc.session() as session:
+            member = load_member(session, name)
+            if member.state in (MemberState.PROVISIONING, MemberState.REMOVING):
+                raise Conflict(f"member {name} is {member.state}; run `labgpu reconcile` first")
+            container = member.container or name
+            member.state = MemberState.STOPPED if action == "stop" else MemberState.RUNNING
+            svc.audit(session, f"member.{action}", name)
+            runtime = runtime_for(svc, member.host)
+        status = runtime.instances.state(container).status
+        if action == "start" and status != "Running":
             runtime.instances.start(container)
-    return runtime.instances.state(container).status
+        elif action == "stop" and status != "Stopped":
+            runtime.instances.stop(container, force=force)
+        elif action == "restart":
+            if status == "Running":
+                runtime.instances.restart(container, force=force)
+            else:
+                runtime.instances.start(container)
+        return runtime.instances.state(container).status
 
 
 def reset_password(svc: Services, name: str) -> str:

@@ -1,0 +1,34 @@
+"""Load, shortened: bench/load.py's four parts at the --quick scale (5 applications approved at once, 10
+containers listed, 4 members stopping and starting in parallel, 10 portal users at once) against a real
+daemon and `labgpu serve`, on SQLite and on PostgreSQL. Asserts correctness only (no 5xx, nothing lost,
+store and daemon agreeing), never timings; the full run and its figures: docs/reliability.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bench.load import QUICK, port_block, run_load, table
+
+from tests.conftest import LabgpuEnv
+from tests.web.conftest import _empty_postgres, postgres_url  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_load_quick_loses_nothing(
+    labgpu_env: LabgpuEnv, daemon_kind: str, database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Ports above the kernel's ephemeral range: the run's own 10 clients must not take the one a proxy wants.
+    start, end = port_block(100)
+    overrides = {**labgpu_env.overrides, "port_range_start": str(start), "port_range_end": str(end)}
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _empty_postgres(url)
+        overrides["database_url"] = url
+    workdir = tmp_path / "load"
+    workdir.mkdir()
+    report = run_load(daemon_kind, overrides, QUICK, workdir=workdir, raw=False, database=database)
+    print(table(report))
+    assert report.checks and not report.failures, table(report)

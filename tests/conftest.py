@@ -256,7 +256,9 @@ def labgpu_env(
     """Settings for one test: own SQLite store and home folders, proxies on 127.0.0.1 in a
     random port range, the offline-built SSH image as the default template, the test profile.
     Containers made for members in the store are deleted at teardown (homes are tmp)."""
-    start = 30000 + secrets.randbelow(300) * 100
+    # Below the kernel's ephemeral ports (32768-60999 by default): a proxy port in that range can be taken
+    # at any moment by an outgoing connection of the test run itself ("address already in use").
+    start = 20000 + secrets.randbelow(120) * 100
     sock = runtime.endpoint.socket_path
     overrides = {
         "state_dir": str(tmp_path / "state"),

@@ -46,7 +46,7 @@ from labgpu.domain.members import (
 )
 from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
 from labgpu.runtime.client import RuntimeClient
-from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.runtime.errors import RuntimeBadRequest, RuntimeConflict, RuntimeError_, RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.host_clients import runtime_for, services_for
 from labgpu.services.hosts import local_host, public_address
@@ -575,10 +575,18 @@ def ensure_container(svc: Services, spec: ContainerSpec, roots: list[str]) -> bo
 
 
 def ensure_running(runtime: RuntimeClient, name: str) -> bool:
-    """Start the container unless it runs. Returns True when it was started."""
+    """Start the container unless it runs. Returns True when it was started.
+
+    The daemon may start it in the meantime (its own boot.autostart after a daemon restart, or a member's
+    click): a start refused because it already runs is not an error."""
     if runtime.instances.state(name).status == "Running":
         return False
-    runtime.instances.start(name)
+    try:
+        runtime.instances.start(name)
+    except (RuntimeBadRequest, RuntimeConflict, RuntimeError_):
+        if runtime.instances.state(name).status == "Running":
+            return False
+        raise
     return True
 
 

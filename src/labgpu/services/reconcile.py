@@ -375,7 +375,7 @@ def _reconcile_member(
                 START,
                 f"container {spec.name} is {inst.status.lower() or 'not running'}: start it",
                 dry_run,
-                lambda: svc.runtime.instances.start(spec.name),
+                lambda: members.ensure_running(svc.runtime, spec.name),
             )
     elif want.state == MemberState.STOPPED and inst.status == "Running":
         add(

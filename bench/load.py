@@ -54,11 +54,11 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -787,6 +787,20 @@ async def users_part(
 # The run --------------------------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, also from code that already runs inside an event loop (pytest with Playwright's
+    sync API keeps one running in the main thread): then in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def run_load(
     daemon: str,
     overrides: dict[str, str],
@@ -815,7 +829,7 @@ def run_load(
                 pool or lab.settings.storage_pool,
             )
         with lab.served():
-            passwords = asyncio.run(applications_part(lab, scale, report, admins[0]))
+            passwords = run_async(applications_part(lab, scale, report, admins[0]))
             if raw and "applications" in report.parts:
                 ratio = (
                     report.parts["applications"]["all_done_s"] / report.parts["raw_launch"]["all_ssh_ready_s"]
@@ -824,10 +838,10 @@ def run_load(
             t0 = time.perf_counter()
             listed = add_listed_members(lab, scale.containers - scale.applications)
             report.parts["listing_setup_s"] = round(time.perf_counter() - t0, 1)
-            asyncio.run(listing_part(lab, scale, report, admins[1], list(passwords) + listed))
-            asyncio.run(power_part(lab, scale, report, passwords))
+            run_async(listing_part(lab, scale, report, admins[1], list(passwords) + listed))
+            run_async(power_part(lab, scale, report, passwords))
             everyone = {**passwords, **{name: PASSWORD for name in listed}}
-            asyncio.run(users_part(lab, scale, report, admins, everyone))
+            run_async(users_part(lab, scale, report, admins, everyone))
         log = lab.log.read_text(errors="replace")
         report.check(
             "server: no traceback in the portal's log",

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     ssh_ready_timeout: float = Field(
         120.0, gt=0, description="Seconds `member add` waits for the new container's sshd to answer."
     )
+    provision_workers: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="How many approved applications the portal provisions at the same time (each creates "
+        "a container and waits for its sshd; 50 approvals at once take about 50/N provisioning times).",
+    )
     home_base: Path = Field(
         Path("/srv/labgpu/home"), description="Host folder holding each member's home folder."
     )

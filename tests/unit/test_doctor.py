@@ -21,6 +21,7 @@ from labgpu.services.doctor import (
     daemon_checks,
     database_check,
     gpu_checks,
+    kernel_limit_checks,
     nvidia_pci_devices,
     parse_version,
     run_doctor,
@@ -301,3 +302,58 @@ def test_json_shape() -> None:
         "fix": "",
         "critical": False,
     }
+
+
+# Kernel limits ------------------------------------------------------------------
+
+
+def write_sysctls(root: Path, **values: int) -> HostPaths:
+    for key, value in values.items():
+        path = root / "proc/sys" / key.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{value}\n")
+    return HostPaths(root=root)
+
+
+def test_debians_default_inotify_limit_fails_and_says_how_many_containers_can_run(tmp_path: Path) -> None:
+    paths = write_sysctls(
+        tmp_path,
+        fs__inotify__max_user_instances=128,
+        fs__inotify__max_user_watches=8192,
+        fs__inotify__max_queued_events=16384,
+        vm__max_map_count=65530,
+    )
+    [check] = kernel_limit_checks(paths)
+    assert check.status == CheckStatus.FAIL
+    assert not check.critical  # a few containers still run: doctor's exit code stays 0
+    assert "only about 16 containers" in check.detail
+    assert "sysctl -w fs.inotify.max_user_instances=1048576" in check.fix
+    assert "sysctl -w vm.max_map_count=262144" in check.fix
+    assert "/etc/sysctl.d/" in check.fix
+    assert DoctorReport(checks=[check]).exit_code == 0
+
+
+def test_raised_inotify_but_other_limits_low_is_a_warning_naming_them(tmp_path: Path) -> None:
+    paths = write_sysctls(
+        tmp_path,
+        fs__inotify__max_user_instances=1024,
+        fs__inotify__max_user_watches=1048576,
+        fs__inotify__max_queued_events=16384,
+        vm__max_map_count=262144,
+    )
+    [check] = kernel_limit_checks(paths)
+    assert check.status == CheckStatus.WARN
+    assert "fs.inotify.max_queued_events=16384" in check.detail
+    assert "max_user_watches" not in check.fix  # only what is low is to be changed
+
+
+def test_production_limits_pass_and_no_proc_is_not_applicable(tmp_path: Path) -> None:
+    paths = write_sysctls(
+        tmp_path / "good",
+        fs__inotify__max_user_instances=1048576,
+        fs__inotify__max_user_watches=1048576,
+        fs__inotify__max_queued_events=1048576,
+        vm__max_map_count=262144,
+    )
+    assert [c.status for c in kernel_limit_checks(paths)] == [CheckStatus.OK]
+    assert [c.status for c in kernel_limit_checks(HostPaths(root=tmp_path / "none"))] == [CheckStatus.NA]

@@ -115,6 +115,21 @@ def test_allocated_ports_are_free_distinct_and_in_range(used: set[int], count: i
     assert all(100 <= p <= 120 and p not in used for p in ports)
 
 
+@given(
+    st.sets(st.integers(min_value=100, max_value=120)),
+    st.sets(st.integers(min_value=100, max_value=120)),
+    st.integers(min_value=1, max_value=5),
+)
+def test_ports_someone_else_listens_on_are_skipped(used: set[int], listened: set[int], count: int) -> None:
+    try:
+        ports = allocate_ports(used, start=100, end=120, count=count, available=lambda p: p not in listened)
+    except Exhausted:
+        assert len(set(range(100, 121)) - used - listened) < count
+        return
+    assert not set(ports) & (used | listened)
+    assert ports == sorted(set(range(100, 121)) - used - listened)[:count]  # still the lowest free
+
+
 def test_exhausted_ranges_say_how_to_fix() -> None:
     with pytest.raises(Exhausted, match="port_range"):
         allocate_ports({10}, start=10, end=10, count=1)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from labgpu.errors import BadInput, Exhausted
@@ -154,12 +154,22 @@ def allocate_uid(used: Iterable[int], *, base: int, count: int) -> int:
     raise Exhausted(f"no free member uid left in {base}-{base + count - 1}; raise uid_count in the settings")
 
 
-def allocate_ports(used: Iterable[int], *, start: int, end: int, count: int) -> list[int]:
-    """The ``count`` lowest free ports in [start, end]; Exhausted when not enough are left."""
+def allocate_ports(
+    used: Iterable[int],
+    *,
+    start: int,
+    end: int,
+    count: int,
+    available: Callable[[int], bool] | None = None,
+) -> list[int]:
+    """The ``count`` lowest free ports in [start, end]; Exhausted when not enough are left.
+
+    ``available`` is asked about each port not in ``used`` (say, whether some other program on the host
+    already listens there); a port it refuses is skipped."""
     taken = set(used)
     free: list[int] = []
     for port in range(start, end + 1):
-        if port not in taken:
+        if port not in taken and (available is None or available(port)):
             free.append(port)
             if len(free) == count:
                 return free

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -405,14 +406,7 @@ def provision_application(svc: Services, application_id: int) -> ApplicationInfo
         )
         members.add_member(worker, request, wait_ssh=False)
         _set_progress(worker, application_id, WAITING_SSH)
-        sheet = members.get_member(worker, app.name, live=False)
-        ssh_port = sheet.ports.get("ssh")
-        if ssh_port is not None:
-            members.wait_for_ssh(
-                members.probe_address(worker.settings.listen_address),
-                ssh_port,
-                timeout=worker.settings.ssh_ready_timeout,
-            )
+        members.wait_member_ssh(worker, app.name)
         _set_progress(worker, application_id, ACCOUNT)
         _move_password(worker, application_id)
     except LabgpuError as exc:
@@ -559,23 +553,26 @@ def notify_applicant(svc: Services, app: ApplicationInfo) -> bool:
 
 
 class ProvisionWorker:
-    """Provisions approved applications one at a time in a daemon thread (started on first use).
+    """Provisions approved applications in daemon threads, up to ``settings.provision_workers`` at once
+    (threads started on first use).
 
     The portal makes one, queues every unfinished application at start-up (:meth:`resume`) and each
     approval or retry as it comes (:meth:`enqueue`). The store is the queue's truth: a portal killed
-    mid-way finds the application still ``approved`` when it starts again. Two portal processes on one
-    store may both work on an application; every step is safe to repeat and the store's constraints
-    catch a clash."""
+    mid-way finds the application still ``approved`` when it starts again. An application is worked on
+    by one thread at a time; members made at the same time get distinct uids and ports (the store's
+    constraints, retried). Two portal processes on one store may both work on an application; every
+    step is safe to repeat and the store's constraints catch a clash."""
 
-    def __init__(self, svc: Services, *, enabled: bool = True) -> None:
+    def __init__(self, svc: Services, *, enabled: bool = True, workers: int | None = None) -> None:
         self._svc = svc
         self.enabled = enabled
+        self.workers = max(1, workers if workers is not None else svc.settings.provision_workers)
         self._queue: queue.Queue[int] = queue.Queue()
         self._pending: set[int] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def enqueue(self, application_id: int) -> None:
         with self._lock:
@@ -583,9 +580,13 @@ class ProvisionWorker:
                 return
             self._pending.add(application_id)
             self._queue.put(application_id)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="labgpu-applications", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) < min(self.workers, len(self._pending)):
+                thread = threading.Thread(
+                    target=self._run, name=f"labgpu-applications-{len(self._threads) + 1}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
 
     def resume(self) -> int:
         """Queue every approved application that has not finished. Returns how many. Never raises."""
@@ -621,6 +622,6 @@ class ProvisionWorker:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking work; wait up to ``timeout`` for the current step (it is resumed at the next start)."""
         self._stopping.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -9,6 +9,7 @@ step checks what does before acting.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
@@ -16,7 +17,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from labgpu.store.models import Host, Member, MemberState, PortMap, PortPurpose,
 PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
 PASSWORD_LENGTH = 16
 SSH_READY_TIMEOUT = 120.0
+HALTED_CHECK_EVERY_S = 2.0  # how often wait_for_ssh asks the daemon whether the container still runs
 _ALLOCATION_RETRIES = 5
 
 
@@ -333,17 +335,42 @@ def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
         )
 
 
+def listened_here(address: str, port: int) -> bool:
+    """Whether some program on this machine already listens on address:port (TCP).
+
+    Binds as a proxy device would (SO_REUSEADDR, so connections lingering in TIME_WAIT do not count)
+    and lets go at once. An address this machine does not have, or a port this user may not bind,
+    tells nothing: False."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address or "0.0.0.0", port))  # noqa: S104 - a probe: closed at once
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def new_port_maps(session: Session, settings: Any, host_id: int, purposes: Sequence[str]) -> list[PortMap]:
     """Port maps for ``purposes`` on the lowest free ports of ``host_id`` (settings.listen_address).
 
-    Not added to any member; a concurrent allocation of the same port fails on the store's constraint."""
+    Not added to any member; a concurrent allocation of the same port fails on the store's constraint.
+    On the local daemon's host, a port some other program already listens on is skipped (the proxy
+    device could not listen there and the container would not start)."""
     used = session.scalars(
         select(PortMap.host_port).where(
             PortMap.host_id == host_id, PortMap.listen_address == settings.listen_address
         )
     )
+    host = session.get(Host, host_id)
+    local = host is not None and host.url is None
+    address = settings.listen_address
     ports = allocate_ports(
-        used, start=settings.port_range_start, end=settings.port_range_end, count=len(purposes)
+        used,
+        start=settings.port_range_start,
+        end=settings.port_range_end,
+        count=len(purposes),
+        available=(lambda port: not listened_here(address, port)) if local else None,
     )
     return [
         PortMap(
@@ -607,9 +634,35 @@ def ssh_probe_address(svc: Services, host: Host | None, listen_address: str) -> 
     return listen_address
 
 
-def wait_for_ssh(address: str, port: int, *, timeout: float = SSH_READY_TIMEOUT) -> None:
-    """Wait until an SSH server answers with its banner at address:port (through the proxy device)."""
+def container_halted(runtime: RuntimeClient, name: str) -> Callable[[], str | None]:
+    """A check for :func:`wait_for_ssh`: the container's status once it is no longer running, else None.
+
+    A daemon that does not answer for a moment is not a verdict (None: keep waiting)."""
+
+    def check() -> str | None:
+        try:
+            status = runtime.instances.state(name).status
+        except LabgpuError:
+            return None
+        return None if status == "Running" else status or "gone"
+
+    return check
+
+
+def wait_for_ssh(
+    address: str,
+    port: int,
+    *,
+    timeout: float = SSH_READY_TIMEOUT,
+    halted: Callable[[], str | None] | None = None,
+    container: str = "",
+) -> None:
+    """Wait until an SSH server answers with its banner at address:port (through the proxy device).
+
+    With ``halted`` (see :func:`container_halted`), a container that stops meanwhile (its init died at
+    boot, it ran out of memory) fails the wait at once instead of after ``timeout``."""
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + HALTED_CHECK_EVERY_S
     last = "no answer"
     while time.monotonic() < deadline:
         try:
@@ -621,8 +674,41 @@ def wait_for_ssh(address: str, port: int, *, timeout: float = SSH_READY_TIMEOUT)
             last = "connection closed before the SSH banner"
         except OSError as exc:
             last = exc.strerror or str(exc)
+        if halted is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + HALTED_CHECK_EVERY_S
+            status = halted()
+            if status is not None:
+                raise ProvisionError(
+                    f"container {container} stopped while labgpu waited for its sshd (status: {status})",
+                    hint=f"see why with `lxc info {container} --show-log` (or `incus info {container} "
+                    "--show-log`); `labgpu doctor` checks the kernel limits that make containers die at boot",
+                )
         time.sleep(0.3)
     raise ProvisionError(f"sshd did not answer on {address}:{port} within {timeout:g}s ({last})")
+
+
+def wait_member_ssh(svc: Services, name: str) -> None:
+    """Wait until the member's sshd answers through their SSH port map, from wherever labgpu can knock
+    (nothing to wait for when the port listens on another host's loopback). Fails at once when the
+    container stops meanwhile. Raises NotFound, ProvisionError."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        host = member.host
+        member_svc = services_for(svc, host)
+        ssh = next((pm for pm in member.port_maps if pm.purpose == PortPurpose.SSH), None)
+        container = member.container or name
+    if ssh is None:
+        return
+    probe = ssh_probe_address(member_svc, host, ssh.listen_address)
+    if probe is None:
+        return
+    wait_for_ssh(
+        probe,
+        ssh.host_port,
+        timeout=member_svc.settings.ssh_ready_timeout,
+        halted=container_halted(member_svc.runtime, container),
+        container=container,
+    )
 
 
 def set_initial_password(svc: Services, container: str) -> str:
@@ -710,7 +796,13 @@ def provision(
     ssh = next(p for p in spec.ports if p.purpose == "ssh")
     probe = ssh_probe_address(svc, host, ssh.listen_address)
     if wait_ssh and probe is not None:
-        wait_for_ssh(probe, ssh.host_port, timeout=svc.settings.ssh_ready_timeout)
+        wait_for_ssh(
+            probe,
+            ssh.host_port,
+            timeout=svc.settings.ssh_ready_timeout,
+            halted=container_halted(svc.runtime, spec.name),
+            container=spec.name,
+        )
     checkpoint("ssh")
     password = set_initial_password(svc, spec.name) if set_password else None
     checkpoint("password")

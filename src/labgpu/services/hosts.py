@@ -5,24 +5,44 @@ from __future__ import annotations
 import socket
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from labgpu.errors import Conflict
 from labgpu.runtime.client import RuntimeClient
 from labgpu.settings import Settings
 from labgpu.store.models import Host, HostKind
 
 
 def local_host(session: Session, runtime: RuntimeClient) -> Host:
-    """The store's row for the daemon labgpu talks to by default, created when missing."""
-    host = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
-    if host is not None:
-        return host
+    """The store's row for the daemon labgpu talks to by default, created when missing.
+
+    The row is made in a transaction of its own, committed at once: several requests may meet an empty
+    store together (the portal provisions a class's applications in parallel), and the one that loses
+    the race on the unique name simply reads the winner's row, without spoiling the caller's
+    transaction."""
+    found = _local_row(session)
+    if found is not None:
+        return found
     info = runtime.server()
-    name = info.server_name or socket.gethostname() or "local"
-    host = Host(name=name[:63], url=None, kind=HostKind(info.kind), public_address=None)
-    session.add(host)
-    session.flush()
-    return host
+    name = (info.server_name or socket.gethostname() or "local")[:63]
+    with Session(bind=session.get_bind()) as own:
+        own.add(Host(name=name, url=None, kind=HostKind(info.kind), public_address=None))
+        try:
+            own.commit()
+        except IntegrityError:
+            own.rollback()  # made meanwhile by someone else
+    found = _local_row(session)
+    if found is None:  # the name is taken by a host that is not the local daemon
+        raise Conflict(
+            f"a host named {name} is already in the store for another daemon",
+            hint="rename that host (labgpu host rm / add) or set the local daemon's server name",
+        )
+    return found
+
+
+def _local_row(session: Session) -> Host | None:
+    return session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
 
 
 def public_address(host: Host, settings: Settings) -> str:

@@ -200,3 +200,43 @@ def test_gateway_password_login_must_be_changed_first(
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == sheet.container
     assert ssh_password(password, gw.port, "true", user=name).returncode != 0
+
+
+def test_member_commands_keep_an_enabled_gateway_current(
+    test_gateway: GatewayUnderTest,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With the gateway on, `member add`, `member key add|rm` and `member rm` change the member's host
+    account at once: no `gateway sync` or reboot needed."""
+    gw = test_gateway
+    env = gw.env
+    r = labgpu(env, "host", "gateway", "enable", "--sshd-config", str(gw.main_config), "--no-reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    gw.start_sshd()
+    name = unique_name("gk")
+    first, second = make_key(tmp_path, "first"), make_key(tmp_path, "second")
+
+    r = labgpu(env, "member", "add", name, "--ssh-key", f"{first}.pub")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ssh {name}@<host> reaches the container" in r.stdout
+    assert pwd.getpwnam(name).pw_shell == str(gw.login)
+    r = gw.ssh(name, first, "hostname")
+    assert r.returncode == 0, r.stderr + gw.log.read_text()[-3000:]
+    assert r.stdout.strip() == name
+
+    r = labgpu(env, "member", "key", "add", name, f"{second}.pub")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert gw.ssh(name, second, "true").returncode == 0
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", f"{first}.pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    r = labgpu(env, "member", "key", "rm", name, fingerprint)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert gw.ssh(name, first, "true").returncode == 255  # the removed key no longer opens the gateway
+    assert gw.ssh(name, second, "true").returncode == 0
+
+    r = labgpu(env, "member", "rm", name, "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    assert not (Path(env.settings().gateway_dir) / "keys" / name).exists()

@@ -598,6 +598,7 @@ def _finish(
             purged=purged,
             freed_ports=ports,
         )
+    notes += members.gateway_changed(svc, name)
     return Removal(
         name=name,
         container=container,

@@ -10,6 +10,7 @@ step checks what does before acting.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import signal
@@ -54,6 +55,7 @@ from labgpu.services.hosts import local_host, public_address
 from labgpu.store.db import violated_constraint
 from labgpu.store.models import Host, Member, MemberState, PortMap, PortPurpose, Share, SshKey
 
+log = logging.getLogger(__name__)
 PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
 PASSWORD_LENGTH = 16
 SSH_READY_TIMEOUT = 120.0
@@ -281,6 +283,7 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
         existing = session.scalars(select(Member).where(Member.name == request.name)).first()
         if existing is not None and existing.state != MemberState.PROVISIONING:
             raise Conflict(f"member {request.name} already exists")
+    notes: tuple[str, ...] = ()
     if existing is None:
         placement = place(
             svc,
@@ -297,7 +300,20 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
         checkpoint("desired-state")
         notes = tuple(n for n in (placement.note, gpu_note) if n)
     sheet = provision(svc, request.name, wait_ssh=wait_ssh)
-    return replace(sheet, notes=(*sheet.notes, *notes)) if existing is None else sheet
+    return replace(sheet, notes=(*sheet.notes, *notes, *gateway_changed(svc, request.name)))
+
+
+def gateway_changed(svc: Services, name: str) -> list[str]:
+    """Keep the login gateway (when enabled) in step with a member who was added, removed or whose keys
+    changed: their host account, key file and the map. Never raises; returns notes to show (and logs
+    them: the portal shows none)."""
+    from labgpu.services import gateway
+
+    notes = gateway.on_member_changed(svc, name)
+    for note in notes:
+        if "password" not in note:  # a gateway password is shown once, never logged
+            log.info("%s", note)
+    return notes
 
 
 def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
@@ -1011,8 +1027,9 @@ def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:
         svc.audit(session, "member.key.add", name, fingerprints=added)
         all_keys = [k.public_key for k in member.ssh_keys]
         container = member.container or name
-        svc = services_for(svc, member.host)
-    _install_if_running(svc, container, all_keys)
+        host_svc = services_for(svc, member.host)
+    _install_if_running(host_svc, container, all_keys)
+    gateway_changed(svc, name)
     return added
 
 
@@ -1029,8 +1046,9 @@ def remove_key(svc: Services, name: str, fingerprint_or_comment: str) -> str:
         svc.audit(session, "member.key.rm", name, fingerprint=matches[0].fingerprint)
         all_keys = [k.public_key for k in member.ssh_keys if k is not matches[0]]
         container = member.container or name
-        svc = services_for(svc, member.host)
-    _install_if_running(svc, container, all_keys)
+        host_svc = services_for(svc, member.host)
+    _install_if_running(host_svc, container, all_keys)
+    gateway_changed(svc, name)
     return matches[0].fingerprint
 
 

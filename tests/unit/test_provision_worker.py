@@ -81,3 +81,56 @@ def test_one_worker_provisions_one_at_a_time_and_a_stopped_worker_takes_nothing(
     worker.enqueue(4)
     time.sleep(0.2)
     assert fake.done == [1, 2, 3]
+
+
+# Trying again after a daemon's error -------------------------------------------------------------------
+
+
+def _approved(store: Any) -> int:
+    from labgpu.store.models import Application, ApplicationStatus
+
+    svc = store.svc()
+    app = applications.submit(svc, name="newbie", email="newbie@lab.test", password="quiet-walnut-58-harbor")
+    with svc.session() as session:
+        row = session.get(Application, app.id)
+        row.status = ApplicationStatus.APPROVED
+        row.decided_by = "boss"
+    return app.id
+
+
+def test_a_daemon_error_is_tried_again_and_then_recorded(
+    gpu_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labgpu.runtime.errors import OperationFailed
+
+    app_id = _approved(gpu_store)
+    tries: list[str] = []
+    progress: list[str] = []
+
+    def flaky(worker: Any, app: Any) -> None:  # stands in for the real provisioning
+        progress.append(applications.get_application(worker, app.id).progress or "")
+        tries.append(app.name)
+        raise OperationFailed("start instance newbie: readdirent /x: bad file descriptor")
+
+    monkeypatch.setattr(applications, "_provision_once", flaky)
+    monkeypatch.setattr(applications, "RETRY_DELAYS_S", (0.0, 0.0))
+    info = applications.provision_application(gpu_store.svc(), app_id)
+    assert len(tries) == 3  # the first try and two more
+    assert progress[1].startswith("trying again in 0s after: start instance newbie")
+    assert (info.status, info.progress) == ("failed", "start instance newbie: readdirent /x: bad file descriptor")
+
+
+def test_wrong_input_fails_at_once(gpu_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labgpu.errors import BadInput
+
+    app_id = _approved(gpu_store)
+    tries: list[str] = []
+
+    def wrong(worker: Any, app: Any) -> None:
+        tries.append(app.name)
+        raise BadInput("unknown template 'nope'")
+
+    monkeypatch.setattr(applications, "_provision_once", wrong)
+    info = applications.provision_application(gpu_store.svc(), app_id)
+    assert tries == ["newbie"]
+    assert (info.status, info.progress) == ("failed", "unknown template 'nope'")

@@ -32,7 +32,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from labgpu.domain.members import format_size, parse_gpu_request, parse_size, validate_cpu
-from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
+from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound, Unavailable
+from labgpu.runtime.errors import RuntimeError_
 from labgpu.services import containers, mail, members
 from labgpu.services.accounts import _check_email
 from labgpu.services.context import Actor, Services
@@ -52,6 +53,12 @@ CREATING = "creating the container"
 WAITING_SSH = "waiting for sshd"
 ACCOUNT = "creating the portal account"
 DONE = "done"
+# A daemon's error (it failed an operation, or did not answer) or a container whose sshd did not come up may
+# pass: a busy daemon has been seen failing 2 of 50 parallel creates with "readdirent ...: bad file
+# descriptor". Such an application is tried again after these pauses before it is marked failed. Wrong
+# input (a template that does not exist, a name taken meanwhile) fails at once.
+RETRY_DELAYS_S = (5.0, 20.0)
+TRANSIENT: tuple[type[LabgpuError], ...] = (RuntimeError_, Unavailable, members.ProvisionError)
 PROGRESS_STEPS = (QUEUED, CREATING, WAITING_SSH, ACCOUNT, DONE)
 
 
@@ -393,22 +400,23 @@ def provision_application(svc: Services, application_id: int) -> ApplicationInfo
     # The changes are the approving admin's doing (audit), made by the portal in the background.
     worker = dataclasses.replace(svc, actor=Actor(app.decided_by or "system", None, True))
     try:
-        _check_member(worker, app)
-        _set_progress(worker, application_id, CREATING)
-        request = members.validate_request(
-            worker,
-            name=app.name,
-            template=app.template,
-            cpu=app.cpu,
-            memory=f"{app.memory_bytes}B" if app.memory_bytes else None,
-            gpus=app.gpus,
-            email=app.email,
-        )
-        members.add_member(worker, request, wait_ssh=False)
-        _set_progress(worker, application_id, WAITING_SSH)
-        members.wait_member_ssh(worker, app.name)
-        _set_progress(worker, application_id, ACCOUNT)
-        _move_password(worker, application_id)
+        for attempt in range(1, len(RETRY_DELAYS_S) + 2):
+            try:
+                _provision_once(worker, app)
+                break
+            except TRANSIENT as exc:
+                if attempt > len(RETRY_DELAYS_S):
+                    raise
+                delay = RETRY_DELAYS_S[attempt - 1]
+                log.warning(
+                    "application %s (%s): %s; trying again in %gs",
+                    application_id,
+                    app.name,
+                    exc.log_message,
+                    delay,
+                )
+                _set_progress(worker, application_id, f"trying again in {delay:g}s after: {exc.message}")
+                time.sleep(delay)
     except LabgpuError as exc:
         log.warning("application %s (%s) failed: %s", application_id, app.name, exc.log_message)
         _set_progress(worker, application_id, exc.message, ApplicationStatus.FAILED)
@@ -427,6 +435,26 @@ def provision_application(svc: Services, application_id: int) -> ApplicationInfo
     done = get_application(svc, application_id)
     notify_applicant(worker, done)
     return done
+
+
+def _provision_once(worker: Services, app: ApplicationInfo) -> None:
+    """One try at the member of ``app``: each step checks what exists, so a second try resumes."""
+    _check_member(worker, app)
+    _set_progress(worker, app.id, CREATING)
+    request = members.validate_request(
+        worker,
+        name=app.name,
+        template=app.template,
+        cpu=app.cpu,
+        memory=f"{app.memory_bytes}B" if app.memory_bytes else None,
+        gpus=app.gpus,
+        email=app.email,
+    )
+    members.add_member(worker, request, wait_ssh=False)
+    _set_progress(worker, app.id, WAITING_SSH)
+    members.wait_member_ssh(worker, app.name)
+    _set_progress(worker, app.id, ACCOUNT)
+    _move_password(worker, app.id)
 
 
 def _check_member(svc: Services, app: ApplicationInfo) -> None:

@@ -117,7 +117,10 @@ def test_a_daemon_error_is_tried_again_and_then_recorded(
     info = applications.provision_application(gpu_store.svc(), app_id)
     assert len(tries) == 3  # the first try and two more
     assert progress[1].startswith("trying again in 0s after: start instance newbie")
-    assert (info.status, info.progress) == ("failed", "start instance newbie: readdirent /x: bad file descriptor")
+    assert (info.status, info.progress) == (
+        "failed",
+        "start instance newbie: readdirent /x: bad file descriptor",
+    )
 
 
 def test_wrong_input_fails_at_once(gpu_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:

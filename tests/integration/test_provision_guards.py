@@ -71,7 +71,9 @@ def test_a_container_that_stops_while_sshd_is_awaited_fails_the_add_at_once(
     stopper.join(5)
     assert r.returncode == 1, r.stdout + r.stderr
     [line] = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: container {name} stopped while labgpu waited for its sshd (status: Stopped)")
+    assert line.startswith(
+        f"error: container {name} stopped while labgpu waited for its sshd (status: Stopped)"
+    )
     assert f"info {name} --show-log" in line
     assert took < 450, f"the add waited {took:.0f}s: the stop was not noticed"
     # The member stays, half-made and resumable; nothing else was made for it.

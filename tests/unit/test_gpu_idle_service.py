@@ -123,7 +123,7 @@ def test_release_ends_a_booking_whose_gpus_are_all_idle(gpu_store: GpuStore, smt
     last = runs[-1]
     assert f"released booking {both.id}" in last.result.lines
     # No daemon here: the detach waits for the bookings job, and the run says so.
-    assert last.status == "failed" and "released GPUs not detached yet" in last.result.errors[0]
+    assert last.status == "failed" and "released GPUs on gpu1 not detached yet" in last.result.errors[0]
     bookings.book(
         svc,
         member="alice",

@@ -154,5 +154,7 @@ def test_the_bookings_job_moves_bookings_even_when_the_daemon_is_away(gpu_store:
     (run,) = jobs.run_once(svc, job="bookings", now=T0 + H)
     assert run.status == "failed"
     assert run.result.lines == [f"booking {view.id} (alice, GPU 1): approved -> active"]
-    assert run.result.errors[0].startswith("GPUs not attached or detached: cannot reach the LXD/Incus daemon")
+    assert run.result.errors[0].startswith(
+        "GPUs on gpu1 not attached or detached: cannot reach the LXD/Incus daemon"
+    )
     assert bookings.get_booking(svc, view.id).status == "active"

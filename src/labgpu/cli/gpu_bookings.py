@@ -10,7 +10,7 @@ import getpass
 import os
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -20,6 +20,10 @@ from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.domain.bookings import parse_time
 from labgpu.errors import BadInput, LabgpuError
 from labgpu.store.models import utcnow
+
+if TYPE_CHECKING:
+    from labgpu.gpu.nvml import GpuSource
+    from labgpu.store.models import Host
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # Hidden, for tests and demos on hosts without a GPU: the clock, and the host's GPUs from a recording.
@@ -51,6 +55,23 @@ def _gpu_map(c: CliContext, replay: Path | None) -> dict[int, str] | None:
     from labgpu.services.gpu_attach import gpu_map
 
     return gpu_map(c.services, RecordedNvml.from_file(replay))
+
+
+def _recording(replay: Path | None) -> GpuSource | None:
+    if replay is None:
+        return None
+    from labgpu.gpu.fake import RecordedNvml
+
+    return RecordedNvml.from_file(replay)
+
+
+def _host_named(c: CliContext, name: str) -> Host | None:
+    from sqlalchemy import select
+
+    from labgpu.store.models import Host
+
+    with c.services.session() as session:
+        return session.scalars(select(Host).where(Host.name == name)).first()
 
 
 def _default_member(c: CliContext) -> str:
@@ -113,6 +134,8 @@ def mode(
                 )
         for o in report.detached:
             c.console.print(Text(f"  {o.member}: {o.message}"), soft_wrap=True)
+        if report.detach_error:
+            c.console.print(Text(f"  {report.detach_error}"), soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
 
@@ -261,13 +284,16 @@ def cancel(
     done = bookings.cancel(c.services, booking_id, now=clock(now))
     outcomes: list[gpu_attach.AttachOutcome] = []
     note = ""
-    if done.ended_early:
+    host = _host_named(c, done.booking.host) if done.ended_early else None
+    if host is not None:
         try:
             outcomes = gpu_attach.sync_host(
-                c.services, gpus_on_host=_gpu_map(c, replay), members={done.booking.member}
+                c.services, host=host, source=_recording(replay), members={done.booking.member}
             )
         except LabgpuError as exc:
-            note = f"GPUs not detached yet ({exc.message}); the job runner detaches them"
+            note = f"GPUs not detached from {host.name} yet ({exc.message}); the job runner detaches them"
+    elif done.ended_early:
+        note = "its GPUs are detached by the job runner"
     if json_out:
         print_json(
             {**done.booking.as_dict(), "detach": [o.as_dict() for o in outcomes], "note": note or None}

@@ -162,23 +162,31 @@ class CancelOutcome:
     note: str  # "" when nothing needed saying
 
 
-def cancel_booking(svc: Services, booking_id: int, *, now: datetime | None = None) -> CancelOutcome:
-    """Cancel a booking (one that runs ends now). Its GPUs are detached at once when its host is this
-    machine's daemon, else by the job runner within a minute. Raises what
-    :func:`labgpu.services.bookings.cancel` raises."""
+def cancel_booking(
+    svc: Services,
+    booking_id: int,
+    *,
+    now: datetime | None = None,
+    reader: GpuUsageReader | None = None,
+) -> CancelOutcome:
+    """Cancel a booking (one that runs ends now). The GPUs of one that ran are detached at once,
+    through the daemon of the booking's host (``reader`` finds a remote host's GPUs through its agent);
+    when that daemon does not answer, by the job runner within a minute (the note says so). Raises
+    what :func:`labgpu.services.bookings.cancel` raises. Waits for the detach."""
     done = bookings.cancel(svc, booking_id, now=now)
     if not done.ended_early:
         return CancelOutcome(done.booking, False, "")
     with svc.session() as session:
         host = session.scalars(select(Host).where(Host.name == done.booking.host)).first()
-        here = host is not None and host.url is None
-    if not here:
+    if host is None:
         return CancelOutcome(done.booking, True, "its GPUs are detached by the job runner")
     try:
-        outcomes = gpu_attach.sync_host(svc, members={done.booking.member})
+        outcomes = gpu_attach.sync_host(svc, host=host, members={done.booking.member}, reader=reader)
     except LabgpuError as exc:
         return CancelOutcome(
-            done.booking, True, f"GPUs not detached yet ({exc.message}); the job runner detaches them"
+            done.booking,
+            True,
+            f"GPUs not detached from {host.name} yet ({exc.message}); the job runner detaches them",
         )
     note = "; ".join(o.message for o in outcomes if o.changed or o.failed)
     return CancelOutcome(done.booking, True, note)

@@ -264,6 +264,17 @@ def _host_of(session: Session, member: Member) -> Host:
     return host
 
 
+def _gpus_of_members_host(svc: Services, member: str) -> Mapping[int, str]:
+    """The GPUs of ``member``'s host, asked before the booking lock is taken (no I/O under it); empty
+    when there is no such member or host (book() then says why)."""
+    from labgpu.services.gpu_attach import host_gpu_map
+
+    with svc.session() as session:
+        row = session.scalars(select(Member).where(Member.name == member)).first()
+        host = session.get(Host, row.host_id) if row is not None and row.host_id is not None else None
+    return host_gpu_map(svc, host) if host is not None else {}
+
+
 def check_booked_mode(host: Host) -> None:
     """Raise Conflict unless ``host`` shares its GPUs by booking."""
     if host.gpu_mode != GpuMode.BOOKED:
@@ -294,7 +305,8 @@ def book(
     """Book GPUs of ``member``'s host for ``[start, end)`` (widened to whole slots).
 
     ``gpus`` is a count (``"2"``: labgpu picks free GPUs) or indexes (``"0,2"``, ``"3,"``).
-    ``gpus_on_host`` (index -> PCI address) defaults to the runtime's resources API. The booking is
+    ``gpus_on_host`` (index -> PCI address) defaults to the GPUs of the member's host, from that host's
+    daemon (or its GPU agent: :func:`labgpu.services.gpu_attach.host_gpu_map`). The booking is
     pending when policy asks for approval, else approved; its GPUs are attached at its start by the
     job runner. Audit ``booking.add``. Raises BadInput (bad window, unknown GPU), BookingConflict
     (overlap), QuotaExceeded, Exhausted (not enough free GPUs), Conflict (host not in booked mode),
@@ -309,9 +321,7 @@ def book(
     rules.check_window(start, end, policy, now)  # the request as the member asked
     aligned_start, aligned_end = rules.align_window(start, end, slot)
     if gpus_on_host is None:
-        from labgpu.services.members import host_gpus
-
-        gpus_on_host = host_gpus(svc.runtime)
+        gpus_on_host = _gpus_of_members_host(svc, member)
     with serialized(svc) as session:
         row_member = _member(session, member)
         host = _host_of(session, row_member)

@@ -12,9 +12,15 @@ ONE update request, so it is safe to run again and again (the job runner does, e
   GPU device", "Invalid PCI address"), it changes nothing (the update is all or nothing, checked by
   reading the instance back) and the outcome says so in plain words (REFUSED); the next run tries again.
 
+Every host is synced with its OWN daemon (:func:`labgpu.services.host_clients.services_for`): the
+listing, the device changes and the read-back after a refusal all go to the daemon of the host the
+bookings are on. Its GPUs (index -> PCI address, :func:`host_gpu_map`) come from that daemon's resources
+API; for a host on another machine whose daemon lists none, from its `labgpu agent`'s inventory
+(:meth:`labgpu.services.gpu_usage.GpuUsageReader.bookable_gpus`).
+
 How the driver's user-space reaches the container (CDI, ``nvidia.runtime=true`` or nothing) is the
-``gpu_passthrough`` setting; :func:`passthrough` resolves ``auto`` from the daemon's API extensions
-and the host's tools.
+``gpu_passthrough`` setting; :func:`passthrough` resolves ``auto`` from the host daemon's API extensions
+and, for a daemon on this machine, this machine's tools.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -42,8 +48,13 @@ from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.runtime.instances import Instance
 from labgpu.services import bookings
 from labgpu.services.context import Services
+from labgpu.services.host_clients import is_local, runtime_for, services_for
+from labgpu.services.inventory import on_member
 from labgpu.services.members import host_gpus
-from labgpu.store.models import Host
+from labgpu.store.models import Host, Member
+
+if TYPE_CHECKING:
+    from labgpu.services.gpu_usage import GpuUsageReader
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +90,61 @@ class AttachOutcome:
         return asdict(self)
 
 
-def passthrough(svc: Services) -> str:
-    """The ``gpu_passthrough`` setting with ``auto`` resolved: CDI when the daemon has the ``gpu_cdi``
-    API extension (LXD 5.21.3+ and 6.x; not LXD 5.0 or Incus 6.0), else ``nvidia.runtime`` when
-    ``nvidia-container-cli`` is installed on this host, else device nodes only."""
+def passthrough(svc: Services, host: Host | None = None) -> str:
+    """The ``gpu_passthrough`` setting with ``auto`` resolved for ``host`` (default: the local daemon):
+    CDI when its daemon has the ``gpu_cdi`` API extension (LXD 5.21.3+ and 6.x; not LXD 5.0 or Incus
+    6.0); else, for a daemon on this machine, ``nvidia.runtime`` when ``nvidia-container-cli`` is
+    installed here and device nodes only when it is not; for a daemon on another machine, whose tools
+    labgpu cannot see, ``nvidia.runtime`` (what the seeds set on every GPU host): a host without the
+    NVIDIA container tools refuses it, and the refusal says to install them or set ``gpu_passthrough``
+    (:func:`explain_refusal`). Asks the daemon once (its server info is cached)."""
     wanted = svc.settings.gpu_passthrough
     if wanted != "auto":
         return wanted
     try:
-        if svc.runtime.server().has("gpu_cdi"):
+        if runtime_for(svc, host).server().has("gpu_cdi"):
             return PASSTHROUGH_CDI
     except LabgpuError:
         pass
+    if not is_local(host):
+        return PASSTHROUGH_NVIDIA_RUNTIME
     return PASSTHROUGH_NVIDIA_RUNTIME if shutil.which("nvidia-container-cli") else PASSTHROUGH_NONE
 
 
 def gpu_map(svc: Services, source: GpuSource | None = None) -> dict[int, str]:
-    """The host's GPUs as index -> PCI address: from the runtime's resources API (what it can attach);
-    when it lists none and ``source`` is given (a recorded NVML reading in tests and demos), from that."""
+    """The GPUs of ``svc``'s daemon as index -> PCI address: from the runtime's resources API (what it
+    can attach); when it lists none and ``source`` is given (a recorded NVML reading in tests and
+    demos), from that."""
     found = host_gpus(svc.runtime)
     if found or source is None:
         return found
+    return _recorded(source)
+
+
+def host_gpu_map(
+    svc: Services,
+    host: Host,
+    *,
+    source: GpuSource | None = None,
+    reader: GpuUsageReader | None = None,
+) -> dict[int, str]:
+    """``host``'s GPUs as index -> PCI address. A daemon on this machine: :func:`gpu_map` of its
+    daemon. A daemon on another machine: its resources API or, when that lists none (the daemon does
+    not see them, or is down), the PCI addresses of its GPU agent's inventory
+    (:meth:`~labgpu.services.gpu_usage.GpuUsageReader.bookable_gpus`; ``reader`` carries the agents'
+    transport in tests); then, when ``source`` is given (tests and demos), the recording. Waits for the
+    agent at most its timeout; never raises for an unreachable daemon or agent (empty map)."""
+    if is_local(host):
+        return gpu_map(services_for(svc, host), source)
+    from labgpu.services.gpu_usage import GpuUsageReader
+
+    found = {g.index: g.pci_address for g in (reader or GpuUsageReader()).bookable_gpus(svc, host)}
+    if found or source is None:
+        return found
+    return _recorded(source)
+
+
+def _recorded(source: GpuSource) -> dict[int, str]:
     try:
         reading = source.read()
     except NvmlUnavailable:
@@ -222,27 +267,43 @@ def _refused(
     return AttachOutcome(member, inst.name, wanted, (), (), REFUSED, "; ".join([message, *notes]))
 
 
+def local_host_row(svc: Services) -> Host | None:
+    """The host row of the local daemon (url NULL), or None before it was recorded."""
+    with svc.session() as session:
+        return session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
+
+
 def sync_host(
     svc: Services,
     *,
+    host: Host | None = None,
     gpus_on_host: Mapping[int, str] | None = None,
     mode: str | None = None,
     members: set[str] | None = None,
+    source: GpuSource | None = None,
+    reader: GpuUsageReader | None = None,
 ) -> list[AttachOutcome]:
-    """Give every container on the local host exactly the GPUs of its member's active bookings.
+    """Give every container on ``host`` (default: the local daemon's host row) exactly the GPUs of its
+    member's active bookings there, through THAT host's daemon.
 
-    Visits members with an active booking and containers that carry booked GPUs (ONE instance
-    listing); ``members`` limits the visit. Returns one outcome per container looked at, changed or
-    not. Raises RuntimeUnavailable when the daemon cannot be listed."""
-    with svc.session() as session:
-        host = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
+    Visits members with an active booking on the host and containers on it that carry booked GPUs
+    (ONE instance listing; a cluster member's listing is the whole cluster's, and only the instances
+    located on that member count as carrying); ``members`` limits the visit. ``gpus_on_host`` defaults
+    to :func:`host_gpu_map` (with ``source`` and ``reader``), ``mode`` to :func:`passthrough` for the
+    host. Returns one outcome per container looked at, changed or not. Raises RuntimeUnavailable when
+    the host's daemon cannot be listed, ConfigError when labgpu cannot reach it at all (its pinned
+    certificate is gone). Waits for each update."""
+    if host is None:
+        host = local_host_row(svc)
         if host is None:
             return []
+    with svc.session() as session:
         wanted_by_member = bookings.active_gpus(session, host.id)
-    instances = svc.runtime.instances.all(with_state=False)
+    host_svc = services_for(svc, host)
+    instances = host_svc.runtime.instances.all(with_state=False)
     carrying = {
         owner: inst
-        for inst in instances
+        for inst in on_member(instances, host_svc.runtime.target)
         if (owner := inst.label("owner")) and any(booked_device_index(n) is not None for n in inst.devices)
     }
     names = set(wanted_by_member) | set(carrying)
@@ -253,8 +314,9 @@ def sync_host(
     names = {n for n in names if n in containers or n in wanted_by_member}
     if not names:
         return []
-    gpus_on_host = gpu_map(svc) if gpus_on_host is None else gpus_on_host
-    mode = mode or passthrough(svc)
+    if gpus_on_host is None:
+        gpus_on_host = host_gpu_map(svc, host, source=source, reader=reader)
+    mode = mode or passthrough(svc, host)
     by_name = {i.name: i for i in instances}
     out = []
     for member in sorted(names):
@@ -264,7 +326,7 @@ def sync_host(
             inst = None  # never touch an instance that is not the member's
         try:
             out.append(
-                sync_member(svc, member, inst, wanted_by_member.get(member, set()), gpus_on_host, mode)
+                sync_member(host_svc, member, inst, wanted_by_member.get(member, set()), gpus_on_host, mode)
             )
         except RuntimeNotFound:
             out.append(
@@ -276,8 +338,6 @@ def sync_host(
 
 
 def _containers(svc: Services, names: set[str]) -> dict[str, str]:
-    from labgpu.store.models import Member
-
     with svc.session() as session:
         rows = session.execute(select(Member.name, Member.container).where(Member.name.in_(names))).tuples()
         return {name: container for name, container in rows if container}

@@ -1,10 +1,14 @@
 """GPU samples and idle detection: who holds a GPU without using it.
 
-:func:`sample_gpus` takes one inventory (NVML through a :class:`~labgpu.gpu.nvml.GpuSource`, every
-process attributed to its member) and stores one :class:`~labgpu.store.models.GpuSample` per GPU.
-:func:`check_idle` applies the idle rule (:mod:`labgpu.domain.gpus`) to the GPUs someone holds: those
-of active bookings (counted from the booking's start only, so a GPU idle before it was booked does not
-count against the member) and, on hosts in assigned mode, the assigned ones.
+:func:`sample_gpus` takes one inventory of the local host (NVML through a
+:class:`~labgpu.gpu.nvml.GpuSource`, every process attributed to its member) and stores one
+:class:`~labgpu.store.models.GpuSample` per GPU; :func:`sample_agents` does the same for every other
+host with a GPU agent, from the agent's inventory (all agents asked at once). An agent that does not
+answer, and a host on another machine without one, is a note: those hosts get no samples, so their
+held GPUs are never called idle. :func:`check_idle` applies the idle rule (:mod:`labgpu.domain.gpus`)
+to the GPUs someone holds, on every host: those of active bookings (counted from the booking's start
+only, so a GPU idle before it was booked does not count against the member) and, on hosts in assigned
+mode, the assigned ones.
 
 An idle spell ("episode") is reported ONCE: the member gets one mail per spell, however many runs
 see it. The spell's state lives in the store (a :class:`~labgpu.store.models.JobState` row per host,
@@ -19,10 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -33,8 +39,12 @@ from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventor
 from labgpu.gpu.nvml import GpuSource
 from labgpu.services import bookings, gpu_attach
 from labgpu.services.context import Services
+from labgpu.services.inventory import ask_all
 from labgpu.services.mail import send_mail
 from labgpu.store.models import GpuMode, GpuSample, Host, JobState, Member, utcnow
+
+if TYPE_CHECKING:
+    from labgpu.services.gpu_usage import GpuStatus, GpuUsageReader
 
 log = logging.getLogger(__name__)
 EPISODE_PREFIX = "idle:"
@@ -93,11 +103,7 @@ def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[GpuSample]
     rows = []
     for usage in inv.gpus:
         g = usage.gpu
-        memory: dict[str, int] = defaultdict(int)
-        for p in usage.processes:
-            if p.member:
-                memory[p.member] += p.used_memory or 0
-        top = max(memory, key=lambda m: memory[m]) if memory else None
+        top = _top_member((p.member, p.used_memory) for p in usage.processes)
         utilization = None if g.error or g.mig_enabled else g.utilization
         rows.append(
             GpuSample(
@@ -110,6 +116,75 @@ def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[GpuSample]
             )
         )
     return rows
+
+
+def _top_member(processes: Iterable[tuple[str | None, int | None]]) -> str | None:
+    """The member with the most GPU memory among (member, bytes) of a GPU's processes."""
+    memory: dict[str, int] = defaultdict(int)
+    for member, used in processes:
+        if member:
+            memory[member] += used or 0
+    return max(memory, key=lambda m: memory[m]) if memory else None
+
+
+def _status_rows(gpus: Iterable[GpuStatus], host_id: int, now: datetime) -> list[GpuSample]:
+    """Sample rows from an agent's inventory, read as :func:`_sample_rows` reads the local one."""
+    return [
+        GpuSample(
+            host_id=host_id,
+            gpu_index=g.index,
+            at=now,
+            utilization=None if g.error or g.mig_enabled else g.utilization,
+            memory_used=g.memory_used,
+            member=_top_member((p.member, p.memory) for p in g.processes),
+        )
+        for g in gpus
+    ]
+
+
+@dataclass
+class AgentSamples:
+    """What :func:`sample_agents` did: samples stored per host, and a note per host it could not
+    sample (its agent did not answer or has no GPU; one line naming the hosts without an agent)."""
+
+    samples: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None = None) -> AgentSamples:
+    """Sample every host but the local daemon's from its GPU agent (``reader.inventory``, every agent
+    asked at once; each waits at most the agent timeout): one sample per GPU, as :func:`sample_gpus`
+    stores for the local host. Never raises for an agent that does not answer: a note says so."""
+    from labgpu.services.gpu_usage import SOURCE_AGENT
+
+    now = now or utcnow()
+    out = AgentSamples()
+    with svc.session() as session:
+        others = list(session.scalars(select(Host).where(Host.url.is_not(None)).order_by(Host.name)))
+    with_agent = [h for h in others if h.agent_url]
+    without = [h.name for h in others if not h.agent_url]
+    answers = ask_all(
+        {h.id: partial(reader.inventory, svc, h) for h in with_agent}, timeout=svc.settings.host_timeout + 1
+    )
+    rows: list[GpuSample] = []
+    for h in with_agent:
+        answer = answers[h.id]
+        found = answer.value
+        if found is None:
+            out.notes.append(f"{h.name}: not sampled: {answer.error}")
+        elif found.source != SOURCE_AGENT or not found.available:
+            out.notes.append(f"{h.name}: not sampled: {found.message}")
+        else:
+            rows += _status_rows(found.gpus, h.id, now)
+            out.samples[h.name] = len(found.gpus)
+    if rows:
+        with svc.session() as session:
+            session.add_all(rows)
+    if without:
+        out.notes.append(
+            f"not sampled (no GPU agent set; `labgpu host set NAME --agent-url URL`): {', '.join(without)}"
+        )
+    return out
 
 
 def prune_samples(svc: Services, *, before: datetime) -> int:
@@ -200,17 +275,19 @@ class IdleReport:
     errors: list[str] = field(default_factory=list)
 
 
+def _hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).order_by(Host.name)))
+
+
 def idle_gpus(svc: Services, *, now: datetime | None = None) -> list[IdleGpu]:
-    """The held GPUs that are idle now (no side effects): for the portal."""
+    """The held GPUs that are idle now, on every host (no side effects): for the portal."""
     now = now or utcnow()
     rule = idle_rule(svc)
     out = []
     with svc.session() as session:
-        host = _local_host(session)
-        if host is None:
-            return []
-        for held in held_gpus(session, host):
-            out.extend(_idle(session, held, _verdicts(session, held, rule, now), now))
+        for host in _hosts(session):
+            for held in held_gpus(session, host):
+                out.extend(_idle(session, held, _verdicts(session, held, rule, now), now))
     return out
 
 
@@ -242,36 +319,42 @@ def _episode_key(held: Held, gpu: int) -> str:
     return f"{EPISODE_PREFIX}{held.host_id}:{gpu}:{held.member}"[:64]
 
 
-def check_idle(svc: Services, *, now: datetime | None = None) -> IdleReport:
-    """Apply the idle rule to every held GPU of the local host: mail the member once per idle spell
-    and, when policy says release, end bookings whose GPUs are all idle (detaching them). A mail
-    that cannot be sent is retried at the next run (the spell is not marked as told)."""
+def check_idle(
+    svc: Services, *, now: datetime | None = None, reader: GpuUsageReader | None = None
+) -> IdleReport:
+    """Apply the idle rule to every held GPU of every host: mail the member once per idle spell and,
+    when policy says release, end bookings whose GPUs are all idle and detach them through their
+    host's daemon (``reader`` finds a remote host's GPUs through its agent when its daemon lists none).
+    A mail that cannot be sent is retried at the next run (the spell is not marked as told); a host
+    whose daemon does not answer keeps its released GPUs until the bookings job detaches them (an
+    error naming the host)."""
     now = now or utcnow()
     rule = idle_rule(svc)
     report = IdleReport()
     release = svc.settings.gpu_idle_action == "release"
     to_release: list[tuple[Held, list[IdleGpu]]] = []
+    hosts: dict[int, Host] = {}
     with svc.session() as session:
-        host = _local_host(session)
-        if host is None:
-            return report
-        for held in held_gpus(session, host):
-            idle = _idle(session, held, _verdicts(session, held, rule, now), now)
-            report.idle.extend(idle)
-            new = [g for g in idle if _new_spell(session, held, g, now)]
-            all_idle = bool(idle) and len(idle) == len(held.gpus)
-            if release and held.booking is not None and all_idle:
-                to_release.append((held, idle))
-                continue
-            if new:
-                sent = _tell(svc, held, new, released=False)
-                if sent is None:
-                    report.errors.append(
-                        f"mail to {held.member} about idle GPU(s) not sent; retried next run"
-                    )
+        for host in _hosts(session):
+            hosts[host.id] = host
+            for held in held_gpus(session, host):
+                idle = _idle(session, held, _verdicts(session, held, rule, now), now)
+                report.idle.extend(idle)
+                new = [g for g in idle if _new_spell(session, held, g, now)]
+                all_idle = bool(idle) and len(idle) == len(held.gpus)
+                if release and held.booking is not None and all_idle:
+                    to_release.append((held, idle))
                     continue
-                _mark(session, held, new, now, "notified" if sent else "not mailed")
-                report.notified.append(f"{held.member}: GPU {', '.join(str(g.gpu) for g in new)}")
+                if new:
+                    sent = _tell(svc, held, new, released=False)
+                    if sent is None:
+                        report.errors.append(
+                            f"mail to {held.member} about idle GPU(s) not sent; retried next run"
+                        )
+                        continue
+                    _mark(session, held, new, now, "notified" if sent else "not mailed")
+                    report.notified.append(f"{held.member}: GPU {', '.join(str(g.gpu) for g in new)}")
+    released: dict[int, set[str]] = defaultdict(set)  # host id -> members whose booking was released
     for held, idle in to_release:
         assert held.booking is not None
         view = bookings.release(
@@ -280,17 +363,18 @@ def check_idle(svc: Services, *, now: datetime | None = None) -> IdleReport:
         if view is None:
             continue
         report.released.append(view.id)
+        released[held.host_id].add(held.member)
         with svc.session() as session:
             _mark(session, held, idle, now, "released")
         if _tell(svc, held, idle, released=True) is None:
             report.errors.append(f"mail to {held.member} about the released booking {view.id} not sent")
         report.notified.append(f"{held.member}: booking {view.id} released")
-    if report.released:
+    for host_id, members in sorted(released.items()):
+        host = hosts[host_id]
         try:
-            members = {h.member for h, _ in to_release}
-            report.detached = gpu_attach.sync_host(svc, members=members)
+            report.detached += gpu_attach.sync_host(svc, host=host, members=members, reader=reader)
         except LabgpuError as exc:
-            report.errors.append(f"released GPUs not detached yet: {exc.message}")
+            report.errors.append(f"released GPUs on {host.name} not detached yet: {exc.message}")
     return report
 
 

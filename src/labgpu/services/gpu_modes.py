@@ -60,10 +60,15 @@ class ModeReport:
     members: list[MemberGpus] = field(default_factory=list)
     cancelled_bookings: int = 0
     detached: list[gpu_attach.AttachOutcome] = field(default_factory=list)
+    detach_error: str = ""  # the host's daemon could not be reached to detach the ended bookings' GPUs
 
     @property
     def failed(self) -> bool:
-        return any(m.applied == "failed" for m in self.members) or any(o.failed for o in self.detached)
+        return (
+            any(m.applied == "failed" for m in self.members)
+            or any(o.failed for o in self.detached)
+            or bool(self.detach_error)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +78,7 @@ class ModeReport:
             "members": [m.as_dict() for m in self.members],
             "cancelled_bookings": self.cancelled_bookings,
             "detached": [o.as_dict() for o in self.detached],
+            "detach_error": self.detach_error or None,
         }
 
 
@@ -143,7 +149,19 @@ def set_mode(
             current = members.load_member(session, name).gpu_spec or svc.settings.default_gpus
         report.members.append(_set_choice(svc, name, current, _choice_for(new, current)))
     if cancelled:
-        report.detached = [o for o in gpu_attach.sync_host(svc) if o.applied != gpu_attach.UNCHANGED]
+        with svc.session() as session:
+            changed = session.get(Host, host_id)
+        try:
+            outcomes = gpu_attach.sync_host(svc, host=changed)
+        except LabgpuError as exc:
+            # The mode is switched and the bookings ended; the bookings job detaches their GPUs once
+            # the daemon answers (it visits hosts whose bookings ended recently).
+            report.detach_error = (
+                f"GPUs of the ended bookings not detached from {host_name} yet ({exc.message}); "
+                "the bookings job detaches them"
+            )
+        else:
+            report.detached = [o for o in outcomes if o.applied != gpu_attach.UNCHANGED]
     return report
 
 

@@ -100,6 +100,7 @@ class GpuStatus:
     holders: tuple[GpuHolder, ...] = ()
     idle_since: datetime | None = None  # held, and idle since then (the idle rule)
     idle_minutes: int | None = None
+    mig_enabled: bool = False  # MIG mode: NVML's utilization is not the GPU's (samples store none)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -208,6 +209,7 @@ def _gpu(data: Mapping[str, Any]) -> GpuStatus:
         temperature=_optional_int(data.get("temperature")),
         error=str(data["error"]) if data.get("error") else None,
         processes=tuple(_process(p) for p in data.get("processes") or ()),
+        mig_enabled=data.get("mig_enabled") is True,
     )
 
 

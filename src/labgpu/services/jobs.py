@@ -4,10 +4,12 @@ Jobs (:data:`JOBS`):
 
 - ``bookings`` (every minute): bookings whose start has come become active and their GPUs are
   attached; those whose end has come end and their GPUs are detached
-  (:func:`labgpu.services.bookings.advance`, then :func:`labgpu.services.gpu_attach.sync_host`, which
-  also puts back whatever drifted).
-- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU, then the idle rule: mail once per
-  idle spell, release idle bookings when policy says so.
+  (:func:`labgpu.services.bookings.advance`, then :func:`labgpu.services.gpu_attach.sync_host` on every
+  host where GPUs may be booked (:func:`booking_hosts`), each through its own daemon; it also puts back
+  whatever drifted). A host whose daemon does not answer is an error naming it; the others go on.
+- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU (the local host's from NVML,
+  other hosts' from their GPU agents), then the idle rule on every host: mail once per idle spell,
+  release idle bookings when policy says so.
 - ``reconcile`` (every ``reconcile_interval_minutes``): :func:`labgpu.services.reconcile.reconcile`.
 - ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, slots of long-ended bookings.
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -38,8 +41,9 @@ from labgpu.errors import LabgpuError
 from labgpu.gpu.nvml import GpuSource
 from labgpu.services import bookings, gpu_attach, gpu_idle
 from labgpu.services.context import SYSTEM, Services
+from labgpu.services.gpu_usage import GpuUsageReader
 from labgpu.services.members import checkpoint
-from labgpu.store.models import BookingStatus, JobState, Member, utcnow
+from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobState, Member, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class JobContext:
 
     now: datetime
     gpu_source: Callable[[], GpuSource] | None = None  # None: the real NVML on this host
+    agent_transport: httpx.BaseTransport | None = None  # None: the agents over the network
 
     def source(self) -> GpuSource:
         if self.gpu_source is not None:
@@ -62,6 +67,10 @@ class JobContext:
         from labgpu.gpu.nvml import NvmlSource
 
         return NvmlSource()
+
+    def reader(self) -> GpuUsageReader:
+        """Reads other hosts' GPU agents (their inventories, and their GPUs when a daemon lists none)."""
+        return GpuUsageReader(transport=self.agent_transport)
 
 
 @dataclass
@@ -85,8 +94,35 @@ class Job:
 # The jobs -----------------------------------------------------------------------------------------
 
 
+# A host whose bookings ended this long ago is still visited: its detach may have failed then (the
+# daemon was down, or the mode switch that ended them could not reach it).
+RECENTLY_ENDED = timedelta(days=1)
+
+
+def booking_hosts(svc: Services, *, now: datetime) -> list[Host]:
+    """The hosts the bookings job visits: those in booked mode, those with an active booking, and those
+    where a booking ended within :data:`RECENTLY_ENDED` (GPUs may still be attached there). By name."""
+    with svc.session() as session:
+        with_bookings = select(Booking.host_id).where(
+            or_(
+                Booking.status == BookingStatus.ACTIVE,
+                (Booking.status.in_((BookingStatus.ENDED, BookingStatus.CANCELLED)))
+                & (Booking.end_at >= now - RECENTLY_ENDED),
+            )
+        )
+        return list(
+            session.scalars(
+                select(Host)
+                .where(or_(Host.gpu_mode == GpuMode.BOOKED.value, Host.id.in_(with_bookings)))
+                .order_by(Host.name)
+            )
+        )
+
+
 def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
-    """Start and end bookings, then attach and detach GPUs to match the active ones."""
+    """Start and end bookings, then attach and detach GPUs to match the active ones, on every host
+    where GPUs may be booked (each through its own daemon). A host whose daemon cannot be reached is
+    an error naming it; the other hosts are synced all the same."""
     result = JobResult()
     started: set[str] = set()
     for t in bookings.advance(svc, now=ctx.now):
@@ -99,12 +135,17 @@ def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
     # Fault injection (tests/reliability): killed here, the store has the new statuses but the GPUs
     # are not attached or detached yet; the next run (once this run's lease expires) does it.
     checkpoint("booking-advanced")
-    gpus_on_host = gpu_attach.gpu_map(svc, ctx.source()) if ctx.gpu_source is not None else None
-    try:
-        outcomes = gpu_attach.sync_host(svc, gpus_on_host=gpus_on_host)
-    except LabgpuError as exc:  # the transitions above stand; attaching waits for the next run
-        result.errors.append(f"GPUs not attached or detached: {exc.message}")
-        return result
+    source = ctx.source() if ctx.gpu_source is not None else None
+    reader = ctx.reader()
+    outcomes: list[gpu_attach.AttachOutcome] = []
+    for host in booking_hosts(svc, now=ctx.now):
+        try:
+            outcomes += gpu_attach.sync_host(svc, host=host, source=source, reader=reader)
+        except LabgpuError as exc:  # the transitions above stand; attaching waits for the next run
+            result.errors.append(f"GPUs on {host.name} not attached or detached: {exc.message}")
+        except Exception as exc:  # one host's odd answer must not keep the others' GPUs waiting
+            log.exception("bookings: syncing %s failed", host.name)
+            result.errors.append(f"GPUs on {host.name} not attached or detached: {type(exc).__name__}: {exc}")
     checkpoint("booking-attached")
     for o in outcomes:
         if o.applied == gpu_attach.UNCHANGED and o.message == gpu_attach.AS_BOOKED:
@@ -142,13 +183,19 @@ def _tell_member(svc: Services, outcome: gpu_attach.AttachOutcome) -> None:
 
 
 def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
-    """Sample the GPUs, then tell (or release) whoever holds an idle one."""
+    """Sample the GPUs (the local host's through NVML, other hosts' from their GPU agents), then tell
+    (or release) whoever holds an idle one, on every host. A host whose agent does not answer is a
+    note, not a failure."""
     result = JobResult()
     sampled = gpu_idle.sample_gpus(svc, source=ctx.source(), now=ctx.now)
     result.lines.append(f"{sampled.samples} GPU sample(s)" + (f" ({sampled.note})" if sampled.note else ""))
-    report = gpu_idle.check_idle(svc, now=ctx.now)
+    reader = ctx.reader()
+    agents = gpu_idle.sample_agents(svc, reader=reader, now=ctx.now)
+    result.lines += [f"{host}: {n} GPU sample(s) from its GPU agent" for host, n in agents.samples.items()]
+    result.lines += agents.notes
+    report = gpu_idle.check_idle(svc, now=ctx.now, reader=reader)
     for g in report.idle:
-        result.lines.append(f"idle: GPU {g.gpu} of {g.member} for {g.minutes} min")
+        result.lines.append(f"idle: GPU {g.gpu} on {g.host} of {g.member} for {g.minutes} min")
     result.lines += [f"told {n}" for n in report.notified]
     result.lines += [f"released booking {b}" for b in report.released]
     result.lines += [f"{o.member}: {o.message}" for o in report.detached if not o.failed]
@@ -284,9 +331,11 @@ def run_job(
     owner: str | None = None,
     force: bool = False,
     gpu_source: Callable[[], GpuSource] | None = None,
+    agent_transport: httpx.BaseTransport | None = None,
 ) -> JobRun:
     """Run ``job`` if it is due (or ``force``) and its lease is free. Never raises for the job's own
-    failure: that is recorded (status failed, the error in its state) and returned."""
+    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``
+    and ``agent_transport`` replace NVML and the network to the GPU agents (tests and demos)."""
     # An injected clock (tests, `run-once --now`) is used throughout; otherwise the real one.
     started = now or utcnow()
     owner = owner or runner_id()
@@ -298,7 +347,8 @@ def run_job(
         return JobRun(job.name, BUSY if busy else NOT_DUE)
     error: str | None = None
     try:
-        result = job.run(svc, JobContext(now=started, gpu_source=gpu_source))
+        context = JobContext(now=started, gpu_source=gpu_source, agent_transport=agent_transport)
+        result = job.run(svc, context)
         if result.errors:
             error = "; ".join(result.errors)[:4000]
     except LabgpuError as exc:
@@ -318,6 +368,7 @@ def run_once(
     job: str | None = None,
     now: datetime | None = None,
     gpu_source: Callable[[], GpuSource] | None = None,
+    agent_transport: httpx.BaseTransport | None = None,
 ) -> list[JobRun]:
     """Run every job that is due (``labgpu jobs run-once`` from cron), or the one named ``job`` now,
     due or not. Raises BadInput for an unknown job name."""
@@ -328,7 +379,15 @@ def run_once(
     owner = runner_id()
     names = [job] if job is not None else list(JOBS)
     return [
-        run_job(svc, JOBS[n], now=now, owner=owner, force=job is not None, gpu_source=gpu_source)
+        run_job(
+            svc,
+            JOBS[n],
+            now=now,
+            owner=owner,
+            force=job is not None,
+            gpu_source=gpu_source,
+            agent_transport=agent_transport,
+        )
         for n in names
     ]
 

@@ -233,7 +233,7 @@ def test_cancelling_a_started_booking_ends_it(gpu_portal: PortalFactory, gpu_age
     done = r.json()
     assert (done["status"], done["ended_early"]) == ("ended", True)
     # No daemon here: the job runner detaches the GPUs later, and the answer says so.
-    assert done["detach"].startswith("GPUs not detached yet (cannot reach the LXD/Incus daemon")
+    assert done["detach"].startswith("GPUs not detached from gpu1 yet (cannot reach the LXD/Incus daemon")
     assert datetime.fromisoformat(done["end"]) < datetime.fromisoformat(made["end"])
 
 

@@ -73,3 +73,13 @@ def test_a_remote_host_with_the_daemons_name_is_a_clear_conflict(sessions) -> No
         pytest.raises(Conflict, match="already in the store for another daemon"),
     ):
         local_host(session, DaemonName())  # type: ignore[arg-type]
+
+
+def test_made_inside_a_transaction_that_already_holds_the_write_lock(sessions) -> None:  # type: ignore[no-untyped-def]
+    # As `gpu mode` does under the bookings lock: the caller holds the write lock when the row is made.
+    with sessions.begin() as session:
+        session.add(Host(name="gpu2", url="https://10.0.0.2:8443", kind=HostKind.INCUS))
+        session.flush()
+        assert local_host(session, DaemonName()).name == "gpu1"  # type: ignore[arg-type]
+    with sessions.begin() as session:
+        assert sorted(session.scalars(select(Host.name))) == ["gpu1", "gpu2"]

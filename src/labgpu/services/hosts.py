@@ -17,21 +17,20 @@ from labgpu.store.models import Host, HostKind
 def local_host(session: Session, runtime: RuntimeClient) -> Host:
     """The store's row for the daemon labgpu talks to by default, created when missing.
 
-    The row is made in a transaction of its own, committed at once: several requests may meet an empty
-    store together (the portal provisions a class's applications in parallel), and the one that loses
-    the race on the unique name simply reads the winner's row, without spoiling the caller's
-    transaction."""
+    Several requests may meet an empty store together (the portal provisions a class's applications in
+    parallel): the row is added under a savepoint, so the one that loses the race on the unique name
+    reads the winner's row without spoiling the caller's transaction. (Not in a transaction of its own:
+    a caller that already holds SQLite's write lock, as the bookings lock does, would wait for itself.)"""
     found = _local_row(session)
     if found is not None:
         return found
     info = runtime.server()
     name = (info.server_name or socket.gethostname() or "local")[:63]
-    with Session(bind=session.get_bind()) as own:
-        own.add(Host(name=name, url=None, kind=HostKind(info.kind), public_address=None))
-        try:
-            own.commit()
-        except IntegrityError:
-            own.rollback()  # made meanwhile by someone else
+    try:
+        with session.begin_nested():
+            session.add(Host(name=name, url=None, kind=HostKind(info.kind), public_address=None))
+    except IntegrityError:
+        pass  # made meanwhile by someone else (or the name is another host's: below)
     found = _local_row(session)
     if found is None:  # the name is taken by a host that is not the local daemon
         raise Conflict(

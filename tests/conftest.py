@@ -23,6 +23,7 @@ import pytest
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
+from tests.postgres import postgres_url  # noqa: F401 - the fixture, for every test
 
 DAEMON_SOCKETS = {
     "lxd": Path(os.environ.get("LABGPU_TEST_LXD_SOCKET", "/var/lib/lxd/unix.socket")),

@@ -11,7 +11,7 @@ import pytest
 from bench.load import QUICK, port_block, run_load, table
 
 from tests.conftest import LabgpuEnv
-from tests.web.conftest import _empty_postgres, postgres_url  # noqa: F401  (a fixture)
+from tests.postgres import empty_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def test_load_quick_loses_nothing(
     overrides = {**labgpu_env.overrides, "port_range_start": str(start), "port_range_end": str(end)}
     if database == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        _empty_postgres(url)
+        empty_postgres(url)
         overrides["database_url"] = url
     workdir = tmp_path / "load"
     workdir.mkdir()

@@ -4,8 +4,6 @@ at a socket that does not exist, so anything that would reach the daemon fails a
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,7 +12,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
@@ -22,42 +19,13 @@ from labgpu.services.context import Actor, Services
 from labgpu.settings import Settings
 from labgpu.store import create_engine_for, session_factory, upgrade
 from labgpu.store.models import Host, HostKind, Member
+from tests.postgres import empty_postgres
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, on a slot boundary
 H = timedelta(hours=1)
 MIN = timedelta(minutes=1)
 GPUS = {0: "0000:1b:00.0", 1: "0000:3b:00.0", 2: "0000:5e:00.0", 3: "0000:86:00.0"}
 MEMBERS = ("alice", "bob", "carol")
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    base = os.environ.get("LABGPU_TEST_POSTGRES_URL")
-    if not base:
-        if os.environ.get("LABGPU_REQUIRE_POSTGRES") == "1":
-            pytest.fail("LABGPU_REQUIRE_POSTGRES=1 but LABGPU_TEST_POSTGRES_URL is not set")
-        pytest.skip("LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres prints one)")
-    name = f"labgpu_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
-def _empty_postgres(url: str) -> None:
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with eng.connect() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        eng.dispose()
 
 
 @dataclass
@@ -84,7 +52,7 @@ def gpu_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GpuSto
     url = None
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        _empty_postgres(url)
+        empty_postgres(url)
     settings = Settings(
         state_dir=tmp_path / "state",
         database_url=url,

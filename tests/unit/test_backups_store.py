@@ -4,16 +4,12 @@ listing and retention. Containers and homes are in tests/integration/test_backup
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from labgpu.errors import BadInput, ConfigError, NotFound
 from labgpu.runtime.client import RuntimeClient
@@ -30,6 +26,7 @@ from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
 from labgpu.store.migrate import upgrade
 from labgpu.store.models import Member, MemberState, Notice
+from tests.postgres import fresh_databases
 
 
 def _services(tmp: Path, **overrides: str) -> Services:
@@ -49,24 +46,8 @@ def _services(tmp: Path, **overrides: str) -> Services:
 
 @pytest.fixture
 def pg_databases() -> Iterator[tuple[str, str]]:
-    base = os.environ.get("LABGPU_TEST_POSTGRES_URL")
-    if not base:
-        if os.environ.get("LABGPU_REQUIRE_POSTGRES") == "1":
-            pytest.fail("LABGPU_REQUIRE_POSTGRES=1 but LABGPU_TEST_POSTGRES_URL is not set")
-        pytest.skip("LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres prints one)")
-    names = [f"labgpu_bk_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in names:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        urls = [make_url(base).set(database=n).render_as_string(hide_password=False) for n in names]
-        yield urls[0], urls[1]
-    finally:
-        with admin.connect() as conn:
-            for name in names:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with fresh_databases(2, prefix="labgpu_bk") as (first, second):
+        yield first, second
 
 
 def _fill(svc: Services) -> None:

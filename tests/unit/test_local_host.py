@@ -17,7 +17,7 @@ from labgpu.services.hosts import local_host
 from labgpu.settings import Settings
 from labgpu.store import create_engine_for, session_factory, upgrade
 from labgpu.store.models import Host, HostKind
-from tests.unit.gpu_store import _empty_postgres
+from tests.postgres import empty_postgres
 
 
 class DaemonName:
@@ -33,7 +33,7 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]
     url = None
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        _empty_postgres(url)
+        empty_postgres(url)
     settings = Settings(state_dir=tmp_path / "state", database_url=url)
     engine = create_engine_for(settings)
     upgrade(settings, engine=engine)

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,6 +50,7 @@ from labgpu.store.models import (
     Share,
     SshKey,
 )
+from tests.postgres import empty_postgres
 
 TABLES = {"hosts", "members", "port_maps", "shares", "member_shares", "ssh_keys", "audit_events"}
 # Nothing listens on port 1; the connection is refused at once.
@@ -58,38 +58,6 @@ UNREACHABLE_URL = "postgresql+psycopg://labgpu:s3cret-pw@127.0.0.1:1/labgpu"
 
 
 # Backends ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    base = os.environ.get("LABGPU_TEST_POSTGRES_URL")
-    if not base:
-        if os.environ.get("LABGPU_REQUIRE_POSTGRES") == "1":
-            pytest.fail(
-                "LABGPU_REQUIRE_POSTGRES=1 but LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres)"
-            )
-        pytest.skip("LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres prints one)")
-    name = f"labgpu_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
-def _empty_postgres(url: str) -> None:
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with eng.connect() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        eng.dispose()
 
 
 @pytest.fixture(
@@ -100,7 +68,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     url = None
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        _empty_postgres(url)
+        empty_postgres(url)
     return Settings(state_dir=tmp_path / "state", database_url=url)
 
 

@@ -8,19 +8,15 @@ that ask the daemon show it as unreachable. Tests with a real daemon use ``labgp
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import make_url
 
 from labgpu.services import accounts
 from labgpu.services.context import Actor, Services
@@ -28,39 +24,10 @@ from labgpu.settings import Settings, load_settings
 from labgpu.store.migrate import upgrade
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
+from tests.postgres import empty_postgres
 
 PASSWORD = "plum-tractor-71-orbit"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    base = os.environ.get("LABGPU_TEST_POSTGRES_URL")
-    if not base:
-        if os.environ.get("LABGPU_REQUIRE_POSTGRES") == "1":
-            pytest.fail("LABGPU_REQUIRE_POSTGRES=1 but LABGPU_TEST_POSTGRES_URL is not set")
-        pytest.skip("LABGPU_TEST_POSTGRES_URL is not set (scripts/start-postgres prints one)")
-    name = f"labgpu_webtest_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
-def _empty_postgres(url: str) -> None:
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with eng.connect() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        eng.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -68,7 +35,7 @@ def web_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     url = None
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        _empty_postgres(url)
+        empty_postgres(url)
     settings = load_settings(
         state_dir=str(tmp_path / "state"),
         database_url=url,

@@ -4,6 +4,8 @@ lab. The rules, and who may change which booking, are :mod:`labgpu.services.book
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Annotated, Any
 
@@ -141,37 +143,43 @@ def _board_page(
     )
 
 
-def _failed(
-    request: Request,
-    renderer: Renderer,
-    svc: Services,
-    reader: GpuUsageReader,
-    identity: Identity,
-    exc: LabgpuError,
-    **extra: Any,
-) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc.message)
-    return _board_page(request, renderer, svc, reader, identity, exc.status, error=message, **extra)
+@dataclass(frozen=True)
+class _Board:
+    """The bookings board as an answer to one request: after an action, with its outcome."""
 
+    request: Request
+    renderer: Renderer
+    svc: Services
+    reader: GpuUsageReader
+    identity: Identity
 
-def _done(
-    request: Request,
-    renderer: Renderer,
-    svc: Services,
-    reader: GpuUsageReader,
-    identity: Identity,
-    what: str,
-    view: bookings.BookingView,
-    **extra: Any,
-) -> HTMLResponse:
-    clock = Clock(booking_requests.local_tz())
-    text = renderer.gettext(request)(DONE[what]) % {
-        "id": view.id,
-        "gpus": bookings.format_gpus(view.gpus),
-        "host": view.host,
-        "end": clock.full(view.end),
-    }
-    return _board_page(request, renderer, svc, reader, identity, notice=text, **extra)
+    def page(self, status_code: int = 200, **extra: Any) -> HTMLResponse:
+        return _board_page(
+            self.request, self.renderer, self.svc, self.reader, self.identity, status_code, **extra
+        )
+
+    def failed(self, exc: LabgpuError, **extra: Any) -> HTMLResponse:
+        message = translate(self.renderer.gettext(self.request), exc.message)
+        return self.page(exc.status, error=message, **extra)
+
+    def done(self, what: str, view: bookings.BookingView, **extra: Any) -> HTMLResponse:
+        clock = Clock(booking_requests.local_tz())
+        text = self.renderer.gettext(self.request)(DONE[what]) % {
+            "id": view.id,
+            "gpus": bookings.format_gpus(view.gpus),
+            "host": view.host,
+            "end": clock.full(view.end),
+        }
+        return self.page(notice=text, **extra)
+
+    def act(self, day: str, action: Callable[[], tuple[str, bookings.BookingView]]) -> HTMLResponse:
+        """Run a booking's action; show the board of the day the form came from with what happened."""
+        shown = _shown_day(day)
+        try:
+            what, view = action()
+        except LabgpuError as exc:
+            return self.failed(exc, day=shown)
+        return self.done(what, view, day=shown)
 
 
 @router.get("/bookings")
@@ -220,7 +228,7 @@ def book(
         )
     what = "pending" if view.status == "pending" else "book"
     day = Clock(booking_requests.local_tz()).local(view.start).date()
-    return _done(request, renderer, svc, reader, identity, what, view, day=day)
+    return _Board(request, renderer, svc, reader, identity).done(what, view, day=day)
 
 
 def _gpu_choice(count: str, picked: list[str]) -> str:
@@ -247,13 +255,12 @@ def cancel(
     renderer: RendererDep,
     day: DayField = "",
 ) -> HTMLResponse:
-    shown = _shown_day(day)
-    try:
+
+    def action() -> tuple[str, bookings.BookingView]:
         done = booking_requests.cancel_booking(svc, booking_id)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
-    what = "end" if done.ended_early else "cancel"
-    return _done(request, renderer, svc, reader, identity, what, done.booking, day=shown)
+        return ("end" if done.ended_early else "cancel"), done.booking
+
+    return _Board(request, renderer, svc, reader, identity).act(day, action)
 
 
 @router.post("/bookings/{booking_id}/extend")
@@ -267,12 +274,9 @@ def extend(
     until: TimeField = "",
     day: DayField = "",
 ) -> HTMLResponse:
-    shown = _shown_day(day)
-    try:
-        view = booking_requests.request_extension(svc, booking_id, until=until)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
-    return _done(request, renderer, svc, reader, identity, "extend", view, day=shown)
+    return _Board(request, renderer, svc, reader, identity).act(
+        day, lambda: ("extend", booking_requests.request_extension(svc, booking_id, until=until))
+    )
 
 
 @router.post("/bookings/{booking_id}/approve")
@@ -285,12 +289,9 @@ def approve(
     renderer: RendererDep,
     day: DayField = "",
 ) -> HTMLResponse:
-    shown = _shown_day(day)
-    try:
-        view = bookings.approve(svc, booking_id)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
-    return _done(request, renderer, svc, reader, identity, "approve", view, day=shown)
+    return _Board(request, renderer, svc, reader, identity).act(
+        day, lambda: ("approve", bookings.approve(svc, booking_id))
+    )
 
 
 @router.post("/bookings/{booking_id}/reject")
@@ -304,12 +305,9 @@ def reject(
     reason: Annotated[str, Form(max_length=2000)] = "",
     day: DayField = "",
 ) -> HTMLResponse:
-    shown = _shown_day(day)
-    try:
-        view = booking_requests.reject_booking(svc, booking_id, reason=reason)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, reader, identity, exc, day=shown)
-    return _done(request, renderer, svc, reader, identity, "reject", view, day=shown)
+    return _Board(request, renderer, svc, reader, identity).act(
+        day, lambda: ("reject", booking_requests.reject_booking(svc, booking_id, reason=reason))
+    )
 
 
 def _shown_day(text: str) -> date | None:

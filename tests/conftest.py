@@ -45,6 +45,24 @@ def _socket_ok(path: Path) -> bool:
         return False
 
 
+DEBIAN_SYSCTL_DEFAULTS = {
+    "fs/inotify/max_user_instances": 128,
+    "fs/inotify/max_user_watches": 8192,
+    "fs/inotify/max_queued_events": 16384,
+    "vm/max_map_count": 65530,
+}
+
+
+def fake_sysctl(root: Path, values: dict[str, int] | None = None) -> Path:
+    """A stand-in for /proc/sys (and an empty etc/sysctl.d) under ``root``, with Debian 12's defaults: for
+    `host init` tests, which must not change the kernel limits of the machine they run on."""
+    for key, value in (values or DEBIAN_SYSCTL_DEFAULTS).items():
+        path = root / "proc/sys" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{value}\n")
+    return root
+
+
 def unique_name(prefix: str = "t") -> str:
     """A name valid for instances, profiles, pools and Linux users."""
     return f"{prefix}-{secrets.token_hex(4)}"

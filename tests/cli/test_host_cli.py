@@ -9,7 +9,7 @@ import pytest
 
 from labgpu.cli.main import run
 from labgpu.runtime.client import RuntimeClient
-from tests.conftest import Cleanup, unique_name
+from tests.conftest import Cleanup, fake_sysctl, unique_name
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,11 @@ def host_env(
     monkeypatch.setenv("LABGPU_PROFILE_NAME", cleanup.profile(unique_name("lgf")))
     for name in ("subuid", "subgid"):
         (tmp_path / name).write_text("root:100000:65536\n")
-    return ["--subuid-file", str(tmp_path / "subuid"), "--subgid-file", str(tmp_path / "subgid")]
+    fake_sysctl(tmp_path / "sysctl")  # the machine's own kernel limits are not the tests' to change
+    return [
+        "--subuid-file", str(tmp_path / "subuid"), "--subgid-file", str(tmp_path / "subgid"),
+        "--sysctl-root", str(tmp_path / "sysctl"),
+    ]  # fmt: skip
 
 
 @pytest.mark.integration
@@ -87,6 +91,7 @@ def test_dry_run_and_json(
         "profile": "would-create",
         "subuid": "would-create",
         "subgid": "would-create",
+        "kernel limits": "would-change",
     }
 
 

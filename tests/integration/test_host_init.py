@@ -17,7 +17,7 @@ from labgpu.runtime.client import RuntimeClient
 from labgpu.services.doctor import CheckStatus, nvidia_pci_devices, run_doctor
 from labgpu.services.host_setup import HostPaths, StepStatus, init_host
 from labgpu.settings import Settings
-from tests.conftest import Cleanup, unique_name
+from tests.conftest import Cleanup, fake_sysctl, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,11 @@ DEBIAN_SUBID = "_lxd:100000:65536\nroot:100000:65536\n"
 def subid_paths(tmp_path: Path) -> HostPaths:
     for name in ("subuid", "subgid"):
         (tmp_path / name).write_text(DEBIAN_SUBID)
-    return HostPaths(subuid_file=tmp_path / "subuid", subgid_file=tmp_path / "subgid")
+    return HostPaths(
+        subuid_file=tmp_path / "subuid",
+        subgid_file=tmp_path / "subgid",
+        sysctl_root=fake_sysctl(tmp_path / "sysctl"),  # not the machine's own kernel limits
+    )
 
 
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:
@@ -60,7 +64,12 @@ def test_init_creates_everything_then_a_second_run_changes_nothing(
         "profile": StepStatus.CREATED,
         "subuid": StepStatus.CREATED,
         "subgid": StepStatus.CREATED,
+        "kernel limits": StepStatus.CHANGED,
     }
+    sysctl = subid_paths.sysctl_root
+    assert sysctl is not None
+    assert (sysctl / "proc/sys/fs/inotify/max_user_instances").read_text() == "1048576\n"
+    assert "fs.inotify.max_user_instances = 1048576" in (sysctl / "etc/sysctl.d/60-labgpu.conf").read_text()
     label = "LXD" if daemon_kind == "lxd" else "Incus"
     assert report.runtime.startswith(label + " ")
     assert report.runtime.endswith(f" at {runtime.endpoint.describe()}")
@@ -138,7 +147,10 @@ def test_dry_run_changes_nothing(
     report = init_host(
         runtime, settings, dry_run=True, nat=False, subnet_search=TEST_SUBNETS, paths=subid_paths
     )
-    assert set(statuses(report).values()) == {StepStatus.WOULD_CREATE}
+    assert set(statuses(report).values()) == {StepStatus.WOULD_CREATE, StepStatus.WOULD_CHANGE}
+    assert statuses(report)["kernel limits"] == StepStatus.WOULD_CHANGE
+    assert subid_paths.sysctl_root is not None
+    assert not (subid_paths.sysctl_root / "etc/sysctl.d/60-labgpu.conf").exists()
     network_step = next(s for s in report.steps if s.step == "network")
     assert "10.213." in network_step.detail
     assert runtime.storage_pools.find(pool) is None

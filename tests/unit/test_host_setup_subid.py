@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 from labgpu.domain.subid import (
     SubidRange,
@@ -13,7 +14,9 @@ from labgpu.domain.subid import (
     missing_ranges,
     parse_subid,
 )
-from labgpu.services.host_setup import plan_subid, write_file_atomically
+from labgpu.services.host_setup import HostPaths, StepStatus, plan_subid, write_file_atomically
+from labgpu.settings import Settings
+from tests.conftest import DEBIAN_SYSCTL_DEFAULTS, fake_sysctl
 
 DEBIAN = "_lxd:100000:65536\nroot:100000:65536\n"
 
@@ -108,3 +111,53 @@ def test_the_writer_makes_a_new_file_world_readable(tmp_path: Path) -> None:
     path = tmp_path / "subgid"
     write_file_atomically(path, "root:200000:10000\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# Kernel limits ---------------------------------------------------------------------------------------
+
+
+def _kernel_run(tmp_path: Path, *, dry_run: bool = False) -> tuple[Any, HostPaths]:
+    from labgpu.services.host_setup import HostInitReport, _Run
+
+    report = HostInitReport(runtime="test", dry_run=dry_run, force=False)
+    run = _Run(None, Settings(state_dir=tmp_path / "state"), None, report, force=False, dry_run=dry_run)  # type: ignore[arg-type]
+    return run, HostPaths(sysctl_root=tmp_path / "sys")
+
+
+def test_kernel_limits_are_raised_now_and_at_boot_and_never_lowered(tmp_path: Path) -> None:
+    from labgpu.services.host_setup import _step_kernel_limits
+
+    run, paths = _kernel_run(tmp_path)
+    fake_sysctl(tmp_path / "sys", {**DEBIAN_SYSCTL_DEFAULTS, "fs/inotify/max_user_watches": 4194304})
+    _step_kernel_limits(run, paths)
+    [step] = run.report.steps
+    assert step.status == StepStatus.CHANGED
+    assert "fs.inotify.max_user_instances: 128 -> 1048576" in step.diff
+    assert (paths.proc_sys / "fs/inotify/max_user_instances").read_text() == "1048576\n"
+    assert (paths.proc_sys / "fs/inotify/max_user_watches").read_text() == "4194304\n"  # higher: kept
+    conf = paths.sysctl_conf.read_text()
+    assert "fs.inotify.max_user_watches = 4194304" in conf  # not lowered at the next boot either
+    assert "vm.max_map_count = 262144" in conf
+    again, _ = _kernel_run(tmp_path)
+    _step_kernel_limits(again, paths)
+    assert [s.status for s in again.report.steps] == [StepStatus.UNCHANGED]
+
+
+def test_kernel_limits_dry_run_changes_nothing_and_an_unwritable_proc_needs_attention(tmp_path: Path) -> None:
+    from labgpu.services.host_setup import _step_kernel_limits
+
+    fake_sysctl(tmp_path / "sys")
+    run, paths = _kernel_run(tmp_path, dry_run=True)
+    _step_kernel_limits(run, paths)
+    assert [s.status for s in run.report.steps] == [StepStatus.WOULD_CHANGE]
+    assert (paths.proc_sys / "vm/max_map_count").read_text() == "65530\n"
+    assert not paths.sysctl_conf.exists()
+
+    # etc/sysctl.d is a file: the write fails (as on a read-only /etc), even for root.
+    paths.sysctl_conf.parent.parent.mkdir(parents=True)
+    paths.sysctl_conf.parent.write_text("")
+    run, paths = _kernel_run(tmp_path)
+    _step_kernel_limits(run, paths)
+    [step] = run.report.steps
+    assert step.status == StepStatus.NEEDS_ATTENTION
+    assert "sysctl -w fs.inotify.max_user_instances=1048576" in step.detail

@@ -58,8 +58,10 @@ def init(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     subuid_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     subgid_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    sysctl_root: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Create the storage pool, network, profile and subuid/subgid ranges labgpu needs.
+    """Create the storage pool, network, profile and subuid/subgid ranges labgpu needs, and raise the
+    kernel's inotify and map-count limits as LXD's production guide says.
 
     Only what is missing is created; running it again changes nothing.
 
@@ -69,7 +71,7 @@ def init(
 
     cli = get_context(ctx)
     settings = cli.settings
-    paths = HostPaths(subuid_file=subuid_file, subgid_file=subgid_file)
+    paths = HostPaths(subuid_file=subuid_file, subgid_file=subgid_file, sysctl_root=sysctl_root)
     try:
         report = init_host(
             cli.runtime, settings, force=force, dry_run=dry_run, nat=nat, pool_size=pool_size, paths=paths

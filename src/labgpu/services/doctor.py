@@ -24,10 +24,13 @@ from labgpu.gpu import nvml
 from labgpu.runtime.client import RuntimeClient, ServerInfo
 from labgpu.services.host_setup import (
     FORBIDDEN_PROFILE_CONFIG,
+    KERNEL_LIMITS,
     HostPaths,
     clash_advice,
     daemon_restart_hint,
+    read_kernel_limits,
     runtime_label,
+    sysctl_name,
 )
 from labgpu.settings import Settings
 
@@ -272,20 +275,10 @@ def subid_checks(settings: Settings, paths: HostPaths, restart_hint: str) -> lis
     return checks
 
 
-# Kernel limits (LXD's and Incus's production setup guides) ------------------------------
+# Kernel limits (LXD's and Incus's production setup guides; `host init` raises them) -----------------
 
-# Every running systemd container takes about 8 inotify instances, and all unprivileged containers count
-# as one host user: with Debian's default of 128 only about 16 containers can run at once, and the next
-# one's init dies at boot ("Failed to allocate manager object: Too many open files").
-KERNEL_LIMITS: dict[str, int] = {
-    "fs/inotify/max_user_instances": 1048576,
-    "fs/inotify/max_user_watches": 1048576,
-    "fs/inotify/max_queued_events": 1048576,
-    "vm/max_map_count": 262144,
-}
-# Below this many instances a lab's containers cannot all run (about 128 containers at 8 each).
+# Below this many inotify instances a lab's containers cannot all run (about 128 containers at 8 each).
 INOTIFY_INSTANCES_NEEDED = 1024
-SYSCTL_FILE = "/etc/sysctl.d/60-labgpu.conf"
 
 
 def kernel_limit_checks(paths: HostPaths) -> list[Check]:
@@ -293,19 +286,12 @@ def kernel_limit_checks(paths: HostPaths) -> list[Check]:
 
     ``inotify-instances`` fails below INOTIFY_INSTANCES_NEEDED (not critical: a few containers still
     run); the others warn when lower than the guides' values."""
-    found: dict[str, int] = {}
-    for key in KERNEL_LIMITS:
-        try:
-            found[key] = int((paths.proc / "sys" / key).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
+    found = read_kernel_limits(paths)
     if not found:
-        return [_na("kernel-limits", f"cannot read {paths.proc / 'sys'} (not Linux, or /proc not mounted)")]
+        return [_na("kernel-limits", f"cannot read {paths.proc_sys} (not Linux, or /proc not mounted)")]
     low = {k: v for k, v in found.items() if v < KERNEL_LIMITS[k]}
-    fix = (
-        "as root: "
-        + "; ".join(f"sysctl -w {k.replace('/', '.')}={KERNEL_LIMITS[k]}" for k in low)
-        + f"; and write the same lines (without `sysctl -w`) to {SYSCTL_FILE} so that they survive a reboot"
+    fix = "run `labgpu host init` (it raises them now and at every boot), or as root: " + "; ".join(
+        f"sysctl -w {sysctl_name(k)}={KERNEL_LIMITS[k]}" for k in low
     )
     instances = found.get("fs/inotify/max_user_instances")
     if instances is not None and instances < INOTIFY_INSTANCES_NEEDED:
@@ -319,7 +305,7 @@ def kernel_limit_checks(paths: HostPaths) -> list[Check]:
             )
         ]
     if low:
-        what = ", ".join(f"{k.replace('/', '.')}={v} (guide: {KERNEL_LIMITS[k]})" for k, v in low.items())
+        what = ", ".join(f"{sysctl_name(k)}={v} (guide: {KERNEL_LIMITS[k]})" for k, v in low.items())
         return [_warn("kernel-limits", f"below the production guide: {what}", fix)]
     return [_ok("kernel-limits", "inotify and map-count limits as the production guide says", critical=False)]
 

@@ -44,6 +44,34 @@ PROFILE_DESCRIPTION = "labgpu: containers of lab members (made by labgpu host in
 FORBIDDEN_PROFILE_CONFIG = {"security.privileged": "true"}
 
 
+# The kernel limits LXD's and Incus's production setup guides raise. Every running systemd container takes
+# about 8 inotify instances and all unprivileged containers count as one host user: with Debian's default of
+# 128 only about 16 containers run at once, and the next one's init dies at boot ("Too many open files").
+KERNEL_LIMITS: dict[str, int] = {
+    "fs/inotify/max_user_instances": 1048576,
+    "fs/inotify/max_user_watches": 1048576,
+    "fs/inotify/max_queued_events": 1048576,
+    "vm/max_map_count": 262144,
+}
+SYSCTL_CONF_NAME = "60-labgpu.conf"
+
+
+def sysctl_name(key: str) -> str:
+    """fs.inotify.max_user_instances from fs/inotify/max_user_instances."""
+    return key.replace("/", ".")
+
+
+def read_kernel_limits(paths: HostPaths) -> dict[str, int]:
+    """The KERNEL_LIMITS keys that can be read under paths.proc_sys, with their values."""
+    found: dict[str, int] = {}
+    for key in KERNEL_LIMITS:
+        try:
+            found[key] = int((paths.proc_sys / key).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 class StepStatus(StrEnum):
     CREATED = "created"
     UNCHANGED = "unchanged"
@@ -64,6 +92,7 @@ class HostPaths:
     root: Path = Path("/")
     subuid_file: Path | None = None
     subgid_file: Path | None = None
+    sysctl_root: Path | None = None  # where proc/sys and etc/sysctl.d are (default: root)
 
     @property
     def subuid(self) -> Path:
@@ -84,6 +113,14 @@ class HostPaths:
     @property
     def sys(self) -> Path:
         return self.root / "sys"
+
+    @property
+    def proc_sys(self) -> Path:
+        return (self.sysctl_root or self.root) / "proc/sys"
+
+    @property
+    def sysctl_conf(self) -> Path:
+        return (self.sysctl_root or self.root) / "etc/sysctl.d" / SYSCTL_CONF_NAME
 
 
 @dataclass
@@ -523,6 +560,53 @@ def _step_subid(run: _Run, plan: SubidPlan) -> bool:
     return True
 
 
+def _step_kernel_limits(run: _Run, paths: HostPaths) -> None:
+    """Raise the kernel limits to the production guide's values, now (/proc/sys) and at every boot (a
+    sysctl.d file). Only ever upwards: a value the admin set higher is kept, in the file too."""
+    target = str(paths.sysctl_conf)
+    found = read_kernel_limits(paths)
+    if not found:
+        run.add("kernel limits", target, StepStatus.UNCHANGED, f"{paths.proc_sys} cannot be read: left alone")
+        return
+    wanted = {k: max(v, KERNEL_LIMITS[k]) for k, v in found.items()}
+    low = {k: v for k, v in found.items() if v < KERNEL_LIMITS[k]}
+    text = (
+        "# Written by `labgpu host init`: the limits LXD's and Incus's production guides raise\n"
+        "# (about 16 system containers can run with Debian's default of 128 inotify instances).\n"
+        + "".join(f"{sysctl_name(k)} = {v}\n" for k, v in wanted.items())
+    )
+    try:
+        current_text = paths.sysctl_conf.read_text()
+    except OSError:
+        current_text = None
+    if not low and current_text == text:
+        run.add("kernel limits", target, StepStatus.UNCHANGED, "as the production guide says, also at boot")
+        return
+    changes = [f"{sysctl_name(k)}: {v} -> {KERNEL_LIMITS[k]}" for k, v in low.items()]
+    if current_text != text:
+        changes.append(f"{target}: {'written' if current_text is None else 'rewritten'} (applied at boot)")
+    if run.dry_run:
+        run.add("kernel limits", target, StepStatus.WOULD_CHANGE, "would raise them", changes)
+        return
+    try:
+        paths.sysctl_conf.parent.mkdir(parents=True, exist_ok=True)
+        if current_text != text:
+            write_file_atomically(paths.sysctl_conf, text)
+        for key in low:
+            (paths.proc_sys / key).write_text(f"{KERNEL_LIMITS[key]}\n")
+    except OSError as exc:
+        fix = "; ".join(f"sysctl -w {sysctl_name(k)}={KERNEL_LIMITS[k]}" for k in low) or f"write {target}"
+        run.add(
+            "kernel limits",
+            target,
+            StepStatus.NEEDS_ATTENTION,
+            f"cannot raise them here ({exc.strerror or exc}): as root on the host, {fix}",
+            changes,
+        )
+        return
+    run.add("kernel limits", target, StepStatus.CHANGED, "raised to the production guide's values", changes)
+
+
 def init_host(
     runtime: RuntimeClient,
     settings: Settings,
@@ -535,7 +619,7 @@ def init_host(
     paths: HostPaths | None = None,
 ) -> HostInitReport:
     """Create what labgpu needs on the host and is missing: storage pool, network, profile,
-    subuid/subgid ranges. Idempotent: a second run reports every step unchanged.
+    subuid/subgid ranges, and raise the kernel limits (inotify, map count). Idempotent: a second run reports every step unchanged.
 
     ``force`` updates a labgpu profile that differs from the settings (keeping keys the admin
     added); pools and networks that exist are never changed. ``dry_run`` changes nothing and
@@ -591,6 +675,7 @@ def init_host(
         run.add("network", "-", StepStatus.UNCHANGED, "network_mode is none: containers get no NIC")
     _step_profile(run)
     subid_changed = [_step_subid(run, plan) for plan in plans]
+    _step_kernel_limits(run, paths)
     if any(subid_changed):
         daemon = "incusd" if server.kind == "incus" else "lxd"
         when = "after this runs, " if dry_run else ""

@@ -3,7 +3,11 @@ booking attaches (PCI address or CDI id) with the config each passthrough needs.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -128,3 +132,41 @@ def test_auto_passthrough_prefers_cdi_then_the_nvidia_runtime(monkeypatch: pytes
     monkeypatch.setattr(gpu_attach.shutil, "which", lambda name: "/usr/bin/nvidia-container-cli")
     assert gpu_attach.passthrough(svc(set())) == "nvidia-runtime"  # type: ignore[arg-type]
     assert gpu_attach.passthrough(svc({"gpu_cdi"}, setting="none")) == "none"  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def machine_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets the machine's zone (TZ) for local_tz(), which reads it once per process (tzlocal)."""
+    import tzlocal
+
+    def use(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        tzlocal.reload_localzone()
+
+    yield use
+    monkeypatch.undo()
+    tzlocal.reload_localzone()
+
+
+def test_the_machines_zone_keeps_its_daylight_saving_rules(machine_zone: Callable[[str], None]) -> None:
+    """A booking typed in winter for a summer day is read with the summer offset; the day the clocks
+    go forward has 23 hours on the board."""
+    from labgpu.services.booking_board import day_columns
+    from labgpu.services.booking_requests import local_tz
+
+    machine_zone("Europe/Berlin")
+    tz = local_tz()
+    winter = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+    assert parse_time("2026-07-01 10:00", now=winter, tz=tz) == datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    assert parse_time("2026-01-11 10:00", now=winter, tz=tz) == datetime(2026, 1, 11, 9, 0, tzinfo=UTC)
+    assert len(day_columns(date(2026, 3, 29), tz)) == 23
+    machine_zone("Asia/Shanghai")  # no daylight saving
+    assert parse_time("2026-07-01 10:00", now=winter, tz=local_tz()) == datetime(2026, 7, 1, 2, 0, tzinfo=UTC)
+
+
+def test_an_unknown_tz_falls_back_to_the_offset_in_force() -> None:
+    code = "from labgpu.services.booking_requests import local_tz; print(local_tz().utcoffset(None))"
+    env = {**os.environ, "TZ": "Nowhere/Atlantis"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0:00:00"  # glibc reads an unknown TZ as UTC

@@ -32,9 +32,9 @@ ReplayOpt = Annotated[Path | None, typer.Option("--replay", hidden=True, exists=
 
 
 def local_tz() -> tzinfo:
-    tz = datetime.now().astimezone().tzinfo
-    assert tz is not None
-    return tz
+    from labgpu.services.booking_requests import local_tz as machine_tz
+
+    return machine_tz()
 
 
 def clock(now: str | None) -> datetime:

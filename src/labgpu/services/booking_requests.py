@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
+import tzlocal
 from sqlalchemy import select
 
 from labgpu.domain.bookings import parse_time
@@ -34,10 +35,15 @@ TIME_RANGE = timedelta(days=3660)
 
 
 def local_tz() -> tzinfo:
-    """The portal machine's time zone: typed times without a zone are read in it, the board shows it."""
-    tz = datetime.now().astimezone().tzinfo
-    assert tz is not None
-    return tz
+    """The machine's time zone (TZ, else /etc/localtime), with its daylight-saving rules: typed times
+    without a zone are read in it and the board shows it. A fixed offset (the one in force now) would put
+    a booking typed for a day after the clocks change an hour off, and show that day with 24 hours."""
+    try:
+        return tzlocal.get_localzone()
+    except (LookupError, ValueError, OSError):  # no zone database, an unknown TZ: the offset in force now
+        tz = datetime.now().astimezone().tzinfo
+        assert tz is not None
+        return tz
 
 
 def gpu_choice(count: int | None = None, indexes: Sequence[int] | None = None) -> str:

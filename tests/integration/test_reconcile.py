@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from labgpu.runtime.instances import Instance
 from labgpu.services.members import (
     add_member,
     container_spec,
+    get_member,
     load_member,
     set_power,
     validate_request,
@@ -197,3 +199,33 @@ def test_a_removal_that_stopped_half_way_is_finished_and_the_home_archived(
     assert not Path(sheet.home).exists()
     archived = list(Path(labgpu_env.overrides["home_archive"]).glob(f"{name}*/results.csv"))
     assert [p.read_text() for p in archived] == ["1,2\n"]
+
+
+def test_an_approved_application_the_portal_never_finished_is_provisioned(labgpu_env: LabgpuEnv) -> None:
+    """Approved in the portal, which then went down: `labgpu reconcile` makes the member and the account."""
+    from labgpu.services import applications
+    from labgpu.services.accounts import get_account
+    from labgpu.services.context import Actor
+
+    svc = labgpu_env.services()
+    name = unique_name("ra")
+    app = applications.submit(svc, name=name, email=f"{name}@lab.test", password="quiet-walnut-58-harbor")
+    admin = dataclasses.replace(svc, actor=Actor("boss"))
+    applications.approve(admin, app.id, applications.Overrides(gpus="none"))
+
+    r = labgpu(labgpu_env, "reconcile", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    planned = [a for a in json.loads(r.stdout)["actions"] if a["action"] == "application"]
+    assert [(a["member"], a["done"]) for a in planned] == [(name, False)]
+    assert applications.get_application(svc, app.id).status == "approved"
+
+    r = labgpu(labgpu_env, "reconcile", "--json")
+    assert r.returncode == 0, r.stderr
+    done = [a for a in json.loads(r.stdout)["actions"] if a["action"] == "application"]
+    assert [(a["member"], a["done"], a["error"]) for a in done] == [(name, True, None)]
+    assert applications.get_application(svc, app.id).status == "done"
+    assert get_member(svc, name).status == "Running"
+    assert get_account(svc, name).has_password  # the applicant's own password, moved to the portal account
+    # Nothing left to do the second time.
+    r = labgpu(labgpu_env, "reconcile", "--json")
+    assert not [a for a in json.loads(r.stdout)["actions"] if a["action"] == "application"]

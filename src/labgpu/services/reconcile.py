@@ -51,8 +51,9 @@ CONFIG = "config"
 START = "start"
 FINISH_REMOVAL = "finish-removal"
 MOVE = "move"  # an interrupted `member move` finished or rolled back
+APPLICATION = "application"  # an approved application provisioned (the portal was down or died)
 CHANGING_ACTIONS = frozenset(
-    {PROVISION, RECREATE, DEVICE, REMOVE_DEVICE, CONFIG, START, FINISH_REMOVAL, MOVE}
+    {PROVISION, RECREATE, DEVICE, REMOVE_DEVICE, CONFIG, START, FINISH_REMOVAL, MOVE, APPLICATION}
 )
 
 FOREIGN = "foreign"
@@ -166,6 +167,7 @@ def reconcile(
                 Action(host.name, NOTE, f"host {host.name} could not be checked", error=exc.message)
             )
 
+    _resume_applications(svc, report, dry_run, provisioning_grace)
     if report.changed:
         with svc.session() as session:
             svc.audit(
@@ -175,6 +177,34 @@ def reconcile(
                 actions=[a.as_dict() for a in report.actions if a.done],
             )
     return report
+
+
+def _resume_applications(
+    svc: Services, report: ReconcileReport, dry_run: bool, grace: timedelta | None
+) -> None:
+    """Provision approved applications nobody is working on: the portal that approved them is down, or
+    died mid-way (it resumes them itself when it starts). With ``grace``, only those whose progress has
+    not moved for that long (the portal's own worker may be on the others)."""
+    from labgpu.services import applications
+    from labgpu.store.models import Application, ApplicationStatus
+
+    with svc.session() as session:
+        query = select(Application.id, Application.name).where(
+            Application.status == ApplicationStatus.APPROVED
+        )
+        if grace is not None:
+            query = query.where(Application.updated_at < utcnow() - grace)
+        waiting = list(session.execute(query.order_by(Application.id)).tuples())
+    for application_id, name in waiting:
+        detail = f"provision approved application {application_id} (the portal did not finish it)"
+        if dry_run:
+            report.actions.append(Action(name, APPLICATION, detail))
+            continue
+        info = applications.provision_application(svc, application_id)
+        if info.status == ApplicationStatus.DONE:
+            report.actions.append(Action(name, APPLICATION, detail, done=True))
+        else:
+            report.actions.append(Action(name, APPLICATION, detail, error=info.progress or info.status))
 
 
 def _hosts_to_check(svc: Services) -> list[Host | None]:

@@ -202,6 +202,8 @@ def test_gateway_password_login_must_be_changed_first(
     assert ssh_password(password, gw.port, "true", user=name).returncode != 0
 
 
+# What is tested is labgpu's bookkeeping, the same for both daemons (the tests above cover both): one is enough.
+@pytest.mark.parametrize("daemon_kind", ["incus"], scope="session")
 def test_member_commands_keep_an_enabled_gateway_current(
     test_gateway: GatewayUnderTest,  # noqa: F811
     tmp_path: Path,

@@ -39,6 +39,7 @@ from labgpu.runtime.backups import InstanceBackups
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services import gateway
 from labgpu.services.context import Services
+from labgpu.services.hosts import recorded_local_host
 from labgpu.services.reconcile import ReconcileReport, reconcile
 from labgpu.store.db import database_url, describe_url, sqlite_path
 from labgpu.store.migrate import current_revision, upgrade
@@ -329,7 +330,7 @@ def create_backup(
             }
             for m in rows
         ]
-        host = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
+        host = recorded_local_host(session)
         host_name = host.name if host else ""
     chosen = parse_containers(containers, [m["name"] for m in member_rows])
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -284,8 +284,8 @@ INOTIFY_INSTANCES_NEEDED = 1024
 def kernel_limit_checks(paths: HostPaths) -> list[Check]:
     """The sysctls LXD's and Incus's production guides raise, read from /proc/sys.
 
-    ``inotify-instances`` fails below INOTIFY_INSTANCES_NEEDED (not critical: a few containers still
-    run); the others warn when lower than the guides' values."""
+    Fails (not critically: a few containers still run) when fs.inotify.max_user_instances is below
+    INOTIFY_INSTANCES_NEEDED; warns when any of them is lower than the guides' values."""
     found = read_kernel_limits(paths)
     if not found:
         return [_na("kernel-limits", f"cannot read {paths.proc_sys} (not Linux, or /proc not mounted)")]

@@ -46,13 +46,12 @@ from labgpu.errors import ConfigError, Conflict, LabgpuError, NotFound
 from labgpu.gateway import helper as helper_module
 from labgpu.gateway import login as login_module
 from labgpu.services.context import Services
-from labgpu.services.hosts import public_address
+from labgpu.services.hosts import public_address, recorded_local_host
 from labgpu.settings import Settings
 from labgpu.store.models import (
     Account,
     Booking,
     BookingStatus,
-    Host,
     Member,
     MemberState,
     Notice,
@@ -574,7 +573,7 @@ def build_map(svc: Services, paths: GatewayPaths, *, now: datetime | None = None
     env_name = "INCUS_DIR" if runtime_kind == "incus" else "LXD_DIR"
     members: dict[str, Any] = {}
     with svc.session() as session:
-        local = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
+        local = recorded_local_host(session)
         host_info = {
             "name": local.name if local else "",
             "address": public_address(local, settings) if local else settings.public_address or "",

@@ -49,6 +49,7 @@ from labgpu.runtime.instances import Instance
 from labgpu.services import bookings
 from labgpu.services.context import Services
 from labgpu.services.host_clients import is_local, runtime_for, services_for
+from labgpu.services.hosts import recorded_local_host
 from labgpu.services.inventory import on_member
 from labgpu.services.members import host_gpus
 from labgpu.store.models import Host, Member
@@ -267,12 +268,6 @@ def _refused(
     return AttachOutcome(member, inst.name, wanted, (), (), REFUSED, "; ".join([message, *notes]))
 
 
-def local_host_row(svc: Services) -> Host | None:
-    """The host row of the local daemon (url NULL), or None before it was recorded."""
-    with svc.session() as session:
-        return session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
-
-
 def sync_host(
     svc: Services,
     *,
@@ -294,7 +289,8 @@ def sync_host(
     the host's daemon cannot be listed, ConfigError when labgpu cannot reach it at all (its pinned
     certificate is gone). Waits for each update."""
     if host is None:
-        host = local_host_row(svc)
+        with svc.session() as session:
+            host = recorded_local_host(session)
         if host is None:
             return []
     with svc.session() as session:

@@ -39,6 +39,7 @@ from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventor
 from labgpu.gpu.nvml import GpuSource
 from labgpu.services import bookings, gpu_attach
 from labgpu.services.context import Services
+from labgpu.services.hosts import recorded_local_host
 from labgpu.services.inventory import ask_all
 from labgpu.services.mail import send_mail
 from labgpu.store.models import GpuMode, GpuSample, Host, JobState, Member, utcnow
@@ -59,10 +60,6 @@ def idle_rule(svc: Services) -> IdleRule:
         duration=timedelta(minutes=s.gpu_idle_minutes),
         max_gap=max(timedelta(minutes=10), 3 * timedelta(seconds=s.gpu_sample_seconds)),
     )
-
-
-def _local_host(session: Session) -> Host | None:
-    return session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
 
 
 # Sampling -----------------------------------------------------------------------------------------
@@ -91,7 +88,7 @@ def sample_gpus(
     if not inv.available:
         return SampleResult(0, inv.headline)
     with svc.session() as session:
-        host = _local_host(session)
+        host = recorded_local_host(session)
         if host is None:
             return SampleResult(0, "no host in the store yet")
         for row in _sample_rows(inv, host.id, now):

@@ -21,7 +21,7 @@ def local_host(session: Session, runtime: RuntimeClient) -> Host:
     parallel): the row is added under a savepoint, so the one that loses the race on the unique name
     reads the winner's row without spoiling the caller's transaction. (Not in a transaction of its own:
     a caller that already holds SQLite's write lock, as the bookings lock does, would wait for itself.)"""
-    found = _local_row(session)
+    found = recorded_local_host(session)
     if found is not None:
         return found
     info = runtime.server()
@@ -31,7 +31,7 @@ def local_host(session: Session, runtime: RuntimeClient) -> Host:
             session.add(Host(name=name, url=None, kind=HostKind(info.kind), public_address=None))
     except IntegrityError:
         pass  # made meanwhile by someone else (or the name is another host's: below)
-    found = _local_row(session)
+    found = recorded_local_host(session)
     if found is None:  # the name is taken by a host that is not the local daemon
         raise Conflict(
             f"a host named {name} is already in the store for another daemon",
@@ -40,7 +40,8 @@ def local_host(session: Session, runtime: RuntimeClient) -> Host:
     return found
 
 
-def _local_row(session: Session) -> Host | None:
+def recorded_local_host(session: Session) -> Host | None:
+    """The local daemon's host row, or None while it is not recorded yet (:func:`local_host` records it)."""
     return session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
 
 

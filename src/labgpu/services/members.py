@@ -703,28 +703,32 @@ def wait_for_ssh(
     raise ProvisionError(f"sshd did not answer on {address}:{port} within {timeout:g}s ({last})")
 
 
+def wait_ssh_on(svc: Services, host: Host | None, listen_address: str, port: int, container: str) -> None:
+    """Wait until ``container``'s sshd answers through its SSH port map on ``host`` (``svc`` talks to that
+    host's daemon), from wherever labgpu can knock; nothing to wait for when the port listens on another
+    host's loopback. Fails at once when the container stops meanwhile. Raises ProvisionError."""
+    probe = ssh_probe_address(svc, host, listen_address)
+    if probe is None:
+        return
+    wait_for_ssh(
+        probe,
+        port,
+        timeout=svc.settings.ssh_ready_timeout,
+        halted=container_halted(svc.runtime, container),
+        container=container,
+    )
+
+
 def wait_member_ssh(svc: Services, name: str) -> None:
-    """Wait until the member's sshd answers through their SSH port map, from wherever labgpu can knock
-    (nothing to wait for when the port listens on another host's loopback). Fails at once when the
-    container stops meanwhile. Raises NotFound, ProvisionError."""
+    """:func:`wait_ssh_on` for a member, from the store. Raises NotFound, ProvisionError."""
     with svc.session() as session:
         member = load_member(session, name)
         host = member.host
         member_svc = services_for(svc, host)
         ssh = next((pm for pm in member.port_maps if pm.purpose == PortPurpose.SSH), None)
         container = member.container or name
-    if ssh is None:
-        return
-    probe = ssh_probe_address(member_svc, host, ssh.listen_address)
-    if probe is None:
-        return
-    wait_for_ssh(
-        probe,
-        ssh.host_port,
-        timeout=member_svc.settings.ssh_ready_timeout,
-        halted=container_halted(member_svc.runtime, container),
-        container=container,
-    )
+    if ssh is not None:
+        wait_ssh_on(member_svc, host, ssh.listen_address, ssh.host_port, container)
 
 
 def set_initial_password(svc: Services, container: str) -> str:
@@ -810,15 +814,8 @@ def provision(
     ensure_running(svc.runtime, spec.name)
     checkpoint("running")
     ssh = next(p for p in spec.ports if p.purpose == "ssh")
-    probe = ssh_probe_address(svc, host, ssh.listen_address)
-    if wait_ssh and probe is not None:
-        wait_for_ssh(
-            probe,
-            ssh.host_port,
-            timeout=svc.settings.ssh_ready_timeout,
-            halted=container_halted(svc.runtime, spec.name),
-            container=spec.name,
-        )
+    if wait_ssh:
+        wait_ssh_on(svc, host, ssh.listen_address, ssh.host_port, spec.name)
     checkpoint("ssh")
     password = set_initial_password(svc, spec.name) if set_password else None
     checkpoint("password")

@@ -372,15 +372,8 @@ def start_and_wait(dst: Services, plan: MovePlan, *, wait_ssh: bool) -> None:
     runtime = dst.runtime
     if runtime.instances.state(plan.container).status != "Running":
         runtime.instances.start(plan.container)
-    probe = members.ssh_probe_address(dst, plan.dest, dst.settings.listen_address)
-    if wait_ssh and probe is not None and "ssh" in plan.ports:
-        members.wait_for_ssh(
-            probe,
-            plan.ports["ssh"],
-            timeout=dst.settings.ssh_ready_timeout,
-            halted=members.container_halted(runtime, plan.container),
-            container=plan.container,
-        )
+    if wait_ssh and "ssh" in plan.ports:
+        members.wait_ssh_on(dst, plan.dest, dst.settings.listen_address, plan.ports["ssh"], plan.container)
 
 
 def commit_move(svc: Services, plan: MovePlan, dst: Services) -> dict[str, int]:

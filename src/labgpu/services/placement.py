@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from labgpu.domain.members import GpuRequest, parse_gpu_request
 from labgpu.domain.placement import Candidate, Choice, Demand, choose_host, committed
@@ -150,11 +149,8 @@ def place(
     hosts = known_hosts(svc)
     if not hosts:
         # Not even the local daemon is known: record it, or say why it cannot be (it does not answer).
-        try:
-            with svc.session() as session:
-                local_host(session, svc.runtime)
-        except IntegrityError:
-            pass  # recorded meanwhile by a concurrent add (the portal provisions several at once)
+        with svc.session() as session:
+            local_host(session, svc.runtime)  # safe when a concurrent add records it meanwhile
         hosts = known_hosts(svc)
     if host is not None and all(h.name != host for h in hosts):
         known = ", ".join(h.name for h in hosts) or "none"

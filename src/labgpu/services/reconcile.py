@@ -39,6 +39,7 @@ from labgpu.runtime.instances import Instance
 from labgpu.services import members
 from labgpu.services.context import Services
 from labgpu.services.host_clients import services_for
+from labgpu.services.hosts import recorded_local_host
 from labgpu.store.models import Host, Member, MemberState, utcnow
 
 # Actions a report can hold. The first group changes something (done=True once carried out);
@@ -211,7 +212,7 @@ def _hosts_to_check(svc: Services) -> list[Host | None]:
     """The local host (always: it reports foreign and orphan instances) and every other host that has
     members. None stands for a local daemon that has no host row yet."""
     with svc.session() as session:
-        local = session.scalars(select(Host).where(Host.url.is_(None)).order_by(Host.id)).first()
+        local = recorded_local_host(session)
         others = session.scalars(
             select(Host)
             .where(

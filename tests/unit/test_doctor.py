@@ -30,6 +30,7 @@ from labgpu.services.doctor import (
 )
 from labgpu.services.host_setup import HostPaths
 from labgpu.settings import Settings
+from tests.conftest import DEBIAN_SYSCTL_DEFAULTS, fake_sysctl
 
 DRIVER_VERSION_TEXT = (
     "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n"
@@ -307,22 +308,14 @@ def test_json_shape() -> None:
 # Kernel limits ------------------------------------------------------------------
 
 
-def write_sysctls(root: Path, **values: int) -> HostPaths:
-    for key, value in values.items():
-        path = root / "proc/sys" / key.replace("__", "/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{value}\n")
-    return HostPaths(root=root)
+def sysctls(root: Path, **changes: int) -> HostPaths:
+    """A fake /proc/sys with Debian 12's defaults, ``changes`` given as fs__inotify__max_user_watches=N."""
+    values = {**DEBIAN_SYSCTL_DEFAULTS, **{k.replace("__", "/"): v for k, v in changes.items()}}
+    return HostPaths(root=fake_sysctl(root, values))
 
 
 def test_debians_default_inotify_limit_fails_and_says_how_many_containers_can_run(tmp_path: Path) -> None:
-    paths = write_sysctls(
-        tmp_path,
-        fs__inotify__max_user_instances=128,
-        fs__inotify__max_user_watches=8192,
-        fs__inotify__max_queued_events=16384,
-        vm__max_map_count=65530,
-    )
+    paths = sysctls(tmp_path)
     [check] = kernel_limit_checks(paths)
     assert check.status == CheckStatus.FAIL
     assert not check.critical  # a few containers still run: doctor's exit code stays 0
@@ -334,11 +327,10 @@ def test_debians_default_inotify_limit_fails_and_says_how_many_containers_can_ru
 
 
 def test_raised_inotify_but_other_limits_low_is_a_warning_naming_them(tmp_path: Path) -> None:
-    paths = write_sysctls(
+    paths = sysctls(
         tmp_path,
         fs__inotify__max_user_instances=1024,
         fs__inotify__max_user_watches=1048576,
-        fs__inotify__max_queued_events=16384,
         vm__max_map_count=262144,
     )
     [check] = kernel_limit_checks(paths)
@@ -348,7 +340,7 @@ def test_raised_inotify_but_other_limits_low_is_a_warning_naming_them(tmp_path: 
 
 
 def test_production_limits_pass_and_no_proc_is_not_applicable(tmp_path: Path) -> None:
-    paths = write_sysctls(
+    paths = sysctls(
         tmp_path / "good",
         fs__inotify__max_user_instances=1048576,
         fs__inotify__max_user_watches=1048576,

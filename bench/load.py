@@ -320,7 +320,7 @@ class Lab:
                 proc.wait()
 
     def add_admins(self, count: int) -> list[str]:
-        from labgpu.services import accounts
+        from labgpu.services.portal import _accounts as accounts
         from labgpu.store.models import Role
 
         names = [f"{self.tag}adm{i}" for i in range(count)]
@@ -488,7 +488,7 @@ def check_members(lab: Lab, report: Report, names: list[str]) -> None:
 def raw_launch(lab: Lab, n: int, profile: str, pool: str) -> dict[str, Any]:
     """The raw way for N members at once: launch, proxy device, wait for sshd; then delete them."""
     from labgpu.errors import LabgpuError
-    from labgpu.services.members import wait_for_ssh
+    from labgpu.services.members._members import wait_for_ssh
 
     cli = CLIS[lab.daemon]
     base = lab.settings.port_range_end + 1
@@ -533,7 +533,7 @@ def add_listed_members(lab: Lab, count: int) -> list[str]:
     """``count`` stopped busybox containers with members (and portal accounts) written to the store."""
     from bench.list_instances import ensure_image
 
-    from labgpu.services.passwords import hash_password
+    from labgpu.services.portal._passwords import hash_password
 
     if count <= 0:
         return []

@@ -47,7 +47,7 @@ def store_members(
     """Members of the existing stopped containers ``names``, written straight to the store (fast): one SSH
     port map each from ``port_start``, uids from ``uid_start`` (default: the policy's uid_base), and a
     portal account with ``password_hash`` when one is given."""
-    from labgpu.services.hosts import local_host
+    from labgpu.services.hosts._records import local_host
     from labgpu.store.models import Account, Member, MemberState, PortMap, PortPurpose
 
     uid_start = svc.settings.uid_base if uid_start is None else uid_start
@@ -119,9 +119,10 @@ def main() -> int:
 
     from fastapi.testclient import TestClient
 
-    from labgpu.services import accounts, api_tokens
-    from labgpu.services.accounts import Identity
     from labgpu.services.context import Actor, Services
+    from labgpu.services.portal import _accounts as accounts
+    from labgpu.services.portal import _tokens as api_tokens
+    from labgpu.services.portal._accounts import Identity
     from labgpu.settings import load_settings
     from labgpu.store.db import create_engine_for, session_factory
     from labgpu.store.migrate import upgrade

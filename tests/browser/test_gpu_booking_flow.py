@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.settings import load_settings
 from labgpu.store.migrate import upgrade
 from labgpu.store.models import Role

@@ -13,8 +13,8 @@ import pytest
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
-from labgpu.services import logins
 from labgpu.services.context import Actor, Services
+from labgpu.services.portal import _logins as logins
 from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
 

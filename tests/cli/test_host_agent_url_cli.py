@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from labgpu.cli.main import run
 from labgpu.errors import BadInput
-from labgpu.services.remote_hosts import normalize_agent_url
+from labgpu.services.hosts._remote import normalize_agent_url
 from labgpu.settings import load_settings
 from labgpu.store import create_engine_for, session_factory
 from labgpu.store.models import AuditEvent, Host, HostKind

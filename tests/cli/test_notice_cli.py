@@ -38,7 +38,7 @@ def test_add_list_remove_with_audit(capsys: pytest.CaptureFixture[str]) -> None:
     assert [n["message"] for n in listed] == ["Maintenance Saturday 9-12", "New GPUs next month"]
 
     from labgpu.services.context import Actor, Services
-    from labgpu.services.notices import active_notices
+    from labgpu.services.portal._notices import active_notices
     from labgpu.settings import load_settings
     from labgpu.store.db import create_engine_for, session_factory
 
@@ -79,7 +79,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_messages_lose_control_characters() -> None:
-    from labgpu.services.notices import clean_message
+    from labgpu.services.portal._notices import clean_message
 
     assert (
         clean_message("  Reboot \x1b[31mtonight\x07\n  second line  \n")

@@ -156,7 +156,7 @@ def test_gateway(labgpu_env: LabgpuEnv, tmp_path: Path) -> Iterator[GatewayUnder
     finally:
         gw.stop_sshd()
         with contextlib.suppress(Exception):
-            from labgpu.services.gateway import disable
+            from labgpu.services.hosts._gateway import disable
 
             disable(labgpu_env.services(), reload=False)
         gw.sudoers.unlink(missing_ok=True)

@@ -26,8 +26,12 @@ from sqlalchemy import select
 
 from labgpu.domain.gpus import PASSTHROUGH_NONE
 from labgpu.gpu.fake import RecordedNvml
-from labgpu.services import bookings, gpu_attach, gpu_modes, lifecycle, members
-from labgpu.services.reconcile import reconcile
+from labgpu.services.gpus import _attach as gpu_attach
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.members import _lifecycle as lifecycle
+from labgpu.services.members import _members as members
+from labgpu.services.ops._reconcile import reconcile
 from labgpu.store.models import Booking, Member
 from tests.conftest import LabgpuEnv
 

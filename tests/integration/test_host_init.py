@@ -14,8 +14,8 @@ import pytest
 
 from labgpu.errors import BadInput
 from labgpu.runtime.client import RuntimeClient
-from labgpu.services.doctor import CheckStatus, nvidia_pci_devices, run_doctor
-from labgpu.services.host_setup import HostPaths, StepStatus, init_host
+from labgpu.services.hosts._doctor import CheckStatus, nvidia_pci_devices, run_doctor
+from labgpu.services.hosts._setup import HostPaths, StepStatus, init_host
 from labgpu.settings import Settings
 from tests.conftest import Cleanup, fake_sysctl, unique_name
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from labgpu.runtime.instances import Instances
-from labgpu.services import members
+from labgpu.services.members import _members as members
 from labgpu.store.models import Member
 from tests.conftest import LabgpuEnv, unique_name
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.instances import Instance
-from labgpu.services.members import (
+from labgpu.services.members._members import (
     add_member,
     container_spec,
     get_member,
@@ -23,7 +23,7 @@ from labgpu.services.members import (
     validate_request,
     wait_for_ssh,
 )
-from labgpu.services.reconcile import reconcile
+from labgpu.services.ops._reconcile import reconcile
 from labgpu.store.models import AuditEvent, Member, MemberState
 from tests.conftest import Cleanup, LabgpuEnv, unique_name
 
@@ -175,7 +175,7 @@ def test_missing_container_is_recreated_home_kept_and_a_stopped_member_stays_sto
 def test_a_removal_that_stopped_half_way_is_finished_and_the_home_archived(
     labgpu_env: LabgpuEnv, runtime: RuntimeClient
 ) -> None:
-    lifecycle = pytest.importorskip("labgpu.services.lifecycle")
+    lifecycle = pytest.importorskip("labgpu.services.members._lifecycle")
     if not hasattr(lifecycle, "finish_removal"):
         pytest.skip("services.lifecycle has no finish_removal yet")
     svc = labgpu_env.services()
@@ -203,9 +203,9 @@ def test_a_removal_that_stopped_half_way_is_finished_and_the_home_archived(
 
 def test_an_approved_application_the_portal_never_finished_is_provisioned(labgpu_env: LabgpuEnv) -> None:
     """Approved in the portal, which then went down: `labgpu reconcile` makes the member and the account."""
-    from labgpu.services import applications
-    from labgpu.services.accounts import get_account
     from labgpu.services.context import Actor
+    from labgpu.services.portal import _applications as applications
+    from labgpu.services.portal._accounts import get_account
 
     svc = labgpu_env.services()
     name = unique_name("ra")

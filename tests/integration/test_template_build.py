@@ -21,9 +21,8 @@ import pytest
 from labgpu.errors import Conflict
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeNotFound
-from labgpu.services.template_build import BuildReporter, build_template
-from labgpu.services.template_spec import load_spec
-from labgpu.services.templates import (
+from labgpu.services.templates._build import BuildReporter, build_template
+from labgpu.services.templates._catalog import (
     PROP_TEMPLATE,
     catalog,
     export_template,
@@ -31,6 +30,7 @@ from labgpu.services.templates import (
     remove_template,
     version_key,
 )
+from labgpu.services.templates._spec import load_spec
 from tests.conftest import Cleanup, LabgpuEnv
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,7 @@ def wait_for_banner(port: int, timeout: float = 60) -> bytes:
 def test_minimal_spec_builds_offline_and_a_member_container_from_it_answers_ssh(
     built: Built, runtime: RuntimeClient, labgpu_env: LabgpuEnv, cleanup: Cleanup
 ) -> None:
-    from labgpu.services.members import add_member, validate_request
+    from labgpu.services.members._members import add_member, validate_request
 
     # Published as NAME and NAME/VERSION, with what the build recorded.
     image = runtime.images.get(built.fingerprint)
@@ -183,8 +183,8 @@ def test_minimal_spec_builds_offline_and_a_member_container_from_it_answers_ssh(
 def test_building_again_makes_a_new_version_that_member_reset_moves_to_keeping_the_home(
     built: Built, runtime: RuntimeClient, labgpu_env: LabgpuEnv
 ) -> None:
-    from labgpu.services.lifecycle import reset_member
-    from labgpu.services.members import add_member, validate_request
+    from labgpu.services.members._lifecycle import reset_member
+    from labgpu.services.members._members import add_member, validate_request
 
     svc = labgpu_env.services()
     sheet = add_member(svc, validate_request(svc, name="treset", template=built.name), wait_ssh=False)

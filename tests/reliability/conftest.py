@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from labgpu.services.invariants import InvariantReport, Marker, check_invariants
+from labgpu.services.ops._invariants import InvariantReport, Marker, check_invariants
 from tests.integration.multihost.conftest import hosts_env, test_daemons  # noqa: F401 - fixtures
 from tests.reliability.harness import full_run
 

@@ -2,7 +2,7 @@
 
 A scenario injects ONE fault (a SIGKILL right after a named step, a daemon restart, a full disk),
 recovers the way an admin would (``labgpu reconcile``, or the next run of the job) and then checks the
-invariants of :mod:`labgpu.services.invariants`, with a marker file written into the member's home
+invariants of :mod:`labgpu.services.ops._invariants`, with a marker file written into the member's home
 before the fault. The CI form runs :data:`QUICK` only; ``LABGPU_FAULTS=full`` (``scripts/fault-suite``)
 runs the whole matrix.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from labgpu.services.invariants import Marker
-from labgpu.services.members import PROVISION_STEPS
+from labgpu.services.members._members import PROVISION_STEPS
+from labgpu.services.ops._invariants import Marker
 
 LABGPU = [sys.executable, "-m", "labgpu.cli"]
 

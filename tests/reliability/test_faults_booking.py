@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from labgpu.services import bookings, gpu_modes, members
-from labgpu.services.invariants import Marker, check_invariants
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.members import _members as members
+from labgpu.services.ops._invariants import Marker, check_invariants
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.test_gpu_bookings import GPUS, RECORDING
 from tests.reliability.conftest import Fault

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.services.invariants import Marker
-from labgpu.services.members import add_member, validate_request
+from labgpu.services.members._members import add_member, validate_request
+from labgpu.services.ops._invariants import Marker
 from tests.conftest import LabgpuEnv, unique_name
 from tests.reliability.conftest import Fault
 from tests.reliability.harness import ADD_STEPS, RESET_STEPS, RM_STEPS, run_labgpu, steps, write_marker

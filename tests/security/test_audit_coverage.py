@@ -33,26 +33,24 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from labgpu.cli.main import app as cli_app
-from labgpu.services import (
-    accounts,
-    applications,
-    audit,
-    backups,
-    booking_requests,
-    bookings,
-    gateway,
-    gpu_modes,
-    lifecycle,
-    members,
-    moves,
-    notices,
-    remote_hosts,
-    shares,
-    snapshots,
-    template_build,
-    templates,
-)
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus import _booking_requests as booking_requests
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.gpus._usage import GpuUsageReader
+from labgpu.services.hosts import _gateway as gateway
+from labgpu.services.hosts import _remote as remote_hosts
+from labgpu.services.members import _lifecycle as lifecycle
+from labgpu.services.members import _members as members
+from labgpu.services.members import _moves as moves
+from labgpu.services.members import _shares as shares
+from labgpu.services.members import _snapshots as snapshots
+from labgpu.services.ops import _backups as backups
+from labgpu.services.portal import _accounts as accounts
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _audit as audit
+from labgpu.services.portal import _notices as notices
+from labgpu.services.templates import _build as template_build
+from labgpu.services.templates import _catalog as templates
 from labgpu.store.models import Application, ApplicationStatus, Booking, BookingStatus, Member, Role
 from tests.web.conftest import PASSWORD, Portal, csrf_from, login, page_token
 from tests.web.gpus.helpers import PortalFactory, ServedAgent, add_host

@@ -25,8 +25,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts, api_tokens, applications, audit, bookings
-from labgpu.services.accounts import Identity
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.portal import _accounts as accounts
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _audit as audit
+from labgpu.services.portal import _tokens as api_tokens
+from labgpu.services.portal._accounts import Identity
 from labgpu.store.models import Role
 from labgpu.web.security import CSRF_MESSAGE
 from tests.web.conftest import Portal, csrf_from, login

@@ -29,8 +29,9 @@ from labgpu.domain.shares import FORBIDDEN_SOURCES, check_share_path, check_shar
 from labgpu.errors import BadInput
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
-from labgpu.services import members, moves
 from labgpu.services.context import Actor, Services
+from labgpu.services.members import _members as members
+from labgpu.services.members import _moves as moves
 from labgpu.settings import Settings, load_settings
 from labgpu.store.models import Member, PortMap, PortPurpose, Share
 
@@ -429,14 +430,20 @@ def test_a_refused_spec_never_reaches_the_daemon(lab_settings: Settings) -> None
 MUTATING = {"create", "update", "replace"}
 # (module, function) -> why it needs no check_safe of its own.
 NO_CHECK_NEEDED = {
-    ("services/gpu_modes.py", "ensure_passthrough"): "sets only passthrough_config(): nvidia.runtime",
-    ("services/host_setup.py", "_step_profile"): "labgpu_profile() is constant; merged_profile drops "
+    ("services/gpus/_modes.py", "ensure_passthrough"): "sets only passthrough_config(): nvidia.runtime",
+    ("services/hosts/_setup.py", "_step_profile"): "labgpu_profile() is constant; merged_profile drops "
     "security.privileged (tests/unit/test_host_setup_profile.py)",
-    ("services/reconcile.py", "update"): "a closure inside _repair_drift, which calls check_safe first",
-    ("services/shares.py", "remove_share"): "removes one share device from the profile, adds nothing",
-    ("services/template_build.py", "start_builder"): "an admin's builder: constant labels, a root disk and "
+    ("services/ops/_reconcile.py", "update"): "a closure inside _repair_drift, which calls check_safe first",
+    (
+        "services/members/_shares.py",
+        "remove_share",
+    ): "removes one share device from the profile, adds nothing",
+    ("services/templates/_build.py", "start_builder"): "an admin's builder: constant labels, a root disk and "
     "a NIC, no profile, deleted when the build ends",
-    ("services/moves.py", "_transfer"): "copies the spec plan_move checked (check_safe before the plan); "
+    (
+        "services/members/_moves.py",
+        "_transfer",
+    ): "copies the spec plan_move checked (check_safe before the plan); "
     "its cluster branch goes through put_spec",
 }
 
@@ -493,7 +500,7 @@ def test_every_call_that_changes_an_instance_or_a_profile_is_checked() -> None:
 
 def test_no_code_writes_the_keys_that_break_isolation() -> None:
     """The keys appear only where they are refused (check_safe, the profile's forbidden list)."""
-    allowed = {"domain/container.py", "services/host_setup.py"}
+    allowed = {"domain/container.py", "services/hosts/_setup.py"}
     pattern = re.compile(r"security\.privileged|security\.nesting|raw\.(lxc|apparmor|seccomp|qemu)")
     found = sorted(
         path.relative_to(SRC).as_posix()

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from labgpu.services import applications, audit
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _audit as audit
 from labgpu.store.models import Role
 from labgpu.web.security import CSRF_MESSAGE
 from tests.web.conftest import Portal, login, page_token

@@ -26,7 +26,11 @@ from fastapi.testclient import TestClient
 from labgpu.cli.main import run
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
-from labgpu.services import applications, audit, bookings, members, shares
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.members import _members as members
+from labgpu.services.members import _shares as shares
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _audit as audit
 from labgpu.store.models import Role
 from tests.web.conftest import Portal, csrf_from, login, page_token
 from tests.web.gpus.helpers import PortalFactory, ServedAgent

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from labgpu.errors import BadInput
-from labgpu.services import base_image
-from labgpu.services.base_image import (
+from labgpu.services.templates import _base_image as base_image
+from labgpu.services.templates._base_image import (
     ImageBuildError,
     add_user,
     build_image,

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from labgpu.services.booking_board import BoardEntry, day_columns, layout_row
-from labgpu.services.gpu_usage import AgentAnswerError, parse_inventory
+from labgpu.services.gpus._board import BoardEntry, day_columns, layout_row
+from labgpu.services.gpus._usage import AgentAnswerError, parse_inventory
 from labgpu.store.models import Host, HostKind
 
 H = timedelta(hours=1)

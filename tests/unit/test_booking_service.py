@@ -15,8 +15,8 @@ from sqlalchemy import delete, func, select
 from labgpu.domain import bookings as rules
 from labgpu.domain.bookings import BookingConflict, QuotaExceeded
 from labgpu.errors import BadInput, Conflict, Exhausted, LabgpuError
-from labgpu.services import bookings
 from labgpu.services.context import Actor
+from labgpu.services.gpus import _bookings as bookings
 from labgpu.store.models import Booking, BookingSlot, Host
 from tests.conftest import MailBox
 from tests.unit.gpu_store import GPUS, MIN, T0, GpuStore, H

@@ -24,7 +24,7 @@ from labgpu.domain.bookings import (
 )
 from labgpu.domain.gpus import booked_device_index, booked_devices, gpu_device, passthrough_config
 from labgpu.errors import BadInput
-from labgpu.services.gpu_attach import explain_refusal
+from labgpu.services.gpus._attach import explain_refusal
 
 NOW = datetime(2026, 3, 2, 9, 7, 30, tzinfo=UTC)
 Q = timedelta(minutes=15)
@@ -118,7 +118,7 @@ def test_the_daemons_refusals_in_plain_words() -> None:
 def test_auto_passthrough_prefers_cdi_then_the_nvidia_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from labgpu.services import gpu_attach
+    from labgpu.services.gpus import _attach as gpu_attach
 
     def svc(extensions: set[str], setting: str = "auto") -> object:
         info = SimpleNamespace(has=lambda e: e in extensions)
@@ -151,8 +151,8 @@ def machine_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], No
 def test_the_machines_zone_keeps_its_daylight_saving_rules(machine_zone: Callable[[str], None]) -> None:
     """A booking typed in winter for a summer day is read with the summer offset; the day the clocks
     go forward has 23 hours on the board."""
-    from labgpu.services.booking_board import day_columns
-    from labgpu.services.booking_requests import local_tz
+    from labgpu.services.gpus._board import day_columns
+    from labgpu.services.gpus._booking_requests import local_tz
 
     machine_zone("Europe/Berlin")
     tz = local_tz()
@@ -165,7 +165,7 @@ def test_the_machines_zone_keeps_its_daylight_saving_rules(machine_zone: Callabl
 
 
 def test_an_unknown_tz_falls_back_to_the_offset_in_force() -> None:
-    code = "from labgpu.services.booking_requests import local_tz; print(local_tz().utcoffset(None))"
+    code = "from labgpu.services.gpus._booking_requests import local_tz; print(local_tz().utcoffset(None))"
     env = {**os.environ, "TZ": "Nowhere/Atlantis"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr

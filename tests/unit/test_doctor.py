@@ -12,7 +12,7 @@ from labgpu.gpu.nvml import NvmlProbe
 from labgpu.runtime.client import RuntimeClient, ServerInfo
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeUnavailable
-from labgpu.services.doctor import (
+from labgpu.services.hosts._doctor import (
     NO_GPU,
     REQUIRED_EXTENSIONS,
     Check,
@@ -28,7 +28,7 @@ from labgpu.services.doctor import (
     state_dir_check,
     subid_checks,
 )
-from labgpu.services.host_setup import HostPaths
+from labgpu.services.hosts._setup import HostPaths
 from labgpu.settings import Settings
 from tests.conftest import DEBIAN_SYSCTL_DEFAULTS, fake_sysctl
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labgpu.gateway import helper, login
-from labgpu.services import gateway
+from labgpu.services.hosts import _gateway as gateway
 
 
 @pytest.mark.parametrize(

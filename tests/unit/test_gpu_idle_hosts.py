@@ -20,7 +20,10 @@ from sqlalchemy import func, select
 from labgpu.gpu.agent import create_agent_app
 from labgpu.gpu.fake import load_scenario, write_proc_tree
 from labgpu.gpu.inventory import take_inventory
-from labgpu.services import bookings, gpu_idle, gpu_modes, jobs
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _idle as gpu_idle
+from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.ops import _jobs as jobs
 from labgpu.store.models import GpuSample, Host, HostKind, Member
 from tests.conftest import MailBox
 from tests.unit.gpu_store import GPUS, MIN, T0, GpuStore, H

@@ -12,7 +12,9 @@ from sqlalchemy import func, select
 
 from labgpu.gpu.fake import RecordedNvml
 from labgpu.gpu.nvml import NvmlReading
-from labgpu.services import bookings, gpu_idle, jobs
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _idle as gpu_idle
+from labgpu.services.ops import _jobs as jobs
 from labgpu.store.models import BookingSlot, GpuSample, Host, Member
 from tests.conftest import MailBox
 from tests.unit.gpu_store import GPUS, MIN, T0, GpuStore, H

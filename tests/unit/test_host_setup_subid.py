@@ -14,7 +14,7 @@ from labgpu.domain.subid import (
     missing_ranges,
     parse_subid,
 )
-from labgpu.services.host_setup import HostPaths, StepStatus, plan_subid, write_file_atomically
+from labgpu.services.hosts._setup import HostPaths, StepStatus, plan_subid, write_file_atomically
 from labgpu.settings import Settings
 from tests.conftest import DEBIAN_SYSCTL_DEFAULTS, fake_sysctl
 
@@ -117,7 +117,7 @@ def test_the_writer_makes_a_new_file_world_readable(tmp_path: Path) -> None:
 
 
 def _kernel_run(tmp_path: Path, *, dry_run: bool = False) -> tuple[Any, HostPaths]:
-    from labgpu.services.host_setup import HostInitReport, _Run
+    from labgpu.services.hosts._setup import HostInitReport, _Run
 
     report = HostInitReport(runtime="test", dry_run=dry_run, force=False)
     run = _Run(None, Settings(state_dir=tmp_path / "state"), None, report, force=False, dry_run=dry_run)  # type: ignore[arg-type]
@@ -125,7 +125,7 @@ def _kernel_run(tmp_path: Path, *, dry_run: bool = False) -> tuple[Any, HostPath
 
 
 def test_kernel_limits_are_raised_now_and_at_boot_and_never_lowered(tmp_path: Path) -> None:
-    from labgpu.services.host_setup import _step_kernel_limits
+    from labgpu.services.hosts._setup import _step_kernel_limits
 
     run, paths = _kernel_run(tmp_path)
     fake_sysctl(tmp_path / "sys", {**DEBIAN_SYSCTL_DEFAULTS, "fs/inotify/max_user_watches": 4194304})
@@ -144,7 +144,7 @@ def test_kernel_limits_are_raised_now_and_at_boot_and_never_lowered(tmp_path: Pa
 
 
 def test_kernel_limits_dry_run_changes_nothing_and_an_unwritable_proc_needs_attention(tmp_path: Path) -> None:
-    from labgpu.services.host_setup import _step_kernel_limits
+    from labgpu.services.hosts._setup import _step_kernel_limits
 
     fake_sysctl(tmp_path / "sys")
     run, paths = _kernel_run(tmp_path, dry_run=True)

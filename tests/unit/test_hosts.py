@@ -13,9 +13,9 @@ from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.certs import decode_trust_token
 from labgpu.runtime.errors import RuntimeError_
 from labgpu.runtime.migration import PULL, PUSH, Peer, copy_mode
-from labgpu.services.host_clients import HostAddress, parse_host_url
-from labgpu.services.inventory import ask_all, parse_gpus
-from labgpu.services.remote_hosts import normalize_agent_url, normalize_url, validate_host_name
+from labgpu.services.clients import HostAddress, parse_host_url
+from labgpu.services.hosts._inventory import ask_all, parse_gpus
+from labgpu.services.hosts._remote import normalize_agent_url, normalize_url, validate_host_name
 
 
 def test_host_url_round_trip() -> None:

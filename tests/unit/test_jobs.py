@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from labgpu.errors import BadInput, LabgpuError
-from labgpu.services import jobs
-from labgpu.services.jobs import Job, JobContext, JobResult
+from labgpu.services.ops import _jobs as jobs
+from labgpu.services.ops._jobs import Job, JobContext, JobResult
 from labgpu.store import create_engine_for
 from tests.unit.gpu_store import MIN, T0, GpuStore
 
@@ -144,7 +144,7 @@ def test_serve_runs_the_job_runner_for_as_long_as_the_app_lives(tmp_path: Path) 
 
 
 def test_the_bookings_job_moves_bookings_even_when_the_daemon_is_away(gpu_store: GpuStore) -> None:
-    from labgpu.services import bookings
+    from labgpu.services.gpus import _bookings as bookings
     from tests.unit.gpu_store import GPUS, H
 
     svc = gpu_store.svc()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from labgpu.errors import BadInput
-from labgpu.services.lifecycle import archive_path, desired_patch, parse_set_request
-from labgpu.services.snapshots import (
+from labgpu.services.members._lifecycle import archive_path, desired_patch, parse_set_request
+from labgpu.services.members._snapshots import (
     SnapshotInfo,
     automatic_name,
     is_automatic,

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from labgpu.errors import Conflict
-from labgpu.services.hosts import local_host
+from labgpu.services.hosts._records import local_host
 from labgpu.settings import Settings
 from labgpu.store import create_engine_for, session_factory, upgrade
 from labgpu.store.models import Host, HostKind

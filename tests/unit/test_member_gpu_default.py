@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labgpu.domain.members import parse_gpu_request
-from labgpu.services.members import MemberRequest, gpus_for_host
+from labgpu.services.members._members import MemberRequest, gpus_for_host
 from labgpu.store.models import Host
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from datetime import timedelta
 
-from labgpu.services.move_recovery import move_in_progress
-from labgpu.services.moves import same_cluster, this_process
+from labgpu.services.members._move_recovery import move_in_progress
+from labgpu.services.members._moves import same_cluster, this_process
 from labgpu.store.models import Host, HostKind, utcnow
 
 

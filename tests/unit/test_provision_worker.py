@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from labgpu.services import applications
+from labgpu.services.portal import _applications as applications
 
 
 class FakeProvisioning:

@@ -17,15 +17,16 @@ from labgpu.cli.main import run
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.images import RemoteImage, split_multipart
-from labgpu.services.template_build import (
+from labgpu.services.templates._build import (
     Builder,
     BuildReporter,
     TemplateBuildError,
     base_recipe,
     check_network,
 )
-from labgpu.services.template_spec import LoadedSpec, SpecError, load_spec, parse_spec
-from labgpu.services.template_steps import (
+from labgpu.services.templates._catalog import next_version, parse_ref, version_key
+from labgpu.services.templates._spec import LoadedSpec, SpecError, load_spec, parse_spec
+from labgpu.services.templates._steps import (
     SSHD_DROPIN,
     VNC_UNIT,
     OsRelease,
@@ -35,7 +36,6 @@ from labgpu.services.template_steps import (
     guess_os_release,
     plan_steps,
 )
-from labgpu.services.templates import next_version, parse_ref, version_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "templates").glob("*.yaml"))
@@ -213,7 +213,7 @@ def test_spec_hash_follows_content_not_layout(tmp_path: Path) -> None:
 
 
 def test_debootstrap_base_passes_variant_and_packages_to_the_cached_recipe() -> None:
-    from labgpu.services import base_image
+    from labgpu.services.templates import _base_image as base_image
 
     default = base_image.debootstrap_recipe(architecture="x86_64")
     buildd = base_image.debootstrap_recipe(variant="buildd", architecture="x86_64")
@@ -524,7 +524,7 @@ def test_cli_validate_shows_the_plan(cli_env: Path, capsys: pytest.CaptureFixtur
 def test_cli_shows_a_failed_steps_output_then_one_error_line(
     cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import labgpu.services.template_build as template_build
+    import labgpu.services.templates as templates_public
 
     def failing_build(*_args: Any, **_kw: Any) -> None:
         raise TemplateBuildError(
@@ -534,7 +534,7 @@ def test_cli_shows_a_failed_steps_output_then_one_error_line(
             output_tail="line one\nline two",
         )
 
-    monkeypatch.setattr(template_build, "build_template", failing_build)
+    monkeypatch.setattr(templates_public, "build_template", failing_build)  # the CLI calls the public face
     assert run(["template", "build", str(ROOT / "templates" / "minimal.yaml")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == "--- last output of step 'command 1' ---"

@@ -18,8 +18,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts
 from labgpu.services.context import Actor, Services
+from labgpu.services.portal import _accounts as accounts
 from labgpu.settings import Settings, load_settings
 from labgpu.store.migrate import upgrade
 from labgpu.store.models import Role

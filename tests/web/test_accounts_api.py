@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts, audit
+from labgpu.services.portal import _accounts as accounts
+from labgpu.services.portal import _audit as audit
 from labgpu.store.models import Role
 from tests.web.conftest import PASSWORD, Portal, login, page_token
 

@@ -23,8 +23,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from labgpu.services import accounts, api_tokens
-from labgpu.services.accounts import Identity
+from labgpu.services.portal import _accounts as accounts
+from labgpu.services.portal import _tokens as api_tokens
+from labgpu.services.portal._accounts import Identity
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import LabgpuEnv, unique_name

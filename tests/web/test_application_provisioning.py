@@ -8,8 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services import applications, members
-from labgpu.services.accounts import get_account
+from labgpu.services.members import _members as members
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal._accounts import get_account
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import LabgpuEnv, MailBox, unique_name
@@ -24,7 +25,7 @@ def test_approve_provisions_in_the_background_and_resumes_after_a_restart(
 ) -> None:
     labgpu_env.overrides.update(smtp_server.settings(), portal_url="https://gpu.lab.test/")
     svc = labgpu_env.services()
-    from labgpu.services import accounts
+    from labgpu.services.portal import _accounts as accounts
 
     accounts.create_account(svc, name="boss", password=PASSWORD, role=Role.ADMIN, email="boss@lab.test")
     name = unique_name("ap")

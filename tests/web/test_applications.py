@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts, applications, audit
+from labgpu.services.portal import _accounts as accounts
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _audit as audit
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import MailBox

@@ -15,8 +15,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from labgpu.services import api_tokens, applications
-from labgpu.services.accounts import Identity
+from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _tokens as api_tokens
+from labgpu.services.portal._accounts import Identity
 from labgpu.store.models import Role
 from tests.web.conftest import Portal, csrf_from, login
 

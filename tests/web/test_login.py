@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from labgpu.services.accounts import token_digest
+from labgpu.services.portal._accounts import token_digest
 from labgpu.store.models import LoginSession, Role, utcnow
 from labgpu.web.security import SESSION_COOKIE
 from tests.web.conftest import PASSWORD, Portal, csrf_from, login
@@ -182,7 +182,7 @@ def test_mistyped_password_then_success_is_forgiven_for_the_address(portal: Port
 
 
 def test_disabled_account_cannot_log_in(portal: Portal) -> None:
-    from labgpu.services import accounts
+    from labgpu.services.portal import _accounts as accounts
 
     portal.add_account("alice", role=Role.MEMBER)
     accounts.set_disabled(portal.svc, "alice", disabled=True)

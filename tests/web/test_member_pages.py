@@ -7,8 +7,14 @@ import html
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts, audit
-from labgpu.services.members import add_member, probe_address, validate_request, wait_for_ssh
+from labgpu.services.members._members import (
+    add_member,
+    probe_address,
+    validate_request,
+    wait_for_ssh,
+)
+from labgpu.services.portal import _accounts as accounts
+from labgpu.services.portal import _audit as audit
 from labgpu.web.app import create_app
 from tests.conftest import LabgpuEnv, unique_name
 from tests.web.conftest import PASSWORD, login, page_token

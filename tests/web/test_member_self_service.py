@@ -9,7 +9,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services import accounts, members
+from labgpu.services.members import _members as members
+from labgpu.services.portal import _accounts as accounts
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import LabgpuEnv, unique_name
@@ -107,6 +108,9 @@ def test_admin_changes_limits_disables_and_removes_a_member(labgpu_env: LabgpuEn
     from pathlib import Path
 
     assert Path(removal["archived_to"]).is_dir()
-    ts = [e.action for e in __import__("labgpu.services.audit", fromlist=["x"]).list_events(svc, target=name)]
+    ts = [
+        e.action
+        for e in __import__("labgpu.services.portal._audit", fromlist=["x"]).list_events(svc, target=name)
+    ]
     assert {"member.set", "account.disable", "member.rm"} <= set(ts)
     _ = page_token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from labgpu.services import notices
+from labgpu.services.portal import _notices as notices
 from labgpu.store.models import utcnow
 from tests.web.conftest import Portal, login
 

@@ -6,8 +6,14 @@ import pytest
 from argon2 import PasswordHasher, Type
 from sqlalchemy import select
 
-from labgpu.services import logins, passwords
-from labgpu.services.passwords import WeakPassword, check_password_strength, hash_password, verify_password
+from labgpu.services.portal import _logins as logins
+from labgpu.services.portal import _passwords as passwords
+from labgpu.services.portal._passwords import (
+    WeakPassword,
+    check_password_strength,
+    hash_password,
+    verify_password,
+)
 from labgpu.store.models import Account, Member
 from tests.web.conftest import PASSWORD, Portal, login
 

@@ -66,13 +66,13 @@ def create(
     password_stdin: PasswordStdinOpt = False,
 ) -> None:
     """Create an admin account for the portal (asks for the password twice, hidden)."""
-    from labgpu.services import accounts
+    from labgpu.services import portal
     from labgpu.store.models import Role
 
     c = get_context(ctx)
     svc = _services(c)
     password = _read_password(password_stdin)
-    info = accounts.create_account(svc, name=name, password=password, email=email, role=Role.ADMIN)
+    info = portal.create_account(svc, name=name, password=password, email=email, role=Role.ADMIN)
     c.console.print(f"admin [bold]{info.name}[/] created; log in at the portal (labgpu serve) with this name")
 
 
@@ -83,20 +83,20 @@ def passwd(
     password_stdin: PasswordStdinOpt = False,
 ) -> None:
     """Set a member's portal password (ends their login sessions). Also for a forgotten admin password."""
-    from labgpu.services import accounts
+    from labgpu.services import portal
 
     c = get_context(ctx)
     svc = _services(c)
-    accounts.set_password(svc, name=name, password=_read_password(password_stdin))
+    portal.set_password(svc, name=name, password=_read_password(password_stdin))
     c.console.print(f"portal password of [bold]{name}[/] set; their login sessions have ended")
 
 
 def _set_disabled(ctx: typer.Context, name: str, *, disabled: bool) -> None:
-    from labgpu.services import accounts
+    from labgpu.services import portal
 
     c = get_context(ctx)
     svc = _services(c)
-    changed = accounts.set_disabled(svc, name, disabled=disabled)
+    changed = portal.set_disabled(svc, name, disabled=disabled)
     word = "disabled" if disabled else "enabled"
     if not changed:
         c.console.print(f"{name} was already {word}")
@@ -125,11 +125,11 @@ def list_(
     json_: JsonOpt = False,
 ) -> None:
     """List admin accounts (or every account with --all)."""
-    from labgpu.services import accounts
+    from labgpu.services import portal
 
     c = get_context(ctx)
     svc = _services(c)
-    rows = accounts.list_accounts(svc, admins_only=not all_)
+    rows = portal.list_accounts(svc, admins_only=not all_)
     if json_:
         print_json([r.as_dict() for r in rows])
         return

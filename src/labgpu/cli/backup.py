@@ -51,7 +51,7 @@ def create(
 ) -> None:
     """Back up the store and containers (and homes with --homes) into one new folder; then delete the
     oldest backups beyond --keep."""
-    from labgpu.services.backups import create_backup
+    from labgpu.services.ops import create_backup
 
     c = get_context(ctx)
 
@@ -87,7 +87,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, dest: DestOpt = None, as_json: JsonOpt = False) -> None:
     """The backups in the folder, newest first."""
-    from labgpu.services.backups import list_backups
+    from labgpu.services.ops import list_backups
 
     c = get_context(ctx)
     folder = dest or c.settings.backup_dir
@@ -131,7 +131,7 @@ def restore(
     """Restore a backup onto a fresh host (an empty store; run `labgpu host init` first): the store, the
     homes, the containers, then reconcile (start them, put port maps back). Exit code 1 when a repair failed."""
     from labgpu.cli.reconcile import _print_report
-    from labgpu.services.backups import restore_backup
+    from labgpu.services.ops import restore_backup
 
     c = get_context(ctx)
 

@@ -23,8 +23,8 @@ def boot(
     wait for the daemon, start the containers that should run and put back their port maps, refresh the
     login gateway. Exit code 1 when something could not be repaired."""
     from labgpu.cli.reconcile import _print_report
-    from labgpu.services.boot import boot as run_boot
-    from labgpu.services.boot import ensure_gpu_devices
+    from labgpu.services.ops import boot as run_boot
+    from labgpu.services.ops import ensure_gpu_devices
 
     c = get_context(ctx)
     err = c.console
@@ -70,7 +70,7 @@ def install_services(
 ) -> None:
     """Write systemd units for `labgpu boot` (oneshot, after the daemon), `labgpu serve` and `labgpu agent`;
     reload systemd and enable them when systemd runs."""
-    from labgpu.services.systemd_units import install_units
+    from labgpu.services.hosts import install_units
 
     c = get_context(ctx)
     report = install_units(unit_dir=unit_dir, config=c.config_path, enable=enable, start=start)

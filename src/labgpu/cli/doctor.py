@@ -27,7 +27,7 @@ def doctor(
     Exit code 0 only when no critical check fails.
     """
     from labgpu.errors import Unavailable
-    from labgpu.services.doctor import CheckStatus, run_doctor
+    from labgpu.services.hosts import CheckStatus, run_doctor
 
     cli = get_context(ctx)
     settings = cli.settings

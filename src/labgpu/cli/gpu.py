@@ -44,7 +44,7 @@ def _source(replay: Path | None) -> GpuSource:
 
 def make_sweep(c: CliContext, source: GpuSource, proc_root: Path = Path("/proc")) -> Callable[[], Inventory]:
     """One inventory per call: NVML through ``source``, members from the runtime (cached)."""
-    from labgpu.services.gpu_sweep import make_sweep as sweep_of_this_machine
+    from labgpu.services.gpus import make_sweep as sweep_of_this_machine
 
     return sweep_of_this_machine(
         lambda: c.runtime, source, project=c.settings.runtime_project, proc_root=proc_root

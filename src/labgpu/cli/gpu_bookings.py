@@ -32,7 +32,7 @@ ReplayOpt = Annotated[Path | None, typer.Option("--replay", hidden=True, exists=
 
 
 def local_tz() -> tzinfo:
-    from labgpu.services.booking_requests import local_tz as machine_tz
+    from labgpu.services.gpus import local_tz as machine_tz
 
     return machine_tz()
 
@@ -52,7 +52,7 @@ def _gpu_map(c: CliContext, replay: Path | None) -> dict[int, str] | None:
     if replay is None:
         return None
     from labgpu.gpu.fake import RecordedNvml
-    from labgpu.services.gpu_attach import gpu_map
+    from labgpu.services.gpus import gpu_map
 
     return gpu_map(c.services, RecordedNvml.from_file(replay))
 
@@ -107,18 +107,18 @@ def mode(
 ) -> None:
     """Show or switch a host's GPU mode: shared (every container gets every GPU), assigned (the admin
     attaches chosen GPUs: gpu assign), booked (GPUs attached only for bookings: gpu book)."""
-    from labgpu.services import gpu_modes
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
     svc = c.services
     if new_mode is None:
-        name, current = gpu_modes.get_mode(svc, host=host)
+        name, current = gpus_svc.get_mode(svc, host=host)
         if json_out:
             print_json({"host": name, "mode": current})
         else:
             c.console.print(f"{name}: {current}", soft_wrap=True)
         return
-    report = gpu_modes.set_mode(svc, new_mode, host=host, force=force)
+    report = gpus_svc.set_mode(svc, new_mode, host=host, force=force)
     if json_out:
         print_json(report.as_dict())
     else:
@@ -147,10 +147,10 @@ def assign(
     json_out: JsonOpt = False,
 ) -> None:
     """Attach chosen GPUs to a member's container (host in assigned mode); live when it runs."""
-    from labgpu.services import gpu_modes
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    result = gpu_modes.assign(c.services, member, gpus)
+    result = gpus_svc.assign(c.services, member, gpus)
     _print_member_gpus(c, result, json_out)
 
 
@@ -158,14 +158,14 @@ def unassign(
     ctx: typer.Context, member: Annotated[str, typer.Argument(help="The member.")], json_out: JsonOpt = False
 ) -> None:
     """Take a member's assigned GPUs away (host in assigned mode); live when the container runs."""
-    from labgpu.services import gpu_modes
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    _print_member_gpus(c, gpu_modes.unassign(c.services, member), json_out)
+    _print_member_gpus(c, gpus_svc.unassign(c.services, member), json_out)
 
 
 def _print_member_gpus(c: CliContext, result: object, json_out: bool) -> None:
-    from labgpu.services.gpu_modes import MemberGpus
+    from labgpu.services.gpus import MemberGpus
 
     assert isinstance(result, MemberGpus)
     if json_out:
@@ -196,7 +196,7 @@ def book(
     replay: ReplayOpt = None,
 ) -> None:
     """Book GPUs for a time window. Times are rounded to whole slots (booking_slot_minutes)."""
-    from labgpu.services import bookings
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
     moment = clock(now)
@@ -204,7 +204,7 @@ def book(
     start_at = parse_time(start, now=moment, tz=tz)
     end_at = parse_time(until, now=moment, tz=tz, base=start_at)
     who = member or _default_member(c)
-    view = bookings.book(
+    view = gpus_svc.book(
         c.services,
         member=who,
         gpus=gpus,
@@ -241,10 +241,10 @@ def list_bookings(
     json_out: JsonOpt = False,
 ) -> None:
     """Bookings that hold GPUs (pending, approved, active), by start time."""
-    from labgpu.services import bookings
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    views = bookings.list_bookings(c.services, member=member, include_all=show_all)
+    views = gpus_svc.list_bookings(c.services, member=member, include_all=show_all)
     if json_out:
         print_json([v.as_dict() for v in views])
         return
@@ -278,16 +278,16 @@ def cancel(
     replay: ReplayOpt = None,
 ) -> None:
     """Cancel a booking; one that runs ends now and its GPUs are detached."""
-    from labgpu.services import bookings, gpu_attach
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    done = bookings.cancel(c.services, booking_id, now=clock(now))
-    outcomes: list[gpu_attach.AttachOutcome] = []
+    done = gpus_svc.cancel(c.services, booking_id, now=clock(now))
+    outcomes: list[gpus_svc.AttachOutcome] = []
     note = ""
     host = _host_named(c, done.booking.host) if done.ended_early else None
     if host is not None:
         try:
-            outcomes = gpu_attach.sync_host(
+            outcomes = gpus_svc.sync_host(
                 c.services, host=host, source=_recording(replay), members={done.booking.member}
             )
         except LabgpuError as exc:
@@ -319,13 +319,13 @@ def extend(
     now: NowOpt = None,
 ) -> None:
     """Move a booking's end later (checked like a new booking: conflicts and quotas)."""
-    from labgpu.services import bookings
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
     moment = clock(now)
-    current = bookings.get_booking(c.services, booking_id)
+    current = gpus_svc.get_booking(c.services, booking_id)
     new_end = parse_time(until, now=moment, tz=local_tz(), base=current.end)
-    view = bookings.extend(c.services, booking_id, until=new_end, now=moment)
+    view = gpus_svc.extend(c.services, booking_id, until=new_end, now=moment)
     if json_out:
         print_json(view.as_dict())
         return
@@ -339,10 +339,10 @@ def approve(
     now: NowOpt = None,
 ) -> None:
     """Approve a pending booking (when booking_approval is on); mails the member."""
-    from labgpu.services import bookings
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    view = bookings.approve(c.services, booking_id, now=clock(now))
+    view = gpus_svc.approve(c.services, booking_id, now=clock(now))
     if json_out:
         print_json(view.as_dict())
         return
@@ -359,10 +359,10 @@ def reject(
     json_out: JsonOpt = False,
 ) -> None:
     """Reject a pending booking, freeing its GPUs; mails the member the reason."""
-    from labgpu.services import bookings
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    view = bookings.reject(c.services, booking_id, reason=reason)
+    view = gpus_svc.reject(c.services, booking_id, reason=reason)
     if json_out:
         print_json(view.as_dict())
         return
@@ -371,10 +371,10 @@ def reject(
 
 def idle(ctx: typer.Context, json_out: JsonOpt = False, now: NowOpt = None) -> None:
     """Booked or assigned GPUs that are idle now (from the samples the job runner takes)."""
-    from labgpu.services import gpu_idle
+    from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    found = gpu_idle.idle_gpus(c.services, now=clock(now))
+    found = gpus_svc.idle_gpus(c.services, now=clock(now))
     if json_out:
         print_json([g.as_dict() for g in found])
         return

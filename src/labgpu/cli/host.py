@@ -67,7 +67,7 @@ def init(
 
     What exists is never changed without --force. Exit code 1 when a step needs attention.
     """
-    from labgpu.services.host_setup import HostPaths, StepStatus, init_host
+    from labgpu.services.hosts import HostPaths, StepStatus, init_host
 
     cli = get_context(ctx)
     settings = cli.settings

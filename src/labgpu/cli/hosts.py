@@ -64,7 +64,7 @@ def add(
     labgpu pins the daemon's certificate (it must match the token's, --fingerprint, or you confirm it),
     and has its own client certificate trusted with the token or password. A cluster's members become
     hosts named like the members."""
-    from labgpu.services.remote_hosts import add_host
+    from labgpu.services.hosts import add_host
 
     c = get_context(ctx)
     secret = None
@@ -121,7 +121,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every host with its kind, version, CPUs, memory, GPUs and containers, asked in parallel.
 
     A host that does not answer within host_timeout is shown as unreachable; the others are not held up."""
-    from labgpu.services.inventory import host_facts
+    from labgpu.services.hosts import host_facts
 
     c = get_context(ctx)
     facts = host_facts(c.services)
@@ -171,7 +171,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Forget a host. Its containers are never touched; labgpu's certificate is dropped from its trust list."""
-    from labgpu.services.remote_hosts import remove_host
+    from labgpu.services.hosts import remove_host
 
     c = get_context(ctx)
     removed = remove_host(c.services, name, force=force)
@@ -186,7 +186,7 @@ def rm(
 @app.command("drain")
 def drain(ctx: typer.Context, name: str) -> None:
     """No new containers on this host (or cluster); its members stay where they are."""
-    from labgpu.services.remote_hosts import set_drained
+    from labgpu.services.hosts import set_drained
 
     c = get_context(ctx)
     names = set_drained(c.services, name, True)
@@ -196,7 +196,7 @@ def drain(ctx: typer.Context, name: str) -> None:
 @app.command("undrain")
 def undrain(ctx: typer.Context, name: str) -> None:
     """New containers may be placed on this host (or cluster) again."""
-    from labgpu.services.remote_hosts import set_drained
+    from labgpu.services.hosts import set_drained
 
     c = get_context(ctx)
     names = set_drained(c.services, name, False)
@@ -220,7 +220,7 @@ def set_(
     ] = None,
 ) -> None:
     """Change a host's public address (what connection sheets tell members) or its GPU agent's address."""
-    from labgpu.services.remote_hosts import set_agent_url, set_public_address
+    from labgpu.services.hosts import set_agent_url, set_public_address
 
     if public_address is None and agent_url is None:
         raise BadInput("nothing to change: give --public-address or --agent-url")
@@ -239,7 +239,7 @@ def set_(
 @container_app.command("list")
 def container_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every instance on every host (one request per host, in parallel), with its member and ports."""
-    from labgpu.services.inventory import list_containers
+    from labgpu.services.hosts import list_containers
 
     c = get_context(ctx)
     rows = list_containers(c.services)
@@ -280,7 +280,7 @@ def member_move(
     Home, SSH keys, limits and the GPU request come along; the member gets ports on the new host and is
     told the new address by mail. Within a cluster the runtime moves it; between standalone hosts one
     daemon copies it to the other. The original is deleted only after the new one runs."""
-    from labgpu.services.moves import move_member
+    from labgpu.services.members import move_member
 
     c = get_context(ctx)
     if as_json:

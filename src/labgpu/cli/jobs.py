@@ -34,7 +34,7 @@ def run_once(
     replay: ReplayOpt = None,
 ) -> None:
     """Run the jobs that are due (for cron: `* * * * * root labgpu jobs run-once`). Exit 1 when one failed."""
-    from labgpu.services import jobs
+    from labgpu.services import ops
 
     c = get_context(ctx)
     source = None
@@ -43,32 +43,32 @@ def run_once(
 
         path: Path = replay
         source = lambda: RecordedNvml.from_file(path)  # noqa: E731
-    runs = jobs.run_once(c.services, job=job, now=clock(now) if now else None, gpu_source=source)
+    runs = ops.run_once(c.services, job=job, now=clock(now) if now else None, gpu_source=source)
     if json_out:
         print_json([r.as_dict() for r in runs])
     else:
         for r in runs:
-            if r.status in (jobs.NOT_DUE,) and job is None:
+            if r.status in (ops.NOT_DUE,) and job is None:
                 continue
-            style = {jobs.OK: "green", jobs.FAILED: "red"}.get(r.status, "yellow")
+            style = {ops.OK: "green", ops.FAILED: "red"}.get(r.status, "yellow")
             c.console.print(Text(f"{r.job}: {r.status}", style=style), soft_wrap=True)
             for line in r.result.lines:
                 c.console.print(Text(f"  {line}"), soft_wrap=True)
             for line in r.result.errors:
                 c.console.print(Text(f"  error: {line}", style="red"), soft_wrap=True)
-        if all(r.status == jobs.NOT_DUE for r in runs):
+        if all(r.status == ops.NOT_DUE for r in runs):
             c.console.print("no job is due", soft_wrap=True)
-    if any(r.status == jobs.FAILED for r in runs):
+    if any(r.status == ops.FAILED for r in runs):
         raise typer.Exit(1)
 
 
 @app.command("status")
 def status(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Every job: last run, its outcome, next due time, and who holds its lease."""
-    from labgpu.services import jobs
+    from labgpu.services import ops
 
     c = get_context(ctx)
-    rows = jobs.job_status(c.services)
+    rows = ops.job_status(c.services)
     if json_out:
         print_json([r.as_dict() for r in rows])
         return

@@ -290,7 +290,7 @@ def set_(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a member's limits, GPUs, shares and ports; applied live when the container runs."""
-    from labgpu.services.lifecycle import parse_set_request, set_member
+    from labgpu.services.members import parse_set_request, set_member
 
     c = get_context(ctx)
     request = parse_set_request(
@@ -330,8 +330,7 @@ def reset(
 
     Everything outside the home folder (installed packages, the password, snapshots) is lost.
     A new initial password is printed once."""
-    from labgpu.services.lifecycle import count_snapshots, reset_member
-    from labgpu.services.members import get_member
+    from labgpu.services.members import count_snapshots, get_member, reset_member
 
     c = get_context(ctx)
     svc = c.services
@@ -363,7 +362,7 @@ def snapshot(
     as_json: JsonOpt = False,
 ) -> None:
     """Snapshot a member's container (its root filesystem; NOT the home folder)."""
-    from labgpu.services.snapshots import HOME_NOTE, take_snapshot
+    from labgpu.services.members import HOME_NOTE, take_snapshot
 
     c = get_context(ctx)
     taken = take_snapshot(c.services, name, snap)
@@ -379,7 +378,7 @@ def snapshot(
 @app.command("snapshots")
 def snapshots(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
     """List a member's snapshots, oldest first."""
-    from labgpu.services.snapshots import HOME_NOTE, list_snapshots
+    from labgpu.services.members import HOME_NOTE, list_snapshots
 
     c = get_context(ctx)
     snaps = list_snapshots(c.services, name)
@@ -407,7 +406,7 @@ def restore(
     yes: YesOpt = False,
 ) -> None:
     """Roll a member's container back to a snapshot (the home folder is not touched)."""
-    from labgpu.services.snapshots import HOME_NOTE, restore_snapshot
+    from labgpu.services.members import HOME_NOTE, restore_snapshot
 
     c = get_context(ctx)
     confirm(
@@ -428,7 +427,7 @@ def snapshot_rm(
     yes: YesOpt = False,
 ) -> None:
     """Delete one of a member's snapshots."""
-    from labgpu.services.snapshots import delete_snapshot
+    from labgpu.services.members import delete_snapshot
 
     c = get_context(ctx)
     confirm(f"Delete snapshot {snap} of {name}?", yes=yes)
@@ -447,8 +446,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a member: delete their container and free their ports; the home is archived."""
-    from labgpu.services.lifecycle import remove_member
-    from labgpu.services.members import get_member
+    from labgpu.services.members import get_member, remove_member
 
     c = get_context(ctx)
     svc = c.services

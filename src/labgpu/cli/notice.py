@@ -30,7 +30,7 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Add a notice; it shows in the gateway's login status and on the portal."""
-    from labgpu.services.notices import add_notice, parse_when
+    from labgpu.services.portal import add_notice, parse_when
 
     c = get_context(ctx)
     starts_at = parse_when(start) if start else None
@@ -50,7 +50,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """Notices in force or still to come."""
-    from labgpu.services.notices import list_notices
+    from labgpu.services.portal import list_notices
     from labgpu.store.models import utcnow
 
     c = get_context(ctx)
@@ -83,7 +83,7 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a notice now."""
-    from labgpu.services.notices import remove_notice
+    from labgpu.services.portal import remove_notice
 
     c = get_context(ctx)
     info = remove_notice(c.services, notice_id)

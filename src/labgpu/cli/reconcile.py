@@ -34,7 +34,7 @@ def reconcile(
     containers that should run. Never changes or deletes an instance labgpu
     does not own. Exit code 1 when a repair failed.
     """
-    from labgpu.services.reconcile import reconcile as run_reconcile
+    from labgpu.services.ops import reconcile as run_reconcile
 
     c = get_context(ctx)
     if check:
@@ -50,7 +50,7 @@ def reconcile(
 
 
 def _check(c: CliContext, *, as_json: bool) -> None:
-    from labgpu.services.invariants import check_invariants
+    from labgpu.services.ops import check_invariants
 
     report = check_invariants(c.services)
     if as_json:
@@ -70,7 +70,7 @@ def _check(c: CliContext, *, as_json: bool) -> None:
 def _print_report(console: object, report: object) -> None:
     from rich.console import Console
 
-    from labgpu.services.reconcile import ReconcileReport
+    from labgpu.services.ops import ReconcileReport
 
     assert isinstance(console, Console) and isinstance(report, ReconcileReport)
     repairs = report.repairs

@@ -29,7 +29,7 @@ def add(
 ) -> None:
     """Add a share. With --all every container gets it now; otherwise attach it to members with
     `labgpu member set NAME --share SHARE` (or `member add --share`)."""
-    from labgpu.services.shares import add_share
+    from labgpu.services.members import add_share
 
     c = get_context(ctx)
     info = add_share(
@@ -49,7 +49,7 @@ def add(
 @app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Shares, where they are mounted and for whom."""
-    from labgpu.services.shares import list_shares
+    from labgpu.services.members import list_shares
 
     c = get_context(ctx)
     shares = list_shares(c.services)
@@ -74,7 +74,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command("rm")
 def rm(ctx: typer.Context, name: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Detach a share from every container and forget it; the host folder is never touched."""
-    from labgpu.services.shares import get_share, remove_share
+    from labgpu.services.members import get_share, remove_share
 
     c = get_context(ctx)
     info = get_share(c.services, name)

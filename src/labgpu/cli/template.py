@@ -22,8 +22,7 @@ from rich.text import Text
 from labgpu.cli.context import CliContext, get_context, print_json
 
 if TYPE_CHECKING:
-    from labgpu.services.template_build import BuildReporter
-    from labgpu.services.template_spec import LoadedSpec
+    from labgpu.services.templates import BuildReporter, LoadedSpec
 
 app = typer.Typer(help="Templates: the images containers are created from.", no_args_is_help=True)
 
@@ -45,7 +44,7 @@ def short_date(stamp: str) -> str:
 
 
 def _reporter(console: Console, progress: Progress, verbose: bool) -> BuildReporter:
-    from labgpu.services.template_build import BuildReporter
+    from labgpu.services.templates import BuildReporter
 
     class RichReporter(BuildReporter):
         """Step N/M with a bar; finished steps stay on screen; --verbose prints step output above."""
@@ -97,7 +96,7 @@ def build(
 ) -> None:
     """Build a template from a spec in a temporary builder container and publish it as NAME and
     NAME/VERSION (a new version each time). The spec is checked first: nothing is built from a bad one."""
-    from labgpu.services.template_build import TemplateBuildError
+    from labgpu.services.templates import TemplateBuildError
 
     loaded = _load(spec)
     c = get_context(ctx)
@@ -123,7 +122,7 @@ def build(
 
 def _load(spec: Path) -> LoadedSpec:
     """The spec, or every problem in it on stderr (the error line that follows names the first)."""
-    from labgpu.services.template_spec import SpecError, load_spec
+    from labgpu.services.templates import SpecError, load_spec
 
     try:
         return load_spec(spec)
@@ -143,7 +142,7 @@ def _build(
     step_timeout: float,
     as_json: bool,
 ) -> None:
-    from labgpu.services.template_build import BuildReporter, build_template
+    from labgpu.services.templates import BuildReporter, build_template
 
     svc = c.services
     if as_json:
@@ -189,7 +188,7 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a spec and show the steps a build would run, without building anything."""
-    from labgpu.services.template_steps import guess_os_release, plan_steps
+    from labgpu.services.templates import guess_os_release, plan_steps
 
     loaded = _load(spec)
     steps = plan_steps(loaded, os_release=guess_os_release(loaded.spec), network=False)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labgpu.runtime.client import RuntimeClient
-from labgpu.services.host_clients import HostClients
+from labgpu.services.clients import HostClients
 from labgpu.settings import Settings
 from labgpu.store.db import unavailable
 from labgpu.store.models import AuditEvent

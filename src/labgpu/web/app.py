@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labgpu import __version__
 from labgpu.services.context import Actor, Services
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus import GpuUsageReader
 from labgpu.settings import Settings
 from labgpu.web.errors import install_error_handler
 from labgpu.web.security import csrf_protect, csrf_token, request_identity, set_pending_cookies
@@ -44,7 +44,7 @@ SECURITY_HEADERS = {
 
 def _active_notices(request: Request) -> list[object]:
     """The admins' maintenance notices, shown at the top of every page; none when the store fails."""
-    from labgpu.services.notices import active_notices
+    from labgpu.services.portal import active_notices
 
     try:
         return list(active_notices(request.app.state.services))
@@ -90,8 +90,8 @@ def create_app(
     unfinished by an earlier run are resumed at start-up; without it they stay queued in the store.
     ``gpu_usage`` reads the hosts' GPUs (tests give one over recorded NVML readings); by default the real
     NVML of this machine and the hosts' agents."""
-    from labgpu.services.applications import ProvisionWorker
-    from labgpu.services.jobs import start_job_runner
+    from labgpu.services.ops import start_job_runner
+    from labgpu.services.portal import ProvisionWorker
     from labgpu.web.routes import (
         api_account,
         api_applications,
@@ -120,7 +120,7 @@ def create_app(
             resumed = await run_in_threadpool(worker.resume)
             if resumed:
                 log.info("resuming the provisioning of %d approved application(s)", resumed)
-        # Booking starts and ends, idle GPU checks, reconcile (labgpu.services.jobs).
+        # Booking starts and ends, idle GPU checks, reconcile (labgpu.services.ops._jobs).
         stop_jobs = start_job_runner(svc) if owned and background and settings.jobs_in_serve else None
         yield
         if stop_jobs is not None:

@@ -1,12 +1,12 @@
 """Typed FastAPI dependencies: who is asking, the services acting for them, and object-level checks.
 
-- ``SessionDep``: the caller's :class:`~labgpu.services.accounts.Identity` (a login session or, under /api,
+- ``SessionDep``: the caller's :class:`~labgpu.services.portal._accounts.Identity` (a login session or, under /api,
   a personal API token), or None for a visitor.
 - ``CurrentMember``: the caller, required (401 under /api; a page redirects to the login form).
 - ``AdminRequired``: the caller, required to be an admin (403 otherwise).
 - ``ServicesDep``: :class:`~labgpu.services.context.Services` whose actor is the caller and their address,
   so every audit entry says who did it and from where.
-- ``GpuUsageDep``: the app's :class:`~labgpu.services.gpu_usage.GpuUsageReader` (every host's GPUs).
+- ``GpuUsageDep``: the app's :class:`~labgpu.services.gpus._usage.GpuUsageReader` (every host's GPUs).
 - ``VisibleMember``: the ``{name}`` path parameter, checked with :func:`check_member_access`: an admin sees
   every member, a member only themself; anyone else gets 404, exactly as for a name that does not exist.
 
@@ -21,9 +21,9 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from labgpu.errors import NotFound
-from labgpu.services.accounts import Forbidden, Identity, Unauthenticated
 from labgpu.services.context import Actor, Services
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus import GpuUsageReader
+from labgpu.services.portal import Forbidden, Identity, Unauthenticated
 from labgpu.web.security import client_address, request_identity
 from labgpu.web.templating import Renderer
 

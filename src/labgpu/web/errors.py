@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labgpu.errors import LabgpuError
-from labgpu.services.logins import Throttled
+from labgpu.services.portal import Throttled
 from labgpu.web.templating import N_, Renderer
 
 log = logging.getLogger("labgpu.web")

@@ -39,7 +39,7 @@ SERVICE_MESSAGES = (
     N_("you cannot disable your own account"),
     N_("no public key given"),
     N_("a member name is required"),
-    # Booking forms (web/routes/pages_gpus.py, services/booking_requests.py).
+    # Booking forms (web/routes/pages_gpus.py, services/gpus/_booking_requests.py).
     N_("say how many GPUs, or pick them"),
     N_("pick GPUs from the list"),
     N_("day: give a date as YYYY-MM-DD"),

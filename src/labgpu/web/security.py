@@ -24,8 +24,8 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from labgpu.errors import LabgpuError
-from labgpu.services import api_tokens, logins
-from labgpu.services.accounts import Identity
+from labgpu.services import portal
+from labgpu.services.portal import Identity
 
 SESSION_COOKIE = "labgpu_session"
 ANON_COOKIE = "labgpu_csrf"
@@ -76,11 +76,11 @@ def request_identity(request: Request) -> Identity | None:
     identity: Identity | None = None
     token = bearer_token(request) if is_api(request) else None
     if token is not None:
-        identity = api_tokens.resolve_token(services, token) if token else None
+        identity = portal.resolve_token(services, token) if token else None
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            identity = logins.resolve_session(services, cookie)
+            identity = portal.resolve_session(services, cookie)
     request.state.identity = identity
     return identity
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from labgpu.services.containers import connection_sheet
+from labgpu.services.members import connection_sheet
 
 __all__ = ["connection_sheet"]

@@ -219,7 +219,7 @@ def hosts_env(
 
 
 def local_host_name(svc: Any) -> str:
-    from labgpu.services.inventory import known_hosts
+    from labgpu.services.hosts._inventory import known_hosts
 
     return next(h.name for h in known_hosts(svc) if h.url is None)
 
@@ -228,7 +228,7 @@ def add_test_hosts(env: HostsEnv, svc: Any, *, s2_by_socket: bool = True) -> dic
     """Add s1 (HTTPS, token), s2 (its unix socket, public address given, or HTTPS) and the cluster
     "lab" through c1 (hosts c1 and c2); drain the local daemon so that nothing lands there.
     Returns host name -> the address members connect to."""
-    from labgpu.services.remote_hosts import add_host, set_drained
+    from labgpu.services.hosts._remote import add_host, set_drained
 
     d = env.daemons
     add_host(svc, "s1", d["s1"].url, token=d["s1"].token())

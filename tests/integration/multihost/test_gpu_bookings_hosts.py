@@ -29,10 +29,13 @@ from sqlalchemy import select
 
 from labgpu.domain.gpus import PASSTHROUGH_CDI, PASSTHROUGH_NVIDIA_RUNTIME
 from labgpu.gpu.fake import RecordedNvml
-from labgpu.services import booking_requests, bookings, gpu_attach, gpu_modes
-from labgpu.services.host_clients import server_cert_path
-from labgpu.services.members import add_member, set_power, validate_request
-from labgpu.services.remote_hosts import add_host
+from labgpu.services.clients import server_cert_path
+from labgpu.services.gpus import _attach as gpu_attach
+from labgpu.services.gpus import _booking_requests as booking_requests
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.hosts._remote import add_host
+from labgpu.services.members._members import add_member, set_power, validate_request
 from labgpu.store.models import Host, HostKind, Member
 from tests.integration.multihost.conftest import HostsEnv
 

@@ -17,7 +17,12 @@ from typing import Any
 import pytest
 
 from labgpu.services.context import Actor, Services
-from labgpu.services.homes import HomeCopyFailed, ensure_home_on, sync_folder, transfer_home
+from labgpu.services.members._homes import (
+    HomeCopyFailed,
+    ensure_home_on,
+    sync_folder,
+    transfer_home,
+)
 from labgpu.settings import load_settings
 from labgpu.store.models import Host, HostKind
 

@@ -18,8 +18,8 @@ import pytest
 from labgpu.runtime.certs import certificate_fingerprint
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
-from labgpu.services.inventory import host_facts
-from labgpu.services.remote_hosts import add_host, remove_host
+from labgpu.services.hosts._inventory import host_facts
+from labgpu.services.hosts._remote import add_host, remove_host
 from tests.conftest import _require, _socket_ok
 from tests.integration.multihost.conftest import HostsEnv
 

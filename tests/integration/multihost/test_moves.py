@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 
 from labgpu.runtime.client import RuntimeClient
-from labgpu.services.host_clients import HostClients, default_client
-from labgpu.services.lifecycle import parse_set_request, set_member
-from labgpu.services.members import add_member, set_power, validate_request
-from labgpu.services.moves import move_member
+from labgpu.services.clients import HostClients, default_client
+from labgpu.services.members._lifecycle import parse_set_request, set_member
+from labgpu.services.members._members import add_member, set_power, validate_request
+from labgpu.services.members._moves import move_member
 from labgpu.store.models import AuditEvent
 from tests.integration.multihost.conftest import Daemon, HostsEnv, add_test_hosts
 from tests.integration.sshutil import change_expired_password, make_key, ssh_key
@@ -97,7 +97,7 @@ def test_move_between_cluster_members(
         actions = [e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.target == "mvcl"))]
     assert actions[-3:] == ["member.move", "member.moved", "member.move.done"]
     # Reconcile agrees: nothing to repair.
-    from labgpu.services.reconcile import reconcile
+    from labgpu.services.ops._reconcile import reconcile
 
     report = reconcile(svc)
     assert not report.repairs, report.as_dict()
@@ -134,7 +134,7 @@ def test_move_between_standalone_hosts_both_ways(
     assert r.stdout.split() == ["one", "two", "ubuntu"], r.stderr
     host_file = Path(sheet.home) / "data.txt"
     with svc.session() as session:
-        from labgpu.services.members import load_member
+        from labgpu.services.members._members import load_member
 
         uid = load_member(session, "mvsa").uid
     assert os.stat(host_file).st_uid == uid  # raw.idmap re-applied: the member's files are theirs

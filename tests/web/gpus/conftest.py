@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.settings import Settings
 from labgpu.web.app import create_app
 from tests.web.conftest import Portal

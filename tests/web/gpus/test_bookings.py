@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from labgpu.services import audit
+from labgpu.services.portal import _audit as audit
 from labgpu.store.models import AuditEvent
 from tests.web.conftest import Portal, login, page_token
 from tests.web.gpus.helpers import PortalFactory, ServedAgent, add_host, add_member, lab

@@ -12,9 +12,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from labgpu.gpu.fake import load_scenario, write_proc_tree
-from labgpu.services import api_tokens, bookings
-from labgpu.services.accounts import Identity
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus._usage import GpuUsageReader
+from labgpu.services.portal import _tokens as api_tokens
+from labgpu.services.portal._accounts import Identity
 from labgpu.store.models import GpuSample, Host, Member, utcnow
 from tests.web.conftest import login
 from tests.web.gpus.helpers import (

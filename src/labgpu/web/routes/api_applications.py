@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 
-from labgpu.services import applications
+from labgpu.services import portal
 from labgpu.web.deps import AdminRequired, ServicesDep
 from labgpu.web.schemas import (
     ERROR_RESPONSES,
@@ -23,12 +23,12 @@ router = APIRouter(prefix="/api/v1", tags=["applications"], responses=ERROR_RESP
 RECEIVED = "application received: an admin will decide, and you will get an e-mail"
 
 
-def _out(info: applications.ApplicationInfo) -> ApplicationOut:
+def _out(info: portal.ApplicationInfo) -> ApplicationOut:
     return ApplicationOut.model_validate(info.as_dict())
 
 
-def worker(request: Request) -> applications.ProvisionWorker:
-    found: applications.ProvisionWorker = request.app.state.worker
+def worker(request: Request) -> portal.ProvisionWorker:
+    found: portal.ProvisionWorker = request.app.state.worker
     return found
 
 
@@ -38,7 +38,7 @@ def submit(
 ) -> ApplicationReceived:
     """Apply for an account and a container (no login needed). The admins are e-mailed; the decision is
     sent to the e-mail address given. At most ``apply_max_per_hour`` per client address (429 beyond)."""
-    info = applications.submit(
+    info = portal.submit(
         svc,
         name=body.name,
         email=body.email,
@@ -48,7 +48,7 @@ def submit(
         reason=body.reason,
         source_address=client_address(request),
     )
-    background.add_task(applications.notify_admins, svc, info)
+    background.add_task(portal.notify_admins, svc, info)
     return ApplicationReceived(id=info.id, name=info.name, status=info.status, message=RECEIVED)
 
 
@@ -59,13 +59,13 @@ def list_applications(
     status: Annotated[Literal["pending", "approved", "done", "failed", "rejected"] | None, Query()] = None,
 ) -> list[ApplicationOut]:
     """Applications, open ones first. Admins only."""
-    return [_out(a) for a in applications.list_applications(svc, status=status)]
+    return [_out(a) for a in portal.list_applications(svc, status=status)]
 
 
 @router.get("/applications/{application_id}", response_model=ApplicationOut)
 def show_application(application_id: int, _: AdminRequired, svc: ServicesDep) -> ApplicationOut:
     """One application with its provisioning progress. Admins only."""
-    return _out(applications.get_application(svc, application_id))
+    return _out(portal.get_application(svc, application_id))
 
 
 @router.post("/applications/{application_id}/approve", response_model=ApplicationOut)
@@ -74,10 +74,10 @@ def approve(
 ) -> ApplicationOut:
     """Approve a pending application, optionally with another template, limits or GPUs. The container is
     provisioned in the background: poll the application for its progress. Admins only."""
-    overrides = applications.parse_overrides(
+    overrides = portal.parse_overrides(
         template=body.template, cpu=body.cpu, memory=body.memory, gpus=body.gpus
     )
-    info = applications.approve(svc, application_id, overrides)
+    info = portal.approve(svc, application_id, overrides)
     worker(request).enqueue(info.id)
     return _out(info)
 
@@ -91,14 +91,14 @@ def reject(
     background: BackgroundTasks,
 ) -> ApplicationOut:
     """Reject a pending application with a reason; the applicant is e-mailed it. Admins only."""
-    info = applications.reject(svc, application_id, reason=body.reason)
-    background.add_task(applications.notify_applicant, svc, info)
+    info = portal.reject(svc, application_id, reason=body.reason)
+    background.add_task(portal.notify_applicant, svc, info)
     return _out(info)
 
 
 @router.post("/applications/{application_id}/retry", response_model=ApplicationOut)
 def retry(application_id: int, _: AdminRequired, svc: ServicesDep, request: Request) -> ApplicationOut:
     """Provision a failed application again (after fixing the cause). Admins only."""
-    info = applications.retry(svc, application_id)
+    info = portal.retry(svc, application_id)
     worker(request).enqueue(info.id)
     return _out(info)

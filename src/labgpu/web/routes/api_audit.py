@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from labgpu.services import audit
+from labgpu.services import portal
 from labgpu.web.deps import AdminRequired, ServicesDep
 from labgpu.web.schemas import ERROR_RESPONSES, AuditOut
 
@@ -27,10 +27,10 @@ def list_audit(
     since: Annotated[datetime | None, Query(description="From this time on (with a time zone).")] = None,
     until: Annotated[datetime | None, Query(description="Before this time (with a time zone).")] = None,
     before_id: Annotated[int | None, Query(description="Paging: entries older than this id.")] = None,
-    limit: Annotated[int, Query(ge=1, le=audit.MAX_PAGE)] = 100,
+    limit: Annotated[int, Query(ge=1, le=portal.MAX_PAGE)] = 100,
 ) -> list[AuditOut]:
     """Audit entries, newest first, filtered by every parameter given."""
-    entries = audit.list_events(
+    entries = portal.list_events(
         svc,
         actor=actor,
         action=action,

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from labgpu.errors import BadInput
-from labgpu.services import lifecycle, members, snapshots
-from labgpu.services.accounts import Forbidden
+from labgpu.services import members
+from labgpu.services.portal import Forbidden
 from labgpu.web.deps import CurrentMember, ServicesDep, VisibleMember
 from labgpu.web.schemas import (
     ERROR_RESPONSES,
@@ -36,7 +36,7 @@ def reset(name: VisibleMember, body: ResetRequest, identity: CurrentMember, svc:
         raise BadInput("type the member's name to confirm the reset")
     if body.template and not identity.is_admin:
         raise Forbidden("only an admin may choose another template")
-    sheet = lifecycle.reset_member(svc, name, template=body.template or None)
+    sheet = members.reset_member(svc, name, template=body.template or None)
     return ResetOut.model_validate(sheet.as_dict(with_password=True))
 
 
@@ -51,21 +51,21 @@ def initial_password(name: VisibleMember, svc: ServicesDep) -> InitialPasswordOu
 @router.get("/members/{name}/snapshots", response_model=list[SnapshotOut])
 def list_snapshots(name: VisibleMember, svc: ServicesDep) -> list[SnapshotOut]:
     """The container's snapshots, oldest first (the home folder is never in them)."""
-    return [SnapshotOut.model_validate(s.as_dict()) for s in snapshots.list_snapshots(svc, name)]
+    return [SnapshotOut.model_validate(s.as_dict()) for s in members.list_snapshots(svc, name)]
 
 
 @router.post("/members/{name}/snapshots", response_model=SnapshotTaken, status_code=201)
 def take_snapshot(name: VisibleMember, body: SnapshotCreate, svc: ServicesDep) -> SnapshotTaken:
     """Snapshot the container; automatic snapshots beyond snapshots_keep are deleted, oldest first."""
-    taken = snapshots.take_snapshot(svc, name, body.name or None)
+    taken = members.take_snapshot(svc, name, body.name or None)
     return SnapshotTaken.model_validate(taken.as_dict())
 
 
 @router.post("/members/{name}/snapshots/{snapshot}/restore", response_model=SnapshotOut)
 def restore_snapshot(name: VisibleMember, snapshot: str, svc: ServicesDep) -> SnapshotOut:
     """Roll the container's root filesystem back to the snapshot (the home folder is not touched)."""
-    found = next((s for s in snapshots.list_snapshots(svc, name) if s.name == snapshot), None)
-    snapshots.restore_snapshot(svc, name, snapshot)
+    found = next((s for s in members.list_snapshots(svc, name) if s.name == snapshot), None)
+    members.restore_snapshot(svc, name, snapshot)
     assert found is not None  # restore_snapshot raised NotFound otherwise
     return SnapshotOut.model_validate(found.as_dict())
 
@@ -73,7 +73,7 @@ def restore_snapshot(name: VisibleMember, snapshot: str, svc: ServicesDep) -> Sn
 @router.delete("/members/{name}/snapshots/{snapshot}", status_code=204, responses=NO_CONTENT)
 def delete_snapshot(name: VisibleMember, snapshot: str, svc: ServicesDep) -> Response:
     """Delete one snapshot."""
-    snapshots.delete_snapshot(svc, name, snapshot)
+    members.delete_snapshot(svc, name, snapshot)
     return Response(status_code=204)
 
 

@@ -3,7 +3,7 @@
 Everyone signed in sees every host's GPUs and their processes. Bookings: a member books, lists, cancels
 and extends their own (another member's booking is answered 404, like one that does not exist); an admin
 does so for anyone, and approves or rejects. The rules and the audit log are
-:mod:`labgpu.services.bookings`'s."""
+:mod:`labgpu.services.gpus._bookings`'s."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from labgpu.domain.members import validate_member_name
-from labgpu.services import booking_requests, bookings
-from labgpu.services.bookings import BookingView
+from labgpu.services import gpus
+from labgpu.services.gpus import BookingView
 from labgpu.web.deps import AdminRequired, CurrentMember, GpuUsageDep, ServicesDep
 from labgpu.web.schemas import ERROR_RESPONSES
 from labgpu.web.schemas_gpus import (
@@ -54,7 +54,7 @@ def list_bookings(
     active), or with ``all=1`` past ones too."""
     if member:
         validate_member_name(member)
-    views = bookings.list_bookings(svc, member=member or None, include_all=include_all)
+    views = gpus.list_bookings(svc, member=member or None, include_all=include_all)
     return [BookingOut.model_validate(_out(v)) for v in views]
 
 
@@ -67,10 +67,10 @@ def create_booking(
     Refusals name the rule: 409 for a clash or no free GPU, 403 for a quota, 400 for a bad time."""
     member = body.member or identity.name  # the service refuses a member booking for someone else
     if isinstance(body.gpus, int):
-        choice = booking_requests.gpu_choice(count=body.gpus)
+        choice = gpus.gpu_choice(count=body.gpus)
     else:
-        choice = booking_requests.gpu_choice(indexes=body.gpus)
-    view = booking_requests.request_booking(
+        choice = gpus.gpu_choice(indexes=body.gpus)
+    view = gpus.request_booking(
         svc, reader, member=member, gpus=choice, start=body.start, until=body.until, note=body.note
     )
     return BookingOut.model_validate(_out(view))
@@ -79,13 +79,13 @@ def create_booking(
 @router.get("/bookings/{booking_id}", response_model=BookingOut)
 def show_booking(booking_id: BookingId, _: CurrentMember, svc: ServicesDep) -> BookingOut:
     """One booking (the caller's own; an admin: anyone's)."""
-    return BookingOut.model_validate(_out(bookings.get_booking(svc, booking_id)))
+    return BookingOut.model_validate(_out(gpus.get_booking(svc, booking_id)))
 
 
 @router.post("/bookings/{booking_id}/cancel", response_model=BookingCancelled)
 def cancel_booking(booking_id: BookingId, _: CurrentMember, svc: ServicesDep) -> BookingCancelled:
     """Cancel a booking; one that has started ends now and its GPUs are detached."""
-    done = booking_requests.cancel_booking(svc, booking_id)
+    done = gpus.cancel_booking(svc, booking_id)
     return BookingCancelled.model_validate(
         _out(done.booking, ended_early=done.ended_early, detach=done.note or None)
     )
@@ -96,14 +96,14 @@ def extend_booking(
     booking_id: BookingId, body: BookingExtend, _: CurrentMember, svc: ServicesDep
 ) -> BookingOut:
     """Move a booking's end later (``+2h``: after its current end), checked like a new booking."""
-    view = booking_requests.request_extension(svc, booking_id, until=body.until)
+    view = gpus.request_extension(svc, booking_id, until=body.until)
     return BookingOut.model_validate(_out(view))
 
 
 @router.post("/bookings/{booking_id}/approve", response_model=BookingOut)
 def approve_booking(booking_id: BookingId, _: AdminRequired, svc: ServicesDep) -> BookingOut:
     """Approve a pending booking; the member is mailed. Admins only."""
-    return BookingOut.model_validate(_out(bookings.approve(svc, booking_id)))
+    return BookingOut.model_validate(_out(gpus.approve(svc, booking_id)))
 
 
 @router.post("/bookings/{booking_id}/reject", response_model=BookingOut)
@@ -111,6 +111,4 @@ def reject_booking(
     booking_id: BookingId, body: BookingReject, _: AdminRequired, svc: ServicesDep
 ) -> BookingOut:
     """Reject a pending booking, freeing its GPUs; the member is mailed the reason. Admins only."""
-    return BookingOut.model_validate(
-        _out(booking_requests.reject_booking(svc, booking_id, reason=body.reason))
-    )
+    return BookingOut.model_validate(_out(gpus.reject_booking(svc, booking_id, reason=body.reason)))

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from labgpu.errors import BadInput
-from labgpu.services import containers, lifecycle, shares, templates
+from labgpu.services import members, templates
 from labgpu.web.deps import AdminRequired, ServicesDep
 from labgpu.web.schemas import (
     ERROR_RESPONSES,
@@ -29,13 +29,13 @@ router = APIRouter(prefix="/api/v1", tags=["lab"], responses=ERROR_RESPONSES)
 def list_containers(_: AdminRequired, svc: ServicesDep) -> list[ContainerOut]:
     """Every instance on the hosts (ONE listing request per host): state, IP, ports, GPUs, owner;
     instances labgpu does not own are listed as foreign."""
-    return [ContainerOut.model_validate(c.as_dict()) for c in containers.list_containers(svc)]
+    return [ContainerOut.model_validate(c.as_dict()) for c in members.list_containers(svc)]
 
 
 @router.get("/hosts", response_model=list[HostOut])
 def list_hosts(_: AdminRequired, svc: ServicesDep) -> list[HostOut]:
     """The hosts in the store, with their member counts and whether the daemon answers."""
-    return [HostOut.model_validate(h.as_dict()) for h in containers.list_hosts(svc)]
+    return [HostOut.model_validate(h.as_dict()) for h in members.list_hosts(svc)]
 
 
 @router.get("/templates", response_model=list[TemplateOut])
@@ -47,13 +47,13 @@ def list_templates(_: AdminRequired, svc: ServicesDep) -> list[TemplateOut]:
 @router.get("/shares", response_model=list[ShareOut])
 def list_shares(_: AdminRequired, svc: ServicesDep) -> list[ShareOut]:
     """Shared host folders and who has them."""
-    return [ShareOut.model_validate(s.as_dict()) for s in shares.list_shares(svc)]
+    return [ShareOut.model_validate(s.as_dict()) for s in members.list_shares(svc)]
 
 
 @router.post("/shares", response_model=ShareOut, status_code=201)
 def add_share(body: ShareCreate, _: AdminRequired, svc: ServicesDep) -> ShareOut:
     """Record a share (with all_members: mounted into every container at once, through the profile)."""
-    info = shares.add_share(
+    info = members.add_share(
         svc,
         name=body.name,
         source=body.source,
@@ -67,15 +67,15 @@ def add_share(body: ShareCreate, _: AdminRequired, svc: ServicesDep) -> ShareOut
 @router.delete("/shares/{share}", status_code=204, responses={204: {"description": "Removed"}})
 def remove_share(share: str, _: AdminRequired, svc: ServicesDep) -> Response:
     """Remove a share from every container and forget it. The host folder is not touched."""
-    shares.remove_share(svc, share)
+    members.remove_share(svc, share)
     return Response(status_code=204)
 
 
 @router.patch("/members/{name}", response_model=list[ChangeOut])
 def change_member(name: str, body: MemberChange, _: AdminRequired, svc: ServicesDep) -> list[ChangeOut]:
     """Change a member's limits and GPUs (live when the container runs). Returns what changed."""
-    request = lifecycle.parse_set_request(cpu=body.cpu, memory=body.memory, disk=body.disk, gpus=body.gpus)
-    return [ChangeOut.model_validate(c.as_dict()) for c in lifecycle.set_member(svc, name, request)]
+    request = members.parse_set_request(cpu=body.cpu, memory=body.memory, disk=body.disk, gpus=body.gpus)
+    return [ChangeOut.model_validate(c.as_dict()) for c in members.set_member(svc, name, request)]
 
 
 @router.delete("/members/{name}", response_model=RemovalOut)
@@ -91,4 +91,4 @@ def remove_member(
         raise BadInput("type the member's name to confirm the removal")
     if svc.actor.name == name:
         raise BadInput("you cannot remove your own account")
-    return RemovalOut.model_validate(lifecycle.remove_member(svc, name, purge=purge).as_dict())
+    return RemovalOut.model_validate(members.remove_member(svc, name, purge=purge).as_dict())

@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter
 
 from labgpu.errors import NotFound
-from labgpu.services import accounts, members
+from labgpu.services import members, portal
 from labgpu.web.deps import AdminRequired, ServicesDep, VisibleMember
 from labgpu.web.schemas import ERROR_RESPONSES, AccountOut, ConnectionOut, MemberOut, PowerOut
 from labgpu.web.views import connection_sheet
@@ -25,7 +25,7 @@ def list_members(_: AdminRequired, svc: ServicesDep, live: bool = True) -> list[
 @router.get("/accounts", response_model=list[AccountOut])
 def list_accounts(_: AdminRequired, svc: ServicesDep, admins_only: bool = False) -> list[AccountOut]:
     """Every member's portal account: role, whether they have a password, disabled. Admins only."""
-    return [AccountOut(**a.as_dict()) for a in accounts.list_accounts(svc, admins_only=admins_only)]
+    return [AccountOut(**a.as_dict()) for a in portal.list_accounts(svc, admins_only=admins_only)]
 
 
 @router.get("/members/{name}", response_model=MemberOut)
@@ -46,15 +46,15 @@ def show_connection(name: VisibleMember, svc: ServicesDep) -> ConnectionOut:
 @router.post("/members/{name}/disable", response_model=AccountOut)
 def disable_member(name: str, _: AdminRequired, svc: ServicesDep) -> AccountOut:
     """Disable a member's account: ends their login sessions and revokes their API tokens. Admins only."""
-    accounts.set_disabled(svc, name, disabled=True)
-    return AccountOut(**accounts.get_account(svc, name).as_dict())
+    portal.set_disabled(svc, name, disabled=True)
+    return AccountOut(**portal.get_account(svc, name).as_dict())
 
 
 @router.post("/members/{name}/enable", response_model=AccountOut)
 def enable_member(name: str, _: AdminRequired, svc: ServicesDep) -> AccountOut:
     """Enable a disabled account again (revoked sessions and tokens stay revoked). Admins only."""
-    accounts.set_disabled(svc, name, disabled=False)
-    return AccountOut(**accounts.get_account(svc, name).as_dict())
+    portal.set_disabled(svc, name, disabled=False)
+    return AccountOut(**portal.get_account(svc, name).as_dict())
 
 
 @router.post("/members/{name}/{action}", response_model=PowerOut)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from labgpu.errors import LabgpuError
-from labgpu.services import accounts, api_tokens, logins
-from labgpu.services.accounts import Identity
+from labgpu.services import portal
 from labgpu.services.context import Services
+from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
 from labgpu.web.messages import translate
 from labgpu.web.security import clear_session_cookie, client_address, forget_identity, set_session_cookie
@@ -34,9 +34,9 @@ def _page(
         request,
         "account.html",
         status_code,
-        account=accounts.get_account(svc, identity.name),
-        tokens=api_tokens.list_tokens(svc, identity),
-        sessions=logins.list_sessions(svc, identity),
+        account=portal.get_account(svc, identity.name),
+        tokens=portal.list_tokens(svc, identity),
+        sessions=portal.list_sessions(svc, identity),
         current_session=(identity.session_id or "")[:8],
         lifetimes=TOKEN_LIFETIMES,
         **extra,
@@ -72,12 +72,12 @@ def change_password(
         message = gettext(N_("The two new passwords differ."))
         return _page(request, renderer, svc, identity, 400, error=message)
     try:
-        logins.change_password(
+        portal.change_password(
             svc, identity, current=current_password, new=new_password, source_address=client_address(request)
         )
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
-    fresh = logins.start_session(
+    fresh = portal.start_session(
         svc, identity, source_address=client_address(request), user_agent=request.headers.get("user-agent")
     )
     forget_identity(request, fresh.identity)
@@ -101,7 +101,7 @@ def create_token(
     except ValueError:
         days = -1  # refused by the service with its message
     try:
-        token, info = api_tokens.create_token(svc, identity, name=name, expires_days=days)
+        token, info = portal.create_token(svc, identity, name=name, expires_days=days)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
     return _page(request, renderer, svc, identity, new_token=token, new_token_info=info)
@@ -112,7 +112,7 @@ def revoke_token(
     token_id: int, request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
     try:
-        api_tokens.revoke_token(svc, identity, token_id)
+        portal.revoke_token(svc, identity, token_id)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
     notice = renderer.gettext(request)(N_("The token was revoked."))
@@ -121,7 +121,7 @@ def revoke_token(
 
 @router.post("/account/logout-everywhere")
 def logout_everywhere(request: Request, identity: CurrentMember, svc: ServicesDep) -> RedirectResponse:
-    logins.end_all_sessions(svc, identity)
+    portal.end_all_sessions(svc, identity)
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(request, response)
     forget_identity(request, None)

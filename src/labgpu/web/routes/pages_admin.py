@@ -9,7 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from labgpu.errors import BadInput, LabgpuError
-from labgpu.services import accounts, applications, lifecycle, members, templates
+from labgpu.services import members, portal, templates
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
 from labgpu.web.messages import translate
@@ -37,7 +37,7 @@ def _applications_page(
         request,
         "admin_applications.html",
         status_code,
-        applications=applications.list_applications(svc),
+        applications=portal.list_applications(svc),
         template_names=_template_names(svc),
         default_template=svc.settings.default_template,
         default_gpus=svc.settings.default_gpus,
@@ -71,7 +71,7 @@ def application_progress(
 ) -> HTMLResponse:
     """The status cell of one application (htmx polls it while the container is being made)."""
     return renderer.render(
-        request, "admin_application_status.html", app=applications.get_application(svc, application_id)
+        request, "admin_application_status.html", app=portal.get_application(svc, application_id)
     )
 
 
@@ -88,8 +88,8 @@ def approve(
     gpus: TextField = "",
 ) -> HTMLResponse:
     try:
-        overrides = applications.parse_overrides(template=template, cpu=cpu, memory=memory, gpus=gpus)
-        info = applications.approve(svc, application_id, overrides)
+        overrides = portal.parse_overrides(template=template, cpu=cpu, memory=memory, gpus=gpus)
+        info = portal.approve(svc, application_id, overrides)
     except LabgpuError as exc:
         return _application_failed(request, renderer, svc, exc)
     request.app.state.worker.enqueue(info.id)
@@ -108,10 +108,10 @@ def reject(
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> HTMLResponse:
     try:
-        info = applications.reject(svc, application_id, reason=reason)
+        info = portal.reject(svc, application_id, reason=reason)
     except LabgpuError as exc:
         return _application_failed(request, renderer, svc, exc)
-    background.add_task(applications.notify_applicant, svc, info)
+    background.add_task(portal.notify_applicant, svc, info)
     notice = renderer.gettext(request)(N_("Rejected: %(name)s gets an e-mail with your reason."))
     return _applications_page(request, renderer, svc, notice=notice % {"name": info.name})
 
@@ -121,7 +121,7 @@ def retry(
     application_id: int, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
     try:
-        info = applications.retry(svc, application_id)
+        info = portal.retry(svc, application_id)
     except LabgpuError as exc:
         return _application_failed(request, renderer, svc, exc)
     request.app.state.worker.enqueue(info.id)
@@ -137,7 +137,7 @@ def members_page(
 ) -> HTMLResponse:
     q = q.strip()[:64]
     found = members.list_members(svc, live=True)
-    disabled = {a.name for a in accounts.list_accounts(svc) if a.disabled}
+    disabled = {a.name for a in portal.list_accounts(svc) if a.disabled}
     if q:
         needle = q.lower()
         found = [m for m in found if needle in m.name or needle in (m.email or "").lower()]
@@ -154,7 +154,7 @@ def _member_page(
         "admin_member.html",
         status_code,
         member=members.get_member(svc, name, live=True),
-        account=accounts.get_account(svc, name),
+        account=portal.get_account(svc, name),
         section="members",
         **extra,
     )
@@ -179,7 +179,7 @@ def disable(
     name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
     try:
-        accounts.set_disabled(svc, name, disabled=True)
+        portal.set_disabled(svc, name, disabled=True)
     except LabgpuError as exc:
         return _member_failed(request, renderer, svc, name, exc)
     notice = renderer.gettext(request)(N_("The account is disabled; its sessions and tokens have ended."))
@@ -191,7 +191,7 @@ def enable(
     name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
     try:
-        accounts.set_disabled(svc, name, disabled=False)
+        portal.set_disabled(svc, name, disabled=False)
     except LabgpuError as exc:
         return _member_failed(request, renderer, svc, name, exc)
     return _member_page(
@@ -211,10 +211,10 @@ def set_limits(
     gpus: TextField = "",
 ) -> HTMLResponse:
     try:
-        request_ = lifecycle.parse_set_request(
+        request_ = members.parse_set_request(
             cpu=cpu.strip() or "none", memory=memory.strip() or "none", gpus=gpus.strip() or None
         )
-        changes = lifecycle.set_member(svc, name, request_)
+        changes = members.set_member(svc, name, request_)
     except LabgpuError as exc:
         return _member_failed(request, renderer, svc, name, exc)
     gettext = renderer.gettext(request)
@@ -241,7 +241,7 @@ def remove(
             raise BadInput("type the member's name to confirm the removal")
         if identity.name == name:
             raise BadInput("you cannot remove your own account")
-        removal = lifecycle.remove_member(svc, name, purge=purge == "yes")
+        removal = members.remove_member(svc, name, purge=purge == "yes")
     except LabgpuError as exc:
         return _member_failed(request, renderer, svc, name, exc)
     gettext = renderer.gettext(request)
@@ -253,7 +253,7 @@ def remove(
             "path": removal.archived_to or "—",
         }
     found = members.list_members(svc, live=True)
-    disabled = {a.name for a in accounts.list_accounts(svc) if a.disabled}
+    disabled = {a.name for a in portal.list_accounts(svc) if a.disabled}
     return renderer.render(
         request,
         "admin_members.html",

@@ -8,8 +8,8 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from labgpu.errors import LabgpuError
-from labgpu.services import applications
-from labgpu.services.logins import Throttled
+from labgpu.services import portal
+from labgpu.services.portal import Throttled
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
 from labgpu.web.messages import translate
 from labgpu.web.security import client_address
@@ -59,7 +59,7 @@ def apply(
     if password != confirm_password:
         return failed(400, gettext(N_("The two passwords differ.")))
     try:
-        info = applications.submit(
+        info = portal.submit(
             svc,
             name=name,
             email=email,
@@ -77,5 +77,5 @@ def apply(
         return response
     except LabgpuError as exc:
         return failed(exc.status, translate(gettext, exc.message))
-    background.add_task(applications.notify_admins, svc, info)
+    background.add_task(portal.notify_admins, svc, info)
     return renderer.render(request, "apply_done.html", application=info)

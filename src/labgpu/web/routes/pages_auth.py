@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from labgpu.services import logins
+from labgpu.services import portal
 from labgpu.web import i18n
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
 from labgpu.web.messages import translate
@@ -53,14 +53,14 @@ def login(
     gettext = renderer.gettext(request)
     target = safe_next(next, "/me")
     try:
-        new = logins.authenticate(
+        new = portal.authenticate(
             svc,
             name=name,
             password=password,
             source_address=client_address(request),
             user_agent=request.headers.get("user-agent"),
         )
-    except logins.Throttled as exc:
+    except portal.Throttled as exc:
         minutes = max(1, (exc.retry_after + 59) // 60)
         message = gettext(N_("Too many failed logins. Try again in %(minutes)s minutes.")) % {
             "minutes": minutes
@@ -70,13 +70,13 @@ def login(
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    except logins.LoginFailed as exc:
+    except portal.LoginFailed as exc:
         return renderer.render(
             request, "login.html", 401, error=translate(gettext, exc.message), name=name, next=target
         )
     if identity is not None:
         # Logging in again in the same browser: the previous session ends (one browser, one session).
-        logins.end_session(svc, identity)
+        portal.end_session(svc, identity)
     redirect = RedirectResponse(target, status_code=303)
     set_session_cookie(request, redirect, new.token)
     forget_identity(request, new.identity)
@@ -86,7 +86,7 @@ def login(
 @router.post("/logout")
 def logout(request: Request, identity: SessionDep, svc: ServicesDep) -> RedirectResponse:
     if identity is not None:
-        logins.end_session(svc, identity)
+        portal.end_session(svc, identity)
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(request, response)
     forget_identity(request, None)

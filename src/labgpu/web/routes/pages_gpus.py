@@ -1,6 +1,6 @@
 """Pages: GPU usage (every host's GPUs, their processes and holders) and the bookings board (book, cancel,
 extend; admins approve and reject). Every signed-in member sees both: who uses which GPU is no secret in a
-lab. The rules, and who may change which booking, are :mod:`labgpu.services.bookings`'s."""
+lab. The rules, and who may change which booking, are :mod:`labgpu.services.gpus._bookings`'s."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse
 
 from labgpu.errors import BadInput, LabgpuError
-from labgpu.services import booking_board, booking_requests, bookings
-from labgpu.services.accounts import Identity
+from labgpu.services import gpus as gpus_svc
 from labgpu.services.context import Services
-from labgpu.services.gpu_usage import GpuUsageReader
+from labgpu.services.gpus import GpuUsageReader
+from labgpu.services.portal import Identity
 from labgpu.store.models import utcnow
 from labgpu.web.deps import AdminRequired, CurrentMember, GpuUsageDep, RendererDep, ServicesDep
 from labgpu.web.messages import translate
@@ -80,7 +80,7 @@ def gpus_page(
     renderer: RendererDep,
 ) -> HTMLResponse:
     hosts = reader.read(svc)
-    clock = Clock(booking_requests.local_tz())
+    clock = Clock(gpus_svc.local_tz())
     return renderer.render(request, "gpus.html", hosts=hosts, clock=clock)
 
 
@@ -109,12 +109,12 @@ def _board_page(
     form: dict[str, Any] | None = None,
     **extra: Any,
 ) -> HTMLResponse:
-    clock = Clock(booking_requests.local_tz())
+    clock = Clock(gpus_svc.local_tz())
     today = clock.local(utcnow()).date()
     day = day or today
-    board = booking_board.read_board(svc, reader, day=day, tz=clock.tz)
-    host = booking_requests.member_host(svc, identity.name)
-    listed = bookings.list_bookings(svc)  # a member's own; an admin's: everyone's
+    board = gpus_svc.read_board(svc, reader, day=day, tz=clock.tz)
+    host = gpus_svc.member_host(svc, identity.name)
+    listed = gpus_svc.list_bookings(svc)  # a member's own; an admin's: everyone's
     pending = [b for b in listed if b.status == "pending"] if identity.is_admin else []
     choices = board.gpus.get(host.name, []) if host is not None else []
     if identity.is_admin and not choices:
@@ -162,17 +162,17 @@ class _Board:
         message = translate(self.renderer.gettext(self.request), exc.message)
         return self.page(exc.status, error=message, **extra)
 
-    def done(self, what: str, view: bookings.BookingView, **extra: Any) -> HTMLResponse:
-        clock = Clock(booking_requests.local_tz())
+    def done(self, what: str, view: gpus_svc.BookingView, **extra: Any) -> HTMLResponse:
+        clock = Clock(gpus_svc.local_tz())
         text = self.renderer.gettext(self.request)(DONE[what]) % {
             "id": view.id,
-            "gpus": bookings.format_gpus(view.gpus),
+            "gpus": gpus_svc.format_gpus(view.gpus),
             "host": view.host,
             "end": clock.full(view.end),
         }
         return self.page(notice=text, **extra)
 
-    def act(self, day: str, action: Callable[[], tuple[str, bookings.BookingView]]) -> HTMLResponse:
+    def act(self, day: str, action: Callable[[], tuple[str, gpus_svc.BookingView]]) -> HTMLResponse:
         """Run a booking's action; show the board of the day the form came from with what happened."""
         shown = _shown_day(day)
         try:
@@ -191,7 +191,7 @@ def bookings_page(
     renderer: RendererDep,
     day: str = "",
 ) -> HTMLResponse:
-    today = Clock(booking_requests.local_tz()).local(utcnow()).date()
+    today = Clock(gpus_svc.local_tz()).local(utcnow()).date()
     return _board_page(request, renderer, svc, reader, identity, day=_day(day[:10], today))
 
 
@@ -212,7 +212,7 @@ def book(
     form = {"count": count, "gpu": gpu, "start": start, "until": until, "note": note, "member": member}
     try:
         choice = _gpu_choice(count, gpu)
-        view = booking_requests.request_booking(
+        view = gpus_svc.request_booking(
             svc,
             reader,
             member=member.strip() or identity.name,
@@ -227,7 +227,7 @@ def book(
             request, renderer, svc, reader, identity, exc.status, form=form, form_error=message
         )
     what = "pending" if view.status == "pending" else "book"
-    day = Clock(booking_requests.local_tz()).local(view.start).date()
+    day = Clock(gpus_svc.local_tz()).local(view.start).date()
     return _Board(request, renderer, svc, reader, identity).done(what, view, day=day)
 
 
@@ -238,11 +238,11 @@ def _gpu_choice(count: str, picked: list[str]) -> str:
             raise BadInput("pick GPUs from the list")
         indexes.append(int(value))
     if indexes:
-        return booking_requests.gpu_choice(indexes=indexes)
+        return gpus_svc.gpu_choice(indexes=indexes)
     text = count.strip()
     if not text.isdigit() or int(text) < 1:
         raise BadInput("say how many GPUs, or pick them")
-    return booking_requests.gpu_choice(count=int(text))
+    return gpus_svc.gpu_choice(count=int(text))
 
 
 @router.post("/bookings/{booking_id}/cancel")
@@ -256,8 +256,8 @@ def cancel(
     day: DayField = "",
 ) -> HTMLResponse:
 
-    def action() -> tuple[str, bookings.BookingView]:
-        done = booking_requests.cancel_booking(svc, booking_id)
+    def action() -> tuple[str, gpus_svc.BookingView]:
+        done = gpus_svc.cancel_booking(svc, booking_id)
         return ("end" if done.ended_early else "cancel"), done.booking
 
     return _Board(request, renderer, svc, reader, identity).act(day, action)
@@ -275,7 +275,7 @@ def extend(
     day: DayField = "",
 ) -> HTMLResponse:
     return _Board(request, renderer, svc, reader, identity).act(
-        day, lambda: ("extend", booking_requests.request_extension(svc, booking_id, until=until))
+        day, lambda: ("extend", gpus_svc.request_extension(svc, booking_id, until=until))
     )
 
 
@@ -290,7 +290,7 @@ def approve(
     day: DayField = "",
 ) -> HTMLResponse:
     return _Board(request, renderer, svc, reader, identity).act(
-        day, lambda: ("approve", bookings.approve(svc, booking_id))
+        day, lambda: ("approve", gpus_svc.approve(svc, booking_id))
     )
 
 
@@ -306,7 +306,7 @@ def reject(
     day: DayField = "",
 ) -> HTMLResponse:
     return _Board(request, renderer, svc, reader, identity).act(
-        day, lambda: ("reject", booking_requests.reject_booking(svc, booking_id, reason=reason))
+        day, lambda: ("reject", gpus_svc.reject_booking(svc, booking_id, reason=reason))
     )
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
 from labgpu.errors import BadInput, LabgpuError
-from labgpu.services import audit, containers, shares, templates
+from labgpu.services import members, portal, templates
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
 from labgpu.web.messages import translate
@@ -23,7 +23,7 @@ AUDIT_PAGE = 100
 def containers_page(
     request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    rows = containers.list_containers(svc)
+    rows = members.list_containers(svc)
     return renderer.render(request, "admin_containers.html", rows=rows, section="containers")
 
 
@@ -45,7 +45,7 @@ def _shares_page(
     request: Request, renderer: Renderer, svc: Services, status_code: int = 200, **extra: Any
 ) -> HTMLResponse:
     return renderer.render(
-        request, "admin_shares.html", status_code, shares=shares.list_shares(svc), section="shares", **extra
+        request, "admin_shares.html", status_code, shares=members.list_shares(svc), section="shares", **extra
     )
 
 
@@ -68,7 +68,7 @@ def add_share(
 ) -> HTMLResponse:
     form = {"name": name, "source": source, "path": path, "readonly": readonly, "all_members": all_members}
     try:
-        shares.add_share(
+        members.add_share(
             svc,
             name=name.strip(),
             source=source.strip(),
@@ -88,7 +88,7 @@ def remove_share(
     name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
     try:
-        shares.remove_share(svc, name)
+        members.remove_share(svc, name)
     except LabgpuError as exc:
         message = translate(renderer.gettext(request), exc.message)
         return _shares_page(request, renderer, svc, exc.status, error=message, form={})
@@ -98,7 +98,7 @@ def remove_share(
 
 @router.get("/admin/hosts")
 def hosts_page(request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep) -> HTMLResponse:
-    return renderer.render(request, "admin_hosts.html", hosts=containers.list_hosts(svc), section="hosts")
+    return renderer.render(request, "admin_hosts.html", hosts=members.list_hosts(svc), section="hosts")
 
 
 def _day(text: str, what: str) -> datetime | None:
@@ -132,7 +132,7 @@ def audit_page(
         "until": until,
     }
     until_day = _day(until, "until")
-    entries = audit.list_events(
+    entries = portal.list_events(
         svc,
         actor=filters["actor"].strip() or None,
         action=filters["action"].strip() or None,

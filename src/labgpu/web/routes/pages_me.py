@@ -10,9 +10,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from labgpu.errors import BadInput, LabgpuError, NotFound
-from labgpu.services import containers, lifecycle, members, snapshots
-from labgpu.services.accounts import Identity
+from labgpu.services import members
 from labgpu.services.context import Services
+from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
 from labgpu.web.messages import translate
 from labgpu.web.templating import N_, Renderer
@@ -38,18 +38,18 @@ def _page(
 ) -> HTMLResponse:
     info = members.get_member(svc, identity.name, live=True)
     sheet = connection_sheet(svc, info)
-    snaps: list[snapshots.SnapshotInfo] = []
+    snaps: list[members.SnapshotInfo] = []
     keys: list[dict[str, str]] = []
     uptime = None
     if info.container:
         keys = members.list_keys(svc, identity.name)
         if info.status not in ("missing", "unreachable"):
             try:
-                snaps = snapshots.list_snapshots(svc, identity.name)
+                snaps = members.list_snapshots(svc, identity.name)
             except LabgpuError:
                 snaps = []
             if info.status == "Running":
-                uptime = containers.uptime_seconds(svc, info.container)
+                uptime = members.uptime_seconds(svc, info.container)
     return renderer.render(
         request,
         "me.html",
@@ -107,7 +107,7 @@ def reset(
     try:
         if confirm.strip() != identity.name:
             raise BadInput("type your name to confirm the reset")
-        sheet = lifecycle.reset_member(svc, identity.name)
+        sheet = members.reset_member(svc, identity.name)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
     return _done(
@@ -147,7 +147,7 @@ def take_snapshot(
     name: SnapshotField = "",
 ) -> HTMLResponse:
     try:
-        snapshots.take_snapshot(svc, identity.name, name.strip() or None)
+        members.take_snapshot(svc, identity.name, name.strip() or None)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
     return _done(request, renderer, svc, identity, N_("The snapshot was taken."))
@@ -162,7 +162,7 @@ def restore_snapshot(
     snapshot: SnapshotField = "",
 ) -> HTMLResponse:
     try:
-        snapshots.restore_snapshot(svc, identity.name, snapshot)
+        members.restore_snapshot(svc, identity.name, snapshot)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
     return _done(request, renderer, svc, identity, N_("Your container was restored from the snapshot."))
@@ -177,7 +177,7 @@ def delete_snapshot(
     snapshot: SnapshotField = "",
 ) -> HTMLResponse:
     try:
-        snapshots.delete_snapshot(svc, identity.name, snapshot)
+        members.delete_snapshot(svc, identity.name, snapshot)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
     return _done(request, renderer, svc, identity, N_("The snapshot was deleted."))

@@ -1,0 +1,87 @@
+"""gpus: public face."""
+
+from __future__ import annotations
+
+from labgpu.services.gpus._attach import (
+    APPLIED_NEXT_START,
+    AS_BOOKED,
+    NO_CONTAINER,
+    REFUSED,
+    UNCHANGED,
+    AttachOutcome,
+    gpu_map,
+    sync_host,
+)
+from labgpu.services.gpus._board import read_board
+from labgpu.services.gpus._booking_requests import (
+    cancel_booking,
+    gpu_choice,
+    local_tz,
+    member_host,
+    reject_booking,
+    request_booking,
+    request_extension,
+)
+from labgpu.services.gpus._bookings import (
+    BookingView,
+    active_gpus,
+    advance,
+    approve,
+    book,
+    cancel,
+    extend,
+    format_gpus,
+    get_booking,
+    list_bookings,
+    notify,
+    prune_slots,
+    reject,
+)
+from labgpu.services.gpus._idle import check_idle, idle_gpus, prune_samples, sample_agents, sample_gpus
+from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
+from labgpu.services.gpus._sweep import make_sweep
+from labgpu.services.gpus._usage import GpuUsageReader
+
+__all__ = [
+    "APPLIED_NEXT_START",
+    "AS_BOOKED",
+    "NO_CONTAINER",
+    "REFUSED",
+    "UNCHANGED",
+    "AttachOutcome",
+    "BookingView",
+    "GpuUsageReader",
+    "MemberGpus",
+    "active_gpus",
+    "advance",
+    "approve",
+    "assign",
+    "book",
+    "cancel",
+    "cancel_booking",
+    "check_idle",
+    "extend",
+    "format_gpus",
+    "get_booking",
+    "get_mode",
+    "gpu_choice",
+    "gpu_map",
+    "idle_gpus",
+    "list_bookings",
+    "local_tz",
+    "make_sweep",
+    "member_host",
+    "notify",
+    "prune_samples",
+    "prune_slots",
+    "read_board",
+    "reject",
+    "reject_booking",
+    "request_booking",
+    "request_extension",
+    "sample_agents",
+    "sample_gpus",
+    "set_mode",
+    "sync_host",
+    "unassign",
+]

@@ -1,0 +1,442 @@
+"""GPU samples and idle detection: who holds a GPU without using it.
+
+:func:`sample_gpus` takes one inventory of the local host (NVML through a
+:class:`~labgpu.gpu.nvml.GpuSource`, every process attributed to its member) and stores one
+:class:`~labgpu.store.models.GpuSample` per GPU; :func:`sample_agents` does the same for every other
+host with a GPU agent, from the agent's inventory (all agents asked at once). An agent that does not
+answer, and a host on another machine without one, is a note: those hosts get no samples, so their
+held GPUs are never called idle. :func:`check_idle` applies the idle rule (:mod:`labgpu.domain.gpus`)
+to the GPUs someone holds, on every host: those of active bookings (counted from the booking's start
+only, so a GPU idle before it was booked does not count against the member) and, on hosts in assigned
+mode, the assigned ones.
+
+An idle spell ("episode") is reported ONCE: the member gets one mail per spell, however many runs
+see it. The spell's state lives in the store (a :class:`~labgpu.store.models.JobState` row per host,
+GPU and member, named ``idle:HOST:GPU:MEMBER``) so that a restart does not mail again. A spell goes
+on while the job keeps seeing the GPU idle; any busy sample or a hole in the samples ends it.
+
+With ``gpu_idle_action = "release"`` a booking ALL of whose GPUs are idle is ended early and its GPUs
+detached; assigned GPUs are only ever notified.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from labgpu.domain.gpus import IdleRule, IdleVerdict, UtilizationSample, idle_verdict
+from labgpu.errors import LabgpuError, Unavailable
+from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventory
+from labgpu.gpu.nvml import GpuSource
+from labgpu.services.context import Services
+from labgpu.services.gpus import _attach as gpu_attach
+from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.hosts import ask_all, recorded_local_host
+from labgpu.services.mail import send_mail
+from labgpu.store.models import GpuMode, GpuSample, Host, JobState, Member, utcnow
+
+if TYPE_CHECKING:
+    from labgpu.services.gpus._usage import GpuStatus, GpuUsageReader
+
+log = logging.getLogger(__name__)
+EPISODE_PREFIX = "idle:"
+
+
+def idle_rule(svc: Services) -> IdleRule:
+    """The idle rule from the settings. A hole longer than 10 minutes, or 3 sampling periods when
+    those are longer, ends a spell."""
+    s = svc.settings
+    return IdleRule(
+        threshold=s.gpu_idle_threshold,
+        duration=timedelta(minutes=s.gpu_idle_minutes),
+        max_gap=max(timedelta(minutes=10), 3 * timedelta(seconds=s.gpu_sample_seconds)),
+    )
+
+
+# Sampling -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    samples: int
+    note: str = ""
+
+
+def sample_gpus(
+    svc: Services, *, source: GpuSource, now: datetime | None = None, proc_root: str | Path = "/proc"
+) -> SampleResult:
+    """Read the local host's GPUs once and store a sample per GPU (utilization, memory used, and the
+    member with the most GPU memory on it). A host without NVML stores nothing and says why."""
+    now = now or utcnow()
+    try:
+        owners = owners_from_instances(
+            svc.runtime.instances.all(with_state=False), svc.settings.runtime_project
+        )
+        notes: list[str] = []
+    except LabgpuError as exc:
+        owners, notes = {}, [f"members unknown: {exc.message}"]
+    inv = take_inventory(source, owners=owners, proc_root=proc_root, notes=notes)
+    if not inv.available:
+        return SampleResult(0, inv.headline)
+    with svc.session() as session:
+        host = recorded_local_host(session)
+        if host is None:
+            return SampleResult(0, "no host in the store yet")
+        for row in _sample_rows(inv, host.id, now):
+            session.add(row)
+    return SampleResult(len(inv.gpus), "; ".join(inv.warnings))
+
+
+def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[GpuSample]:
+    rows = []
+    for usage in inv.gpus:
+        g = usage.gpu
+        top = _top_member((p.member, p.used_memory) for p in usage.processes)
+        utilization = None if g.error or g.mig_enabled else g.utilization
+        rows.append(
+            GpuSample(
+                host_id=host_id,
+                gpu_index=g.index,
+                at=now,
+                utilization=utilization,
+                memory_used=g.memory_used,
+                member=top,
+            )
+        )
+    return rows
+
+
+def _top_member(processes: Iterable[tuple[str | None, int | None]]) -> str | None:
+    """The member with the most GPU memory among (member, bytes) of a GPU's processes."""
+    memory: dict[str, int] = defaultdict(int)
+    for member, used in processes:
+        if member:
+            memory[member] += used or 0
+    return max(memory, key=lambda m: memory[m]) if memory else None
+
+
+def _status_rows(gpus: Iterable[GpuStatus], host_id: int, now: datetime) -> list[GpuSample]:
+    """Sample rows from an agent's inventory, read as :func:`_sample_rows` reads the local one."""
+    return [
+        GpuSample(
+            host_id=host_id,
+            gpu_index=g.index,
+            at=now,
+            utilization=None if g.error or g.mig_enabled else g.utilization,
+            memory_used=g.memory_used,
+            member=_top_member((p.member, p.memory) for p in g.processes),
+        )
+        for g in gpus
+    ]
+
+
+@dataclass
+class AgentSamples:
+    """What :func:`sample_agents` did: samples stored per host, and a note per host it could not
+    sample (its agent did not answer or has no GPU; one line naming the hosts without an agent)."""
+
+    samples: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None = None) -> AgentSamples:
+    """Sample every host but the local daemon's from its GPU agent (``reader.inventory``, every agent
+    asked at once; each waits at most the agent timeout): one sample per GPU, as :func:`sample_gpus`
+    stores for the local host. Never raises for an agent that does not answer: a note says so."""
+    from labgpu.services.gpus._usage import SOURCE_AGENT
+
+    now = now or utcnow()
+    out = AgentSamples()
+    with svc.session() as session:
+        others = list(session.scalars(select(Host).where(Host.url.is_not(None)).order_by(Host.name)))
+    with_agent = [h for h in others if h.agent_url]
+    without = [h.name for h in others if not h.agent_url]
+    answers = ask_all(
+        {h.id: partial(reader.inventory, svc, h) for h in with_agent}, timeout=svc.settings.host_timeout + 1
+    )
+    rows: list[GpuSample] = []
+    for h in with_agent:
+        answer = answers[h.id]
+        found = answer.value
+        if found is None:
+            out.notes.append(f"{h.name}: not sampled: {answer.error}")
+        elif found.source != SOURCE_AGENT or not found.available:
+            out.notes.append(f"{h.name}: not sampled: {found.message}")
+        else:
+            rows += _status_rows(found.gpus, h.id, now)
+            out.samples[h.name] = len(found.gpus)
+    if rows:
+        with svc.session() as session:
+            session.add_all(rows)
+    if without:
+        out.notes.append(
+            f"not sampled (no GPU agent set; `labgpu host set NAME --agent-url URL`): {', '.join(without)}"
+        )
+    return out
+
+
+def prune_samples(svc: Services, *, before: datetime) -> int:
+    """Delete samples taken before ``before``, and idle-spell records last seen before it."""
+    with svc.session() as session:
+        gone = session.execute(delete(GpuSample).where(GpuSample.at < before))
+        session.execute(
+            delete(JobState).where(
+                JobState.name.startswith(EPISODE_PREFIX), JobState.last_finished_at < before
+            )
+        )
+        return int(getattr(gone, "rowcount", 0) or 0)
+
+
+# Who holds which GPU ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Held:
+    """GPUs a member holds on a host: by a booking (``booking`` set) or by assignment."""
+
+    host_id: int
+    host: str
+    member: str
+    email: str | None
+    gpus: tuple[int, ...]
+    since: datetime | None  # the booking's start: samples before it do not count
+    booking: int | None = None
+
+
+def held_gpus(session: Session, host: Host) -> list[Held]:
+    out = [
+        Held(host.id, host.name, b.member.name, b.member.email, bookings.parse_gpus(b.gpus), b.start_at, b.id)
+        for b in bookings.active_bookings(session, host.id)
+    ]
+    if host.gpu_mode == GpuMode.ASSIGNED:
+        for m in session.scalars(select(Member).where(Member.host_id == host.id)):
+            if m.gpu_spec and m.gpu_spec not in ("all", "none"):
+                gpus = tuple(int(p) for p in m.gpu_spec.split(",") if p.strip().isdigit())
+                out.append(Held(host.id, host.name, m.name, m.email, gpus, None))
+    return out
+
+
+def _verdicts(session: Session, held: Held, rule: IdleRule, now: datetime) -> dict[int, IdleVerdict]:
+    lookback = now - rule.duration - 2 * rule.max_gap
+    if held.since is not None:
+        lookback = max(lookback, held.since)
+    rows = session.execute(
+        select(GpuSample.gpu_index, GpuSample.at, GpuSample.utilization).where(
+            GpuSample.host_id == held.host_id,
+            GpuSample.gpu_index.in_(held.gpus),
+            GpuSample.at >= lookback,
+            GpuSample.at <= now,
+        )
+    ).tuples()
+    samples: dict[int, list[UtilizationSample]] = {g: [] for g in held.gpus}
+    for gpu, at, util in rows:
+        samples[gpu].append(UtilizationSample(at, None if util is None else float(util)))
+    return {gpu: idle_verdict(s, rule, now) for gpu, s in samples.items()}
+
+
+# Idle check ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdleGpu:
+    """A GPU someone holds and does not use, as the portal and `jobs run-once` show it."""
+
+    host: str
+    gpu: int
+    member: str
+    booking: int | None
+    since: datetime
+    minutes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["since"] = self.since.isoformat()
+        return out
+
+
+@dataclass
+class IdleReport:
+    idle: list[IdleGpu] = field(default_factory=list)
+    notified: list[str] = field(default_factory=list)  # "alice: GPU 0, 2" for each mail sent (or due)
+    released: list[int] = field(default_factory=list)  # booking ids
+    detached: list[gpu_attach.AttachOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).order_by(Host.name)))
+
+
+def idle_gpus(svc: Services, *, now: datetime | None = None) -> list[IdleGpu]:
+    """The held GPUs that are idle now, on every host (no side effects): for the portal."""
+    now = now or utcnow()
+    rule = idle_rule(svc)
+    out = []
+    with svc.session() as session:
+        for host in _hosts(session):
+            for held in held_gpus(session, host):
+                out.extend(_idle(session, held, _verdicts(session, held, rule, now), now))
+    return out
+
+
+def _idle(session: Session, held: Held, verdicts: dict[int, IdleVerdict], now: datetime) -> list[IdleGpu]:
+    """The idle GPUs among ``verdicts``. A spell already known goes back to when it was first seen
+    (the samples read for a verdict reach back only a little longer than the rule's duration)."""
+    out = []
+    for gpu, v in sorted(verdicts.items()):
+        if not v.idle or v.since is None:
+            continue
+        since = v.since
+        state = session.get(JobState, _episode_key(held, gpu))
+        if (
+            state is not None
+            and state.last_started_at is not None
+            and state.last_finished_at is not None
+            and v.since <= state.last_finished_at
+        ):
+            since = min(since, state.last_started_at)
+        out.append(
+            IdleGpu(
+                held.host, gpu, held.member, held.booking, since, int((now - since).total_seconds() // 60)
+            )
+        )
+    return out
+
+
+def _episode_key(held: Held, gpu: int) -> str:
+    return f"{EPISODE_PREFIX}{held.host_id}:{gpu}:{held.member}"[:64]
+
+
+def check_idle(
+    svc: Services, *, now: datetime | None = None, reader: GpuUsageReader | None = None
+) -> IdleReport:
+    """Apply the idle rule to every held GPU of every host: mail the member once per idle spell and,
+    when policy says release, end bookings whose GPUs are all idle and detach them through their
+    host's daemon (``reader`` finds a remote host's GPUs through its agent when its daemon lists none).
+    A mail that cannot be sent is retried at the next run (the spell is not marked as told); a host
+    whose daemon does not answer keeps its released GPUs until the bookings job detaches them (an
+    error naming the host)."""
+    now = now or utcnow()
+    rule = idle_rule(svc)
+    report = IdleReport()
+    release = svc.settings.gpu_idle_action == "release"
+    to_release: list[tuple[Held, list[IdleGpu]]] = []
+    hosts: dict[int, Host] = {}
+    with svc.session() as session:
+        for host in _hosts(session):
+            hosts[host.id] = host
+            for held in held_gpus(session, host):
+                idle = _idle(session, held, _verdicts(session, held, rule, now), now)
+                report.idle.extend(idle)
+                new = [g for g in idle if _new_spell(session, held, g, now)]
+                all_idle = bool(idle) and len(idle) == len(held.gpus)
+                if release and held.booking is not None and all_idle:
+                    to_release.append((held, idle))
+                    continue
+                if new:
+                    sent = _tell(svc, held, new, released=False)
+                    if sent is None:
+                        report.errors.append(
+                            f"mail to {held.member} about idle GPU(s) not sent; retried next run"
+                        )
+                        continue
+                    _mark(session, held, new, now, "notified" if sent else "not mailed")
+                    report.notified.append(f"{held.member}: GPU {', '.join(str(g.gpu) for g in new)}")
+    released: dict[int, set[str]] = defaultdict(set)  # host id -> members whose booking was released
+    for held, idle in to_release:
+        assert held.booking is not None
+        view = bookings.release(
+            svc, held.booking, reason=f"idle for {min(g.minutes for g in idle)} minutes", now=now
+        )
+        if view is None:
+            continue
+        report.released.append(view.id)
+        released[held.host_id].add(held.member)
+        with svc.session() as session:
+            _mark(session, held, idle, now, "released")
+        if _tell(svc, held, idle, released=True) is None:
+            report.errors.append(f"mail to {held.member} about the released booking {view.id} not sent")
+        report.notified.append(f"{held.member}: booking {view.id} released")
+    for host_id, members in sorted(released.items()):
+        host = hosts[host_id]
+        try:
+            report.detached += gpu_attach.sync_host(svc, host=host, members=members, reader=reader)
+        except LabgpuError as exc:
+            report.errors.append(f"released GPUs on {host.name} not detached yet: {exc.message}")
+    return report
+
+
+def _new_spell(session: Session, held: Held, gpu: IdleGpu, now: datetime) -> bool:
+    """Whether ``gpu``'s idle spell is one the member was not told about.
+
+    The same spell as the one recorded when the current run of idle samples reaches back to the last
+    time a job saw it idle (no busy sample or hole since). Each look at a known spell moves "last seen"
+    on."""
+    state = session.get(JobState, _episode_key(held, gpu.gpu))
+    if state is None or state.last_started_at is None or state.last_finished_at is None:
+        return True
+    if (
+        gpu.since != state.last_started_at
+    ):  # _idle() carried a known spell's start over; a new one starts later
+        return True
+    state.last_finished_at = now
+    return False
+
+
+def _mark(session: Session, held: Held, gpus: list[IdleGpu], now: datetime, status: str) -> None:
+    for g in gpus:
+        key = _episode_key(held, g.gpu)
+        state = session.get(JobState, key)
+        if state is None:
+            state = JobState(name=key)
+            session.add(state)
+        state.last_started_at = g.since
+        state.last_finished_at = now
+        state.last_status = status
+        session.flush()
+
+
+def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> bool | None:
+    """Mail the member. True: sent; False: nothing to send to (no address, mail not configured);
+    None: the SMTP server could not be reached."""
+    which = ", ".join(str(g.gpu) for g in gpus)
+    minutes = min(g.minutes for g in gpus)
+    what = f"booking {held.booking}" if held.booking is not None else "your assigned GPUs"
+    if released:
+        subject = f"GPU {which} on {held.host} released: idle"
+        body = (
+            f"Hello {held.member},\n\nGPU {which} on {held.host} ({what}) showed under "
+            f"{svc.settings.gpu_idle_threshold:g}% utilization for {minutes} minutes, so the booking was "
+            "ended early and the GPUs were taken from your container, for others to use.\n\n"
+            "Book again when you need them (labgpu gpu book, or the portal).\n"
+        )
+    else:
+        subject = f"GPU {which} on {held.host} is idle"
+        body = (
+            f"Hello {held.member},\n\nGPU {which} on {held.host} ({what}) has shown under "
+            f"{svc.settings.gpu_idle_threshold:g}% utilization for {minutes} minutes. Memory held by an "
+            "idle process (a notebook kernel, a stopped training) keeps others from the GPU.\n\n"
+            "If you no longer need it, cancel the booking or end your processes."
+        )
+        if svc.settings.gpu_idle_action == "release" and held.booking is not None:
+            body += " When all of the booking's GPUs are idle, the booking is released automatically."
+        body += "\n"
+    if svc.settings.portal_url:
+        body += f"\n{svc.settings.portal_url}\n"
+    if not held.email:
+        log.info("idle GPU %s of %s: member has no e-mail address", which, held.member)
+        return False
+    try:
+        return send_mail(svc.settings, to=[held.email], subject=subject, body=body)
+    except Unavailable as exc:
+        log.warning("%s", exc.message)
+        return None

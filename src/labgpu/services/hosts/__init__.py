@@ -1,0 +1,79 @@
+"""hosts: public face."""
+
+from __future__ import annotations
+
+from labgpu.services.hosts._clients import is_local, runtime_for, services_for
+from labgpu.services.hosts._doctor import CheckStatus, nvidia_pci_devices, run_doctor
+from labgpu.services.hosts._gateway import (
+    GatewayReport,
+    add_user,
+    disable,
+    enable,
+    is_enabled,
+    on_member_changed,
+    refresh_map,
+    remove_user,
+    status,
+    sync,
+)
+from labgpu.services.hosts._inventory import (
+    ask_all,
+    host_facts,
+    known_hosts,
+    list_containers,
+    list_instances,
+    on_member,
+    parse_gpus,
+)
+from labgpu.services.hosts._placement import place
+from labgpu.services.hosts._records import local_host, public_address, recorded_local_host
+from labgpu.services.hosts._remote import (
+    add_host,
+    remove_host,
+    set_agent_url,
+    set_drained,
+    set_public_address,
+    validate_host_name,
+)
+from labgpu.services.hosts._setup import HostPaths, StepStatus, init_host
+from labgpu.services.hosts._units import install_units
+
+__all__ = [
+    "CheckStatus",
+    "GatewayReport",
+    "HostPaths",
+    "StepStatus",
+    "add_host",
+    "add_user",
+    "ask_all",
+    "disable",
+    "enable",
+    "host_facts",
+    "init_host",
+    "install_units",
+    "is_enabled",
+    "is_local",
+    "known_hosts",
+    "list_containers",
+    "list_instances",
+    "local_host",
+    "nvidia_pci_devices",
+    "on_member",
+    "on_member_changed",
+    "parse_gpus",
+    "place",
+    "public_address",
+    "recorded_local_host",
+    "refresh_map",
+    "remove_host",
+    "remove_user",
+    "run_doctor",
+    "runtime_for",
+    "services_for",
+    "set_agent_url",
+    "set_drained",
+    "set_public_address",
+    "status",
+    "sync",
+    "validate_host_name",
+]

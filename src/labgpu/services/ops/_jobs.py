@@ -1,0 +1,473 @@
+"""The job runner: periodic, idempotent jobs whose state lives in the store.
+
+Jobs (:data:`JOBS`):
+
+- ``bookings`` (every minute): bookings whose start has come become active and their GPUs are
+  attached; those whose end has come end and their GPUs are detached
+  (:func:`labgpu.services.gpus._bookings.advance`, then :func:`labgpu.services.gpus._attach.sync_host` on every
+  host where GPUs may be booked (:func:`booking_hosts`), each through its own daemon; it also puts back
+  whatever drifted). A host whose daemon does not answer is an error naming it; the others go on.
+- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU (the local host's from NVML,
+  other hosts' from their GPU agents), then the idle rule on every host: mail once per idle spell,
+  release idle bookings when policy says so.
+- ``reconcile`` (every ``reconcile_interval_minutes``): :func:`labgpu.services.ops._reconcile.reconcile`.
+- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, slots of long-ended bookings.
+
+Each job has a :class:`~labgpu.store.models.JobState` row: when it last ran and how, when it is due
+next, and a LEASE (owner and expiry). A runner works on a job only after taking its lease in ONE
+conditional UPDATE (``... WHERE lease_until IS NULL OR lease_until <= now``), which only one writer can
+win on SQLite and PostgreSQL alike; so two runners (``labgpu serve`` and a cron ``labgpu jobs
+run-once``, or two hosts sharing a PostgreSQL store) never run the same job at once. A runner that dies
+leaves its lease to expire; every job is safe to run again, so nothing is lost but time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from labgpu.errors import LabgpuError
+from labgpu.gpu.nvml import GpuSource
+from labgpu.services import gpus
+from labgpu.services.context import SYSTEM, Services
+from labgpu.services.gpus import GpuUsageReader
+from labgpu.services.members import checkpoint
+from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobState, Member, utcnow
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+FAILED = "failed"
+BUSY = "busy"  # another runner holds the lease
+NOT_DUE = "not due"
+
+
+@dataclass
+class JobContext:
+    """What a job run gets besides the services: the clock and where GPU readings come from."""
+
+    now: datetime
+    gpu_source: Callable[[], GpuSource] | None = None  # None: the real NVML on this host
+    agent_transport: httpx.BaseTransport | None = None  # None: the agents over the network
+
+    def source(self) -> GpuSource:
+        if self.gpu_source is not None:
+            return self.gpu_source()
+        from labgpu.gpu.nvml import NvmlSource
+
+        return NvmlSource()
+
+    def reader(self) -> GpuUsageReader:
+        """Reads other hosts' GPU agents (their inventories, and their GPUs when a daemon lists none)."""
+        return GpuUsageReader(transport=self.agent_transport)
+
+
+@dataclass
+class JobResult:
+    """What one run did: lines for people (and logs), and errors (the run then counts as failed)."""
+
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    help: str
+    every: Callable[[Services], timedelta]
+    lease: timedelta
+    run: Callable[[Services, JobContext], JobResult]
+
+
+# The jobs -----------------------------------------------------------------------------------------
+
+
+# A host whose bookings ended this long ago is still visited: its detach may have failed then (the
+# daemon was down, or the mode switch that ended them could not reach it).
+RECENTLY_ENDED = timedelta(days=1)
+
+
+def booking_hosts(svc: Services, *, now: datetime) -> list[Host]:
+    """The hosts the bookings job visits: those in booked mode, those with an active booking, and those
+    where a booking ended within :data:`RECENTLY_ENDED` (GPUs may still be attached there). By name."""
+    with svc.session() as session:
+        with_bookings = select(Booking.host_id).where(
+            or_(
+                Booking.status == BookingStatus.ACTIVE,
+                (Booking.status.in_((BookingStatus.ENDED, BookingStatus.CANCELLED)))
+                & (Booking.end_at >= now - RECENTLY_ENDED),
+            )
+        )
+        return list(
+            session.scalars(
+                select(Host)
+                .where(or_(Host.gpu_mode == GpuMode.BOOKED.value, Host.id.in_(with_bookings)))
+                .order_by(Host.name)
+            )
+        )
+
+
+def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
+    """Start and end bookings, then attach and detach GPUs to match the active ones, on every host
+    where GPUs may be booked (each through its own daemon). A host whose daemon cannot be reached is
+    an error naming it; the other hosts are synced all the same."""
+    result = JobResult()
+    started: set[str] = set()
+    for t in gpus.advance(svc, now=ctx.now):
+        b = t.booking
+        result.lines.append(
+            f"booking {b.id} ({b.member}, GPU {gpus.format_gpus(b.gpus)}): {t.old} -> {t.new}"
+        )
+        if t.new == BookingStatus.ACTIVE:
+            started.add(b.member)
+    # Fault injection (tests/reliability): killed here, the store has the new statuses but the GPUs
+    # are not attached or detached yet; the next run (once this run's lease expires) does it.
+    checkpoint("booking-advanced")
+    source = ctx.source() if ctx.gpu_source is not None else None
+    reader = ctx.reader()
+    outcomes: list[gpus.AttachOutcome] = []
+    for host in booking_hosts(svc, now=ctx.now):
+        try:
+            outcomes += gpus.sync_host(svc, host=host, source=source, reader=reader)
+        except LabgpuError as exc:  # the transitions above stand; attaching waits for the next run
+            result.errors.append(f"GPUs on {host.name} not attached or detached: {exc.message}")
+        except Exception as exc:  # one host's odd answer must not keep the others' GPUs waiting
+            log.exception("bookings: syncing %s failed", host.name)
+            result.errors.append(f"GPUs on {host.name} not attached or detached: {type(exc).__name__}: {exc}")
+    checkpoint("booking-attached")
+    for o in outcomes:
+        if o.applied == gpus.UNCHANGED and o.message == gpus.AS_BOOKED:
+            continue
+        line = f"{o.member} ({o.container or 'no container'}): {o.message}"
+        (result.errors if o.failed else result.lines).append(line)
+        if o.member in started:
+            _tell_member(svc, o)
+    result.data["attach"] = [o.as_dict() for o in outcomes]
+    if not result.lines and not result.errors:
+        result.lines.append("nothing to start, end, attach or detach")
+    return result
+
+
+def _tell_member(svc: Services, outcome: gpus.AttachOutcome) -> None:
+    """Mail a member whose booking just started when its GPUs are NOT in the running container yet
+    (the container is stopped, or the daemon refused): they would otherwise look for them in vain."""
+    if outcome.applied == gpus.APPLIED_NEXT_START and outcome.attached:
+        body = (
+            f"Hello {outcome.member},\n\nYour booking has started. Its GPU(s) "
+            f"{', '.join(map(str, outcome.attached))} were added to {outcome.container}, which is stopped: "
+            "they are there once you start it.\n"
+        )
+    elif outcome.applied in (gpus.REFUSED, gpus.NO_CONTAINER) and outcome.wanted:
+        body = (
+            f"Hello {outcome.member},\n\nYour booking has started, but its GPU(s) could not be attached "
+            f"yet: {outcome.message}.\nlabgpu keeps trying every minute; the admins see this in "
+            "`labgpu jobs status`.\n"
+        )
+    else:
+        return
+    with svc.session() as session:
+        email = session.scalars(select(Member.email).where(Member.name == outcome.member)).first()
+    gpus.notify(svc, email, "Your GPU booking has started", body)
+
+
+def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
+    """Sample the GPUs (the local host's through NVML, other hosts' from their GPU agents), then tell
+    (or release) whoever holds an idle one, on every host. A host whose agent does not answer is a
+    note, not a failure."""
+    result = JobResult()
+    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now)
+    result.lines.append(f"{sampled.samples} GPU sample(s)" + (f" ({sampled.note})" if sampled.note else ""))
+    reader = ctx.reader()
+    agents = gpus.sample_agents(svc, reader=reader, now=ctx.now)
+    result.lines += [f"{host}: {n} GPU sample(s) from its GPU agent" for host, n in agents.samples.items()]
+    result.lines += agents.notes
+    report = gpus.check_idle(svc, now=ctx.now, reader=reader)
+    for g in report.idle:
+        result.lines.append(f"idle: GPU {g.gpu} on {g.host} of {g.member} for {g.minutes} min")
+    result.lines += [f"told {n}" for n in report.notified]
+    result.lines += [f"released booking {b}" for b in report.released]
+    result.lines += [f"{o.member}: {o.message}" for o in report.detached if not o.failed]
+    result.errors += report.errors + [f"{o.member}: {o.message}" for o in report.detached if o.failed]
+    result.data["idle"] = [g.as_dict() for g in report.idle]
+    return result
+
+
+def run_reconcile(svc: Services, ctx: JobContext) -> JobResult:
+    """Repair drift between the store and the daemon (members' containers)."""
+    from labgpu.services.ops._reconcile import reconcile
+
+    report = reconcile(svc, provisioning_grace=timedelta(minutes=15))
+    result = JobResult(data={"reconcile": report.as_dict()})
+    result.lines += [f"{a.member}: {a.action} {a.detail}" for a in report.repairs]
+    result.errors += [f"{a.member}: {a.detail}: {a.error}" for a in report.failures]
+    if not result.lines and not result.errors:
+        result.lines.append(f"{report.members} member(s), nothing to repair")
+    return result
+
+
+def run_prune(svc: Services, ctx: JobContext) -> JobResult:
+    """Delete GPU samples past their keep time and the slots of bookings that ended a day ago."""
+    samples = gpus.prune_samples(svc, before=ctx.now - timedelta(days=svc.settings.gpu_samples_keep_days))
+    slots = gpus.prune_slots(svc, before=ctx.now - timedelta(days=1))
+    return JobResult(
+        lines=[f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted"]
+    )
+
+
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in (
+        Job("bookings", "start and end bookings; attach and detach their GPUs", lambda s: timedelta(minutes=1),
+            timedelta(minutes=10), run_bookings),
+        Job("gpu-idle", "sample GPU use; mail about (or release) idle GPUs",
+            lambda s: timedelta(seconds=s.settings.gpu_sample_seconds), timedelta(minutes=10), run_gpu_idle),
+        Job("reconcile", "repair drift between the store and the daemon",
+            lambda s: timedelta(minutes=s.settings.reconcile_interval_minutes), timedelta(minutes=30), run_reconcile),
+        Job("prune", "delete old GPU samples and booking slots", lambda s: timedelta(days=1),
+            timedelta(minutes=30), run_prune),
+    )
+}  # fmt: skip
+
+
+# Leases -------------------------------------------------------------------------------------------
+
+
+def runner_id() -> str:
+    """Who holds a lease: host, process and a random part (two runners in one process differ)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _ensure_row(svc: Services, name: str) -> None:
+    with svc.session() as session:
+        if session.get(JobState, name) is not None:
+            return
+    try:
+        with svc.session() as session:
+            session.add(JobState(name=name))
+    except IntegrityError:
+        pass  # another runner made it first
+
+
+def take_lease(svc: Services, job: Job, *, owner: str, now: datetime, force: bool = False) -> bool:
+    """Take ``job``'s lease for ``owner`` if nobody holds it (or theirs expired) and, unless ``force``,
+    the job is due. One conditional UPDATE: of two runners, exactly one wins."""
+    _ensure_row(svc, job.name)
+    conditions = [
+        JobState.name == job.name,
+        or_(JobState.lease_until.is_(None), JobState.lease_until <= now, JobState.lease_owner == owner),
+    ]
+    if not force:
+        conditions.append(or_(JobState.next_run_at.is_(None), JobState.next_run_at <= now))
+    with svc.session() as session:
+        result = session.execute(
+            update(JobState)
+            .where(*conditions)
+            .values(lease_owner=owner, lease_until=now + job.lease, last_started_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def finish(
+    svc: Services, job: Job, *, owner: str, now: datetime, started: datetime, error: str | None
+) -> bool:
+    """Record the run's end and the next due time, and give the lease back. False when the lease was
+    taken over meanwhile (this run outlived it)."""
+    with svc.session() as session:
+        result = session.execute(
+            update(JobState)
+            .where(JobState.name == job.name, JobState.lease_owner == owner)
+            .values(
+                last_finished_at=now,
+                last_status=FAILED if error else OK,
+                last_error=error,
+                next_run_at=started + job.every(svc),
+                lease_owner=None,
+                lease_until=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+# Running ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRun:
+    """One job in one `run-once`: its status and what it did."""
+
+    job: str
+    status: str  # ok, failed, busy, not due
+    result: JobResult = field(default_factory=JobResult)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "status": self.status,
+            "lines": self.result.lines,
+            "errors": self.result.errors,
+            **self.result.data,
+        }
+
+
+def run_job(
+    svc: Services,
+    job: Job,
+    *,
+    now: datetime | None = None,
+    owner: str | None = None,
+    force: bool = False,
+    gpu_source: Callable[[], GpuSource] | None = None,
+    agent_transport: httpx.BaseTransport | None = None,
+) -> JobRun:
+    """Run ``job`` if it is due (or ``force``) and its lease is free. Never raises for the job's own
+    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``
+    and ``agent_transport`` replace NVML and the network to the GPU agents (tests and demos)."""
+    # An injected clock (tests, `run-once --now`) is used throughout; otherwise the real one.
+    started = now or utcnow()
+    owner = owner or runner_id()
+    svc = replace(svc, actor=SYSTEM)
+    if not take_lease(svc, job, owner=owner, now=started, force=force):
+        with svc.session() as session:
+            state = session.get(JobState, job.name)
+            busy = state is not None and state.lease_until is not None and state.lease_until > started
+        return JobRun(job.name, BUSY if busy else NOT_DUE)
+    error: str | None = None
+    try:
+        context = JobContext(now=started, gpu_source=gpu_source, agent_transport=agent_transport)
+        result = job.run(svc, context)
+        if result.errors:
+            error = "; ".join(result.errors)[:4000]
+    except LabgpuError as exc:
+        result, error = JobResult(errors=[exc.message]), exc.message
+    except Exception as exc:  # a job's bug must not kill the runner; it is logged and recorded
+        log.exception("job %s failed", job.name)
+        result, error = JobResult(errors=[f"{type(exc).__name__}: {exc}"]), f"{type(exc).__name__}: {exc}"
+    finished = now if now is not None else utcnow()
+    if not finish(svc, job, owner=owner, now=finished, started=started, error=error):
+        result.errors.append("the lease expired while the job ran; another runner may have run it too")
+    return JobRun(job.name, FAILED if error else OK, result)
+
+
+def run_once(
+    svc: Services,
+    *,
+    job: str | None = None,
+    now: datetime | None = None,
+    gpu_source: Callable[[], GpuSource] | None = None,
+    agent_transport: httpx.BaseTransport | None = None,
+) -> list[JobRun]:
+    """Run every job that is due (``labgpu jobs run-once`` from cron), or the one named ``job`` now,
+    due or not. Raises BadInput for an unknown job name."""
+    from labgpu.errors import BadInput
+
+    if job is not None and job not in JOBS:
+        raise BadInput(f"unknown job {job!r}: one of {', '.join(JOBS)}")
+    owner = runner_id()
+    names = [job] if job is not None else list(JOBS)
+    return [
+        run_job(
+            svc,
+            JOBS[n],
+            now=now,
+            owner=owner,
+            force=job is not None,
+            gpu_source=gpu_source,
+            agent_transport=agent_transport,
+        )
+        for n in names
+    ]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    help: str
+    every_seconds: float
+    last_started_at: datetime | None
+    last_finished_at: datetime | None
+    last_status: str | None
+    last_error: str | None
+    next_run_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for k, v in out.items():
+            if isinstance(v, datetime):
+                out[k] = v.isoformat()
+        return out
+
+
+def job_status(svc: Services) -> list[JobStatus]:
+    """Every job with its last run, next due time and lease (jobs that never ran: all None)."""
+    with svc.session() as session:
+        states = {s.name: s for s in session.scalars(select(JobState).where(JobState.name.in_(list(JOBS))))}
+        out = []
+        for name, job in JOBS.items():
+            s = states.get(name)
+            out.append(
+                JobStatus(
+                    name=name,
+                    help=job.help,
+                    every_seconds=job.every(svc).total_seconds(),
+                    last_started_at=s.last_started_at if s else None,
+                    last_finished_at=s.last_finished_at if s else None,
+                    last_status=s.last_status if s else None,
+                    last_error=s.last_error if s else None,
+                    next_run_at=s.next_run_at if s else None,
+                    lease_owner=s.lease_owner if s else None,
+                    lease_until=s.lease_until if s else None,
+                )
+            )
+        return out
+
+
+# Inside `labgpu serve` ----------------------------------------------------------------------------
+
+TICK_SECONDS = 15.0
+
+
+def start_job_runner(services: Services, *, tick: float = TICK_SECONDS) -> Callable[[], None]:
+    """Start a daemon thread that runs due jobs every ``tick`` seconds; return a function that stops
+    it (and waits for a running job to finish). Used by ``labgpu serve`` when ``jobs_in_serve`` is on."""
+    stop = threading.Event()
+    owner = runner_id()
+
+    def loop() -> None:
+        log.info("job runner %s started (jobs: %s)", owner, ", ".join(JOBS))
+        while not stop.is_set():
+            for job in JOBS.values():
+                if stop.is_set():
+                    break
+                try:
+                    run = run_job(services, job, owner=owner)
+                    if run.status == FAILED:
+                        log.warning("job %s failed: %s", job.name, "; ".join(run.result.errors))
+                except Exception:  # the store is down, say: keep trying
+                    log.exception("job runner: %s could not run", job.name)
+            stop.wait(tick)
+        log.info("job runner %s stopped", owner)
+
+    thread = threading.Thread(target=loop, name="labgpu-jobs", daemon=True)
+    thread.start()
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(timeout=60)
+
+    return stopper

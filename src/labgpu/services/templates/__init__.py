@@ -1,0 +1,30 @@
+"""templates: public face."""
+
+from __future__ import annotations
+
+from labgpu.services.templates._build import BuildReporter, TemplateBuildError, build_template
+from labgpu.services.templates._catalog import (
+    bootstrap_template,
+    catalog,
+    export_template,
+    import_template,
+    remove_template,
+)
+from labgpu.services.templates._spec import LoadedSpec, SpecError, load_spec
+from labgpu.services.templates._steps import guess_os_release, plan_steps
+
+__all__ = [
+    "BuildReporter",
+    "LoadedSpec",
+    "SpecError",
+    "TemplateBuildError",
+    "bootstrap_template",
+    "build_template",
+    "catalog",
+    "export_template",
+    "guess_os_release",
+    "import_template",
+    "load_spec",
+    "plan_steps",
+    "remove_template",
+]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -72,6 +74,28 @@ def _zh(portal: Portal, address: str = "192.0.2.10") -> TestClient:
 
 def test_the_catalogs_are_complete_and_compiled() -> None:
     assert catalog.problems() == []
+
+
+def test_a_catalog_is_stale_when_its_translations_differ_not_when_another_babel_compiled_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(catalog.LOCALE_DIR, tmp_path / "locale")
+    monkeypatch.setattr(catalog, "LOCALE_DIR", tmp_path / "locale")
+    po = catalog.po_path("zh_Hans")
+    mo = po.with_suffix(".mo")
+    with monkeypatch.context() as m:
+        m.setattr("babel.messages.catalog.VERSION", "0.0-another-release")
+        catalog.compile_all()
+    assert b"Generated-By: Babel 0.0-another-release" in mo.read_bytes()
+    assert not catalog.is_stale("zh_Hans")
+
+    # A translation changed in the .po and not compiled: a singular, then (compiled meanwhile) a plural form.
+    po.write_text(po.read_text().replace('msgstr "请先登录。"', 'msgstr "请登录。"'))
+    assert "zh_Hans: messages.mo is stale (run: python -m labgpu.web.i18n compile)" in catalog.problems()
+    catalog.compile_all()
+    assert not catalog.is_stale("zh_Hans")
+    po.write_text(po.read_text().replace('msgstr[0] "%(num)s 天"', 'msgstr[0] "%(num)s 日"'))
+    assert catalog.is_stale("zh_Hans")
 
 
 def test_main_pages_in_chinese_have_no_untranslated_strings(portal: Portal) -> None:

@@ -8,11 +8,12 @@ and from the web layer's Python code (``_()`` and ``N_()``, the latter marking a
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from babel.messages.catalog import Catalog
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
-from babel.messages.mofile import write_mo
+from babel.messages.mofile import read_mo, write_mo
 from babel.messages.pofile import read_po, write_po
 
 from labgpu import __version__
@@ -97,6 +98,27 @@ def compiled(locale: str) -> bytes:
     return buf.getvalue()
 
 
+Text = str | tuple[str, ...]  # a message, or a plural message's forms
+
+
+def _frozen(text: str | Sequence[str] | None) -> Text | None:
+    return text if text is None or isinstance(text, str) else tuple(text)  # read_mo gives forms as a list
+
+
+def _translations(mo: bytes) -> tuple[str, dict[tuple[str | None, Text | None], Text | None]]:
+    """What gettext reads in a ``.mo``: the plural rule and each (context, msgid) -> msgstr, plural forms
+    included. Not the rest of the header: it names the Babel version that wrote the file, so comparing bytes
+    would call every catalog stale after a Babel release."""
+    catalog = read_mo(io.BytesIO(mo))
+    return catalog.plural_forms, {(m.context, _frozen(m.id)): _frozen(m.string) for m in catalog if m.id}
+
+
+def is_stale(locale: str) -> bool:
+    """Whether the committed ``.mo`` of a locale is missing or translates differently from its ``.po``."""
+    mo = po_path(locale).with_suffix(".mo")
+    return not mo.exists() or _translations(mo.read_bytes()) != _translations(compiled(locale))
+
+
 def compile_all() -> list[Path]:
     written = []
     for locale in LOCALES:
@@ -129,7 +151,6 @@ def problems() -> list[str]:
                 or (isinstance(message.string, tuple) and not all(message.string))
             ):
                 found.append(f"{locale}: untranslated {msgid!r}")
-        mo = path.with_suffix(".mo")
-        if not mo.exists() or mo.read_bytes() != compiled(locale):
-            found.append(f"{locale}: {mo.name} is stale (run: python -m labgpu.web.i18n compile)")
+        if is_stale(locale):
+            found.append(f"{locale}: {DOMAIN}.mo is stale (run: python -m labgpu.web.i18n compile)")
     return found

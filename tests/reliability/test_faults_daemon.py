@@ -28,7 +28,7 @@ from tests.conftest import (
     _socket_ok,
     unique_name,
 )
-from tests.integration.multihost.conftest import HOSTS_DIR
+from tests.integration.multihost.conftest import HOSTS_DIR, ensure_default_pool_profile
 from tests.reliability.conftest import Fault
 from tests.reliability.harness import LABGPU, run_labgpu, steps, write_marker
 
@@ -48,13 +48,7 @@ def f1() -> Iterator[RuntimeClient]:
         )
     client = RuntimeClient(Endpoint.unix(sock), timeout=30, operation_timeout=300)
     _ensure_test_image(client, "ssh")
-    if client.profiles.find(TEST_PROFILE) is None:
-        client.profiles.create(
-            TEST_PROFILE,
-            config={"boot.autostart": "true"},
-            devices={"root": {"type": "disk", "path": "/", "pool": "default"}},
-            description="labgpu tests",
-        )
+    ensure_default_pool_profile(client)
     yield client
     client.close()
 

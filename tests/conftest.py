@@ -25,6 +25,7 @@ import pytest
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
+from tests import lanes
 from tests.postgres import postgres_url  # noqa: F401 - the fixture, for every test
 
 DAEMON_SOCKETS = {
@@ -104,6 +105,32 @@ def daemon_lock(runtime: RuntimeClient) -> contextlib.AbstractContextManager[Non
     """:func:`machine_lock` for the set-up of one daemon."""
     where = str(runtime.endpoint.describe())
     return machine_lock("daemon-" + "".join(c if c.isalnum() else "_" for c in where).strip("_"))
+
+
+# Parallel runs (pytest-xdist, as scripts/test does): lanes (tests/lanes.py) and serial tests ----------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    lanes.share_lanes_with_workers(config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lanes.write_lanes(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    return lanes.make_scheduler(config, log)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("serial") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.fail(
+            "marked serial: it must not run beside other tests; run it without -n (scripts/test runs the "
+            "parallel part with -m 'not serial', then -m serial alone)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session", params=["lxd", "incus"])

@@ -32,7 +32,8 @@ from tests.integration.multihost.conftest import HOSTS_DIR, ensure_default_pool_
 from tests.reliability.conftest import Fault
 from tests.reliability.harness import LABGPU, run_labgpu, steps, write_marker
 
-pytestmark = pytest.mark.integration
+# One lane (tests/lanes.py) for the module: each test restarts f1.
+pytestmark = [pytest.mark.integration, pytest.mark.lane("f1")]
 
 ROOT = Path(__file__).resolve().parents[2]
 F1_DIR = HOSTS_DIR / "incus-f1"

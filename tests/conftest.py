@@ -9,10 +9,12 @@ removes them even when the test fails. When ``LABGPU_REQUIRE_DAEMONS=1`` (set by
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
+from tests import lanes
 from tests.postgres import postgres_url  # noqa: F401 - the fixture, for every test
 
 DAEMON_SOCKETS = {
@@ -66,6 +69,68 @@ def fake_sysctl(root: Path, values: dict[str, int] | None = None) -> Path:
 def unique_name(prefix: str = "t") -> str:
     """A name valid for instances, profiles, pools and Linux users."""
     return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def port_block(first: int, last: int, span: int = 100) -> tuple[int, int]:
+    """A random block of ``span`` host ports in [first, last] for one test's port range.
+
+    Under pytest-xdist, worker gwN picks only among the blocks whose index is N modulo the number of
+    workers, so two tests of the same run never get the same block (a port both allocate at once would
+    leave one proxy device unable to listen). Other people's runs on the machine still pick at random."""
+    blocks = (last - first + 1) // span
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    start = first + secrets.choice(range(worker % count, blocks, count)) * span
+    return start, start + span - 1
+
+
+LOCK_DIR = Path(tempfile.gettempdir()) / "labgpu-test-locks"
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Held by one process of this machine at a time (pytest-xdist workers, other people's runs): for
+    the set-up of what test runs share on a daemon (the test pool, profile and images), which two
+    processes must not make at once ("already exists")."""
+    LOCK_DIR.mkdir(mode=0o1777, exist_ok=True)
+    with (LOCK_DIR / f"{name}.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def daemon_lock(runtime: RuntimeClient) -> contextlib.AbstractContextManager[None]:
+    """:func:`machine_lock` for the set-up of one daemon."""
+    where = str(runtime.endpoint.describe())
+    return machine_lock("daemon-" + "".join(c if c.isalnum() else "_" for c in where).strip("_"))
+
+
+# Parallel runs (pytest-xdist, as scripts/test does): lanes (tests/lanes.py) and serial tests ----------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    lanes.share_lanes_with_workers(config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lanes.write_lanes(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    return lanes.make_scheduler(config, log)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("serial") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.fail(
+            "marked serial: it must not run beside other tests; run it without -n (scripts/test runs the "
+            "parallel part with -m 'not serial', then -m serial alone)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session", params=["lxd", "incus"])
@@ -156,13 +221,14 @@ def _ensure_test_image(runtime: RuntimeClient, kind: str) -> str:
 
     recipe = base_image.busybox_recipe() if kind == "busybox" else base_image.debootstrap_recipe()
     alias = TEST_IMAGE_ALIASES[kind]
-    built = base_image.build_image(recipe, cache_dir=base_image.resolve_cache_dir())
-    current = runtime.images.get_by_alias(alias)
-    if current is not None and current.properties.get("labgpu.recipe") == built.recipe_hash:
-        return alias
-    runtime.images.import_tarballs(
-        built.meta, built.rootfs, aliases=[alias], properties={"labgpu.recipe": built.recipe_hash}
-    )
+    built = base_image.build_image(recipe, cache_dir=base_image.resolve_cache_dir())  # locked by itself
+    with daemon_lock(runtime):
+        current = runtime.images.get_by_alias(alias)
+        if current is not None and current.properties.get("labgpu.recipe") == built.recipe_hash:
+            return alias
+        runtime.images.import_tarballs(
+            built.meta, built.rootfs, aliases=[alias], properties={"labgpu.recipe": built.recipe_hash}
+        )
     return alias
 
 
@@ -199,12 +265,15 @@ def ensure_test_pool(runtime: RuntimeClient) -> str:
     test machine); on btrfs the image is unpacked once and each container is a snapshot of it (0.2 s).
     Without btrfs the daemon's ``default`` pool is used. Size: $LABGPU_TEST_POOL_SIZE (default 30GiB, a
     sparse file)."""
-    if runtime.storage_pools.find(TEST_POOL) is not None:
-        return TEST_POOL
-    if not _btrfs_usable():
-        return "default"
-    size = os.environ.get("LABGPU_TEST_POOL_SIZE", "30GiB")
-    runtime.storage_pools.create(TEST_POOL, driver="btrfs", config={"size": size}, description="labgpu tests")
+    with daemon_lock(runtime):
+        if runtime.storage_pools.find(TEST_POOL) is not None:
+            return TEST_POOL
+        if not _btrfs_usable():
+            return "default"
+        size = os.environ.get("LABGPU_TEST_POOL_SIZE", "30GiB")
+        runtime.storage_pools.create(
+            TEST_POOL, driver="btrfs", config={"size": size}, description="labgpu tests"
+        )
     return TEST_POOL
 
 
@@ -213,12 +282,15 @@ def ensure_test_profile(runtime: RuntimeClient, pool: str) -> str:
     points elsewhere is re-pointed (refused while instances use it: then it stays as it is)."""
     devices = {"root": {"type": "disk", "path": "/", "pool": pool}}
     config = {"boot.autostart": "true"}
-    found = runtime.profiles.find(TEST_PROFILE)
-    if found is None:
-        runtime.profiles.create(TEST_PROFILE, config=config, devices=devices, description="labgpu tests")
-    elif found.devices.get("root", {}).get("pool") != pool:
-        with contextlib.suppress(RuntimeBadRequest):
-            runtime.profiles.replace(TEST_PROFILE, config=config, devices=devices, description="labgpu tests")
+    with daemon_lock(runtime):
+        found = runtime.profiles.find(TEST_PROFILE)
+        if found is None:
+            runtime.profiles.create(TEST_PROFILE, config=config, devices=devices, description="labgpu tests")
+        elif found.devices.get("root", {}).get("pool") != pool:
+            with contextlib.suppress(RuntimeBadRequest):
+                runtime.profiles.replace(
+                    TEST_PROFILE, config=config, devices=devices, description="labgpu tests"
+                )
     return TEST_PROFILE
 
 
@@ -277,7 +349,7 @@ def labgpu_env(
     Containers made for members in the store are deleted at teardown (homes are tmp)."""
     # Below the kernel's ephemeral ports (32768-60999 by default): a proxy port in that range can be taken
     # at any moment by an outgoing connection of the test run itself ("address already in use").
-    start = 20000 + secrets.randbelow(120) * 100
+    start, end = port_block(20000, 31999)
     sock = runtime.endpoint.socket_path
     overrides = {
         "state_dir": str(tmp_path / "state"),
@@ -286,7 +358,7 @@ def labgpu_env(
         "runtime_url": f"unix://{sock}",
         "listen_address": "127.0.0.1",
         "port_range_start": str(start),
-        "port_range_end": str(start + 99),
+        "port_range_end": str(end),
         "default_template": ssh_image,
         "profile_name": test_profile,
         "storage_pool": test_pool,

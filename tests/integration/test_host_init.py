@@ -19,7 +19,9 @@ from labgpu.services.hosts._setup import HostPaths, StepStatus, init_host
 from labgpu.settings import Settings
 from tests.conftest import Cleanup, fake_sysctl, unique_name
 
-pytestmark = pytest.mark.integration
+# In the lane of the LXD tests (tests/lanes.py), on both daemons: two bridges made at once would both take the
+# first free subnet.
+pytestmark = [pytest.mark.integration, pytest.mark.lane("lxd")]
 
 TEST_SUBNETS = (IPv4Network("10.213.0.0/16"),)
 DEBIAN_SUBID = "_lxd:100000:65536\nroot:100000:65536\n"

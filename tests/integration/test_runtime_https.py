@@ -17,7 +17,8 @@ from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeForbidden, RuntimeUnavailable
 from tests.conftest import unique_name
 
-pytestmark = pytest.mark.integration
+# serial: it changes the daemon's core.https_address and compares two listings of all its instances.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def _free_port() -> int:

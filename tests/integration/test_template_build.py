@@ -33,7 +33,9 @@ from labgpu.services.templates._catalog import (
 from labgpu.services.templates._spec import load_spec
 from tests.conftest import Cleanup, LabgpuEnv
 
-pytestmark = pytest.mark.integration
+# One lane (tests/lanes.py) for the module: `built` is made once per daemon, and no other build may leave a
+# builder's temporary base image while a test checks that there is none.
+pytestmark = [pytest.mark.integration, pytest.mark.lane("template-build")]
 
 ROOT = Path(__file__).resolve().parents[2]
 LABGPU = [sys.executable, "-m", "labgpu.cli"]

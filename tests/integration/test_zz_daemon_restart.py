@@ -22,7 +22,9 @@ from labgpu.services.members._members import wait_for_ssh
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.sshutil import make_key
 
-pytestmark = pytest.mark.integration
+# serial: the restart stops every container on the daemon, other tests' too (scripts/test runs it after the
+# parallel part, alone).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 LABGPU = [sys.executable, "-m", "labgpu.cli"]
 ROOT = Path(__file__).resolve().parents[2]

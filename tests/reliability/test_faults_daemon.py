@@ -28,11 +28,12 @@ from tests.conftest import (
     _socket_ok,
     unique_name,
 )
-from tests.integration.multihost.conftest import HOSTS_DIR
+from tests.integration.multihost.conftest import HOSTS_DIR, ensure_default_pool_profile
 from tests.reliability.conftest import Fault
 from tests.reliability.harness import LABGPU, run_labgpu, steps, write_marker
 
-pytestmark = pytest.mark.integration
+# One lane (tests/lanes.py) for the module: each test restarts f1.
+pytestmark = [pytest.mark.integration, pytest.mark.lane("f1")]
 
 ROOT = Path(__file__).resolve().parents[2]
 F1_DIR = HOSTS_DIR / "incus-f1"
@@ -48,13 +49,7 @@ def f1() -> Iterator[RuntimeClient]:
         )
     client = RuntimeClient(Endpoint.unix(sock), timeout=30, operation_timeout=300)
     _ensure_test_image(client, "ssh")
-    if client.profiles.find(TEST_PROFILE) is None:
-        client.profiles.create(
-            TEST_PROFILE,
-            config={"boot.autostart": "true"},
-            devices={"root": {"type": "disk", "path": "/", "pool": "default"}},
-            description="labgpu tests",
-        )
+    ensure_default_pool_profile(client)
     yield client
     client.close()
 

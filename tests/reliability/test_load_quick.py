@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench.load import QUICK, port_block, run_load, table
+from bench.load import QUICK, run_load, table
 
-from tests.conftest import LabgpuEnv
+from tests.conftest import LabgpuEnv, port_block
 from tests.postgres import empty_postgres
 
 pytestmark = pytest.mark.integration
@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 def test_load_quick_loses_nothing(
     labgpu_env: LabgpuEnv, daemon_kind: str, database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    # Ports above the kernel's ephemeral range: the run's own 10 clients must not take the one a proxy wants.
-    start, end = port_block(100)
+    # Ports above the kernel's ephemeral range: the run's own 10 clients must not take the one a proxy wants
+    # (the blocks of bench.load.port_block, one per xdist worker).
+    start, end = port_block(61000, 65499)
     overrides = {**labgpu_env.overrides, "port_range_start": str(start), "port_range_end": str(end)}
     if database == "postgresql":
         url = request.getfixturevalue("postgres_url")

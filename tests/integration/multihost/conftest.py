@@ -28,7 +28,15 @@ from labgpu.runtime.certs import certificate_fingerprint
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeNotFound
-from tests.conftest import TEST_IMAGE_ALIASES, TEST_PROFILE, _ensure_test_image, _require, _socket_ok
+from tests.conftest import (
+    TEST_IMAGE_ALIASES,
+    TEST_PROFILE,
+    _ensure_test_image,
+    _require,
+    _socket_ok,
+    daemon_lock,
+    port_block,
+)
 
 HOSTS_DIR = Path(os.environ.get("LABGPU_TEST_HOSTS_DIR", "/var/lib/labgpu-test"))
 ADDRESSES = {"c1": "10.231.0.11", "c2": "10.231.0.12", "s1": "10.231.0.13", "s2": "10.231.0.14"}
@@ -89,6 +97,18 @@ class Daemon:
         self.client.instances.delete(name)
 
 
+def ensure_default_pool_profile(client: RuntimeClient) -> None:
+    """The test profile on one of labgpu's own test daemons (root disk on its pool ``default``)."""
+    with daemon_lock(client):
+        if client.profiles.find(TEST_PROFILE) is None:
+            client.profiles.create(
+                TEST_PROFILE,
+                config={"boot.autostart": "true"},
+                devices={"root": {"type": "disk", "path": "/", "pool": "default"}},
+                description="labgpu tests",
+            )
+
+
 @pytest.fixture(scope="session")
 def test_daemons() -> Iterator[dict[str, Daemon]]:
     """The four test daemons, with the test images and the test profile on each."""
@@ -107,13 +127,7 @@ def test_daemons() -> Iterator[dict[str, Daemon]]:
         client = daemons[name].client
         for kind in TEST_IMAGE_ALIASES:
             _ensure_test_image(client, kind)
-        if client.profiles.find(TEST_PROFILE) is None:
-            client.profiles.create(
-                TEST_PROFILE,
-                config={"boot.autostart": "true"},
-                devices={"root": {"type": "disk", "path": "/", "pool": "default"}},
-                description="labgpu tests",
-            )
+        ensure_default_pool_profile(client)
     yield daemons
     for d in daemons.values():
         d.client.close()
@@ -171,7 +185,7 @@ def hosts_env(
     every test daemon, and labgpu's certificate is dropped from their trust lists."""
     if not _socket_ok(MAIN_INCUS):
         _require(f"the main Incus daemon ({MAIN_INCUS}) is not running; run scripts/start-daemons incus")
-    start = 40000 + secrets.randbelow(200) * 100
+    start, end = port_block(40000, 59999)
     overrides = {
         "state_dir": str(tmp_path / "state"),
         "home_base": str(tmp_path / "home"),
@@ -179,7 +193,7 @@ def hosts_env(
         "runtime_url": f"unix://{MAIN_INCUS}",
         "listen_address": "0.0.0.0",
         "port_range_start": str(start),
-        "port_range_end": str(start + 99),
+        "port_range_end": str(end),
         "default_template": TEST_IMAGE_ALIASES["ssh"],
         "profile_name": TEST_PROFILE,
         "default_gpus": "none",

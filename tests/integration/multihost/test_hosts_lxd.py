@@ -23,7 +23,9 @@ from labgpu.services.hosts._remote import add_host, remove_host
 from tests.conftest import _require, _socket_ok
 from tests.integration.multihost.conftest import HostsEnv
 
-pytestmark = pytest.mark.integration
+# serial: it changes the main LXD's core.https_address and trust password (as test_runtime_https does) and
+# counts all of its containers.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 LXD_SOCKET = Path(os.environ.get("LABGPU_TEST_LXD_SOCKET", "/var/lib/lxd/unix.socket"))
 

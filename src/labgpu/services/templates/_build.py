@@ -406,6 +406,9 @@ class Builder:
             timeout=self.step_timeout,
         )
         self._wait_for_exec()
+        # Booted first: systemd mounts a fresh tmpfs on /run (WORK_DIR's parent) early in its boot, which a
+        # slow start (a loaded host) lets come after a mkdir made at once, hiding the folder.
+        self._wait_for_boot()
         self._exec_checked(["mkdir", "-p", WORK_DIR], what="prepare the builder")
         for path, text in (
             (RUNNER, RUNNER_TEXT),
@@ -414,7 +417,6 @@ class Builder:
             (CLEAN_SCRIPT, CLEAN_SCRIPT_TEXT),
         ):
             self.runtime.instances.push_file(self.name, path, text.encode(), mode=0o755)
-        self._wait_for_boot()
         return OsRelease.parse(self._exec_checked(["cat", "/etc/os-release"], what="read /etc/os-release"))
 
     def _wait_for_boot(self, timeout: float = 120) -> None:

@@ -8,14 +8,44 @@ renders them as JSON under ``/api`` and as an HTML page elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+
+def N_(message: str) -> str:
+    """Mark a fixed English message for translation; it is translated where it is shown (the portal).
+
+    ``python -m labgpu.web.i18n update`` collects every ``N_("...")`` of the web layer, the services and the
+    domain into the catalogs, and the catalog check fails while one has no translation: so editing an
+    English message here makes CI ask for its new translation instead of silently showing the English one.
+    Values go in ``%(name)s`` placeholders, given separately (``values=`` of :class:`LabgpuError`), so the
+    message stays one catalog entry whatever the values are.
+    """
+    return message
+
 
 class LabgpuError(Exception):
-    """Base class: a failure with a message fit for the user."""
+    """Base class: a failure with a message fit for the user.
+
+    ``message`` may be a template with ``%(name)s`` placeholders filled from ``values``; :attr:`message` is
+    the filled English text (what the CLI and the API show), :attr:`template` and :attr:`values` are what
+    a page translates.
+    """
 
     status: int = 500
     reason: str = "error"
 
-    def __init__(self, message: str, *, hint: str | None = None, log_message: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        log_message: str | None = None,
+        values: Mapping[str, object] | None = None,
+    ) -> None:
+        self.template = message
+        self.values = dict(values or {})
+        if self.values:
+            message = message % self.values
         super().__init__(message)
         self.message = message
         self.hint = hint

@@ -12,10 +12,7 @@ from fastapi.testclient import TestClient
 
 from labgpu.web import i18n
 from labgpu.web.i18n import catalog
-from labgpu.web.messages import SERVICE_MESSAGES
 from tests.web.conftest import Portal, login, page_token
-
-ROOT_SERVICES = catalog.WEB_DIR.parent / "services"
 
 
 class _Text(HTMLParser):
@@ -180,15 +177,53 @@ def test_accept_language_negotiation(header: str, expected: str | None) -> None:
     assert i18n.from_accept_language(header) == expected
 
 
-def test_service_messages_shown_on_pages_still_exist_in_the_services() -> None:
-    """web/messages.py lists service messages so they get translated; each must still be raised somewhere."""
-    sources = "".join(p.read_text() for p in ROOT_SERVICES.glob("*.py"))
-    sources += "".join(p.read_text() for p in (ROOT_SERVICES.parent / "domain").glob("*.py"))
-    sources += "".join(p.read_text() for p in catalog.WEB_DIR.rglob("*.py") if p.name != "messages.py")
-    flat = " ".join(sources.split()).replace('" "', "")
-    for message in SERVICE_MESSAGES:
-        probe = message.replace("8", "{MIN_PASSWORD_LENGTH}").replace("1024", "{MAX_PASSWORD_LENGTH}")
-        probe = probe.replace("3650", "{MAX_TOKEN_DAYS}").replace(
-            "50 tokens", "{MAX_TOKENS_PER_MEMBER} tokens"
-        )
-        assert message in flat or probe in flat, message
+def test_messages_the_services_and_the_domain_raise_are_in_the_catalog() -> None:
+    ids = {m.id for m in catalog.extract()}
+    assert "wrong name or password" in ids  # services/portal, raised by the login
+    assert "the password is too short: use at least %(length)s characters" in ids  # a message with a value
+    assert "a member name is required" in ids  # domain/
+
+
+def test_an_edited_service_message_is_reported_untranslated_not_silently_shown_in_english(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog follows the N_() marks where errors are raised: editing the English text of one makes a
+    new entry without a translation, and the check (CI) names it."""
+    services = tmp_path / "services"
+    services.mkdir()
+    (services / "feature.py").write_text(
+        "from labgpu.errors import N_, BadInput\n\n"
+        "def check() -> None:\n"
+        '    raise BadInput(N_("wrong name or password, edited"))\n'
+    )
+    monkeypatch.setattr(catalog, "MESSAGE_DIRS", (*catalog.MESSAGE_DIRS, services))
+    assert (
+        "zh_Hans: missing 'wrong name or password, edited' (run: python -m labgpu.web.i18n update)"
+        in catalog.problems()
+    )
+
+
+def test_a_translation_that_drops_a_placeholder_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(catalog.LOCALE_DIR, tmp_path / "locale")
+    monkeypatch.setattr(catalog, "LOCALE_DIR", tmp_path / "locale")
+    po = catalog.po_path("zh_Hans")
+    po.write_text(po.read_text().replace("至少需要 %(length)s 个字符", "至少需要 8 个字符"))
+    catalog.compile_all()
+    assert any("use at least %(length)s characters" in p and "placeholder" in p for p in catalog.problems())
+
+
+def test_a_service_error_is_shown_translated_with_its_values() -> None:
+    from labgpu.services.portal._passwords import WeakPassword, check_password_strength
+    from labgpu.web.templating import translate
+
+    with pytest.raises(WeakPassword) as caught:
+        check_password_strength("short", name="alice")
+    assert caught.value.message == "the password is too short: use at least 8 characters"  # CLI and API
+    zh = i18n.translations("zh_Hans").gettext
+    assert translate(zh, caught.value) == "密码太短：至少需要 8 个字符"
+    # A message that is not in the catalog (a name in it) is shown as it is.
+    from labgpu.errors import BadInput
+
+    assert translate(zh, BadInput("no member named bob")) == "no member named bob"

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from labgpu.errors import BadInput, Exhausted
+from labgpu.errors import N_, BadInput, Exhausted
 
 # A member name is both a Linux user name and an LXD/Incus instance name:
 # lower-case letters, digits and single hyphens, starting with a letter,
@@ -30,7 +30,7 @@ RESERVED_NAMES = frozenset(
 def validate_member_name(name: str) -> str:
     """Return ``name`` if it can be a member name; raise BadInput saying why not."""
     if not isinstance(name, str) or not name:
-        raise BadInput("a member name is required")
+        raise BadInput(N_("a member name is required"))
     if len(name) > 32:
         raise BadInput(f"member name {name[:40]!r} is too long (at most 32 characters)")
     if not _NAME_RE.match(name):

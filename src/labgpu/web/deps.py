@@ -20,7 +20,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from labgpu.errors import NotFound
+from labgpu.errors import N_, NotFound
 from labgpu.services.context import Actor, Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.services.portal import Forbidden, Identity, Unauthenticated
@@ -37,7 +37,9 @@ SessionDep = Annotated[Identity | None, Depends(get_identity)]
 
 def require_member(identity: SessionDep) -> Identity:
     if identity is None:
-        raise Unauthenticated("log in first, or send a personal API token (Authorization: Bearer lgp_...)")
+        raise Unauthenticated(
+            N_("log in first, or send a personal API token (Authorization: Bearer lgp_...)")
+        )
     return identity
 
 
@@ -46,7 +48,7 @@ CurrentMember = Annotated[Identity, Depends(require_member)]
 
 def require_admin(identity: CurrentMember) -> Identity:
     if not identity.is_admin:
-        raise Forbidden("only an admin may do this")
+        raise Forbidden(N_("only an admin may do this"))
     return identity
 
 

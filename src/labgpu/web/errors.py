@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from labgpu.errors import LabgpuError
+from labgpu.errors import N_, LabgpuError
 from labgpu.services.portal import Throttled
-from labgpu.web.templating import N_, Renderer
+from labgpu.web.templating import Renderer, translate
 
 log = logging.getLogger("labgpu.web")
 
@@ -77,7 +77,7 @@ def describe(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
             exc.detail if isinstance(exc.detail, str) and exc.status_code not in _HTTP_REASONS else message
         )
         return exc.status_code, reason, detail, dict(exc.headers or {})
-    return 500, "internal", "internal error; the server log has the details", {}
+    return 500, "internal", N_("internal error; the server log has the details"), {}
 
 
 def install_error_handler(app: FastAPI, renderer: Renderer) -> None:
@@ -104,7 +104,7 @@ def install_error_handler(app: FastAPI, renderer: Renderer) -> None:
             "error.html",
             status,
             title=gettext(TITLES.get(status, DEFAULT_TITLE)),
-            message=gettext(message),
+            message=translate(gettext, exc if isinstance(exc, LabgpuError) else message),
             reason=reason,
         )
         response.headers.update(headers)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from labgpu.errors import LabgpuError
+from labgpu.errors import N_, LabgpuError
 from labgpu.services import portal
 from labgpu.services.portal import Identity
 
@@ -42,7 +42,7 @@ class CsrfFailed(LabgpuError):
     reason = "csrf"
 
 
-CSRF_MESSAGE = "the form has expired or did not come from this site; reload the page and try again"
+CSRF_MESSAGE = N_("the form has expired or did not come from this site; reload the page and try again")
 
 
 def is_api(request: Request) -> bool:

@@ -20,14 +20,24 @@ from jinja2.runtime import Context
 from markupsafe import Markup
 
 from labgpu import __version__
+from labgpu.errors import LabgpuError
 from labgpu.web import i18n
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 
-def N_(message: str) -> str:
-    """Mark ``message`` for translation without translating it now (it is translated when shown)."""
-    return message
+def translate(gettext: Callable[[str], str], message: LabgpuError | str) -> str:
+    """A message in the request's language: a plain string, or an error's template from the catalog (the
+    English one when the catalog lacks it: a message with a name in it is not marked), then its values."""
+    if isinstance(message, str):
+        return gettext(message)
+    text = gettext(message.template)
+    if not message.values:
+        return text
+    try:
+        return text % message.values
+    except (KeyError, ValueError, TypeError):  # a translation with broken placeholders: the check names it
+        return message.message
 
 
 def _newstyle(translations: gettext.NullTranslations) -> tuple[Callable[..., str], Callable[..., str]]:

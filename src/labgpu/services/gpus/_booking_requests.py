@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from labgpu.domain.bookings import parse_time
 from labgpu.domain.members import validate_member_name
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
 from labgpu.services.gpus import _bookings as bookings
@@ -54,7 +54,7 @@ def gpu_choice(count: int | None = None, indexes: Sequence[int] | None = None) -
         return ",".join(str(i) for i in sorted(set(indexes))) + ","
     if count is not None:
         return str(count)
-    raise BadInput("say how many GPUs, or pick them")
+    raise BadInput(N_("say how many GPUs, or pick them"))
 
 
 def read_time(text: str, what: str, *, now: datetime, tz: tzinfo, base: datetime | None = None) -> datetime:
@@ -79,7 +79,7 @@ def clean_note(note: str | None) -> str | None:
     """A booking's note: one line of printable text, or None. Raises BadInput."""
     text = (note or "").strip()
     if not text.isprintable():
-        raise BadInput("the note must be one line of printable text")
+        raise BadInput(N_("the note must be one line of printable text"))
     return text or None
 
 
@@ -90,7 +90,7 @@ def clean_reason(reason: str | None) -> str | None:
     them into the audit log and the member's mail."""
     text = (reason or "").strip().replace("\r\n", "\n")
     if not all(line.isprintable() for line in text.split("\n")):
-        raise BadInput("the reason must be printable text")
+        raise BadInput(N_("the reason must be printable text"))
     return text or None
 
 

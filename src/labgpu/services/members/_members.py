@@ -46,7 +46,7 @@ from labgpu.domain.members import (
     validate_cpu,
     validate_member_name,
 )
-from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
+from labgpu.errors import N_, BadInput, Conflict, LabgpuError, NotFound
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeConflict, RuntimeError_, RuntimeNotFound
 from labgpu.services.context import Services
@@ -1009,7 +1009,7 @@ def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:
     """Add SSH public keys (skipping ones already there) and install them. Returns the new fingerprints."""
     keys = read_keys(key_texts)
     if not keys:
-        raise BadInput("no public key given")
+        raise BadInput(N_("no public key given"))
     with svc.session() as session:
         member = load_member(session, name)
         have = {k.fingerprint for k in member.ssh_keys}

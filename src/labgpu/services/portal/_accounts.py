@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labgpu.domain.members import validate_member_name
-from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
+from labgpu.errors import N_, BadInput, Conflict, LabgpuError, NotFound
 from labgpu.services.context import Services
 from labgpu.services.portal._passwords import check_password_strength, hash_password
 from labgpu.store.db import violated_constraint
@@ -188,7 +188,7 @@ def set_disabled(svc: Services, name: str, *, disabled: bool) -> bool:
 
     Raises NotFound, BadInput when an admin would disable themselves. Audited."""
     if disabled and svc.actor.name == name:
-        raise BadInput("you cannot disable your own account")
+        raise BadInput(N_("you cannot disable your own account"))
     now = utcnow()
     with svc.session() as session:
         member, account = load_account(session, name)

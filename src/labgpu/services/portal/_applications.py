@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from labgpu.domain.members import format_size, parse_gpu_request, parse_size, validate_cpu
-from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound, Unavailable
+from labgpu.errors import N_, BadInput, Conflict, LabgpuError, NotFound, Unavailable
 from labgpu.runtime.errors import RuntimeError_
 from labgpu.services import mail, members
 from labgpu.services.context import Actor, Services
@@ -48,11 +48,11 @@ MAX_REASON = 2000
 OPEN_STATUSES = (ApplicationStatus.PENDING, ApplicationStatus.APPROVED, ApplicationStatus.FAILED)
 
 # Progress shown to admins (the web layer translates these).
-QUEUED = "queued"
-CREATING = "creating the container"
-WAITING_SSH = "waiting for sshd"
-ACCOUNT = "creating the portal account"
-DONE = "done"
+QUEUED = N_("queued")
+CREATING = N_("creating the container")
+WAITING_SSH = N_("waiting for sshd")
+ACCOUNT = N_("creating the portal account")
+DONE = N_("done")
 # A daemon's error (it failed an operation, or did not answer) or a container whose sshd did not come up may
 # pass: a busy daemon has been seen failing 2 of 50 parallel creates with "readdirent ...: bad file
 # descriptor". Such an application is tried again after these pauses before it is marked failed. Wrong
@@ -156,12 +156,12 @@ def submit(
     from labgpu.services.portal._accounts import Forbidden
 
     if not svc.settings.applications_open:
-        raise Forbidden("this portal does not take applications; ask an admin of your lab for an account")
+        raise Forbidden(N_("this portal does not take applications; ask an admin of your lab for an account"))
     name = (name or "").strip()
     validate_member_name(name)
     checked_email = _check_email(email)
     if checked_email is None:
-        raise BadInput("an e-mail address is required: the decision is sent there")
+        raise BadInput(N_("an e-mail address is required: the decision is sent there"))
     supervisor = _text(supervisor, "supervisor")
     group_name = _text(group_name, "group")
     reason = _text(reason, "reason", MAX_REASON)
@@ -334,7 +334,7 @@ def reject(svc: Services, application_id: int, *, reason: str) -> ApplicationInf
     Raises NotFound, Conflict (not pending), BadInput (no reason). Audited as ``application.reject``."""
     text = _text(reason, "reason", MAX_REASON)
     if not text:
-        raise BadInput("give the applicant a reason for the rejection")
+        raise BadInput(N_("give the applicant a reason for the rejection"))
     with svc.session() as session:
         row = _load(session, application_id)
         if row.status != ApplicationStatus.PENDING:

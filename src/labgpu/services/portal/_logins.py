@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services.context import Actor, Services
 from labgpu.services.portal._accounts import (
     Identity,
@@ -104,7 +104,7 @@ def change_password(
         if ok:
             assert account is not None
             if current == new:
-                raise BadInput("the new password is the same as the current one")
+                raise BadInput(N_("the new password is the same as the current one"))
             account.password_hash = hash_password(new)
             account.password_changed_at = now
             revoked = revoke_sessions(session, member.id, now)
@@ -112,7 +112,7 @@ def change_password(
         else:
             svc.audit(session, "account.password.change.failed", identity.name)
     if not ok:
-        raise WrongPassword("the current password is not right")
+        raise WrongPassword(N_("the current password is not right"))
 
 
 def authenticate(
@@ -140,9 +140,9 @@ def authenticate(
         member, account = (row[0], row[1]) if row is not None else (None, None)
         ok = verify_password(account.password_hash if account else None, password)
         if ok and account is not None and account.disabled_at is not None:
-            ok, failure = False, "this account is disabled; ask an admin to enable it"
+            ok, failure = False, N_("this account is disabled; ask an admin to enable it")
         elif not ok:
-            failure = "wrong name or password"
+            failure = N_("wrong name or password")
         session.add(LoginAttempt(at=now, account=tried, source_address=address, succeeded=ok))
         if not ok or member is None or account is None:
             svc.audit(session, "account.login.failed", tried, reason=failure)
@@ -160,7 +160,7 @@ def authenticate(
             )
             result = NewLogin(token=token, identity=identity)
     if result is None:
-        raise LoginFailed(failure or "wrong name or password")
+        raise LoginFailed(failure or N_("wrong name or password"))
     return result
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from labgpu.errors import BadInput
+from labgpu.errors import N_, BadInput
 
 # OWASP Password Storage Cheat Sheet (2023+), "Argon2id": "a minimum configuration of 19 MiB of memory, an
 # iteration count of 2, and 1 degree of parallelism". Hashes made with other parameters are upgraded at the
@@ -66,16 +66,22 @@ def check_password_strength(password: str, *, name: str | None = None) -> None:
 
     Raises WeakPassword (a BadInput: the CLI exits 2, the API answers 400)."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise WeakPassword(f"the password is too short: use at least {MIN_PASSWORD_LENGTH} characters")
+        raise WeakPassword(
+            N_("the password is too short: use at least %(length)s characters"),
+            values={"length": MIN_PASSWORD_LENGTH},
+        )
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise WeakPassword(f"the password is too long: use at most {MAX_PASSWORD_LENGTH} characters")
+        raise WeakPassword(
+            N_("the password is too long: use at most %(length)s characters"),
+            values={"length": MAX_PASSWORD_LENGTH},
+        )
     if not password.strip():
-        raise WeakPassword("the password must not be blank")
+        raise WeakPassword(N_("the password must not be blank"))
     lowered = password.lower()
     if lowered in common_passwords():
-        raise WeakPassword("this password is on the list of the most common passwords: choose another")
+        raise WeakPassword(N_("this password is on the list of the most common passwords: choose another"))
     if name and name.lower() in lowered:
-        raise WeakPassword("the password must not contain the account name")
+        raise WeakPassword(N_("the password must not contain the account name"))
 
 
 def hash_password(password: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from labgpu.errors import BadInput, Conflict, NotFound
+from labgpu.errors import N_, BadInput, Conflict, NotFound
 from labgpu.services.context import Services
 from labgpu.services.portal._accounts import Identity, token_digest
 from labgpu.store.models import Account, ApiToken, Member, utcnow
@@ -50,9 +50,12 @@ def create_token(
     Audited."""
     label = " ".join(name.split())
     if not label or len(label) > 64 or not label.isprintable():
-        raise BadInput("a token needs a name of 1 to 64 printable characters")
+        raise BadInput(N_("a token needs a name of 1 to 64 printable characters"))
     if expires_days is not None and not 1 <= expires_days <= MAX_TOKEN_DAYS:
-        raise BadInput(f"a token lasts 1 to {MAX_TOKEN_DAYS} days (or leave it empty for no expiry)")
+        raise BadInput(
+            N_("a token lasts 1 to %(days)s days (or leave it empty for no expiry)"),
+            values={"days": MAX_TOKEN_DAYS},
+        )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
     with svc.session() as session:
@@ -62,7 +65,10 @@ def create_token(
             .where(ApiToken.member_id == identity.member_id, ApiToken.revoked_at.is_(None))
         )
         if (active or 0) >= MAX_TOKENS_PER_MEMBER:
-            raise Conflict(f"you have {MAX_TOKENS_PER_MEMBER} tokens already; revoke one first")
+            raise Conflict(
+                N_("you have %(count)s tokens already; revoke one first"),
+                values={"count": MAX_TOKENS_PER_MEMBER},
+            )
         row = ApiToken(
             member_id=identity.member_id,
             name=label,

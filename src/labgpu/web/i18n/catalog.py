@@ -2,12 +2,14 @@
 
 Run as ``python -m labgpu.web.i18n {extract,update,compile,check}``; see the package docstring.
 Strings are taken from the templates (``{% trans %}`` blocks, ``_()``/``gettext()``/``ngettext()`` calls)
-and from the web layer's Python code (``_()`` and ``N_()``, the latter marking a string to translate later).
+and from the web layer's Python code (``_()`` and ``N_()``, the latter marking a string to translate later),
+and the messages that services and the domain raise marked with ``labgpu.errors.N_``.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from labgpu.web.i18n import DEFAULT_LOCALE, DOMAIN, LOCALE_DIR, LOCALES
 WEB_DIR = Path(__file__).resolve().parents[1]
 TEMPLATE_FILE = LOCALE_DIR.parent / f"{DOMAIN}.pot"
 KEYWORDS = {**DEFAULT_KEYWORDS, "N_": None}
+# Beyond the web layer, the fixed messages the services and the domain raise, marked N_() where they are
+# raised (labgpu.errors.N_): the catalog follows the code, and an edited message shows up as untranslated.
+MESSAGE_DIRS = (WEB_DIR.parent / "services", WEB_DIR.parent / "domain")
 METHOD_MAP = [("templates/**.html", "jinja2.ext:babel_extract"), ("**.py", "python")]
 OPTIONS_MAP = {"templates/**.html": {"extensions": "jinja2.ext.i18n", "trimmed": "true"}}
 
@@ -52,6 +57,12 @@ def extract() -> Catalog:
         if "i18n/" in filename.replace("\\", "/"):
             continue
         catalog.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
+    for directory in MESSAGE_DIRS:
+        for filename, lineno, message, comments, context in extract_from_dir(
+            str(directory), [("**.py", "python")], keywords={"N_": None}, comment_tags=("TRANSLATORS:",)
+        ):
+            where = f"{directory.name}/{filename}"
+            catalog.add(message, None, [(where, lineno)], auto_comments=comments, context=context)
     return catalog
 
 
@@ -130,6 +141,27 @@ def compile_all() -> list[Path]:
     return written
 
 
+_PLACEHOLDER = re.compile(r"%\((\w+)\)")
+
+
+def _placeholder_problems(catalog: Catalog) -> list[str]:
+    """Translations that lose or invent a ``%(name)s`` (Babel lets a translation drop them all): a page
+    would show a number or a name missing, or fail to fill it in."""
+    found = []
+    for message in catalog:
+        if not message.id or not message.string:
+            continue
+        ids = message.id if isinstance(message.id, tuple | list) else (message.id,)
+        strings = message.string if isinstance(message.string, tuple | list) else (message.string,)
+        wanted = {name for text in ids for name in _PLACEHOLDER.findall(text)}
+        have = {name for text in strings if text for name in _PLACEHOLDER.findall(text)}
+        if wanted != have:
+            found.append(
+                f"placeholders of {ids[0]!r} are {sorted(wanted)} but its translation has {sorted(have)}"
+            )
+    return found
+
+
 def problems() -> list[str]:
     """What is out of date: strings missing from a catalog, untranslated or fuzzy entries, stale .mo."""
     found: list[str] = []
@@ -151,6 +183,9 @@ def problems() -> list[str]:
                 or (isinstance(message.string, tuple) and not all(message.string))
             ):
                 found.append(f"{locale}: untranslated {msgid!r}")
+        for message, errors in catalog.check():  # Babel's own checks of python-format entries
+            found.extend(f"{locale}: {message.id!r}: {error}" for error in errors)
+        found.extend(f"{locale}: {problem}" for problem in _placeholder_problems(catalog))
         if is_stale(locale):
             found.append(f"{locale}: {DOMAIN}.mo is stale (run: python -m labgpu.web.i18n compile)")
     return found

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from labgpu.errors import BadInput
+from labgpu.errors import N_, BadInput
 from labgpu.services import members
 from labgpu.services.portal import Forbidden
 from labgpu.web.deps import CurrentMember, ServicesDep, VisibleMember
@@ -33,7 +33,7 @@ def reset(name: VisibleMember, body: ResetRequest, identity: CurrentMember, svc:
     """Rebuild the container from its template, keeping the home folder, ports and keys (everything else
     in it is lost). Waits until sshd answers. The answer holds a new first-login password, shown once."""
     if body.confirm != name:
-        raise BadInput("type the member's name to confirm the reset")
+        raise BadInput(N_("type the member's name to confirm the reset"))
     if body.template and not identity.is_admin:
         raise Forbidden("only an admin may choose another template")
     sheet = members.reset_member(svc, name, template=body.template or None)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from labgpu.errors import BadInput
+from labgpu.errors import N_, BadInput
 from labgpu.services import members, templates
 from labgpu.web.deps import AdminRequired, ServicesDep
 from labgpu.web.schemas import (
@@ -88,7 +88,7 @@ def remove_member(
 ) -> RemovalOut:
     """Remove a member: their container is deleted, their home archived (deleted only with purge)."""
     if confirm != name:
-        raise BadInput("type the member's name to confirm the removal")
+        raise BadInput(N_("type the member's name to confirm the removal"))
     if svc.actor.name == name:
-        raise BadInput("you cannot remove your own account")
+        raise BadInput(N_("you cannot remove your own account"))
     return RemovalOut.model_validate(members.remove_member(svc, name, purge=purge).as_dict())

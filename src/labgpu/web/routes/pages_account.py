@@ -7,14 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from labgpu.errors import LabgpuError
+from labgpu.errors import N_, LabgpuError
 from labgpu.services import portal
 from labgpu.services.context import Services
 from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
-from labgpu.web.messages import translate
 from labgpu.web.security import clear_session_cookie, client_address, forget_identity, set_session_cookie
-from labgpu.web.templating import N_, Renderer
+from labgpu.web.templating import Renderer, translate
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,7 +45,7 @@ def _page(
 def _failed(
     request: Request, renderer: Renderer, svc: Services, identity: Identity, exc: LabgpuError
 ) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc.message)
+    message = translate(renderer.gettext(request), exc)
     return _page(request, renderer, svc, identity, exc.status, error=message)
 
 

@@ -8,12 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services import members, portal, templates
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
-from labgpu.web.messages import translate
-from labgpu.web.templating import N_, Renderer
+from labgpu.web.templating import Renderer, translate
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,7 +48,7 @@ def _applications_page(
 def _application_failed(
     request: Request, renderer: Renderer, svc: Services, exc: LabgpuError
 ) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc.message)
+    message = translate(renderer.gettext(request), exc)
     return _applications_page(request, renderer, svc, exc.status, error=message)
 
 
@@ -163,7 +162,7 @@ def _member_page(
 def _member_failed(
     request: Request, renderer: Renderer, svc: Services, name: str, exc: LabgpuError
 ) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc.message)
+    message = translate(renderer.gettext(request), exc)
     return _member_page(request, renderer, svc, name, exc.status, error=message)
 
 
@@ -238,9 +237,9 @@ def remove(
 ) -> HTMLResponse:
     try:
         if confirm.strip() != name:
-            raise BadInput("type the member's name to confirm the removal")
+            raise BadInput(N_("type the member's name to confirm the removal"))
         if identity.name == name:
-            raise BadInput("you cannot remove your own account")
+            raise BadInput(N_("you cannot remove your own account"))
         removal = members.remove_member(svc, name, purge=purge == "yes")
     except LabgpuError as exc:
         return _member_failed(request, renderer, svc, name, exc)

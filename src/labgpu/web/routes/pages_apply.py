@@ -7,13 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from labgpu.errors import LabgpuError
+from labgpu.errors import N_, LabgpuError
 from labgpu.services import portal
 from labgpu.services.portal import Throttled
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
-from labgpu.web.messages import translate
 from labgpu.web.security import client_address
-from labgpu.web.templating import N_
+from labgpu.web.templating import translate
 
 router = APIRouter(include_in_schema=False)
 
@@ -76,6 +75,6 @@ def apply(
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except LabgpuError as exc:
-        return failed(exc.status, translate(gettext, exc.message))
+        return failed(exc.status, translate(gettext, exc))
     background.add_task(portal.notify_admins, svc, info)
     return renderer.render(request, "apply_done.html", application=info)

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from labgpu.errors import N_
 from labgpu.services import portal
 from labgpu.web import i18n
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
-from labgpu.web.messages import translate
 from labgpu.web.security import (
     clear_session_cookie,
     client_address,
@@ -19,7 +19,7 @@ from labgpu.web.security import (
     set_cookie,
     set_session_cookie,
 )
-from labgpu.web.templating import N_
+from labgpu.web.templating import translate
 
 router = APIRouter(include_in_schema=False)
 
@@ -72,7 +72,7 @@ def login(
         return response
     except portal.LoginFailed as exc:
         return renderer.render(
-            request, "login.html", 401, error=translate(gettext, exc.message), name=name, next=target
+            request, "login.html", 401, error=translate(gettext, exc), name=name, next=target
         )
     if identity is not None:
         # Logging in again in the same browser: the previous session ends (one browser, one session).

@@ -12,15 +12,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse
 
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services import gpus as gpus_svc
 from labgpu.services.context import Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.services.portal import Identity
 from labgpu.store.models import utcnow
 from labgpu.web.deps import AdminRequired, CurrentMember, GpuUsageDep, RendererDep, ServicesDep
-from labgpu.web.messages import translate
-from labgpu.web.templating import N_, Renderer
+from labgpu.web.templating import Renderer, translate
 
 router = APIRouter(include_in_schema=False)
 BookingId = Annotated[int, Path(ge=1, le=2**53)]
@@ -94,7 +93,7 @@ def _day(text: str, today: date) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise BadInput("day: give a date as YYYY-MM-DD") from None
+        raise BadInput(N_("day: give a date as YYYY-MM-DD")) from None
 
 
 def _board_page(
@@ -159,7 +158,7 @@ class _Board:
         )
 
     def failed(self, exc: LabgpuError, **extra: Any) -> HTMLResponse:
-        message = translate(self.renderer.gettext(self.request), exc.message)
+        message = translate(self.renderer.gettext(self.request), exc)
         return self.page(exc.status, error=message, **extra)
 
     def done(self, what: str, view: gpus_svc.BookingView, **extra: Any) -> HTMLResponse:
@@ -222,7 +221,7 @@ def book(
             note=note,
         )
     except LabgpuError as exc:
-        message = translate(renderer.gettext(request), exc.message)
+        message = translate(renderer.gettext(request), exc)
         return _board_page(
             request, renderer, svc, reader, identity, exc.status, form=form, form_error=message
         )
@@ -235,13 +234,13 @@ def _gpu_choice(count: str, picked: list[str]) -> str:
     indexes = []
     for value in picked:
         if not value.strip().isdigit():
-            raise BadInput("pick GPUs from the list")
+            raise BadInput(N_("pick GPUs from the list"))
         indexes.append(int(value))
     if indexes:
         return gpus_svc.gpu_choice(indexes=indexes)
     text = count.strip()
     if not text.isdigit() or int(text) < 1:
-        raise BadInput("say how many GPUs, or pick them")
+        raise BadInput(N_("say how many GPUs, or pick them"))
     return gpus_svc.gpu_choice(count=int(text))
 
 

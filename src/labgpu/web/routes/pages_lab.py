@@ -8,12 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services import members, portal, templates
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
-from labgpu.web.messages import translate
-from labgpu.web.templating import N_, Renderer
+from labgpu.web.templating import Renderer, translate
 
 router = APIRouter(include_in_schema=False)
 AUDIT_PAGE = 100
@@ -77,7 +76,7 @@ def add_share(
             all_members=all_members == "yes",
         )
     except LabgpuError as exc:
-        message = translate(renderer.gettext(request), exc.message)
+        message = translate(renderer.gettext(request), exc)
         return _shares_page(request, renderer, svc, exc.status, error=message, form=form)
     notice = renderer.gettext(request)(N_("The share %(name)s was added.")) % {"name": name}
     return _shares_page(request, renderer, svc, notice=notice, form={})
@@ -90,7 +89,7 @@ def remove_share(
     try:
         members.remove_share(svc, name)
     except LabgpuError as exc:
-        message = translate(renderer.gettext(request), exc.message)
+        message = translate(renderer.gettext(request), exc)
         return _shares_page(request, renderer, svc, exc.status, error=message, form={})
     notice = renderer.gettext(request)(N_("The share %(name)s was removed; its host folder is untouched."))
     return _shares_page(request, renderer, svc, notice=notice % {"name": name}, form={})

@@ -9,13 +9,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from labgpu.errors import BadInput, LabgpuError, NotFound
+from labgpu.errors import N_, BadInput, LabgpuError, NotFound
 from labgpu.services import members
 from labgpu.services.context import Services
 from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
-from labgpu.web.messages import translate
-from labgpu.web.templating import N_, Renderer
+from labgpu.web.templating import Renderer, translate
 from labgpu.web.views import connection_sheet
 
 router = APIRouter(include_in_schema=False)
@@ -72,7 +71,7 @@ def _done(
 def _failed(
     request: Request, renderer: Renderer, svc: Services, identity: Identity, exc: LabgpuError
 ) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc.message)
+    message = translate(renderer.gettext(request), exc)
     return _page(request, renderer, svc, identity, exc.status, error=message)
 
 
@@ -106,7 +105,7 @@ def reset(
 ) -> HTMLResponse:
     try:
         if confirm.strip() != identity.name:
-            raise BadInput("type your name to confirm the reset")
+            raise BadInput(N_("type your name to confirm the reset"))
         sheet = members.reset_member(svc, identity.name)
     except LabgpuError as exc:
         return _failed(request, renderer, svc, identity, exc)
@@ -216,7 +215,7 @@ def remove_key(
 def _sheet(svc: Services, identity: Identity) -> Any:
     sheet = connection_sheet(svc, members.get_member(svc, identity.name, live=False))
     if sheet is None:
-        raise NotFound("you have no container yet")
+        raise NotFound(N_("you have no container yet"))
     return sheet
 
 
@@ -235,7 +234,7 @@ def rdp_file(identity: CurrentMember, svc: ServicesDep) -> PlainTextResponse:
     """A .rdp file for Remote Desktop clients (when the container has an RDP port)."""
     rdp = _sheet(svc, identity).rdp_file()
     if rdp is None:
-        raise NotFound("your container has no remote desktop port")
+        raise NotFound(N_("your container has no remote desktop port"))
     return PlainTextResponse(
         rdp,
         media_type="application/x-rdp",

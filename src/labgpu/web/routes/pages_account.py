@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from labgpu.errors import N_, LabgpuError
+from labgpu.errors import N_, BadInput
 from labgpu.services import portal
 from labgpu.services.context import Services
 from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
+from labgpu.web.outcome import Outcome, Page
 from labgpu.web.security import clear_session_cookie, client_address, forget_identity, set_session_cookie
-from labgpu.web.templating import Renderer, translate
+from labgpu.web.templating import Renderer
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,11 +44,9 @@ def _page(
     )
 
 
-def _failed(
-    request: Request, renderer: Renderer, svc: Services, identity: Identity, exc: LabgpuError
-) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc)
-    return _page(request, renderer, svc, identity, exc.status, error=message)
+def _account(request: Request, renderer: Renderer, svc: Services, identity: Identity) -> Page:
+    """My account's page, to show a form's outcome on."""
+    return functools.partial(_page, request, renderer, svc, identity)
 
 
 @router.get("/account")
@@ -66,22 +66,20 @@ def change_password(
     new_password: PasswordField = "",
     confirm_password: PasswordField = "",
 ) -> HTMLResponse:
-    gettext = renderer.gettext(request)
-    if new_password != confirm_password:
-        message = gettext(N_("The two new passwords differ."))
-        return _page(request, renderer, svc, identity, 400, error=message)
-    try:
+    with Outcome(request, renderer) as out:
+        if new_password != confirm_password:
+            raise BadInput(N_("The two new passwords differ."))
         portal.change_password(
             svc, identity, current=current_password, new=new_password, source_address=client_address(request)
         )
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
+    if out.failed:
+        return out.show(_account(request, renderer, svc, identity))
     fresh = portal.start_session(
         svc, identity, source_address=client_address(request), user_agent=request.headers.get("user-agent")
     )
     forget_identity(request, fresh.identity)
-    notice = gettext(N_("Your password was changed. Your other login sessions have ended."))
-    response = _page(request, renderer, svc, fresh.identity, notice=notice)
+    out.done(N_("Your password was changed. Your other login sessions have ended."))
+    response = out.show(_account(request, renderer, svc, fresh.identity))
     set_session_cookie(request, response, fresh.token)
     return response
 
@@ -99,23 +97,20 @@ def create_token(
         days = int(expires_days) if expires_days.strip() else None
     except ValueError:
         days = -1  # refused by the service with its message
-    try:
+    with Outcome(request, renderer) as out:
         token, info = portal.create_token(svc, identity, name=name, expires_days=days)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _page(request, renderer, svc, identity, new_token=token, new_token_info=info)
+        out.shown.update(new_token=token, new_token_info=info)
+    return out.show(_account(request, renderer, svc, identity))
 
 
 @router.post("/account/tokens/{token_id}/revoke")
 def revoke_token(
     token_id: int, request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         portal.revoke_token(svc, identity, token_id)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    notice = renderer.gettext(request)(N_("The token was revoked."))
-    return _page(request, renderer, svc, identity, notice=notice)
+        out.done(N_("The token was revoked."))
+    return out.show(_account(request, renderer, svc, identity))
 
 
 @router.post("/account/logout-everywhere")

@@ -3,6 +3,7 @@ members (search, disable/enable, limits and GPUs, removal with a typed confirmat
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Form, Request
@@ -12,7 +13,8 @@ from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services import members, portal, templates
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
-from labgpu.web.templating import Renderer, translate
+from labgpu.web.outcome import Outcome, Page
+from labgpu.web.templating import Renderer
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,11 +47,9 @@ def _applications_page(
     )
 
 
-def _application_failed(
-    request: Request, renderer: Renderer, svc: Services, exc: LabgpuError
-) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc)
-    return _applications_page(request, renderer, svc, exc.status, error=message)
+def _applications(request: Request, renderer: Renderer, svc: Services) -> Page:
+    """The applications queue, to show a form's outcome on."""
+    return functools.partial(_applications_page, request, renderer, svc)
 
 
 @router.get("/admin")
@@ -86,14 +86,12 @@ def approve(
     memory: Annotated[str, Form(max_length=32)] = "",
     gpus: TextField = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         overrides = portal.parse_overrides(template=template, cpu=cpu, memory=memory, gpus=gpus)
         info = portal.approve(svc, application_id, overrides)
-    except LabgpuError as exc:
-        return _application_failed(request, renderer, svc, exc)
-    request.app.state.worker.enqueue(info.id)
-    notice = renderer.gettext(request)(N_("Approved: the container of %(name)s is being made."))
-    return _applications_page(request, renderer, svc, notice=notice % {"name": info.name})
+        request.app.state.worker.enqueue(info.id)
+        out.done(N_("Approved: the container of %(name)s is being made."), {"name": info.name})
+    return out.show(_applications(request, renderer, svc))
 
 
 @router.post("/admin/applications/{application_id}/reject")
@@ -106,25 +104,22 @@ def reject(
     background: BackgroundTasks,
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         info = portal.reject(svc, application_id, reason=reason)
-    except LabgpuError as exc:
-        return _application_failed(request, renderer, svc, exc)
-    background.add_task(portal.notify_applicant, svc, info)
-    notice = renderer.gettext(request)(N_("Rejected: %(name)s gets an e-mail with your reason."))
-    return _applications_page(request, renderer, svc, notice=notice % {"name": info.name})
+        background.add_task(portal.notify_applicant, svc, info)
+        out.done(N_("Rejected: %(name)s gets an e-mail with your reason."), {"name": info.name})
+    return out.show(_applications(request, renderer, svc))
 
 
 @router.post("/admin/applications/{application_id}/retry")
 def retry(
     application_id: int, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         info = portal.retry(svc, application_id)
-    except LabgpuError as exc:
-        return _application_failed(request, renderer, svc, exc)
-    request.app.state.worker.enqueue(info.id)
-    return _applications_page(request, renderer, svc, notice=renderer.gettext(request)(N_("Trying again.")))
+        request.app.state.worker.enqueue(info.id)
+        out.done(N_("Trying again."))
+    return out.show(_applications(request, renderer, svc))
 
 
 # Members ---------------------------------------------------------------------------------------------
@@ -134,14 +129,26 @@ def retry(
 def members_page(
     request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep, q: str = ""
 ) -> HTMLResponse:
-    q = q.strip()[:64]
+    return _members_page(request, renderer, svc, q=q.strip()[:64])
+
+
+def _members_page(
+    request: Request, renderer: Renderer, svc: Services, status_code: int = 200, q: str = "", **extra: Any
+) -> HTMLResponse:
     found = members.list_members(svc, live=True)
     disabled = {a.name for a in portal.list_accounts(svc) if a.disabled}
     if q:
         needle = q.lower()
         found = [m for m in found if needle in m.name or needle in (m.email or "").lower()]
     return renderer.render(
-        request, "admin_members.html", members=found, disabled=disabled, q=q, section="members"
+        request,
+        "admin_members.html",
+        status_code,
+        members=found,
+        disabled=disabled,
+        q=q,
+        section="members",
+        **extra,
     )
 
 
@@ -159,11 +166,9 @@ def _member_page(
     )
 
 
-def _member_failed(
-    request: Request, renderer: Renderer, svc: Services, name: str, exc: LabgpuError
-) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc)
-    return _member_page(request, renderer, svc, name, exc.status, error=message)
+def _member(request: Request, renderer: Renderer, svc: Services, name: str) -> Page:
+    """A member's admin page, to show a form's outcome on."""
+    return functools.partial(_member_page, request, renderer, svc, name)
 
 
 @router.get("/admin/members/{name}")
@@ -177,25 +182,20 @@ def member_page(
 def disable(
     name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         portal.set_disabled(svc, name, disabled=True)
-    except LabgpuError as exc:
-        return _member_failed(request, renderer, svc, name, exc)
-    notice = renderer.gettext(request)(N_("The account is disabled; its sessions and tokens have ended."))
-    return _member_page(request, renderer, svc, name, notice=notice)
+        out.done(N_("The account is disabled; its sessions and tokens have ended."))
+    return out.show(_member(request, renderer, svc, name))
 
 
 @router.post("/admin/members/{name}/enable")
 def enable(
     name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         portal.set_disabled(svc, name, disabled=False)
-    except LabgpuError as exc:
-        return _member_failed(request, renderer, svc, name, exc)
-    return _member_page(
-        request, renderer, svc, name, notice=renderer.gettext(request)(N_("The account is enabled."))
-    )
+        out.done(N_("The account is enabled."))
+    return out.show(_member(request, renderer, svc, name))
 
 
 @router.post("/admin/members/{name}/limits")
@@ -209,20 +209,17 @@ def set_limits(
     memory: Annotated[str, Form(max_length=32)] = "",
     gpus: TextField = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         request_ = members.parse_set_request(
             cpu=cpu.strip() or "none", memory=memory.strip() or "none", gpus=gpus.strip() or None
         )
         changes = members.set_member(svc, name, request_)
-    except LabgpuError as exc:
-        return _member_failed(request, renderer, svc, name, exc)
-    gettext = renderer.gettext(request)
-    notice = gettext(N_("Changed: %(changes)s.")) % {
-        "changes": "; ".join(f"{c.setting} {c.old} → {c.new} ({c.applied})" for c in changes)
-    }
-    if not changes:
-        notice = gettext(N_("Nothing to change."))
-    return _member_page(request, renderer, svc, name, notice=notice)
+        if changes:
+            listed = "; ".join(f"{c.setting} {c.old} → {c.new} ({c.applied})" for c in changes)
+            out.done(N_("Changed: %(changes)s."), {"changes": listed})
+        else:
+            out.done(N_("Nothing to change."))
+    return out.show(_member(request, renderer, svc, name))
 
 
 @router.post("/admin/members/{name}/remove", response_model=None)
@@ -235,30 +232,19 @@ def remove(
     confirm: Annotated[str, Form(max_length=64)] = "",
     purge: Annotated[str, Form(max_length=8)] = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         if confirm.strip() != name:
             raise BadInput(N_("type the member's name to confirm the removal"))
         if identity.name == name:
             raise BadInput(N_("you cannot remove your own account"))
         removal = members.remove_member(svc, name, purge=purge == "yes")
-    except LabgpuError as exc:
-        return _member_failed(request, renderer, svc, name, exc)
-    gettext = renderer.gettext(request)
-    if removal.purged:
-        notice = gettext(N_("%(name)s was removed, and their home folder deleted.")) % {"name": name}
-    else:
-        notice = gettext(N_("%(name)s was removed; their home folder was kept in %(path)s.")) % {
-            "name": name,
-            "path": removal.archived_to or "—",
-        }
-    found = members.list_members(svc, live=True)
-    disabled = {a.name for a in portal.list_accounts(svc) if a.disabled}
-    return renderer.render(
-        request,
-        "admin_members.html",
-        members=found,
-        disabled=disabled,
-        q="",
-        section="members",
-        notice=notice,
-    )
+        if removal.purged:
+            out.done(N_("%(name)s was removed, and their home folder deleted."), {"name": name})
+        else:
+            out.done(
+                N_("%(name)s was removed; their home folder was kept in %(path)s."),
+                {"name": name, "path": removal.archived_to or "—"},
+            )
+    if out.failed:
+        return out.show(_member(request, renderer, svc, name))
+    return out.show(functools.partial(_members_page, request, renderer, svc))

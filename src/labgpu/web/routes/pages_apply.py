@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from labgpu.errors import N_, LabgpuError
+from labgpu.errors import N_, BadInput
 from labgpu.services import portal
 from labgpu.services.portal import Throttled
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
+from labgpu.web.outcome import Outcome
 from labgpu.web.security import client_address
-from labgpu.web.templating import translate
 
 router = APIRouter(include_in_schema=False)
 
@@ -41,7 +41,6 @@ def apply(
     group_name: Annotated[str, Form(max_length=128)] = "",
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> HTMLResponse:
-    gettext = renderer.gettext(request)
     form = {
         "name": name,
         "email": email,
@@ -50,14 +49,12 @@ def apply(
         "reason": reason,
     }
 
-    def failed(status: int, message: str) -> HTMLResponse:
-        return renderer.render(
-            request, "apply.html", status, form=form, error=message, open=svc.settings.applications_open
-        )
+    def page(status: int, **shown: object) -> HTMLResponse:
+        return renderer.render(request, "apply.html", status, open=svc.settings.applications_open, **shown)
 
-    if password != confirm_password:
-        return failed(400, gettext(N_("The two passwords differ.")))
-    try:
+    with Outcome(request, renderer) as out:
+        if password != confirm_password:
+            raise BadInput(N_("The two passwords differ."))
         info = portal.submit(
             svc,
             name=name,
@@ -68,13 +65,15 @@ def apply(
             reason=reason,
             source_address=client_address(request),
         )
-    except Throttled as exc:
-        minutes = max(1, (exc.retry_after + 59) // 60)
-        message = gettext(N_("Too many applications from your address. Try again in %(minutes)s minutes."))
-        response = failed(429, message % {"minutes": minutes})
-        response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(out.error, Throttled):
+        retry_after = out.error.retry_after
+        message = N_("Too many applications from your address. Try again in %(minutes)s minutes.")
+        out.fail(BadInput(message, values={"minutes": max(1, (retry_after + 59) // 60)}))
+        response = out.show(page, form=form)
+        response.status_code = 429
+        response.headers["Retry-After"] = str(retry_after)
         return response
-    except LabgpuError as exc:
-        return failed(exc.status, translate(gettext, exc))
+    if out.failed:
+        return out.show(page, form=form)
     background.add_task(portal.notify_admins, svc, info)
     return renderer.render(request, "apply_done.html", application=info)

@@ -12,14 +12,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse
 
-from labgpu.errors import N_, BadInput, LabgpuError
+from labgpu.errors import N_, BadInput
 from labgpu.services import gpus as gpus_svc
 from labgpu.services.context import Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.services.portal import Identity
 from labgpu.store.models import utcnow
 from labgpu.web.deps import AdminRequired, CurrentMember, GpuUsageDep, RendererDep, ServicesDep
-from labgpu.web.templating import Renderer, translate
+from labgpu.web.outcome import Outcome
+from labgpu.web.templating import Renderer
 
 router = APIRouter(include_in_schema=False)
 BookingId = Annotated[int, Path(ge=1, le=2**53)]
@@ -157,28 +158,23 @@ class _Board:
             self.request, self.renderer, self.svc, self.reader, self.identity, status_code, **extra
         )
 
-    def failed(self, exc: LabgpuError, **extra: Any) -> HTMLResponse:
-        message = translate(self.renderer.gettext(self.request), exc)
-        return self.page(exc.status, error=message, **extra)
-
-    def done(self, what: str, view: gpus_svc.BookingView, **extra: Any) -> HTMLResponse:
-        clock = Clock(gpus_svc.local_tz())
-        text = self.renderer.gettext(self.request)(DONE[what]) % {
-            "id": view.id,
-            "gpus": gpus_svc.format_gpus(view.gpus),
-            "host": view.host,
-            "end": clock.full(view.end),
-        }
-        return self.page(notice=text, **extra)
-
     def act(self, day: str, action: Callable[[], tuple[str, gpus_svc.BookingView]]) -> HTMLResponse:
         """Run a booking's action; show the board of the day the form came from with what happened."""
-        shown = _shown_day(day)
-        try:
+        with Outcome(self.request, self.renderer) as out:
             what, view = action()
-        except LabgpuError as exc:
-            return self.failed(exc, day=shown)
-        return self.done(what, view, day=shown)
+            _done(out, what, view)
+        return out.show(self.page, day=_shown_day(day))
+
+
+def _done(out: Outcome, what: str, view: gpus_svc.BookingView) -> None:
+    clock = Clock(gpus_svc.local_tz())
+    values = {
+        "id": view.id,
+        "gpus": gpus_svc.format_gpus(view.gpus),
+        "host": view.host,
+        "end": clock.full(view.end),
+    }
+    out.done(DONE[what], values)
 
 
 @router.get("/bookings")
@@ -209,7 +205,7 @@ def book(
     member: Annotated[str, Form(max_length=64)] = "",
 ) -> HTMLResponse:
     form = {"count": count, "gpu": gpu, "start": start, "until": until, "note": note, "member": member}
-    try:
+    with Outcome(request, renderer, error_field="form_error") as out:
         choice = _gpu_choice(count, gpu)
         view = gpus_svc.request_booking(
             svc,
@@ -220,14 +216,11 @@ def book(
             until=until,
             note=note,
         )
-    except LabgpuError as exc:
-        message = translate(renderer.gettext(request), exc)
-        return _board_page(
-            request, renderer, svc, reader, identity, exc.status, form=form, form_error=message
-        )
-    what = "pending" if view.status == "pending" else "book"
-    day = Clock(gpus_svc.local_tz()).local(view.start).date()
-    return _Board(request, renderer, svc, reader, identity).done(what, view, day=day)
+        _done(out, "pending" if view.status == "pending" else "book", view)
+    board = _Board(request, renderer, svc, reader, identity)
+    if out.failed:
+        return out.show(board.page, form=form)
+    return out.show(board.page, day=Clock(gpus_svc.local_tz()).local(view.start).date())
 
 
 def _gpu_choice(count: str, picked: list[str]) -> str:

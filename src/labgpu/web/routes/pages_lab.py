@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
-from labgpu.errors import N_, BadInput, LabgpuError
+from labgpu.errors import N_, BadInput
 from labgpu.services import members, portal, templates
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
-from labgpu.web.templating import Renderer, translate
+from labgpu.web.outcome import Outcome
+from labgpu.web.templating import Renderer
 
 router = APIRouter(include_in_schema=False)
 AUDIT_PAGE = 100
@@ -66,7 +68,7 @@ def add_share(
     all_members: Annotated[str, Form(max_length=8)] = "",
 ) -> HTMLResponse:
     form = {"name": name, "source": source, "path": path, "readonly": readonly, "all_members": all_members}
-    try:
+    with Outcome(request, renderer) as out:
         members.add_share(
             svc,
             name=name.strip(),
@@ -75,24 +77,18 @@ def add_share(
             readonly=readonly == "yes",
             all_members=all_members == "yes",
         )
-    except LabgpuError as exc:
-        message = translate(renderer.gettext(request), exc)
-        return _shares_page(request, renderer, svc, exc.status, error=message, form=form)
-    notice = renderer.gettext(request)(N_("The share %(name)s was added.")) % {"name": name}
-    return _shares_page(request, renderer, svc, notice=notice, form={})
+        out.done(N_("The share %(name)s was added."), {"name": name}, form={})
+    return out.show(functools.partial(_shares_page, request, renderer, svc), form=form)
 
 
 @router.post("/admin/shares/{name}/remove")
 def remove_share(
     name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.remove_share(svc, name)
-    except LabgpuError as exc:
-        message = translate(renderer.gettext(request), exc)
-        return _shares_page(request, renderer, svc, exc.status, error=message, form={})
-    notice = renderer.gettext(request)(N_("The share %(name)s was removed; its host folder is untouched."))
-    return _shares_page(request, renderer, svc, notice=notice % {"name": name}, form={})
+        out.done(N_("The share %(name)s was removed; its host folder is untouched."), {"name": name})
+    return out.show(functools.partial(_shares_page, request, renderer, svc), form={})
 
 
 @router.get("/admin/hosts")

@@ -4,6 +4,7 @@ container: there is no name in these forms to tamper with."""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
@@ -14,7 +15,8 @@ from labgpu.services import members
 from labgpu.services.context import Services
 from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
-from labgpu.web.templating import Renderer, translate
+from labgpu.web.outcome import Outcome, Page
+from labgpu.web.templating import Renderer
 from labgpu.web.views import connection_sheet
 
 router = APIRouter(include_in_schema=False)
@@ -62,17 +64,9 @@ def _page(
     )
 
 
-def _done(
-    request: Request, renderer: Renderer, svc: Services, identity: Identity, notice: str, **extra: Any
-) -> HTMLResponse:
-    return _page(request, renderer, svc, identity, notice=renderer.gettext(request)(notice), **extra)
-
-
-def _failed(
-    request: Request, renderer: Renderer, svc: Services, identity: Identity, exc: LabgpuError
-) -> HTMLResponse:
-    message = translate(renderer.gettext(request), exc)
-    return _page(request, renderer, svc, identity, exc.status, error=message)
+def _me(request: Request, renderer: Renderer, svc: Services, identity: Identity) -> Page:
+    """My container's page, to show a form's outcome on."""
+    return functools.partial(_page, request, renderer, svc, identity)
 
 
 @router.get("/me")
@@ -88,11 +82,10 @@ def power(
     renderer: RendererDep,
     action: Annotated[Literal["start", "stop", "restart"], Form()],
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.set_power(svc, identity.name, action)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(request, renderer, svc, identity, POWER_DONE[action])
+        out.done(POWER_DONE[action])
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/reset")
@@ -103,38 +96,25 @@ def reset(
     renderer: RendererDep,
     confirm: Annotated[str, Form(max_length=64)] = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         if confirm.strip() != identity.name:
             raise BadInput(N_("type your name to confirm the reset"))
         sheet = members.reset_member(svc, identity.name)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(
-        request,
-        renderer,
-        svc,
-        identity,
-        N_("Your container was rebuilt from its template. Your home folder was kept."),
-        new_password=sheet.initial_password,
-    )
+        out.done(
+            N_("Your container was rebuilt from its template. Your home folder was kept."),
+            new_password=sheet.initial_password,
+        )
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/initial-password")
 def initial_password(
     request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         password = members.reset_password(svc, identity.name)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(
-        request,
-        renderer,
-        svc,
-        identity,
-        N_("A new first-login password was set for your container."),
-        new_password=password,
-    )
+        out.done(N_("A new first-login password was set for your container."), new_password=password)
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/snapshots")
@@ -145,11 +125,10 @@ def take_snapshot(
     renderer: RendererDep,
     name: SnapshotField = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.take_snapshot(svc, identity.name, name.strip() or None)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(request, renderer, svc, identity, N_("The snapshot was taken."))
+        out.done(N_("The snapshot was taken."))
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/snapshots/restore")
@@ -160,11 +139,10 @@ def restore_snapshot(
     renderer: RendererDep,
     snapshot: SnapshotField = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.restore_snapshot(svc, identity.name, snapshot)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(request, renderer, svc, identity, N_("Your container was restored from the snapshot."))
+        out.done(N_("Your container was restored from the snapshot."))
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/snapshots/delete")
@@ -175,11 +153,10 @@ def delete_snapshot(
     renderer: RendererDep,
     snapshot: SnapshotField = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.delete_snapshot(svc, identity.name, snapshot)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(request, renderer, svc, identity, N_("The snapshot was deleted."))
+        out.done(N_("The snapshot was deleted."))
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/keys")
@@ -190,11 +167,10 @@ def add_key(
     renderer: RendererDep,
     key: Annotated[str, Form(max_length=16384)] = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.add_keys(svc, identity.name, [key])
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(request, renderer, svc, identity, N_("The SSH key was added."))
+        out.done(N_("The SSH key was added."))
+    return out.show(_me(request, renderer, svc, identity))
 
 
 @router.post("/me/keys/remove")
@@ -205,11 +181,10 @@ def remove_key(
     renderer: RendererDep,
     fingerprint: Annotated[str, Form(max_length=255)] = "",
 ) -> HTMLResponse:
-    try:
+    with Outcome(request, renderer) as out:
         members.remove_key(svc, identity.name, fingerprint)
-    except LabgpuError as exc:
-        return _failed(request, renderer, svc, identity, exc)
-    return _done(request, renderer, svc, identity, N_("The SSH key was removed."))
+        out.done(N_("The SSH key was removed."))
+    return out.show(_me(request, renderer, svc, identity))
 
 
 def _sheet(svc: Services, identity: Identity) -> Any:

@@ -92,23 +92,15 @@ def create_app(
     NVML of this machine and the hosts' agents."""
     from labgpu.services.ops import start_job_runner
     from labgpu.services.portal import ProvisionWorker
-    from labgpu.web.routes import (
-        api_account,
-        api_applications,
-        api_audit,
-        api_container,
-        api_gpus,
-        api_lab,
-        api_members,
-        health,
-        pages_account,
-        pages_admin,
-        pages_apply,
-        pages_auth,
-        pages_gpus,
-        pages_lab,
-        pages_me,
-    )
+    from labgpu.web.routes import hosts, ops, templates
+    from labgpu.web.routes.gpus import api as gpus_api
+    from labgpu.web.routes.gpus import pages as gpus_pages
+    from labgpu.web.routes.members import admin as members_admin
+    from labgpu.web.routes.members import api as members_api
+    from labgpu.web.routes.members import me
+    from labgpu.web.routes.portal import account, apply, auth
+    from labgpu.web.routes.portal import admin as portal_admin
+    from labgpu.web.routes.portal import api as portal_api
 
     owned = services is None
     svc = services if services is not None else _build_services(settings)
@@ -171,23 +163,20 @@ def create_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    # api_container before api_members: its /members/{name}/reset must not be taken for {action}.
     for module in (
-        health,
-        api_account,
-        api_applications,
-        api_container,
-        api_members,
-        api_lab,
-        api_audit,
-        api_gpus,
-        pages_auth,
-        pages_apply,
-        pages_account,
-        pages_me,
-        pages_admin,
-        pages_lab,
-        pages_gpus,
+        ops,
+        portal_api,
+        members_api,
+        gpus_api,
+        hosts,
+        templates,
+        auth,
+        apply,
+        account,
+        me,
+        portal_admin,
+        members_admin,
+        gpus_pages,
     ):
         app.include_router(module.router)
     return app

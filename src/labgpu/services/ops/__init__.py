@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from labgpu.services.ops._backups import create_backup, list_backups, restore_backup
 from labgpu.services.ops._boot import boot, ensure_gpu_devices
+from labgpu.services.ops._health import Health, health
 from labgpu.services.ops._invariants import check_invariants
 from labgpu.services.ops._jobs import FAILED, NOT_DUE, OK, job_status, run_once, start_job_runner
 from labgpu.services.ops._reconcile import ReconcileReport, reconcile
@@ -12,11 +13,13 @@ __all__ = [
     "FAILED",
     "NOT_DUE",
     "OK",
+    "Health",
     "ReconcileReport",
     "boot",
     "check_invariants",
     "create_backup",
     "ensure_gpu_devices",
+    "health",
     "job_status",
     "list_backups",
     "reconcile",

@@ -1,16 +1,16 @@
-"""Admin pages: the applications queue (approve with changes, reject with a reason, progress) and the
-members (search, disable/enable, limits and GPUs, removal with a typed confirmation)."""
+"""Admin pages of members: the list (search), a member (disable/enable, limits and GPUs, removal with a
+typed confirmation), every container (the status page) and the shares."""
 
 from __future__ import annotations
 
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse
 
-from labgpu.errors import N_, BadInput, LabgpuError
-from labgpu.services import members, portal, templates
+from labgpu.errors import N_, BadInput
+from labgpu.services import members, portal
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
 from labgpu.web.outcome import Outcome, Page
@@ -18,113 +18,11 @@ from labgpu.web.templating import Renderer
 
 router = APIRouter(include_in_schema=False)
 
+
 TextField = Annotated[str, Form(max_length=255)]
 
 
-def _template_names(svc: Services) -> list[str]:
-    try:
-        return [t.name for t in templates.catalog(svc.runtime).templates]
-    except LabgpuError:
-        return []
-
-
-# Applications ---------------------------------------------------------------------------------------
-
-
-def _applications_page(
-    request: Request, renderer: Renderer, svc: Services, status_code: int = 200, **extra: Any
-) -> HTMLResponse:
-    return renderer.render(
-        request,
-        "admin_applications.html",
-        status_code,
-        applications=portal.list_applications(svc),
-        template_names=_template_names(svc),
-        default_template=svc.settings.default_template,
-        default_gpus=svc.settings.default_gpus,
-        section="applications",
-        **extra,
-    )
-
-
-def _applications(request: Request, renderer: Renderer, svc: Services) -> Page:
-    """The applications queue, to show a form's outcome on."""
-    return functools.partial(_applications_page, request, renderer, svc)
-
-
-@router.get("/admin")
-def admin_home(_: AdminRequired) -> RedirectResponse:
-    return RedirectResponse("/admin/applications", status_code=303)
-
-
-@router.get("/admin/applications")
-def applications_page(
-    request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
-) -> HTMLResponse:
-    return _applications_page(request, renderer, svc)
-
-
-@router.get("/admin/applications/{application_id}/progress")
-def application_progress(
-    application_id: int, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
-) -> HTMLResponse:
-    """The status cell of one application (htmx polls it while the container is being made)."""
-    return renderer.render(
-        request, "admin_application_status.html", app=portal.get_application(svc, application_id)
-    )
-
-
-@router.post("/admin/applications/{application_id}/approve")
-def approve(
-    application_id: int,
-    request: Request,
-    _: AdminRequired,
-    svc: ServicesDep,
-    renderer: RendererDep,
-    template: TextField = "",
-    cpu: Annotated[str, Form(max_length=8)] = "",
-    memory: Annotated[str, Form(max_length=32)] = "",
-    gpus: TextField = "",
-) -> HTMLResponse:
-    with Outcome(request, renderer) as out:
-        overrides = portal.parse_overrides(template=template, cpu=cpu, memory=memory, gpus=gpus)
-        info = portal.approve(svc, application_id, overrides)
-        request.app.state.worker.enqueue(info.id)
-        out.done(N_("Approved: the container of %(name)s is being made."), {"name": info.name})
-    return out.show(_applications(request, renderer, svc))
-
-
-@router.post("/admin/applications/{application_id}/reject")
-def reject(
-    application_id: int,
-    request: Request,
-    _: AdminRequired,
-    svc: ServicesDep,
-    renderer: RendererDep,
-    background: BackgroundTasks,
-    reason: Annotated[str, Form(max_length=2000)] = "",
-) -> HTMLResponse:
-    with Outcome(request, renderer) as out:
-        info = portal.reject(svc, application_id, reason=reason)
-        background.add_task(portal.notify_applicant, svc, info)
-        out.done(N_("Rejected: %(name)s gets an e-mail with your reason."), {"name": info.name})
-    return out.show(_applications(request, renderer, svc))
-
-
-@router.post("/admin/applications/{application_id}/retry")
-def retry(
-    application_id: int, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
-) -> HTMLResponse:
-    with Outcome(request, renderer) as out:
-        info = portal.retry(svc, application_id)
-        request.app.state.worker.enqueue(info.id)
-        out.done(N_("Trying again."))
-    return out.show(_applications(request, renderer, svc))
-
-
 # Members ---------------------------------------------------------------------------------------------
-
-
 @router.get("/admin/members")
 def members_page(
     request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep, q: str = ""
@@ -248,3 +146,60 @@ def remove(
     if out.failed:
         return out.show(_member(request, renderer, svc, name))
     return out.show(functools.partial(_members_page, request, renderer, svc))
+
+
+@router.get("/admin/containers")
+def containers_page(
+    request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
+) -> HTMLResponse:
+    rows = members.list_containers(svc)
+    return renderer.render(request, "admin_containers.html", rows=rows, section="containers")
+
+
+def _shares_page(
+    request: Request, renderer: Renderer, svc: Services, status_code: int = 200, **extra: Any
+) -> HTMLResponse:
+    return renderer.render(
+        request, "admin_shares.html", status_code, shares=members.list_shares(svc), section="shares", **extra
+    )
+
+
+@router.get("/admin/shares")
+def shares_page(request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep) -> HTMLResponse:
+    return _shares_page(request, renderer, svc, form={})
+
+
+@router.post("/admin/shares")
+def add_share(
+    request: Request,
+    _: AdminRequired,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    name: Annotated[str, Form(max_length=63)] = "",
+    source: Annotated[str, Form(max_length=4096)] = "",
+    path: Annotated[str, Form(max_length=4096)] = "",
+    readonly: Annotated[str, Form(max_length=8)] = "",
+    all_members: Annotated[str, Form(max_length=8)] = "",
+) -> HTMLResponse:
+    form = {"name": name, "source": source, "path": path, "readonly": readonly, "all_members": all_members}
+    with Outcome(request, renderer) as out:
+        members.add_share(
+            svc,
+            name=name.strip(),
+            source=source.strip(),
+            path=path.strip(),
+            readonly=readonly == "yes",
+            all_members=all_members == "yes",
+        )
+        out.done(N_("The share %(name)s was added."), {"name": name}, form={})
+    return out.show(functools.partial(_shares_page, request, renderer, svc), form=form)
+
+
+@router.post("/admin/shares/{name}/remove")
+def remove_share(
+    name: str, request: Request, _: AdminRequired, svc: ServicesDep, renderer: RendererDep
+) -> HTMLResponse:
+    with Outcome(request, renderer) as out:
+        members.remove_share(svc, name)
+        out.done(N_("The share %(name)s was removed; its host folder is untouched."), {"name": name})
+    return out.show(functools.partial(_shares_page, request, renderer, svc), form={})

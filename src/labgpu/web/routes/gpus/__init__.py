@@ -1,0 +1,1 @@
+"""gpus: the routes of GPUs and bookings."""

@@ -1,0 +1,1 @@
+"""members: the routes of members and their containers."""

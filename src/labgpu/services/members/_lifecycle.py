@@ -43,7 +43,17 @@ from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.runtime.instances import Instance
 from labgpu.services.context import Services
 from labgpu.services.hosts import local_host
-from labgpu.services.members import _members as members
+from labgpu.services.members._keys import gateway_changed
+from labgpu.services.members._provision import checkpoint, provision
+from labgpu.services.members._records import (
+    ConnectionSheet,
+    allowed_roots,
+    container_spec,
+    home_dir,
+    host_gpus,
+    load_member,
+    member_services,
+)
 from labgpu.store.db import violated_constraint
 from labgpu.store.models import Member, MemberState, PortMap, PortPurpose, Share, utcnow
 
@@ -130,11 +140,11 @@ def apply_spec(svc: Services, name: str) -> str:
     APPLIED_WHEN_CREATED (no container yet), or "unchanged". Raises Conflict for an instance that
     is not the member's, BadInput when check_safe refuses the result, runtime errors when the
     daemon refuses the change (then nothing changed on the container). Waits for the update."""
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
-        member = members.load_member(session, name)
-        spec = members.container_spec(svc, member)
-        roots = members.allowed_roots(svc, session)
+        member = load_member(session, name)
+        spec = container_spec(svc, member)
+        roots = allowed_roots(svc, session)
     inst = owned_instance(svc, name, spec.name)
     if inst is None:
         return APPLIED_WHEN_CREATED
@@ -264,7 +274,7 @@ def set_member(svc: Services, name: str, request: SetRequest) -> list[Change]:
             "nothing to change: give at least one of --cpu, --memory, --disk, --gpus, --share, "
             "--no-share, --rdp/--no-rdp, --vnc/--no-vnc"
         )
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     _check_set_against_world(svc, name, request)
     for attempt in range(_ALLOCATION_RETRIES):
         try:
@@ -299,14 +309,14 @@ def _set_notes(svc: Services, request: SetRequest, applied: str) -> dict[str, st
     if "cpu" in request.given and request.cpu is not None and applied == APPLIED_LIVE:
         # Both daemons pin CPUs in a background balancer (measured: usually at once, up to ~45 s).
         notes["cpu"] = "the daemon pins the CPUs in the background: at once or up to a minute later"
-    if "gpus" in request.given and not members.host_gpus(svc.runtime):
+    if "gpus" in request.given and not host_gpus(svc.runtime):
         notes["gpus"] = "this host has no NVIDIA GPU: nothing attached now"
     return notes
 
 
 def _check_set_against_world(svc: Services, name: str, request: SetRequest) -> None:
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         if member.state == MemberState.REMOVING:
             raise Conflict(f"member {name} is being removed; finish with `labgpu member rm {name}`")
         wanted = set(request.add_shares) | set(request.remove_shares)
@@ -322,7 +332,7 @@ def _check_set_against_world(svc: Services, name: str, request: SetRequest) -> N
                     f"share {share_name} is mounted for every member already (through the profile)"
                 )
     if request.gpus is not None:
-        missing = missing_gpus(parse_gpu_request(request.gpus), members.host_gpus(svc.runtime))
+        missing = missing_gpus(parse_gpu_request(request.gpus), host_gpus(svc.runtime))
         if missing:
             raise BadInput(f"this host has no GPU {', '.join(map(str, missing))}")
 
@@ -331,7 +341,7 @@ def _write_set(svc: Services, name: str, request: SetRequest) -> tuple[list[Chan
     settings = svc.settings
     changes: list[Change] = []
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         before = _Before(
             cpu=member.cpu_limit,
             memory_bytes=member.memory_limit_bytes,
@@ -406,7 +416,7 @@ def _allocate_port(svc: Services, session: Session, member: Member, purpose: str
 def _revert_set(svc: Services, name: str, before: _Before, *, reason: str) -> None:
     """Put the row back as it was before `member set` (the daemon refused the change)."""
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         member.cpu_limit = before.cpu
         member.memory_limit_bytes = before.memory_bytes
         member.disk_size_bytes = before.disk_bytes
@@ -444,7 +454,7 @@ def _revert_set(svc: Services, name: str, before: _Before, *, reason: str) -> No
 
 def reset_member(
     svc: Services, name: str, *, template: str | None = None, wait_ssh: bool = True
-) -> members.ConnectionSheet:
+) -> ConnectionSheet:
     """Rebuild a member's container from its template (or ``template``), keeping home, ports, keys.
 
     The old container (its root filesystem and its snapshots) is deleted; the home folder on the
@@ -453,9 +463,9 @@ def reset_member(
     again, ``member add NAME`` or ``labgpu reconcile``. Waits for sshd. Returns the connection
     sheet with a new initial password. Raises NotFound, BadInput (unknown template), Conflict (an
     instance that is not the member's), ProvisionError."""
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         if member.state == MemberState.REMOVING:
             raise Conflict(f"member {name} is being removed; finish with `labgpu member rm {name}`")
         if member.uid is None or member.container is None:
@@ -473,16 +483,16 @@ def reset_member(
         raise BadInput(f"the {svc.settings.profile_name} profile is missing", hint="run `labgpu host init`")
     inst = owned_instance(svc, name, container)
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         member.state = MemberState.PROVISIONING
         member.template = new_template
         member.spec_version += 1
         svc.audit(session, "member.reset", name, template=new_template, previous_template=old_template)
-    members.checkpoint("reset-marked")
+    checkpoint("reset-marked")
     if inst is not None:
         _delete_container(svc, container)
-    members.checkpoint("reset-deleted")
-    return members.provision(svc, name, wait_ssh=wait_ssh)
+    checkpoint("reset-deleted")
+    return provision(svc, name, wait_ssh=wait_ssh)
 
 
 def _delete_container(svc: Services, container: str) -> None:
@@ -535,17 +545,17 @@ def remove_member(svc: Services, name: str, *, purge: bool = False) -> Removal:
     deleted with ``purge``; the row goes last, and with it the port maps and keys. Running it again
     after a crash finishes the job. Raises NotFound, Conflict (an instance of that name that is
     not the member's: nothing is changed). Waits for the deletion."""
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         container = member.container
         ports = {str(p.purpose): p.host_port for p in member.port_maps}
     inst = owned_instance(svc, name, container)
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         member.state = MemberState.REMOVING
         svc.audit(session, "member.rm", name, purge=purge, container=container, ports=ports)
-    members.checkpoint("rm-marked")
+    checkpoint("rm-marked")
     return _finish(svc, name, container, inst is not None, ports, purge=purge)
 
 
@@ -554,9 +564,9 @@ def finish_removal(svc: Services, name: str) -> Removal:
 
     The home is archived, never purged: a purge needs the admin's explicit `member rm --purge`.
     Raises NotFound, Conflict (the member is not being removed, or the instance is not theirs)."""
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         if member.state != MemberState.REMOVING:
             raise Conflict(f"member {name} is not being removed")
         container = member.container
@@ -571,8 +581,8 @@ def _finish(
     notes: list[str] = []
     if exists and container:
         _delete_container(svc, container)
-    members.checkpoint("rm-container")
-    home = members.home_dir(svc, name)
+    checkpoint("rm-container")
+    home = home_dir(svc, name)
     archived: Path | None = None
     purged = False
     if home.is_symlink():
@@ -586,9 +596,9 @@ def _finish(
             archived = _archive_home(svc, name, home)
     else:
         notes.append(f"no home folder at {home} (already archived or purged)")
-    members.checkpoint("rm-home")
+    checkpoint("rm-home")
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         session.delete(member)
         svc.audit(
             session,
@@ -598,7 +608,7 @@ def _finish(
             purged=purged,
             freed_ports=ports,
         )
-    notes += members.gateway_changed(svc, name)
+    notes += gateway_changed(svc, name)
     return Removal(
         name=name,
         container=container,
@@ -653,9 +663,9 @@ def _copy_then_remove(home: Path, target: Path) -> None:
 
 def count_snapshots(svc: Services, name: str) -> int:
     """How many snapshots the member's container has (0 when it has no container)."""
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
-        container = members.load_member(session, name).container
+        container = load_member(session, name).container
     if not container:
         return 0
     try:

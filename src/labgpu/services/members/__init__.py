@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._apply import owned_instance
 from labgpu.services.members._containers import connection_sheet, list_containers, list_hosts, uptime_seconds
 from labgpu.services.members._homes import reachable_here
 from labgpu.services.members._keys import add_keys, list_keys, remove_key
-from labgpu.services.members._lifecycle import (
-    count_snapshots,
-    owned_instance,
-    parse_set_request,
-    remove_member,
-    reset_member,
-    set_member,
-)
+from labgpu.services.members._lifecycle import count_snapshots, finish_removal, remove_member, reset_member
 from labgpu.services.members._listing import get_member, list_members
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
@@ -28,6 +22,7 @@ from labgpu.services.members._records import (
     host_gpus,
     load_member,
 )
+from labgpu.services.members._set import parse_set_request, set_member
 from labgpu.services.members._shares import add_share, get_share, list_shares, remove_share
 from labgpu.services.members._snapshots import (
     HOME_NOTE,
@@ -54,6 +49,7 @@ __all__ = [
     "count_snapshots",
     "delete_snapshot",
     "ensure_running",
+    "finish_removal",
     "get_member",
     "get_share",
     "home_dir",

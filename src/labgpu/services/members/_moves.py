@@ -47,7 +47,7 @@ from labgpu.services.clients import parse_host_url, server_cert_path
 from labgpu.services.context import Services
 from labgpu.services.hosts import public_address, services_for
 from labgpu.services.members import _homes as homes
-from labgpu.services.members._lifecycle import desired_patch, owned_instance
+from labgpu.services.members._apply import desired_patch, owned_instance
 from labgpu.services.members._placement import new_port_maps
 from labgpu.services.members._provision import checkpoint
 from labgpu.services.members._records import allowed_roots, container_spec, load_member

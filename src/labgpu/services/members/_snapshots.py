@@ -20,7 +20,7 @@ from typing import Any
 
 from labgpu.errors import BadInput, Conflict, NotFound
 from labgpu.services.context import Services
-from labgpu.services.members import _lifecycle as lifecycle
+from labgpu.services.members._apply import apply_spec, owned_instance
 from labgpu.services.members._keys import install_keys
 from labgpu.services.members._records import load_member, member_services
 from labgpu.store.models import MemberState, utcnow
@@ -104,7 +104,7 @@ def _container(svc: Services, name: str, *, changing: bool) -> str:
         state, container = member.state, member.container
     if changing and state in (MemberState.PROVISIONING, MemberState.REMOVING):
         raise Conflict(f"member {name} is {state}; finish that first (`labgpu reconcile`)")
-    if lifecycle.owned_instance(svc, name, container) is None or container is None:
+    if owned_instance(svc, name, container) is None or container is None:
         raise NotFound(f"{name} has no container", hint="`labgpu reconcile` recreates it")
     return container
 
@@ -178,7 +178,7 @@ def restore_snapshot(svc: Services, name: str, snapshot: str) -> str:
     with svc.session() as session:
         svc.audit(session, "member.restore", name, snapshot=snapshot)
     runtime.instances.restore_snapshot(container, snapshot)
-    lifecycle.apply_spec(svc, name)
+    apply_spec(svc, name)
     status = runtime.instances.state(container).status
     if status == "Running":
         with svc.session() as session:

@@ -8,7 +8,7 @@
   attached by :mod:`labgpu.services.gpus._attach`); members' own GPU choice is ``none``.
 
 A mode switch writes the host's mode (audit ``gpu.mode``) and then changes each member's GPU choice
-through the same path as ``labgpu member set --gpus`` (:func:`labgpu.services.members._lifecycle.set_member`:
+through the same path as ``labgpu member set --gpus`` (:func:`labgpu.services.members.set_member`:
 the row first, then ONE update of the container, live when it runs), member by member, reporting each.
 Leaving booked mode with bookings that hold GPUs needs ``force``, which cancels them (audited) and
 detaches their GPUs.

@@ -14,7 +14,7 @@ refuses the token or answers something else than an inventory, and a host withou
 ONE line for that host (:attr:`HostGpus.message`); they never fail the whole answer.
 
 Then, from the store: who holds each GPU now (active bookings; in assigned mode, the assigned members) and
-which held GPUs are idle, with since when (:func:`labgpu.services.gpus._idle.idle_gpus`).
+which held GPUs are idle, with since when (:func:`labgpu.services.gpus._holders.idle_gpus`).
 """
 
 from __future__ import annotations

@@ -15,9 +15,7 @@ from dataclasses import replace
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from labgpu.domain.container import (
-    missing_gpus,
-)
+from labgpu.domain.container import missing_gpus
 from labgpu.domain.members import (
     allocate_uid,
     parse_gpu_request,
@@ -28,12 +26,7 @@ from labgpu.domain.members import (
 from labgpu.errors import BadInput, Conflict
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.context import Services
-from labgpu.services.hosts import (
-    local_host,
-    place,
-    services_for,
-    validate_host_name,
-)
+from labgpu.services.hosts import local_host, place, services_for, validate_host_name
 from labgpu.services.members._keys import gateway_changed, read_keys
 from labgpu.services.members._placement import _ALLOCATION_RETRIES, new_port_maps
 from labgpu.services.members._provision import checkpoint, provision

@@ -12,12 +12,7 @@ from labgpu.errors import Conflict
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.runtime.instances import Instance
 from labgpu.services.context import Services
-from labgpu.services.members._records import (
-    allowed_roots,
-    container_spec,
-    load_member,
-    member_services,
-)
+from labgpu.services.members._records import allowed_roots, container_spec, load_member, member_services
 
 # How a change reached the container.
 APPLIED_LIVE = "live"

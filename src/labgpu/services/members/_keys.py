@@ -5,10 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from labgpu.domain.members import (
-    PublicKey,
-    parse_public_key,
-)
+from labgpu.domain.members import PublicKey, parse_public_key
 from labgpu.errors import BadInput, NotFound
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services import hosts as hosts_svc

@@ -30,12 +30,7 @@ from labgpu.services.context import Services
 from labgpu.services.members._apply import owned_instance
 from labgpu.services.members._keys import gateway_changed
 from labgpu.services.members._provision import checkpoint, provision
-from labgpu.services.members._records import (
-    ConnectionSheet,
-    home_dir,
-    load_member,
-    member_services,
-)
+from labgpu.services.members._records import ConnectionSheet, home_dir, load_member, member_services
 from labgpu.store.models import MemberState, utcnow
 
 # Reset --------------------------------------------------------------------------------------------

@@ -11,13 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from labgpu.domain.container import (
-    CONTAINER_PORTS,
-)
-from labgpu.domain.members import (
-    allocate_ports,
-    parse_gpu_request,
-)
+from labgpu.domain.container import CONTAINER_PORTS
+from labgpu.domain.members import allocate_ports, parse_gpu_request
 from labgpu.errors import Conflict
 from labgpu.services.context import Services
 from labgpu.services.hosts import place

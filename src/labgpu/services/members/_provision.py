@@ -13,10 +13,7 @@ import string
 import time
 from pathlib import Path
 
-from labgpu.domain.container import (
-    ContainerSpec,
-    check_safe,
-)
+from labgpu.domain.container import ContainerSpec, check_safe
 from labgpu.errors import Conflict
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeConflict, RuntimeError_, RuntimeNotFound
@@ -38,9 +35,6 @@ from labgpu.store.models import MemberState
 
 PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
 PASSWORD_LENGTH = 16
-
-
-# Validation ---------------------------------------------------------------------------------------
 
 
 def generate_password() -> str:

@@ -9,16 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from labgpu.domain.container import (
-    ContainerSpec,
-    PortSpec,
-    ShareSpec,
-)
-from labgpu.domain.members import (
-    GpuRequest,
-    PublicKey,
-    parse_gpu_request,
-)
+from labgpu.domain.container import ContainerSpec, PortSpec, ShareSpec
+from labgpu.domain.members import GpuRequest, PublicKey, parse_gpu_request
 from labgpu.errors import LabgpuError, NotFound
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.context import Services
@@ -160,7 +152,7 @@ def member_services(svc: Services, name: str) -> Services:
         return services_for(svc, load_member(session, name).host)
 
 
-# Provisioning steps (each safe to repeat) ---------------------------------------------------------
+# The row and the container it describes ----------------------------------------------------------
 
 
 def load_member(session: Session, name: str) -> Member:

@@ -14,22 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labgpu.domain.container import CONTAINER_PORTS, missing_gpus
-from labgpu.domain.members import (
-    allocate_ports,
-    format_size,
-    parse_gpu_request,
-    parse_size,
-    validate_cpu,
-)
+from labgpu.domain.members import allocate_ports, format_size, parse_gpu_request, parse_size, validate_cpu
 from labgpu.errors import BadInput, Conflict, LabgpuError
 from labgpu.services.context import Services
 from labgpu.services.hosts import local_host
 from labgpu.services.members._apply import APPLIED_LIVE, apply_spec
-from labgpu.services.members._records import (
-    host_gpus,
-    load_member,
-    member_services,
-)
+from labgpu.services.members._records import host_gpus, load_member, member_services
 from labgpu.store.db import violated_constraint
 from labgpu.store.models import Member, MemberState, PortMap, PortPurpose, Share
 

@@ -511,7 +511,7 @@ def test_no_code_writes_the_keys_that_break_isolation() -> None:
         and pattern.search(path.read_text(errors="replace"))
     )
     assert set(found) <= allowed, found
-    text = (SRC / "services" / "host_setup.py").read_text()
+    text = (SRC / "services" / "hosts" / "_setup.py").read_text()
     assert 'FORBIDDEN_PROFILE_CONFIG = {"security.privileged": "true"}' in text
 
 

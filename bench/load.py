@@ -488,7 +488,7 @@ def check_members(lab: Lab, report: Report, names: list[str]) -> None:
 def raw_launch(lab: Lab, n: int, profile: str, pool: str) -> dict[str, Any]:
     """The raw way for N members at once: launch, proxy device, wait for sshd; then delete them."""
     from labgpu.errors import LabgpuError
-    from labgpu.services.members._members import wait_for_ssh
+    from labgpu.services.members._ssh import wait_for_ssh
 
     cli = CLIS[lab.daemon]
     base = lab.settings.port_range_end + 1

@@ -49,7 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.services.context import Actor, Services
-from labgpu.services.members import _members as members
+from labgpu.services.members import _add, _provision
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._provision import PROVISION_STEPS
+from labgpu.services.members._ssh import wait_for_ssh
 from labgpu.services.templates import _base_image as base_image
 from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
@@ -175,8 +178,8 @@ class Bench:
         name = self.name("l")
         self.marks.steps = {}
         t0 = time.perf_counter()
-        request = members.validate_request(self.svc, name=name, gpus="none")
-        members.add_member(self.svc, request)
+        request = validate_request(self.svc, name=name, gpus="none")
+        add_member(self.svc, request)
         done = time.perf_counter() - t0
         steps = {step: at - t0 for step, at in self.marks.steps.items()}
         return {"ssh_ready": steps["ssh"], "done": done, **{f"step:{k}": v for k, v in steps.items()}}
@@ -199,7 +202,7 @@ class Bench:
             self.run(self.cli, "restart", "--force", name)
         self.run(self.cli, "config", "device", "add", name, "ssh", "proxy",
                  f"listen=tcp:127.0.0.1:{port}", "connect=tcp:127.0.0.1:22")  # fmt: skip
-        members.wait_for_ssh("127.0.0.1", port, timeout=300)
+        wait_for_ssh("127.0.0.1", port, timeout=300)
         return {"ssh_ready": time.perf_counter() - t0}
 
     @staticmethod
@@ -293,7 +296,8 @@ def main() -> int:
     args = ap.parse_args()
 
     bench = Bench(args)
-    members.checkpoint = bench.checkpoint  # type: ignore[assignment]  # per-step times, no fault injection
+    # Per-step times, no fault injection: every module that calls checkpoint() gets the bench's.
+    _add.checkpoint = _provision.checkpoint = bench.checkpoint  # type: ignore[assignment]
     try:
         bench.setup()
         seq = bench.sequential()
@@ -303,7 +307,7 @@ def main() -> int:
 
     lab, man, home = seq["labgpu"], seq["manual"], seq["manual+home"]
     t_lab, t_man, t_home = (median_of(x, "ssh_ready") for x in (lab, man, home))
-    steps = [s for s in members.PROVISION_STEPS if s != "desired-state"]
+    steps = [s for s in PROVISION_STEPS if s != "desired-state"]
     result: dict[str, Any] = {
         "daemon": args.daemon,
         "server": f"{bench.client.server().label} {bench.client.server().version}",

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from labgpu.runtime.client import RuntimeClient
-from labgpu.services.members._members import add_member, validate_request
+from labgpu.services.members._add import add_member, validate_request
 from labgpu.store.models import Member, PortMap
 from tests.conftest import Cleanup, LabgpuEnv, unique_name
 from tests.integration.sshutil import make_key

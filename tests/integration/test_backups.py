@@ -26,7 +26,7 @@ def labgpu(env: LabgpuEnv, *args: str) -> subprocess.CompletedProcess[str]:
 def test_backup_restored_on_a_fresh_host_gives_back_members_containers_and_ssh(
     labgpu_env: LabgpuEnv, tmp_path: Path
 ) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     svc = labgpu_env.services()
     name = unique_name("bk")
@@ -80,7 +80,7 @@ def test_backup_restored_on_a_fresh_host_gives_back_members_containers_and_ssh(
     assert (new_home / "h.txt").stat().st_uid == member_uid
 
     # The same key logs in (the container's own accounts came back with it), and both files are there.
-    from labgpu.services.members._members import wait_for_ssh
+    from labgpu.services.members._ssh import wait_for_ssh
 
     wait_for_ssh("127.0.0.1", port, timeout=120)
     r = ssh_key(key, port, f"cat {home_in}/h.txt /home/ubuntu/c.txt; hostname")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.services.members._members import wait_for_ssh
+from labgpu.services.members._ssh import wait_for_ssh
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.sshutil import make_key
 
@@ -20,7 +20,7 @@ LABGPU = [sys.executable, "-m", "labgpu.cli"]
 
 
 def test_boot_starts_containers_and_puts_port_maps_back(labgpu_env: LabgpuEnv, tmp_path: Path) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     svc = labgpu_env.services()
     name = unique_name("bt")

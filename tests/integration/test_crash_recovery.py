@@ -21,7 +21,9 @@ import pytest
 from sqlalchemy import func, select
 
 from labgpu.runtime.client import RuntimeClient
-from labgpu.services.members._members import PROVISION_STEPS, load_member, wait_for_ssh
+from labgpu.services.members._provision import PROVISION_STEPS
+from labgpu.services.members._records import load_member
+from labgpu.services.members._ssh import wait_for_ssh
 from labgpu.store.models import MemberState, PortMap
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.sshutil import change_expired_password, make_key, ssh_key

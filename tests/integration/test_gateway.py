@@ -38,7 +38,7 @@ def test_gateway_lands_each_member_in_their_own_container(
     test_gateway: GatewayUnderTest,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
     from labgpu.services.portal._notices import add_notice
 
     gw = test_gateway
@@ -178,7 +178,7 @@ def test_gateway_password_login_must_be_changed_first(
     test_gateway: GatewayUnderTest,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     gw = test_gateway
     env = gw.env

@@ -30,7 +30,9 @@ from labgpu.services.gpus import _attach as gpu_attach
 from labgpu.services.gpus import _bookings as bookings
 from labgpu.services.gpus import _modes as gpu_modes
 from labgpu.services.members import _lifecycle as lifecycle
-from labgpu.services.members import _members as members
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._power import set_power
+from labgpu.services.members._records import load_member
 from labgpu.services.ops._reconcile import reconcile
 from labgpu.store.models import Booking, Member
 from tests.conftest import LabgpuEnv
@@ -69,10 +71,10 @@ def new_member(env: LabgpuEnv) -> str:
     svc = env.services()
     name = f"g{secrets.token_hex(4)}"
     gpu_modes.set_mode(svc, "booked")
-    sheet = members.add_member(svc, members.validate_request(svc, name=name), wait_ssh=False)
+    sheet = add_member(svc, validate_request(svc, name=name), wait_ssh=False)
     assert any(n.startswith("GPUs: none for now") and "labgpu gpu book" in n for n in sheet.notes)
     with svc.session() as session:
-        assert members.load_member(session, name).gpu_spec == "none"  # not default_gpus ("all")
+        assert load_member(session, name).gpu_spec == "none"  # not default_gpus ("all")
     return name
 
 
@@ -81,7 +83,7 @@ def test_a_booking_writes_its_gpus_into_a_stopped_container_and_its_end_removes_
 ) -> None:  # type: ignore[no-untyped-def]
     name = new_member(labgpu_env)
     svc = labgpu_env.services()
-    members.set_power(svc, name, "stop", force=True)
+    set_power(svc, name, "stop", force=True)
 
     r = labgpu(labgpu_env, "gpu", "book", "--gpus", "0,2", "--from", at(START), "--until", "+2h",
                "--member", name, "--now", at(START - H), "--replay", str(RECORDING))  # fmt: skip
@@ -180,7 +182,7 @@ def test_hot_plugging_a_gpu_the_host_lacks_is_refused_and_changes_nothing(
     )
 
     # Stopped, the same booking is written to the config (applied at the next start) and can go again.
-    members.set_power(svc, name, "stop", force=True)
+    set_power(svc, name, "stop", force=True)
     (outcome,) = gpu_attach.sync_host(svc, gpus_on_host=GPUS, mode=PASSTHROUGH_NONE)
     assert outcome.applied == gpu_attach.APPLIED_NEXT_START and outcome.attached == (3,)
     assert booked(runtime, name) == {"booked-gpu3": {"type": "gpu", "gputype": "physical", "pci": GPUS[3]}}

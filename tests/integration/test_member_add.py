@@ -63,7 +63,7 @@ def test_member_add_gives_ssh_with_key_password_change_sudo_and_home(
 
 
 def test_two_members_cannot_see_each_others_homes(labgpu_env: LabgpuEnv, tmp_path: Path) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     svc = labgpu_env.services()
     key_a, key_b = make_key(tmp_path, "a"), make_key(tmp_path, "b")

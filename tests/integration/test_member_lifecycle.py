@@ -113,7 +113,7 @@ def test_reset_rebuilds_the_container_keeping_home_ports_and_keys(
 
 
 def test_reset_refuses_an_unknown_template_before_deleting_anything(labgpu_env: LabgpuEnv) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     svc = labgpu_env.services()
     add_member(svc, validate_request(svc, name="tess"), wait_ssh=False)
@@ -125,7 +125,7 @@ def test_reset_refuses_an_unknown_template_before_deleting_anything(labgpu_env: 
 
 
 def test_snapshot_restore_and_set_limits_live(labgpu_env: LabgpuEnv) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     env, runtime = labgpu_env, labgpu_env.runtime
     env.overrides["snapshots_keep"] = "2"
@@ -204,7 +204,7 @@ def test_snapshot_restore_and_set_limits_live(labgpu_env: LabgpuEnv) -> None:
 
 
 def test_set_refuses_bad_input_and_changes_nothing(labgpu_env: LabgpuEnv) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     svc = labgpu_env.services()
     add_member(svc, validate_request(svc, name="val"), wait_ssh=False)
@@ -226,7 +226,7 @@ def test_set_refuses_bad_input_and_changes_nothing(labgpu_env: LabgpuEnv) -> Non
 
 
 def test_rm_archives_the_home_frees_the_ports_and_purge_deletes(labgpu_env: LabgpuEnv) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     env, runtime = labgpu_env, labgpu_env.runtime
     svc = env.services()

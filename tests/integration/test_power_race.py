@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from labgpu.runtime.instances import Instances
-from labgpu.services.members import _members as members
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._power import set_power
 from labgpu.store.models import Member
 from tests.conftest import LabgpuEnv, unique_name
 
@@ -23,7 +24,7 @@ def test_a_stop_and_a_start_at_once_lose_no_update(
 ) -> None:
     svc = labgpu_env.services()
     name = unique_name("pw")
-    members.add_member(svc, members.validate_request(svc, name=name, gpus="none"), wait_ssh=False)
+    add_member(svc, validate_request(svc, name=name, gpus="none"), wait_ssh=False)
 
     # A stop that takes a while (as a clean shutdown does): the start comes while it is under way.
     real_stop = Instances.stop
@@ -39,7 +40,7 @@ def test_a_stop_and_a_start_at_once_lose_no_update(
 
     def power(action: str) -> None:
         try:
-            members.set_power(svc, name, action, force=True)
+            set_power(svc, name, action, force=True)
         except BaseException as exc:  # reported below
             errors.append(exc)
 

@@ -14,15 +14,11 @@ from sqlalchemy import select
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.instances import Instance
-from labgpu.services.members._members import (
-    add_member,
-    container_spec,
-    get_member,
-    load_member,
-    set_power,
-    validate_request,
-    wait_for_ssh,
-)
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._listing import get_member
+from labgpu.services.members._power import set_power
+from labgpu.services.members._records import container_spec, load_member
+from labgpu.services.members._ssh import wait_for_ssh
 from labgpu.services.ops._reconcile import reconcile
 from labgpu.store.models import AuditEvent, Member, MemberState
 from tests.conftest import Cleanup, LabgpuEnv, unique_name

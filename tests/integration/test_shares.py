@@ -93,7 +93,7 @@ def test_read_only_share_cannot_be_written_and_read_write_one_can(
 def test_cuda_toolkits_side_by_side_for_every_member(
     labgpu_env: LabgpuEnv, tmp_path: Path, cleanup: Cleanup
 ) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     env, runtime = labgpu_env, labgpu_env.runtime
     # A profile of this test's own: --all changes the profile every container using it sees.

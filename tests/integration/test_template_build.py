@@ -146,7 +146,7 @@ def wait_for_banner(port: int, timeout: float = 60) -> bytes:
 def test_minimal_spec_builds_offline_and_a_member_container_from_it_answers_ssh(
     built: Built, runtime: RuntimeClient, labgpu_env: LabgpuEnv, cleanup: Cleanup
 ) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     # Published as NAME and NAME/VERSION, with what the build recorded.
     image = runtime.images.get(built.fingerprint)
@@ -185,8 +185,8 @@ def test_minimal_spec_builds_offline_and_a_member_container_from_it_answers_ssh(
 def test_building_again_makes_a_new_version_that_member_reset_moves_to_keeping_the_home(
     built: Built, runtime: RuntimeClient, labgpu_env: LabgpuEnv
 ) -> None:
+    from labgpu.services.members._add import add_member, validate_request
     from labgpu.services.members._lifecycle import reset_member
-    from labgpu.services.members._members import add_member, validate_request
 
     svc = labgpu_env.services()
     sheet = add_member(svc, validate_request(svc, name="treset", template=built.name), wait_ssh=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.services.members._members import wait_for_ssh
+from labgpu.services.members._ssh import wait_for_ssh
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.sshutil import make_key
 
@@ -51,7 +51,7 @@ def _shutdown(kind: str) -> None:
 def test_daemon_restart_then_boot_brings_containers_back_with_port_maps(
     restart_allowed: None, labgpu_env: LabgpuEnv, daemon_kind: str, tmp_path: Path
 ) -> None:
-    from labgpu.services.members._members import add_member, validate_request
+    from labgpu.services.members._add import add_member, validate_request
 
     svc = labgpu_env.services()
     name = unique_name("rs")

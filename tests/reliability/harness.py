@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from labgpu.services.members._members import PROVISION_STEPS
+from labgpu.services.members._provision import PROVISION_STEPS
 from labgpu.services.ops._invariants import Marker
 
 LABGPU = [sys.executable, "-m", "labgpu.cli"]

@@ -11,7 +11,9 @@ import pytest
 
 from labgpu.services.gpus import _bookings as bookings
 from labgpu.services.gpus import _modes as gpu_modes
-from labgpu.services.members import _members as members
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._power import set_power
+from labgpu.services.members._records import home_dir
 from labgpu.services.ops._invariants import Marker, check_invariants
 from tests.conftest import LabgpuEnv, unique_name
 from tests.integration.test_gpu_bookings import GPUS, RECORDING
@@ -36,13 +38,13 @@ def _booked_member(env: LabgpuEnv) -> tuple[str, dict[str, Marker]]:
     svc = env.services()
     name = unique_name("fb")
     gpu_modes.set_mode(svc, "booked")
-    members.add_member(svc, members.validate_request(svc, name=name), wait_ssh=False)
-    members.set_power(svc, name, "stop", force=True)
+    add_member(svc, validate_request(svc, name=name), wait_ssh=False)
+    set_power(svc, name, "stop", force=True)
     bookings.book(
         svc, member=name, gpus="0,2", start=START, end=START + timedelta(hours=2),
         now=START - timedelta(hours=1), gpus_on_host=GPUS,
     )  # fmt: skip
-    marker = write_marker(members.home_dir(svc, name), "booking")
+    marker = write_marker(home_dir(svc, name), "booking")
     return name, {name: marker}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from labgpu.errors import Unavailable
 from labgpu.runtime.errors import RuntimeNotFound
-from labgpu.services.members._members import add_member, validate_request
+from labgpu.services.members._add import add_member, validate_request
 from tests.conftest import Cleanup, LabgpuEnv, unique_name
 from tests.reliability.conftest import Fault
 from tests.reliability.harness import run_labgpu, steps

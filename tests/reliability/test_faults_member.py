@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.services.members._members import add_member, validate_request
+from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.ops._invariants import Marker
 from tests.conftest import LabgpuEnv, unique_name
 from tests.reliability.conftest import Fault

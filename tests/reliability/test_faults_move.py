@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.services.members._members import add_member, home_dir, validate_request
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._records import home_dir
 from tests.conftest import unique_name
 from tests.integration.multihost.conftest import HostsEnv, add_test_hosts
 from tests.reliability.conftest import Fault

@@ -40,11 +40,16 @@ from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.services.hosts import _gateway as gateway
 from labgpu.services.hosts import _remote as remote_hosts
 from labgpu.services.members import _lifecycle as lifecycle
-from labgpu.services.members import _members as members
 from labgpu.services.members import _moves as moves
 from labgpu.services.members import _shares as shares
 from labgpu.services.members import _snapshots as snapshots
+from labgpu.services.members._add import add_member
+from labgpu.services.members._keys import add_keys, remove_key
+from labgpu.services.members._power import reset_password, set_power
+from labgpu.services.members._records import load_member
+from labgpu.services.members._set import set_member
 from labgpu.services.ops import _backups as backups
+from labgpu.services.ops._restore import restore_backup
 from labgpu.services.portal import _accounts as accounts
 from labgpu.services.portal import _applications as applications
 from labgpu.services.portal import _audit as audit
@@ -114,7 +119,7 @@ class Lab:
 
         key = parse_public_key(_key())
         with self.portal.svc.session() as session:
-            member = members.load_member(session, "alice")
+            member = load_member(session, "alice")
             member.ssh_keys.append(SshKey(public_key=key.line, fingerprint=key.fingerprint, comment=None))
         return key.fingerprint
 
@@ -447,11 +452,11 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "tests/browser/test_portal_flow.py",
     ),
     ("POST", "/api/v1/members/{name}/{action}"): (
-        members.set_power,
+        set_power,
         "member.{action}",
         "tests/web/test_member_pages.py",
     ),
-    ("POST", "/me/power"): (members.set_power, "member.{action}", "tests/web/test_member_pages.py"),
+    ("POST", "/me/power"): (set_power, "member.{action}", "tests/web/test_member_pages.py"),
     ("POST", "/api/v1/members/{name}/reset"): (
         lifecycle.reset_member,
         "member.reset",
@@ -463,12 +468,12 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "tests/integration/test_member_lifecycle.py",
     ),
     ("POST", "/api/v1/members/{name}/initial-password"): (
-        members.reset_password,
+        reset_password,
         "member.passwd",
         "tests/web/test_member_self_service.py",
     ),
     ("POST", "/me/initial-password"): (
-        members.reset_password,
+        reset_password,
         "member.passwd",
         "tests/web/test_member_self_service.py",
     ),
@@ -514,29 +519,29 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
     ),
     # The new limits are stored and audited first; applying them to the container needs the daemon.
     ("PATCH", "/api/v1/members/{name}"): (
-        lifecycle.set_member,
+        set_member,
         "member.set",
         "tests/web/test_member_self_service.py",
     ),
     ("POST", "/admin/members/{name}/limits"): (
-        lifecycle.set_member,
+        set_member,
         "member.set",
         "tests/web/test_member_self_service.py",
     ),
     # The key is stored and audited first; installing it in the container needs the daemon.
     ("POST", "/api/v1/members/{name}/keys"): (
-        members.add_keys,
+        add_keys,
         "member.key.add",
         "tests/web/test_member_self_service.py",
     ),
-    ("POST", "/me/keys"): (members.add_keys, "member.key.add", "tests/web/test_member_self_service.py"),
+    ("POST", "/me/keys"): (add_keys, "member.key.add", "tests/web/test_member_self_service.py"),
     ("DELETE", "/api/v1/members/{name}/keys"): (
-        members.remove_key,
+        remove_key,
         "member.key.rm",
         "tests/web/test_member_self_service.py",
     ),
     ("POST", "/me/keys/remove"): (
-        members.remove_key,
+        remove_key,
         "member.key.rm",
         "tests/web/test_member_self_service.py",
     ),
@@ -726,7 +731,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "admin enable": (accounts.set_disabled, "account.enable"),
     "admin passwd": (accounts.set_password, "account.password.set"),
     "backup create": (backups.create_backup, "backup.create"),
-    "backup restore": (backups.restore_backup, "backup.restore"),
+    "backup restore": (restore_backup, "backup.restore"),
     "gpu approve": (bookings.approve, "booking.approve"),
     "gpu assign": (gpu_modes.assign, "gpu.assign"),
     "gpu book": (bookings.book, "booking.add"),
@@ -744,20 +749,20 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "host gateway disable": (gateway.disable, "gateway.disable"),
     "host gateway add-user": (gateway.add_user, "gateway.user.add"),
     "host gateway remove-user": (gateway.remove_user, "gateway.user.rm"),
-    "member add": (members.add_member, "member.add"),
-    "member key add": (members.add_keys, "member.key.add"),
-    "member key rm": (members.remove_key, "member.key.rm"),
+    "member add": (add_member, "member.add"),
+    "member key add": (add_keys, "member.key.add"),
+    "member key rm": (remove_key, "member.key.rm"),
     "member move": (moves.move_member, "member.move"),
-    "member passwd": (members.reset_password, "member.passwd"),
+    "member passwd": (reset_password, "member.passwd"),
     "member reset": (lifecycle.reset_member, "member.reset"),
-    "member restart": (members.set_power, "member.{action}"),
+    "member restart": (set_power, "member.{action}"),
     "member restore": (snapshots.restore_snapshot, "member.restore"),
     "member rm": (lifecycle.remove_member, "member.rm"),
-    "member set": (lifecycle.set_member, "member.set"),
+    "member set": (set_member, "member.set"),
     "member snapshot": (snapshots.take_snapshot, "member.snapshot"),
     "member snapshot-rm": (snapshots.delete_snapshot, "member.snapshot.rm"),
-    "member start": (members.set_power, "member.{action}"),
-    "member stop": (members.set_power, "member.{action}"),
+    "member start": (set_power, "member.{action}"),
+    "member stop": (set_power, "member.{action}"),
     "notice add": (notices.add_notice, "notice.add"),
     "notice rm": (notices.remove_notice, "notice.rm"),
     "share add": (shares.add_share, "share.add"),

@@ -1,7 +1,7 @@
 """No code path makes a privileged or nested container, adds raw LXC config, or mounts a host folder outside
 the configured roots (the homes base and the shares), whatever a member or an admin typed.
 
-- Property tests drive the spec builder every path uses (``members.container_spec``: add, reset, set,
+- Property tests drive the spec builder every path uses (``container_spec``: add, reset, set,
   reconcile, moves) with hostile input through the same validators the CLI and the API call, and check the
   result on its own terms (not only through check_safe), then that check_safe accepts it.
 - Property tests inject each way to weaken isolation into a good spec and check that check_safe refuses it.
@@ -30,8 +30,10 @@ from labgpu.errors import BadInput
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.services.context import Actor, Services
-from labgpu.services.members import _members as members
 from labgpu.services.members import _moves as moves
+from labgpu.services.members._add import validate_request
+from labgpu.services.members._provision import ensure_container
+from labgpu.services.members._records import container_spec
 from labgpu.settings import Settings, load_settings
 from labgpu.store.models import Member, PortMap, PortPurpose, Share
 
@@ -212,7 +214,7 @@ def test_every_spec_labgpu_builds_from_any_input_is_isolated(
         if None not in checked:
             rows[share_name] = Share(name=checked[0], source=checked[1], path=checked[2], readonly=True)
     request = _accepted(
-        members.validate_request,
+        validate_request,
         svc,
         name=name,
         template=template,
@@ -242,7 +244,7 @@ def test_every_spec_labgpu_builds_from_any_input_is_isolated(
         if p in request.purposes
     ]
     member.shares = [rows[n] for n in request.shares]
-    spec = members.container_spec(svc, member, gpus_on_host=HOST_GPUS)
+    spec = container_spec(svc, member, gpus_on_host=HOST_GPUS)
     sources = [s.source for s in member.shares]
     assert_isolated(spec, share_sources=sources)
     # The spec a move puts on the new host is the same spec with the new host's ports.
@@ -415,13 +417,13 @@ def test_a_refused_spec_never_reaches_the_daemon(lab_settings: Settings) -> None
     daemon = RecordingDaemon()
     svc = Services(settings=lab_settings, runtime=daemon.client(), sessions=None, actor=Actor("t"))  # type: ignore[arg-type]
     with pytest.raises(BadInput, match="outside the allowed host folders"):
-        members.ensure_container(svc, _tampered_spec("missing"), [HOME_BASE])
+        ensure_container(svc, _tampered_spec("missing"), [HOME_BASE])
     # The spec a move or the recovery of an interrupted move puts on a container.
     with pytest.raises(BadInput, match="outside the allowed host folders"):
         moves.put_spec(daemon.client(), "alice", _tampered_spec("alice"), roots=[HOME_BASE])
     assert daemon.changes == []
     # And a good spec does reach it (the recording daemon is not simply deaf).
-    members.ensure_container(svc, _tampered_spec("missing"), [HOME_BASE, "/etc"])
+    ensure_container(svc, _tampered_spec("missing"), [HOME_BASE, "/etc"])
     assert daemon.changes and daemon.changes[0] == ("POST", "/1.0/instances")
 
 
@@ -487,7 +489,7 @@ def _calls_check_safe(module: str, function: str) -> bool:
 
 def test_every_call_that_changes_an_instance_or_a_profile_is_checked() -> None:
     calls = list(_mutating_calls())
-    assert len(calls) >= 8, calls  # the walk finds them (members.ensure_container, lifecycle, moves...)
+    assert len(calls) >= 8, calls  # the walk finds them (ensure_container, lifecycle, moves...)
     unchecked = sorted(
         f"{module}:{line} in {function}()"
         for module, function, line in calls
@@ -536,7 +538,7 @@ def test_the_daemon_sees_only_json_never_a_command_line(lab_settings: Settings) 
         home_source=f"{HOME_BASE}/alice",
         home_path="/home/ubuntu/alice",
     )
-    members.ensure_container(svc, spec, [HOME_BASE])
+    ensure_container(svc, spec, [HOME_BASE])
     (body,) = sent
     assert "security.privileged" not in body["config"]  # type: ignore[operator]
     assert body["config"]["user.labgpu.template"] == spec.template  # type: ignore[index]

@@ -27,8 +27,8 @@ from labgpu.cli.main import run
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.services.gpus import _bookings as bookings
-from labgpu.services.members import _members as members
 from labgpu.services.members import _shares as shares
+from labgpu.services.members._keys import list_keys
 from labgpu.services.portal import _applications as applications
 from labgpu.services.portal import _audit as audit
 from labgpu.store.models import Role
@@ -251,7 +251,7 @@ def test_hostile_ssh_keys_are_refused_and_nothing_is_stored(portal: Portal) -> N
         r = client.post("/me/keys", data={"key": key, "csrf_token": headers["X-CSRF-Token"]})
         assert r.status_code in (400, 422), key
     assert client.get("/api/v1/members/alice/keys").json() == []
-    assert members.list_keys(portal.svc, "alice") == []
+    assert list_keys(portal.svc, "alice") == []
 
 
 def test_hostile_templates_in_an_approval_are_refused(portal: Portal) -> None:

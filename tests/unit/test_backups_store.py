@@ -15,13 +15,9 @@ from labgpu.errors import BadInput, ConfigError, NotFound
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.services.context import Actor, Services
-from labgpu.services.ops._backups import (
-    apply_retention,
-    create_backup,
-    list_backups,
-    read_manifest,
-    restore_store,
-)
+from labgpu.services.ops._backup_index import list_backups, read_manifest
+from labgpu.services.ops._backup_parts import restore_store
+from labgpu.services.ops._backups import apply_retention, create_backup
 from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
 from labgpu.store.migrate import upgrade

@@ -17,6 +17,7 @@ from labgpu.domain.bookings import BookingConflict, QuotaExceeded
 from labgpu.errors import BadInput, Conflict, Exhausted, LabgpuError
 from labgpu.services.context import Actor
 from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus._booking_records import NotAllowed, parse_gpus
 from labgpu.store.models import Booking, BookingSlot, Host
 from tests.conftest import MailBox
 from tests.unit.gpu_store import GPUS, MIN, T0, GpuStore, H
@@ -187,7 +188,7 @@ def test_approval_pending_bookings_hold_their_gpus(gpu_store: GpuStore, smtp_ser
     assert first.status == "pending"
     with pytest.raises(BookingConflict):  # a waiting request already holds the GPU
         book(gpu_store, "bob", "0,", 1, 2, svc=admin)
-    with pytest.raises(bookings.NotAllowed):
+    with pytest.raises(NotAllowed):
         bookings.approve(alice, first.id, now=T0)
     assert bookings.approve(admin, first.id, now=T0).status == "approved"
     second = book(gpu_store, "alice", "1,", 1, 2, svc=alice)
@@ -201,7 +202,7 @@ def test_approval_pending_bookings_hold_their_gpus(gpu_store: GpuStore, smtp_ser
 def test_members_act_only_for_themselves(gpu_store: GpuStore) -> None:
     alice = gpu_store.svc(actor=Actor("alice", is_admin=False))
     mine = book(gpu_store, "alice", "0,", 1, 1, svc=alice)
-    with pytest.raises(bookings.NotAllowed):
+    with pytest.raises(NotAllowed):
         book(gpu_store, "bob", "1,", 1, 1, svc=alice)
     theirs = book(gpu_store, "bob", "1,", 1, 1)
     assert [b.id for b in bookings.list_bookings(alice)] == [mine.id]
@@ -284,7 +285,7 @@ def test_racing_threads_never_both_book_a_gpu(
 def assert_no_overlap(store: GpuStore) -> None:
     with store.svc().session() as session:
         rows = session.scalars(select(Booking).where(Booking.status.in_(bookings.HOLDING))).all()
-        held = [(set(bookings.parse_gpus(r.gpus)), r.start_at, r.end_at, r.id) for r in rows]
+        held = [(set(parse_gpus(r.gpus)), r.start_at, r.end_at, r.id) for r in rows]
     for i, (g1, s1, e1, id1) in enumerate(held):
         for g2, s2, e2, id2 in held[i + 1 :]:
             assert not (g1 & g2 and s1 < e2 and s2 < e1), f"bookings {id1} and {id2} overlap"
@@ -328,7 +329,5 @@ def test_whatever_is_asked_no_two_accepted_bookings_overlap(gpu_store: GpuStore,
     with svc.session() as session:
         slots = session.scalar(select(func.count()).select_from(BookingSlot)) or 0
         rows = session.scalars(select(Booking).where(Booking.status.in_(bookings.HOLDING))).all()
-        expected = sum(
-            len(bookings.parse_gpus(r.gpus)) * int((r.end_at - r.start_at) / (15 * MIN)) for r in rows
-        )
+        expected = sum(len(parse_gpus(r.gpus)) * int((r.end_at - r.start_at) / (15 * MIN)) for r in rows)
     assert slots == expected  # live bookings hold exactly their slots, cancelled ones none

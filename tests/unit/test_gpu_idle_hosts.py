@@ -21,8 +21,8 @@ from labgpu.gpu.agent import create_agent_app
 from labgpu.gpu.fake import load_scenario, write_proc_tree
 from labgpu.gpu.inventory import take_inventory
 from labgpu.services.gpus import _bookings as bookings
-from labgpu.services.gpus import _idle as gpu_idle
 from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.gpus._holders import idle_gpus
 from labgpu.services.ops import _jobs as jobs
 from labgpu.store.models import GpuSample, Host, HostKind, Member
 from tests.conftest import MailBox
@@ -132,7 +132,7 @@ def test_a_remote_host_with_an_agent_is_sampled_and_its_idle_gpu_mailed(
     assert "told dave: GPU 0" in runs[60].result.lines
     assert "idle: GPU 0 on gpu2 of dave for 60 min" in runs[60].result.lines
 
-    (idle,) = gpu_idle.idle_gpus(svc, now=T0 + 60 * MIN)
+    (idle,) = idle_gpus(svc, now=T0 + 60 * MIN)
     assert (idle.host, idle.gpu, idle.member, idle.since) == ("gpu2", 0, "dave", T0)
     with svc.session() as session:
         rows = session.scalars(
@@ -174,7 +174,7 @@ def test_an_agent_that_does_not_answer_and_a_host_without_one_are_notes(
     assert gpu3_note.startswith(f"gpu3: not sampled: the GPU agent at {closed} cannot be reached (")
     assert "not sampled (no GPU agent set; `labgpu host set NAME --agent-url URL`): gpu4, gpu5" in lines
     # No samples from gpu3: erin's booked GPU there is never called idle, and she gets no mail.
-    assert [g for g in gpu_idle.idle_gpus(svc, now=T0 + 12 * MIN) if g.host == "gpu3"] == []
+    assert [g for g in idle_gpus(svc, now=T0 + 12 * MIN) if g.host == "gpu3"] == []
     assert smtp_server.to("erin@lab.test") == []
     with svc.session() as session:
         assert (

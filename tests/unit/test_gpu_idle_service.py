@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from labgpu.gpu.fake import RecordedNvml
 from labgpu.gpu.nvml import NvmlReading
 from labgpu.services.gpus import _bookings as bookings
-from labgpu.services.gpus import _idle as gpu_idle
+from labgpu.services.gpus._holders import idle_gpus
 from labgpu.services.ops import _jobs as jobs
 from labgpu.store.models import BookingSlot, GpuSample, Host, Member
 from tests.conftest import MailBox
@@ -62,14 +62,14 @@ def test_one_mail_per_idle_spell_counted_from_the_booking_start(
     bookings.advance(svc, now=T0 + H)
     minutes(svc, source, T0 + H, 60)
     assert smtp_server.to("alice@lab.test") == []  # 59 minutes of her booking: not yet
-    assert gpu_idle.idle_gpus(svc, now=T0 + 2 * H - MIN) == []
+    assert idle_gpus(svc, now=T0 + 2 * H - MIN) == []
     runs = minutes(svc, source, T0 + 2 * H, 30)  # the 60th minute, and half an hour more
     mails = smtp_server.to("alice@lab.test")
     assert [m["Subject"] for m in mails] == ["GPU 0 on gpu1 is idle"]
     assert "under 5% utilization for 60 minutes" in mails[0].get_content()
     assert f"booking {view.id}" in mails[0].get_content()
     assert "told alice: GPU 0" in runs[0].result.lines and all(r.status == "ok" for r in runs)
-    (idle,) = gpu_idle.idle_gpus(svc, now=T0 + 2 * H + 29 * MIN)
+    (idle,) = idle_gpus(svc, now=T0 + 2 * H + 29 * MIN)
     assert (idle.gpu, idle.member, idle.booking, idle.since, idle.minutes) == (
         0,
         "alice",

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from labgpu.errors import BadInput
-from labgpu.services.members._lifecycle import archive_path, desired_patch, parse_set_request
+from labgpu.services.members._apply import desired_patch
+from labgpu.services.members._lifecycle import archive_path
+from labgpu.services.members._set import parse_set_request
 from labgpu.services.members._snapshots import (
     SnapshotInfo,
     automatic_name,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from labgpu.domain.members import parse_gpu_request
-from labgpu.services.members._members import MemberRequest, gpus_for_host
+from labgpu.services.members._add import gpus_for_host
+from labgpu.services.members._records import MemberRequest
 from labgpu.store.models import Host
 
 

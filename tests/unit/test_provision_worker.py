@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from labgpu.services.portal import _applications as applications
+from labgpu.services.portal import _provisioning as provisioning
 
 
 class FakeProvisioning:
@@ -38,7 +39,7 @@ class FakeProvisioning:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeProvisioning:
     fake = FakeProvisioning()
-    monkeypatch.setattr(applications, "provision_application", fake)
+    monkeypatch.setattr(provisioning, "provision_application", fake)
     return fake
 
 
@@ -53,7 +54,7 @@ def wait_until(condition: Any, timeout: float = 5.0) -> bool:
 
 def test_approvals_are_provisioned_in_parallel_up_to_the_setting(fake: FakeProvisioning) -> None:
     svc = SimpleNamespace(settings=SimpleNamespace(provision_workers=3))
-    worker = applications.ProvisionWorker(svc)  # type: ignore[arg-type]
+    worker = provisioning.ProvisionWorker(svc)  # type: ignore[arg-type]
     for application_id in range(1, 11):
         worker.enqueue(application_id)
         worker.enqueue(application_id)  # a second click on "approve" queues nothing more
@@ -71,7 +72,7 @@ def test_one_worker_provisions_one_at_a_time_and_a_stopped_worker_takes_nothing(
     fake: FakeProvisioning,
 ) -> None:
     svc = SimpleNamespace(settings=SimpleNamespace(provision_workers=4))
-    worker = applications.ProvisionWorker(svc, workers=1)  # type: ignore[arg-type]
+    worker = provisioning.ProvisionWorker(svc, workers=1)  # type: ignore[arg-type]
     fake.release.set()
     for application_id in (1, 2, 3):
         worker.enqueue(application_id)
@@ -112,9 +113,9 @@ def test_a_daemon_error_is_tried_again_and_then_recorded(
         tries.append(app.name)
         raise OperationFailed("start instance newbie: readdirent /x: bad file descriptor")
 
-    monkeypatch.setattr(applications, "_provision_once", flaky)
-    monkeypatch.setattr(applications, "RETRY_DELAYS_S", (0.0, 0.0))
-    info = applications.provision_application(gpu_store.svc(), app_id)
+    monkeypatch.setattr(provisioning, "_provision_once", flaky)
+    monkeypatch.setattr(provisioning, "RETRY_DELAYS_S", (0.0, 0.0))
+    info = provisioning.provision_application(gpu_store.svc(), app_id)
     assert len(tries) == 3  # the first try and two more
     assert progress[1].startswith("trying again in 0s after: start instance newbie")
     assert (info.status, info.progress) == (
@@ -133,7 +134,7 @@ def test_wrong_input_fails_at_once(gpu_store: Any, monkeypatch: pytest.MonkeyPat
         tries.append(app.name)
         raise BadInput("unknown template 'nope'")
 
-    monkeypatch.setattr(applications, "_provision_once", wrong)
-    info = applications.provision_application(gpu_store.svc(), app_id)
+    monkeypatch.setattr(provisioning, "_provision_once", wrong)
+    info = provisioning.provision_application(gpu_store.svc(), app_id)
     assert tries == ["newbie"]
     assert (info.status, info.progress) == ("failed", "unknown template 'nope'")

@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services.members import _members as members
+from labgpu.services.members._listing import get_member
 from labgpu.services.portal import _applications as applications
 from labgpu.services.portal._accounts import get_account
 from labgpu.store.models import Role
@@ -68,7 +68,7 @@ def test_approve_provisions_in_the_background_and_resumes_after_a_restart(
         assert "hx-trigger" not in admin.get(f"/admin/applications/{app_id}/progress").text
     assert seen & {"creating the container", "waiting for sshd", "creating the portal account", "done"}
 
-    member = members.get_member(svc, name)
+    member = get_member(svc, name)
     assert (member.status, member.cpu, member.memory_bytes, member.gpus) == (
         "Running",
         1,
@@ -82,7 +82,7 @@ def test_approve_provisions_in_the_background_and_resumes_after_a_restart(
     with TestClient(create_app(svc.settings, services=svc, background=False), client=("192.0.2.62", 1)) as me:
         assert login(me, name, APPLICANT_PASSWORD).status_code == 303
         page = me.get("/me")
-        sheet = members.get_member(svc, name, live=False)
+        sheet = get_member(svc, name, live=False)
         assert f"-p {sheet.ports['ssh']}" in page.text
     from sqlalchemy import select
 

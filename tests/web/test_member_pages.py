@@ -7,12 +7,8 @@ import html
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services.members._members import (
-    add_member,
-    probe_address,
-    validate_request,
-    wait_for_ssh,
-)
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._ssh import probe_address, wait_for_ssh
 from labgpu.services.portal import _accounts as accounts
 from labgpu.services.portal import _audit as audit
 from labgpu.web.app import create_app

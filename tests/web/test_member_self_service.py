@@ -9,7 +9,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from labgpu.services.members import _members as members
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._listing import get_member
+from labgpu.services.members._ssh import wait_for_ssh
 from labgpu.services.portal import _accounts as accounts
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.integration
 def test_member_keys_snapshots_password_and_reset(labgpu_env: LabgpuEnv, tmp_path) -> None:  # type: ignore[no-untyped-def]
     svc = labgpu_env.services()
     name = unique_name("ms")
-    sheet = members.add_member(svc, members.validate_request(svc, name=name))
+    sheet = add_member(svc, validate_request(svc, name=name))
     accounts.set_password(svc, name=name, password=PASSWORD)
     key = make_key(tmp_path)
     port = sheet.ports["ssh"]
@@ -48,7 +50,7 @@ def test_member_keys_snapshots_password_and_reset(labgpu_env: LabgpuEnv, tmp_pat
         r = c.post("/me/snapshots/restore", data={"snapshot": "clean", "csrf_token": token})
         assert r.status_code == 200 and "restored" in r.text, r.text[-400:]
         assert [s["name"] for s in c.get(f"/api/v1/members/{name}/snapshots").json()] == ["clean"]
-        members.wait_for_ssh("127.0.0.1", port, timeout=60)
+        wait_for_ssh("127.0.0.1", port, timeout=60)
         assert ssh_key(key, port, "ls /home/ubuntu/after-snapshot").returncode != 0
         assert ssh_key(key, port, "ls /home/ubuntu/before-snapshot").returncode == 0
         # A first-login password, shown once.
@@ -76,7 +78,7 @@ def test_member_keys_snapshots_password_and_reset(labgpu_env: LabgpuEnv, tmp_pat
 def test_admin_changes_limits_disables_and_removes_a_member(labgpu_env: LabgpuEnv) -> None:
     svc = labgpu_env.services()
     name = unique_name("mr")
-    members.add_member(svc, members.validate_request(svc, name=name), wait_ssh=False)
+    add_member(svc, validate_request(svc, name=name), wait_ssh=False)
     accounts.set_password(svc, name=name, password=PASSWORD)
     accounts.create_account(svc, name="boss", password=PASSWORD, role=Role.ADMIN)
     with TestClient(create_app(svc.settings, services=svc, background=False), client=("192.0.2.71", 1)) as c:
@@ -96,7 +98,7 @@ def test_admin_changes_limits_disables_and_removes_a_member(labgpu_env: LabgpuEn
         assert r.status_code == 200 and accounts.get_account(svc, name).disabled
         r = c.post(f"/admin/members/{name}/remove", data={"confirm": "wrong", "csrf_token": token})
         assert r.status_code == 400
-        assert members.get_member(svc, name).status == "Running"
+        assert get_member(svc, name).status == "Running"
         csrf = {"X-CSRF-Token": token}
         r = c.delete(f"/api/v1/members/{name}", params={"confirm": name}, headers=csrf)
         assert r.status_code == 200, r.text

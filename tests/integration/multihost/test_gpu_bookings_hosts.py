@@ -35,7 +35,8 @@ from labgpu.services.gpus import _booking_requests as booking_requests
 from labgpu.services.gpus import _bookings as bookings
 from labgpu.services.gpus import _modes as gpu_modes
 from labgpu.services.hosts._remote import add_host
-from labgpu.services.members._members import add_member, set_power, validate_request
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._power import set_power
 from labgpu.store.models import Host, HostKind, Member
 from tests.integration.multihost.conftest import HostsEnv
 

@@ -16,9 +16,10 @@ from sqlalchemy import select
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.clients import HostClients, default_client
-from labgpu.services.members._lifecycle import parse_set_request, set_member
-from labgpu.services.members._members import add_member, set_power, validate_request
+from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.members._moves import move_member
+from labgpu.services.members._power import set_power
+from labgpu.services.members._set import parse_set_request, set_member
 from labgpu.store.models import AuditEvent
 from tests.integration.multihost.conftest import Daemon, HostsEnv, add_test_hosts
 from tests.integration.sshutil import change_expired_password, make_key, ssh_key
@@ -134,7 +135,7 @@ def test_move_between_standalone_hosts_both_ways(
     assert r.stdout.split() == ["one", "two", "ubuntu"], r.stderr
     host_file = Path(sheet.home) / "data.txt"
     with svc.session() as session:
-        from labgpu.services.members._members import load_member
+        from labgpu.services.members._records import load_member
 
         uid = load_member(session, "mvsa").uid
     assert os.stat(host_file).st_uid == uid  # raw.idmap re-applied: the member's files are theirs

@@ -14,7 +14,8 @@ import pytest
 from labgpu.domain.members import parse_gpu_request
 from labgpu.errors import BadInput
 from labgpu.services.hosts._placement import place
-from labgpu.services.members._members import add_member, get_member, list_members, validate_request
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._listing import get_member, list_members
 from tests.conftest import TEST_IMAGE_ALIASES
 from tests.integration.multihost.conftest import HostsEnv, add_test_hosts, local_host_name
 from tests.integration.sshutil import change_expired_password, make_key, ssh_key

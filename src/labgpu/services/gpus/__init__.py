@@ -13,6 +13,7 @@ from labgpu.services.gpus._attach import (
     sync_host,
 )
 from labgpu.services.gpus._board import read_board
+from labgpu.services.gpus._booking_records import BookingView, active_gpus, format_gpus, prune_slots
 from labgpu.services.gpus._booking_requests import (
     cancel_booking,
     gpu_choice,
@@ -23,21 +24,18 @@ from labgpu.services.gpus._booking_requests import (
     request_extension,
 )
 from labgpu.services.gpus._bookings import (
-    BookingView,
-    active_gpus,
     advance,
     approve,
     book,
     cancel,
     extend,
-    format_gpus,
     get_booking,
     list_bookings,
     notify,
-    prune_slots,
     reject,
 )
-from labgpu.services.gpus._idle import check_idle, idle_gpus, prune_samples, sample_agents, sample_gpus
+from labgpu.services.gpus._holders import idle_gpus
+from labgpu.services.gpus._idle import check_idle, prune_samples, sample_agents, sample_gpus
 from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
 from labgpu.services.gpus._sweep import make_sweep
 from labgpu.services.gpus._usage import GpuUsageReader

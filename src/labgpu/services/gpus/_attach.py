@@ -29,7 +29,7 @@ import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
@@ -47,13 +47,11 @@ from labgpu.gpu.nvml import GpuSource, NvmlUnavailable
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.runtime.instances import Instance
 from labgpu.services.context import Services
-from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus._booking_records import active_gpus
+from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.services.hosts import is_local, on_member, recorded_local_host, runtime_for, services_for
 from labgpu.services.members import host_gpus
 from labgpu.store.models import Host, Member
-
-if TYPE_CHECKING:
-    from labgpu.services.gpus._usage import GpuUsageReader
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +133,6 @@ def host_gpu_map(
     agent at most its timeout; never raises for an unreachable daemon or agent (empty map)."""
     if is_local(host):
         return gpu_map(services_for(svc, host), source)
-    from labgpu.services.gpus._usage import GpuUsageReader
-
     found = {g.index: g.pci_address for g in (reader or GpuUsageReader()).bookable_gpus(svc, host)}
     if found or source is None:
         return found
@@ -292,7 +288,7 @@ def sync_host(
         if host is None:
             return []
     with svc.session() as session:
-        wanted_by_member = bookings.active_gpus(session, host.id)
+        wanted_by_member = active_gpus(session, host.id)
     host_svc = services_for(svc, host)
     instances = host_svc.runtime.instances.all(with_state=False)
     carrying = {

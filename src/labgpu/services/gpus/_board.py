@@ -21,13 +21,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from labgpu.services.context import Services
-from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus._booking_records import HOLDING, parse_gpus
 from labgpu.services.gpus._usage import BookableGpu, GpuUsageReader
 from labgpu.services.hosts import ask_all
 from labgpu.store.models import Booking, BookingStatus, GpuMode, Host
 
 HOUR = timedelta(hours=1)
-SHOWN = (*bookings.HOLDING, BookingStatus.ENDED)
+SHOWN = (*HOLDING, BookingStatus.ENDED)
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,6 @@ def _entries(
         ).all()
         for row in rows:
             entry = BoardEntry(row.id, row.member.name, row.start_at, row.end_at, str(row.status))
-            for gpu in bookings.parse_gpus(row.gpus):
+            for gpu in parse_gpus(row.gpus):
                 out.setdefault((row.host_id, gpu), []).append(entry)
     return out

@@ -24,8 +24,8 @@ from labgpu.domain.members import validate_member_name
 from labgpu.errors import N_, BadInput, LabgpuError
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
-from labgpu.services.gpus import _bookings as bookings
-from labgpu.services.gpus._bookings import BookingView
+from labgpu.services.gpus._booking_records import BookingView
+from labgpu.services.gpus._bookings import book, cancel, extend, get_booking, reject
 from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.store.models import Host, Member, utcnow
 
@@ -131,7 +131,7 @@ def request_booking(
         if host is not None and host.gpu_mode == "booked"
         else {}
     )
-    return bookings.book(
+    return book(
         svc,
         member=member,
         gpus=gpus,
@@ -149,15 +149,15 @@ def request_extension(
     """Move a booking's end to a typed time (``+2h``: after its current end). Raises what
     :func:`labgpu.services.gpus._bookings.extend` raises (NotFound for another member's booking)."""
     now = now or utcnow()
-    current = bookings.get_booking(svc, booking_id)
+    current = get_booking(svc, booking_id)
     new_end = read_time(until, "until", now=now, tz=tz or local_tz(), base=current.end)
-    return bookings.extend(svc, booking_id, until=new_end, now=now)
+    return extend(svc, booking_id, until=new_end, now=now)
 
 
 def reject_booking(svc: Services, booking_id: int, *, reason: str | None = None) -> BookingView:
     """Reject a pending booking with a typed reason (admins only). Raises what
     :func:`labgpu.services.gpus._bookings.reject` raises, and BadInput for a reason that is not text."""
-    return bookings.reject(svc, booking_id, reason=clean_reason(reason))
+    return reject(svc, booking_id, reason=clean_reason(reason))
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def cancel_booking(
     through the daemon of the booking's host (``reader`` finds a remote host's GPUs through its agent);
     when that daemon does not answer, by the job runner within a minute (the note says so). Raises
     what :func:`labgpu.services.gpus._bookings.cancel` raises. Waits for the detach."""
-    done = bookings.cancel(svc, booking_id, now=now)
+    done = cancel(svc, booking_id, now=now)
     if not done.ended_early:
         return CancelOutcome(done.booking, False, "")
     with svc.session() as session:

@@ -8,7 +8,7 @@
   attached by :mod:`labgpu.services.gpus._attach`); members' own GPU choice is ``none``.
 
 A mode switch writes the host's mode (audit ``gpu.mode``) and then changes each member's GPU choice
-through the same path as ``labgpu member set --gpus`` (:func:`labgpu.services.members._lifecycle.set_member`:
+through the same path as ``labgpu member set --gpus`` (:func:`labgpu.services.members.set_member`:
 the row first, then ONE update of the container, live when it runs), member by member, reporting each.
 Leaving booked mode with bookings that hold GPUs needs ``force``, which cancels them (audited) and
 detaches their GPUs.
@@ -29,7 +29,7 @@ from labgpu.errors import BadInput, Conflict, LabgpuError, NotFound
 from labgpu.services import members as members_svc
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
-from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus._booking_records import cancel_all_on_host, holding_on_host, serialized
 from labgpu.services.hosts import local_host
 from labgpu.store.models import GpuMode, Host, Member, MemberState, utcnow
 
@@ -122,18 +122,18 @@ def set_mode(
     except ValueError:
         raise BadInput(f"unknown GPU mode {mode!r}: use shared, assigned or booked") from None
     now = now or utcnow()
-    with bookings.serialized(svc) as session:
+    with serialized(svc) as session:
         row = _host(svc, session, host)
         old = GpuMode(row.gpu_mode)
         cancelled = 0
         if old == GpuMode.BOOKED and new != GpuMode.BOOKED:
-            holding = bookings.holding_on_host(session, row.id)
+            holding = holding_on_host(session, row.id)
             if holding and not force:
                 raise Conflict(
                     f"{holding} booking(s) on {row.name} hold GPUs; leaving booked mode would end them",
                     hint="cancel them (labgpu gpu bookings; labgpu gpu cancel ID), or add --force to cancel them all",
                 )
-            cancelled = bookings.cancel_all_on_host(svc, session, row.id, now=now)
+            cancelled = cancel_all_on_host(svc, session, row.id, now=now)
         row.gpu_mode = new.value
         if old != new:
             svc.audit(

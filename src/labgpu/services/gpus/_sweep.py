@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from labgpu.gpu.inventory import Inventory, attribute_reading, unavailable_inventory
 from labgpu.gpu.nvml import GpuSource, NvmlUnavailable
 from labgpu.gpu.runtime_view import RuntimeView
+from labgpu.services.hosts import HostPaths, nvidia_pci_devices
 
 if TYPE_CHECKING:
     from labgpu.runtime.client import RuntimeClient
@@ -26,8 +27,6 @@ Sweep = Callable[[], Inventory]
 
 def gpus_on_bus() -> int:
     """NVIDIA GPUs this machine's PCI bus shows (sysfs), whatever NVML says."""
-    from labgpu.services.hosts import HostPaths, nvidia_pci_devices
-
     return len(nvidia_pci_devices(HostPaths()))
 
 

@@ -14,7 +14,7 @@ refuses the token or answers something else than an inventory, and a host withou
 ONE line for that host (:attr:`HostGpus.message`); they never fail the whole answer.
 
 Then, from the store: who holds each GPU now (active bookings; in assigned mode, the assigned members) and
-which held GPUs are idle, with since when (:func:`labgpu.services.gpus._idle.idle_gpus`).
+which held GPUs are idle, with since when (:func:`labgpu.services.gpus._holders.idle_gpus`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from sqlalchemy import select
 
 from labgpu.errors import LabgpuError
 from labgpu.gpu.inventory import Inventory
-from labgpu.gpu.nvml import GpuSource
+from labgpu.gpu.nvml import GpuSource, NvmlSource
 from labgpu.services.context import Services
-from labgpu.services.gpus import _bookings as bookings
-from labgpu.services.gpus import _idle as gpu_idle
+from labgpu.services.gpus._booking_records import active_bookings
+from labgpu.services.gpus._holders import held_gpus, idle_gpus
 from labgpu.services.gpus._sweep import Sweep, make_sweep
 from labgpu.services.hosts import ask_all, is_local, known_hosts, parse_gpus, runtime_for
 from labgpu.store.models import Host, utcnow
@@ -275,6 +275,8 @@ class GpuUsageReader:
         return parse_inventory(inv.to_json(), host=host, source=SOURCE_LOCAL)
 
     def _sweep(self, svc: Services, host: Host) -> Sweep:
+        # Imported here: labgpu.gpu.agent is the agent's web app (FastAPI, prometheus_client), which the
+        # CLI need not load; only a portal sweeping a host without an agent uses SharedSweep.
         from labgpu.gpu.agent import SharedSweep
 
         key = (host.id, host.url)
@@ -367,8 +369,6 @@ class GpuUsageReader:
 
 
 def _real_nvml() -> GpuSource:
-    from labgpu.gpu.nvml import NvmlSource
-
     return NvmlSource()
 
 
@@ -383,12 +383,12 @@ def _short(exc: Exception) -> str:
 def with_holders(svc: Services, hosts: list[HostGpus], *, now: datetime) -> list[HostGpus]:
     """``hosts`` with each GPU's holders (active bookings; assigned GPUs in assigned mode) and, for
     held GPUs that are idle, since when. Reads the store only."""
-    idle = {(g.host, g.gpu): g for g in gpu_idle.idle_gpus(svc, now=now)}
+    idle = {(g.host, g.gpu): g for g in idle_gpus(svc, now=now)}
     holders: dict[tuple[str, int], list[GpuHolder]] = {}
     with svc.session() as session:
         for host in session.scalars(select(Host)):
-            ends = {b.id: b.end_at for b in bookings.active_bookings(session, host.id)}
-            for held in gpu_idle.held_gpus(session, host):
+            ends = {b.id: b.end_at for b in active_bookings(session, host.id)}
+            for held in held_gpus(session, host):
                 until = ends.get(held.booking) if held.booking is not None else None
                 for gpu in held.gpus:
                     holders.setdefault((host.name, gpu), []).append(

@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
+from labgpu.services.members._add import add_member, validate_request
+from labgpu.services.members._apply import owned_instance
 from labgpu.services.members._containers import connection_sheet, list_containers, list_hosts, uptime_seconds
 from labgpu.services.members._homes import reachable_here
-from labgpu.services.members._lifecycle import (
-    count_snapshots,
-    owned_instance,
-    parse_set_request,
-    remove_member,
-    reset_member,
-    set_member,
-)
-from labgpu.services.members._members import (
-    ConnectionSheet,
-    ProvisionError,
-    add_keys,
-    add_member,
-    allowed_roots,
-    checkpoint,
-    container_spec,
-    ensure_running,
-    get_member,
-    home_dir,
-    host_gpus,
-    list_keys,
-    list_members,
-    load_member,
-    provision,
-    remove_key,
-    reset_password,
-    set_power,
-    validate_request,
-    wait_member_ssh,
-)
+from labgpu.services.members._keys import add_keys, list_keys, remove_key
+from labgpu.services.members._lifecycle import count_snapshots, finish_removal, remove_member, reset_member
+from labgpu.services.members._listing import get_member, list_members
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
+from labgpu.services.members._power import reset_password, set_power
+from labgpu.services.members._provision import checkpoint, ensure_running, provision
+from labgpu.services.members._records import (
+    ConnectionSheet,
+    ProvisionError,
+    allowed_roots,
+    container_spec,
+    home_dir,
+    host_gpus,
+    load_member,
+)
+from labgpu.services.members._set import parse_set_request, set_member
 from labgpu.services.members._shares import add_share, get_share, list_shares, remove_share
 from labgpu.services.members._snapshots import (
     HOME_NOTE,
@@ -45,6 +32,7 @@ from labgpu.services.members._snapshots import (
     restore_snapshot,
     take_snapshot,
 )
+from labgpu.services.members._ssh import wait_member_ssh
 
 __all__ = [
     "HOME_NOTE",
@@ -61,6 +49,7 @@ __all__ = [
     "count_snapshots",
     "delete_snapshot",
     "ensure_running",
+    "finish_removal",
     "get_member",
     "get_share",
     "home_dir",

@@ -17,10 +17,10 @@ from sqlalchemy.orm import selectinload
 
 from labgpu.errors import LabgpuError
 from labgpu.runtime.instances import Instance
+from labgpu.services.clients import parse_host_url
 from labgpu.services.context import Services
-from labgpu.services.hosts import public_address
-from labgpu.services.members import _members as members
-from labgpu.services.members._members import ConnectionSheet, MemberInfo
+from labgpu.services.hosts import ask_all, known_hosts, list_instances, on_member, public_address, runtime_for
+from labgpu.services.members._records import ConnectionSheet, MemberInfo, container_home
 from labgpu.store.models import Host, Member
 
 OWNED = "labgpu"  # a member's container
@@ -79,15 +79,6 @@ def list_containers(svc: Services) -> list[ContainerRow]:
     Asks each host's daemon ONCE (one listing with state), all hosts at once, each within
     ``runtime_timeout``; a host that does not answer shows its members' containers as "unreachable".
     Does not wait on anything else."""
-    from labgpu.services.clients import parse_host_url
-    from labgpu.services.hosts import (
-        ask_all,
-        known_hosts,
-        list_instances,
-        on_member,
-        runtime_for,
-    )
-
     hosts = known_hosts(svc)
     with svc.session() as session:
         rows = session.scalars(select(Member).options(selectinload(Member.port_maps))).all()
@@ -229,7 +220,7 @@ def connection_sheet(svc: Services, info: MemberInfo) -> ConnectionSheet | None:
         state=info.status,
         ports=dict(info.ports),
         home=info.home,
-        container_home=members.container_home(svc, info.name),
+        container_home=container_home(svc, info.name),
     )
 
 

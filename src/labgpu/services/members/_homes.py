@@ -11,6 +11,7 @@ rsync to the destination, so it needs SSH access there too.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from labgpu.errors import ConfigError, LabgpuError
 from labgpu.services.clients import parse_host_url
 from labgpu.services.context import Services
 from labgpu.services.hosts import is_local
+from labgpu.services.members._records import home_dir
 from labgpu.store.models import Host
 
 RSYNC = ("rsync", "-aHAX", "--numeric-ids", "--delete")
@@ -66,14 +68,26 @@ def _run(argv: Sequence[str], what: str, run: Runner) -> None:
         raise HomeCopyFailed(f"{what} failed (exit {result.returncode}): {detail[0][:300]}")
 
 
+def ensure_home(svc: Services, name: str, uid: int) -> Path:
+    """Create the member's host home folder, owned by their uid (mode 0700). Never touches an existing one."""
+    base = svc.settings.home_base
+    base.mkdir(parents=True, exist_ok=True)
+    path = home_dir(svc, name)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return path
+    os.chown(path, uid, uid)
+    path.chmod(0o700)
+    return path
+
+
 def ensure_home_on(
     svc: Services, host: Host | None, name: str, uid: int, *, run: Runner = subprocess.run
 ) -> Path:
     """Make sure ``name``'s home exists where ``host`` keeps homes, owned by ``uid`` (mode 0700); an
     existing one is never touched. Raises HomeCopyFailed when the SSH command fails."""
     if reachable_here(svc, host):
-        from labgpu.services.members._members import ensure_home
-
         return ensure_home(svc, name, uid)
     assert host is not None
     path = home_path(svc, name)

@@ -30,7 +30,6 @@ from labgpu.runtime.migration import running_operations
 from labgpu.services.clients import parse_host_url
 from labgpu.services.context import Services
 from labgpu.services.hosts import services_for
-from labgpu.services.members import _members as members
 from labgpu.services.members._moves import (
     CLUSTER,
     COMMITTED,
@@ -48,6 +47,7 @@ from labgpu.services.members._moves import (
     roll_back,
     start_and_wait,
 )
+from labgpu.services.members._records import allowed_roots, container_spec, load_member
 from labgpu.store.models import AuditEvent, Host, Member, utcnow
 
 
@@ -207,10 +207,10 @@ def _plan_for_recovery(
 ) -> MovePlan:
     src, dst = services_for(svc, source), services_for(svc, dest)
     with svc.session() as session:
-        row = members.load_member(session, member.name)
-        source_spec = members.container_spec(src, row)
+        row = load_member(session, member.name)
+        source_spec = container_spec(src, row)
         dest_spec = dest_spec_for(svc, dst, row, ports)
-        roots = members.allowed_roots(svc, session)
+        roots = allowed_roots(svc, session)
     return MovePlan(
         name=member.name,
         container=container,

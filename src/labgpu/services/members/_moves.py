@@ -47,7 +47,11 @@ from labgpu.services.clients import parse_host_url, server_cert_path
 from labgpu.services.context import Services
 from labgpu.services.hosts import public_address, services_for
 from labgpu.services.members import _homes as homes
-from labgpu.services.members import _members as members
+from labgpu.services.members._apply import desired_patch, owned_instance
+from labgpu.services.members._placement import new_port_maps
+from labgpu.services.members._provision import checkpoint
+from labgpu.services.members._records import allowed_roots, container_spec, load_member
+from labgpu.services.members._ssh import wait_ssh_on
 from labgpu.store.models import (
     AuditEvent,
     Booking,
@@ -181,7 +185,7 @@ def _spec_with_ports(spec: ContainerSpec, ports: dict[str, int], listen: str) ->
 def dest_spec_for(svc: Services, dst: Services, member: Member, ports: dict[str, int]) -> ContainerSpec:
     """The container the member gets on the new host: its GPUs, the planned ports, the next spec
     version (the one the commit records)."""
-    spec = members.container_spec(dst, member)
+    spec = container_spec(dst, member)
     spec = _spec_with_ports(spec, ports, svc.settings.listen_address)
     return replace(spec, spec_version=member.spec_version + 1)
 
@@ -191,7 +195,7 @@ def dest_spec_for(svc: Services, dst: Services, member: Member, ports: dict[str,
 
 def _plan(svc: Services, name: str, to: str) -> MovePlan:
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         if member.state not in (MemberState.RUNNING, MemberState.STOPPED):
             raise Conflict(f"member {name} is {member.state}; finish that first (`labgpu reconcile`)")
         if open_move(session, name) is not None:
@@ -225,11 +229,11 @@ def _plan(svc: Services, name: str, to: str) -> MovePlan:
                 hint=f"cancel them first (`labgpu gpu bookings --member {name}`, `labgpu gpu cancel ID`), then move",
             )
         src_svc, dst_svc = services_for(svc, source), services_for(svc, dest)
-        source_spec = members.container_spec(src_svc, member)
-        roots = members.allowed_roots(svc, session)
+        source_spec = container_spec(src_svc, member)
+        roots = allowed_roots(svc, session)
         keys = [k.public_key for k in member.ssh_keys]
         purposes = [str(p.purpose) for p in member.port_maps]
-        planned = members.new_port_maps(session, svc.settings, dest.id, purposes)
+        planned = new_port_maps(session, svc.settings, dest.id, purposes)
         ports = {str(pm.purpose): pm.host_port for pm in planned}  # only numbers for now: never added
         dest_spec = dest_spec_for(svc, dst_svc, member, ports)
         run_after = member.state == MemberState.RUNNING
@@ -256,8 +260,6 @@ def _plan(svc: Services, name: str, to: str) -> MovePlan:
             f"host {to} has no GPU {', '.join(map(str, missing))} (the member has --gpus {gpu_spec})"
         )
     # Refuses an instance that is not the member's, before anything changes.
-    from labgpu.services.members._lifecycle import owned_instance
-
     if owned_instance(src_svc, name, container) is None:
         raise Conflict(
             f"{name}'s container {container} is missing on {source.name}", hint="`labgpu reconcile` first"
@@ -293,28 +295,28 @@ def move_member(svc: Services, name: str, to: str, *, wait_ssh: bool = True) -> 
     dst = services_for(svc, plan.dest)
     with svc.session() as session:
         svc.audit(session, STARTED, name, **plan.detail())
-    members.checkpoint("move-marked")
+    checkpoint("move-marked")
     notes: list[str] = []
     how = plan.how
     try:
         with contextlib.suppress(RuntimeNotFound):
             if src.runtime.instances.state(plan.container).status != "Stopped":
                 src.runtime.instances.stop(plan.container)
-        members.checkpoint("move-stopped")
+        checkpoint("move-stopped")
         how = _transfer(svc, plan, src, dst)
-        members.checkpoint("move-copied")
+        checkpoint("move-copied")
         notes.append(homes.transfer_home(svc, plan.source, plan.dest, name))
-        members.checkpoint("move-home")
+        checkpoint("move-home")
         if plan.run_after:
             start_and_wait(dst, plan, wait_ssh=wait_ssh)
-        members.checkpoint("move-started")
+        checkpoint("move-started")
     except LabgpuError as exc:
         undone = roll_back(svc, plan, src, dst)
         raise MoveFailed(
             f"moving {name} to {to} failed and was undone ({undone}): {exc.message}", hint=exc.hint
         ) from exc
     ports = commit_move(svc, plan, dst)
-    members.checkpoint("move-committed")
+    checkpoint("move-committed")
     finish_move(svc, plan, src)
     address = public_address(plan.dest, svc.settings)
     mailed = _tell_member(svc, plan, address, ports, notes)
@@ -351,7 +353,7 @@ def _transfer(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
         profiles=[spec.profile],
         description=inst.description or f"labgpu container of {plan.name}",
         timeout=svc.settings.operation_timeout,
-        started=lambda: members.checkpoint("move-copying"),
+        started=lambda: checkpoint("move-copying"),
     )
     return f"{COPY} ({mode})"
 
@@ -359,8 +361,6 @@ def _transfer(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
 def put_spec(runtime: RuntimeClient, container: str, spec: ContainerSpec, *, roots: list[str]) -> None:
     """Put ``spec``'s config and devices on the container (labgpu's own keys and devices only).
     Raises BadInput, before any request, when check_safe refuses the spec (``roots``: allowed_roots)."""
-    from labgpu.services.members._lifecycle import desired_patch
-
     check_safe(spec.config(), spec.devices(), allowed_roots=roots)
     inst = runtime.instances.get(container)
     config, devices = desired_patch(spec.config(), spec.devices(), inst.config, inst.devices)
@@ -375,7 +375,7 @@ def start_and_wait(dst: Services, plan: MovePlan, *, wait_ssh: bool) -> None:
     if runtime.instances.state(plan.container).status != "Running":
         runtime.instances.start(plan.container)
     if wait_ssh and "ssh" in plan.ports:
-        members.wait_ssh_on(dst, plan.dest, dst.settings.listen_address, plan.ports["ssh"], plan.container)
+        wait_ssh_on(dst, plan.dest, dst.settings.listen_address, plan.ports["ssh"], plan.container)
 
 
 def commit_move(svc: Services, plan: MovePlan, dst: Services) -> dict[str, int]:
@@ -384,7 +384,7 @@ def commit_move(svc: Services, plan: MovePlan, dst: Services) -> dict[str, int]:
     for attempt in range(5):
         try:
             with svc.session() as session:
-                member = members.load_member(session, plan.name)
+                member = load_member(session, plan.name)
                 for pm in list(member.port_maps):
                     member.port_maps.remove(pm)
                 session.flush()
@@ -408,7 +408,7 @@ def commit_move(svc: Services, plan: MovePlan, dst: Services) -> dict[str, int]:
                 raise
             # Someone took a planned port on the new host meanwhile: take others, and tell the proxies.
             with svc.session() as session:
-                fresh = members.new_port_maps(session, svc.settings, plan.dest.id, sorted(ports))
+                fresh = new_port_maps(session, svc.settings, plan.dest.id, sorted(ports))
                 ports = {str(pm.purpose): pm.host_port for pm in fresh}
             spec = _spec_with_ports(plan.dest_spec, ports, svc.settings.listen_address)
             put_spec(dst.runtime, plan.container, spec, roots=plan.roots)
@@ -419,7 +419,7 @@ def finish_move(svc: Services, plan: MovePlan, src: Services) -> None:
     """After the commit: delete the source container (a copy's original), close the journal."""
     if plan.how != CLUSTER:
         delete_if_members(src.runtime, plan.container, plan.name)
-    members.checkpoint("move-source-deleted")
+    checkpoint("move-source-deleted")
     with svc.session() as session:
         svc.audit(session, DONE, plan.name, **{"from": plan.source.name, "to": plan.dest.name})
 

@@ -26,7 +26,7 @@ from labgpu.domain.container import ShareSpec, check_safe
 from labgpu.domain.shares import check_share_path, check_share_source, validate_share_name
 from labgpu.errors import BadInput, Conflict, NotFound
 from labgpu.services.context import Services
-from labgpu.services.members import _lifecycle as lifecycle
+from labgpu.services.members._apply import apply_spec
 from labgpu.store.models import Member, Share
 
 
@@ -209,7 +209,7 @@ def remove_share(svc: Services, name: str) -> ShareInfo:
         if member_name not in info.members and not has_device:
             continue
         try:
-            lifecycle.apply_spec(svc, member_name)
+            apply_spec(svc, member_name)
         except Conflict:
             info.notes.append(f"{container} is not marked as {member_name}'s: left alone")
     profile = svc.runtime.profiles.find(svc.settings.profile_name)

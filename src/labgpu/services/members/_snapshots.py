@@ -20,8 +20,9 @@ from typing import Any
 
 from labgpu.errors import BadInput, Conflict, NotFound
 from labgpu.services.context import Services
-from labgpu.services.members import _lifecycle as lifecycle
-from labgpu.services.members import _members as members
+from labgpu.services.members._apply import apply_spec, owned_instance
+from labgpu.services.members._keys import install_keys
+from labgpu.services.members._records import load_member, member_services
 from labgpu.store.models import MemberState, utcnow
 
 AUTOMATIC_RE = re.compile(r"^snap-(\d{8}-\d{6})(?:-(\d+))?$")
@@ -99,18 +100,18 @@ def to_prune(snapshots: Sequence[SnapshotInfo], keep: int) -> list[str]:
 
 def _container(svc: Services, name: str, *, changing: bool) -> str:
     with svc.session() as session:
-        member = members.load_member(session, name)
+        member = load_member(session, name)
         state, container = member.state, member.container
     if changing and state in (MemberState.PROVISIONING, MemberState.REMOVING):
         raise Conflict(f"member {name} is {state}; finish that first (`labgpu reconcile`)")
-    if lifecycle.owned_instance(svc, name, container) is None or container is None:
+    if owned_instance(svc, name, container) is None or container is None:
         raise NotFound(f"{name} has no container", hint="`labgpu reconcile` recreates it")
     return container
 
 
 def list_snapshots(svc: Services, name: str) -> list[SnapshotInfo]:
     """The member's container's snapshots, oldest first. Raises NotFound."""
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=False)
     return oldest_first([SnapshotInfo.from_api(d) for d in svc.runtime.instances.snapshots(container)])
 
@@ -130,7 +131,7 @@ def take_snapshot(svc: Services, name: str, snapshot: str | None = None) -> Take
     Conflict (name taken)."""
     if snapshot is not None:
         validate_snapshot_name(snapshot)
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=True)
     runtime = svc.runtime
     existing = [SnapshotInfo.from_api(d) for d in runtime.instances.snapshots(container)]
@@ -163,7 +164,7 @@ def restore_snapshot(svc: Services, name: str, snapshot: str) -> str:
     restore changes only the root filesystem. A running container is restarted by the restore.
     Waits. Audit ``member.restore``. Raises NotFound (no such snapshot), Conflict."""
     validate_snapshot_name(snapshot)
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=True)
     runtime = svc.runtime
     names = [SnapshotInfo.from_api(d).name for d in runtime.instances.snapshots(container)]
@@ -177,19 +178,19 @@ def restore_snapshot(svc: Services, name: str, snapshot: str) -> str:
     with svc.session() as session:
         svc.audit(session, "member.restore", name, snapshot=snapshot)
     runtime.instances.restore_snapshot(container, snapshot)
-    lifecycle.apply_spec(svc, name)
+    apply_spec(svc, name)
     status = runtime.instances.state(container).status
     if status == "Running":
         with svc.session() as session:
-            keys = [k.public_key for k in members.load_member(session, name).ssh_keys]
-        members.install_keys(svc, container, keys)
+            keys = [k.public_key for k in load_member(session, name).ssh_keys]
+        install_keys(svc, container, keys)
     return status
 
 
 def delete_snapshot(svc: Services, name: str, snapshot: str) -> None:
     """Delete one snapshot of the member's container. Waits. Raises NotFound."""
     validate_snapshot_name(snapshot)
-    svc = members.member_services(svc, name)  # the daemon of the member's host
+    svc = member_services(svc, name)  # the daemon of the member's host
     container = _container(svc, name, changing=False)
     names = [SnapshotInfo.from_api(d).name for d in svc.runtime.instances.snapshots(container)]
     if snapshot not in names:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from labgpu.services.ops._backups import create_backup, list_backups, restore_backup
+from labgpu.services.ops._backup_index import list_backups
+from labgpu.services.ops._backups import create_backup
 from labgpu.services.ops._boot import boot, ensure_gpu_devices
 from labgpu.services.ops._health import Health, health
 from labgpu.services.ops._invariants import check_invariants
 from labgpu.services.ops._jobs import FAILED, NOT_DUE, OK, job_status, run_once, start_job_runner
 from labgpu.services.ops._reconcile import ReconcileReport, reconcile
+from labgpu.services.ops._restore import restore_backup
 
 __all__ = [
     "FAILED",

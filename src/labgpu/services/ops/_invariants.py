@@ -32,6 +32,7 @@ from labgpu.services import gpus, members
 from labgpu.services.context import Services
 from labgpu.services.hosts import on_member, runtime_for
 from labgpu.services.members import open_move, reachable_here
+from labgpu.services.ops._reconcile import reconcile
 from labgpu.store.models import Host, Member, MemberState
 
 INVARIANTS = ("settled", "one-container", "ports", "home", "drift", "bookings")
@@ -288,8 +289,6 @@ def _intact(path: Path, content: str) -> bool:
 
 
 def _check_drift(svc: Services, report: InvariantReport, scope: set[str] | None) -> None:
-    from labgpu.services.ops._reconcile import reconcile
-
     dry = reconcile(svc, dry_run=True)
     for action in dry.actions:
         if scope is not None and action.member not in scope:

@@ -37,12 +37,13 @@ import httpx
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from labgpu.errors import LabgpuError
-from labgpu.gpu.nvml import GpuSource
+from labgpu.errors import BadInput, LabgpuError
+from labgpu.gpu.nvml import GpuSource, NvmlSource
 from labgpu.services import gpus
 from labgpu.services.context import SYSTEM, Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.services.members import checkpoint
+from labgpu.services.ops._reconcile import reconcile
 from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobState, Member, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,6 @@ class JobContext:
     def source(self) -> GpuSource:
         if self.gpu_source is not None:
             return self.gpu_source()
-        from labgpu.gpu.nvml import NvmlSource
-
         return NvmlSource()
 
     def reader(self) -> GpuUsageReader:
@@ -206,8 +205,6 @@ def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
 
 def run_reconcile(svc: Services, ctx: JobContext) -> JobResult:
     """Repair drift between the store and the daemon (members' containers)."""
-    from labgpu.services.ops._reconcile import reconcile
-
     report = reconcile(svc, provisioning_grace=timedelta(minutes=15))
     result = JobResult(data={"reconcile": report.as_dict()})
     result.lines += [f"{a.member}: {a.action} {a.detail}" for a in report.repairs]
@@ -372,8 +369,6 @@ def run_once(
 ) -> list[JobRun]:
     """Run every job that is due (``labgpu jobs run-once`` from cron), or the one named ``job`` now,
     due or not. Raises BadInput for an unknown job name."""
-    from labgpu.errors import BadInput
-
     if job is not None and job not in JOBS:
         raise BadInput(f"unknown job {job!r}: one of {', '.join(JOBS)}")
     owner = runner_id()

@@ -5,7 +5,7 @@ reads both (ONE instance listing per host), then repairs the drift it finds,
 member by member, each repair safe to repeat:
 
 - a member still ``provisioning`` (a crashed or failed ``member add``) is
-  finished with :func:`labgpu.services.members._members.provision`;
+  finished with :func:`labgpu.services.members.provision`;
 - a member whose container is missing gets it back, made from the template
   (the home folder on the host is kept and mounted again);
 - labgpu's devices (home, shares, proxies, GPUs, the root disk size) and config
@@ -24,7 +24,6 @@ over with ``labgpu member passwd NAME``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -37,9 +36,10 @@ from labgpu.domain.container import ContainerSpec, check_safe
 from labgpu.errors import LabgpuError
 from labgpu.runtime.instances import Instance
 from labgpu.services import members as members_svc
+from labgpu.services import portal
 from labgpu.services.context import Services
 from labgpu.services.hosts import recorded_local_host, services_for
-from labgpu.store.models import Host, Member, MemberState, utcnow
+from labgpu.store.models import Application, ApplicationStatus, Host, Member, MemberState, utcnow
 
 # Actions a report can hold. The first group changes something (done=True once carried out);
 # the second only reports.
@@ -142,13 +142,11 @@ def reconcile(
     RuntimeUnavailable when the daemon cannot be listed; a repair that fails is
     recorded in the report (``error``) and the others still run.
     """
-    from labgpu.services.members import recover_moves
-
     report = ReconcileReport(dry_run=dry_run)
     # Moves first: a member whose move was interrupted gets exactly one container again (on the old
     # host or the new one) before anything else looks at it.
     moving = set()
-    for step in recover_moves(svc, dry_run=dry_run, grace=provisioning_grace):
+    for step in members_svc.recover_moves(svc, dry_run=dry_run, grace=provisioning_grace):
         report.actions.append(
             Action(step.member, MOVE if step.changes else NOTE, step.detail, step.done, step.error)
         )
@@ -185,9 +183,6 @@ def _resume_applications(
     """Provision approved applications nobody is working on: the portal that approved them is down, or
     died mid-way (it resumes them itself when it starts). With ``grace``, only those whose progress has
     not moved for that long (the portal's own worker may be on the others)."""
-    from labgpu.services import portal
-    from labgpu.store.models import Application, ApplicationStatus
-
     with svc.session() as session:
         query = select(Application.id, Application.name).where(
             Application.status == ApplicationStatus.APPROVED
@@ -545,23 +540,12 @@ def _run(
 
 
 def _finish_removal(svc: Services, report: ReconcileReport, name: str, dry_run: bool) -> None:
-    """Finish a `member rm` that stopped half-way, when the lifecycle module knows how."""
-    # Imported by name: the lifecycle module (member rm) may not provide it yet.
-    try:
-        lifecycle = importlib.import_module("labgpu.services.members._lifecycle")
-    except ImportError:
-        lifecycle = None
-    finish = getattr(lifecycle, "finish_removal", None)
-    if finish is None:
-        report.actions.append(
-            Action(name, NOTE, "member is being removed; run `labgpu member rm` again to finish it")
-        )
-        return
+    """Finish a `member rm` that stopped half-way."""
     _run(
         report,
         name,
         FINISH_REMOVAL,
         "finish the removal (container deleted, ports freed, home archived as `member rm` does)",
         dry_run,
-        lambda: finish(svc, name),
+        lambda: members_svc.finish_removal(svc, name),
     )

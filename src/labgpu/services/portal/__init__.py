@@ -12,16 +12,13 @@ from labgpu.services.portal._accounts import (
     set_disabled,
     set_password,
 )
+from labgpu.services.portal._application_mail import notify_admins, notify_applicant
 from labgpu.services.portal._applications import (
     ApplicationInfo,
-    ProvisionWorker,
     approve,
     get_application,
     list_applications,
-    notify_admins,
-    notify_applicant,
     parse_overrides,
-    provision_application,
     reject,
     retry,
     submit,
@@ -45,6 +42,7 @@ from labgpu.services.portal._notices import (
     parse_when,
     remove_notice,
 )
+from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
 from labgpu.services.portal._tokens import create_token, list_tokens, resolve_token, revoke_token
 
 __all__ = [

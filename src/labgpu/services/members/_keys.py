@@ -1,0 +1,118 @@
+"""Members' SSH keys: reading, installing in the container, adding and removing; the login gateway follows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from labgpu.domain.members import PublicKey, parse_public_key
+from labgpu.errors import N_, BadInput, NotFound
+from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.services import hosts as hosts_svc
+from labgpu.services.context import Services
+from labgpu.services.hosts import services_for
+from labgpu.services.members._records import ProvisionError, load_member
+from labgpu.store.models import SshKey
+
+log = logging.getLogger(__name__)
+
+
+def read_keys(texts: Sequence[str]) -> tuple[PublicKey, ...]:
+    """Parse public keys given as file contents (one or more lines each; comments and blanks skipped)."""
+    keys: dict[str, PublicKey] = {}
+    for text in texts:
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key = parse_public_key(line)
+                keys.setdefault(key.fingerprint, key)
+    return tuple(keys.values())
+
+
+def gateway_changed(svc: Services, name: str) -> list[str]:
+    """Keep the login gateway (when enabled) in step with a member who was added, removed or whose keys
+    changed: their host account, key file and the map. Never raises; returns notes to show (and logs
+    them: the portal shows none)."""
+    notes = hosts_svc.on_member_changed(svc, name)
+    for note in notes:
+        if "password" not in note:  # a gateway password is shown once, never logged
+            log.info("%s", note)
+    return notes
+
+
+def install_keys(svc: Services, container: str, keys: Sequence[str]) -> None:
+    """Write the member's SSH keys to the container user's authorized_keys (replacing it)."""
+    user = svc.settings.container_user
+    runtime = svc.runtime
+    ssh_dir = f"/home/{user}/.ssh"
+    result = runtime.instances.exec(
+        container, ["install", "-d", "-m", "700", "-o", user, "-g", user, ssh_dir]
+    )
+    if not result.ok:
+        raise ProvisionError(f"creating {ssh_dir} in {container} failed: {result.stderr.strip()[:200]}")
+    ids = runtime.instances.exec(container, ["id", "-u", user])
+    uid = int(ids.stdout.strip() or 1000)
+    text = "".join(k.strip() + "\n" for k in keys)
+    runtime.instances.push_file(
+        container, f"{ssh_dir}/authorized_keys", text.encode(), uid=uid, gid=uid, mode=0o600
+    )
+
+
+def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:
+    """Add SSH public keys (skipping ones already there) and install them. Returns the new fingerprints."""
+    keys = read_keys(key_texts)
+    if not keys:
+        raise BadInput(N_("no public key given"))
+    with svc.session() as session:
+        member = load_member(session, name)
+        have = {k.fingerprint for k in member.ssh_keys}
+        added = []
+        for key in keys:
+            if key.fingerprint not in have:
+                member.ssh_keys.append(
+                    SshKey(public_key=key.line, fingerprint=key.fingerprint, comment=key.comment or None)
+                )
+                added.append(key.fingerprint)
+        svc.audit(session, "member.key.add", name, fingerprints=added)
+        all_keys = [k.public_key for k in member.ssh_keys]
+        container = member.container or name
+        host_svc = services_for(svc, member.host)
+    _install_if_running(host_svc, container, all_keys)
+    gateway_changed(svc, name)
+    return added
+
+
+def remove_key(svc: Services, name: str, fingerprint_or_comment: str) -> str:
+    """Remove one SSH key by fingerprint (or unique comment). Returns its fingerprint. Raises NotFound."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        matches = [k for k in member.ssh_keys if fingerprint_or_comment in (k.fingerprint, k.comment)]
+        if not matches:
+            raise NotFound(f"{name} has no key {fingerprint_or_comment}")
+        if len(matches) > 1:
+            raise BadInput(f"{fingerprint_or_comment!r} matches several keys; give the fingerprint")
+        member.ssh_keys.remove(matches[0])
+        svc.audit(session, "member.key.rm", name, fingerprint=matches[0].fingerprint)
+        all_keys = [k.public_key for k in member.ssh_keys if k is not matches[0]]
+        container = member.container or name
+        host_svc = services_for(svc, member.host)
+    _install_if_running(host_svc, container, all_keys)
+    gateway_changed(svc, name)
+    return matches[0].fingerprint
+
+
+def list_keys(svc: Services, name: str) -> list[dict[str, str]]:
+    with svc.session() as session:
+        member = load_member(session, name)
+        return [
+            {"fingerprint": k.fingerprint, "comment": k.comment or "", "key": k.public_key}
+            for k in member.ssh_keys
+        ]
+
+
+def _install_if_running(svc: Services, container: str, keys: list[str]) -> None:
+    # A stopped container gets its keys from the store at the next provision/reconcile.
+    try:
+        if svc.runtime.instances.state(container).status == "Running":
+            install_keys(svc, container, keys)
+    except RuntimeNotFound:
+        pass

@@ -1,0 +1,72 @@
+"""Starting, stopping and restarting a member's container, one change at a time; new initial passwords."""
+
+from __future__ import annotations
+
+import threading
+
+from labgpu.errors import BadInput, Conflict
+from labgpu.services.context import Services
+from labgpu.services.hosts import runtime_for, services_for
+from labgpu.services.members._provision import set_initial_password
+from labgpu.services.members._records import load_member
+from labgpu.store.models import MemberState
+
+# Changing -----------------------------------------------------------------------------------------
+
+
+# One power change at a time per member in this process. The desired state is written, then the daemon
+# acts; two changes sent together (a stop and a start from two tabs) must reach the daemon in the order
+# they reached the store, or the store says running while the daemon stopped (a lost update). Another
+# process (the CLI beside the portal) is not serialized with this one: the reconciler repairs that drift.
+_power_locks: dict[str, threading.Lock] = {}
+_power_locks_guard = threading.Lock()
+
+
+def _power_lock(name: str) -> threading.Lock:
+    with _power_locks_guard:
+        return _power_locks.setdefault(name, threading.Lock())
+
+
+def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> str:
+    """start / stop / restart a member's container; records the desired state. Returns the new status.
+
+    Waits for the daemon. Changes for the same member are made one at a time (in this process), so the
+    desired state in the store is the one of the change the daemon saw last. Raises BadInput, NotFound,
+    Conflict (the member is being provisioned or removed) and runtime errors."""
+    if action not in ("start", "stop", "restart"):
+        raise BadInput(f"unknown action {action!r}")
+    with _power_lock(name):
+        with svc.session() as session:
+            member = load_member(session, name)
+            if member.state in (MemberState.PROVISIONING, MemberState.REMOVING):
+                raise Conflict(f"member {name} is {member.state}; run `labgpu reconcile` first")
+            container = member.container or name
+            member.state = MemberState.STOPPED if action == "stop" else MemberState.RUNNING
+            svc.audit(session, f"member.{action}", name)
+            runtime = runtime_for(svc, member.host)
+        status = runtime.instances.state(container).status
+        if action == "start" and status != "Running":
+            runtime.instances.start(container)
+        elif action == "stop" and status != "Stopped":
+            runtime.instances.stop(container, force=force)
+        elif action == "restart":
+            if status == "Running":
+                runtime.instances.restart(container, force=force)
+            else:
+                runtime.instances.start(container)
+        return runtime.instances.state(container).status
+
+
+def reset_password(svc: Services, name: str) -> str:
+    """Give the member a new random initial password (to change at the next login). Returns it.
+    Audited once the password is set (a refusal, or a daemon that fails, leaves no row claiming it was)."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        container = member.container or name
+        host_svc = services_for(svc, member.host)
+    if host_svc.runtime.instances.state(container).status != "Running":
+        raise Conflict(f"{name}'s container is not running; start it first (labgpu member start {name})")
+    password = set_initial_password(host_svc, container)
+    with svc.session() as session:
+        svc.audit(session, "member.passwd", name)
+    return password

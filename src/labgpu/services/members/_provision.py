@@ -1,0 +1,172 @@
+"""Provisioning: bring the daemon to a member's desired state in steps that are each safe to repeat.
+
+Each step checks what exists before acting; :func:`checkpoint` after each lets the crash tests cut the
+process there.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import string
+import time
+from pathlib import Path
+
+from labgpu.domain.container import ContainerSpec, check_safe
+from labgpu.errors import Conflict
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.errors import RuntimeBadRequest, RuntimeConflict, RuntimeError_, RuntimeNotFound
+from labgpu.services.context import Services
+from labgpu.services.hosts import public_address, services_for
+from labgpu.services.members._homes import ensure_home_on
+from labgpu.services.members._keys import install_keys
+from labgpu.services.members._placement import place_unplaced
+from labgpu.services.members._records import (
+    ConnectionSheet,
+    ProvisionError,
+    allowed_roots,
+    container_spec,
+    home_dir,
+    load_member,
+)
+from labgpu.services.members._ssh import wait_ssh_on
+from labgpu.store.models import MemberState
+
+PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
+PASSWORD_LENGTH = 16
+
+
+def generate_password() -> str:
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+def ensure_container(svc: Services, spec: ContainerSpec, roots: list[str]) -> bool:
+    """Create the container in ONE request unless it exists. Returns True when created.
+
+    Raises Conflict when an instance of that name exists and is not this member's."""
+    runtime = svc.runtime
+    try:
+        inst = runtime.instances.get(spec.name)
+    except RuntimeNotFound:
+        inst = None
+    if inst is not None:
+        if inst.label("owner") != spec.owner:
+            raise Conflict(f"an instance named {spec.name} exists and is not {spec.owner}'s")
+        return False
+    config, devices = spec.config(), spec.devices()
+    check_safe(config, devices, allowed_roots=roots)
+    runtime.instances.create(
+        spec.name,
+        image=spec.template,
+        config=config,
+        devices=devices,
+        profiles=[spec.profile],
+        description=f"labgpu container of {spec.owner}",
+    )
+    return True
+
+
+def ensure_running(runtime: RuntimeClient, name: str) -> bool:
+    """Start the container unless it runs. Returns True when it was started.
+
+    The daemon may start it in the meantime (its own boot.autostart after a daemon restart, or a member's
+    click): a start refused because it already runs is not an error."""
+    if runtime.instances.state(name).status == "Running":
+        return False
+    try:
+        runtime.instances.start(name)
+    except (RuntimeBadRequest, RuntimeConflict, RuntimeError_):
+        if runtime.instances.state(name).status == "Running":
+            return False
+        raise
+    return True
+
+
+def set_initial_password(svc: Services, container: str) -> str:
+    """Set a random password for the container user, expired so that the first login must change it."""
+    password = generate_password()
+    user = svc.settings.container_user
+    runtime = svc.runtime
+    tmp = f"/root/.labgpu-passwd-{secrets.token_hex(4)}"
+    runtime.instances.push_file(container, tmp, f"{user}:{password}\n".encode(), mode=0o600)
+    # The script is a constant; the file name is passed as an argument, never spliced in.
+    script = 'chpasswd < "$1"; rc=$?; rm -f "$1"; exit $rc'
+    result = runtime.instances.exec(container, ["sh", "-c", script, "sh", tmp])
+    if not result.ok:
+        raise ProvisionError(f"setting the password in {container} failed: {result.stderr.strip()[:200]}")
+    result = runtime.instances.exec(container, ["chage", "-d", "0", user])
+    if not result.ok:
+        raise ProvisionError(f"expiring the password in {container} failed: {result.stderr.strip()[:200]}")
+    return password
+
+
+PROVISION_STEPS = ("desired-state", "home", "container", "running", "ssh", "password", "keys", "done")
+
+
+def checkpoint(step: str) -> None:
+    """Fault injection for the crash tests: ``LABGPU_FAULT_KILL_AFTER=<step>`` makes the process
+    SIGKILL itself right after that step, as a power cut or an OOM kill would.
+    ``LABGPU_FAULT_PAUSE_AFTER=<step>`` with ``LABGPU_FAULT_PAUSE_FILE=<path>`` makes it create that
+    file after the step and wait (up to 10 minutes) until it is gone, so that a test can restart the
+    daemon in the middle of the operation."""
+    if os.environ.get("LABGPU_FAULT_KILL_AFTER") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("LABGPU_FAULT_PAUSE_FILE")
+    if pause and os.environ.get("LABGPU_FAULT_PAUSE_AFTER") == step:
+        Path(pause).write_text(f"{os.getpid()} paused after {step}\n")
+        deadline = time.monotonic() + 600
+        while Path(pause).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def provision(
+    svc: Services, name: str, *, wait_ssh: bool = True, set_password: bool = True
+) -> ConnectionSheet:
+    """Bring the daemon to the member's desired state: home, container, running, sshd, credentials.
+
+    The container is made on the member's host (a member without one, after `host rm --force`, is
+    placed first). Each step checks before acting, so this is safe to run again after any crash.
+    Waits for sshd (up to SSH_READY_TIMEOUT). Raises ProvisionError, Conflict or runtime errors."""
+    place_unplaced(svc, name)
+    with svc.session() as session:
+        member = load_member(session, name)
+        host = member.host
+        svc = services_for(svc, host)  # from here on: the daemon of the member's host
+        spec = container_spec(svc, member)
+        roots = allowed_roots(svc, session)
+        keys = [k.public_key for k in member.ssh_keys]
+        host_name = host.name if host else ""
+        address = public_address(host, svc.settings) if host else svc.settings.listen_address
+    assert member.uid is not None and member.container is not None
+    ensure_home_on(svc, host, name, member.uid)
+    checkpoint("home")
+    ensure_container(svc, spec, roots)
+    checkpoint("container")
+    ensure_running(svc.runtime, spec.name)
+    checkpoint("running")
+    ssh = next(p for p in spec.ports if p.purpose == "ssh")
+    if wait_ssh:
+        wait_ssh_on(svc, host, ssh.listen_address, ssh.host_port, spec.name)
+    checkpoint("ssh")
+    password = set_initial_password(svc, spec.name) if set_password else None
+    checkpoint("password")
+    install_keys(svc, spec.name, keys)
+    checkpoint("keys")
+    with svc.session() as session:
+        row = load_member(session, name)
+        if row.state == MemberState.PROVISIONING:
+            row.state = MemberState.RUNNING
+    checkpoint("done")
+    return ConnectionSheet(
+        name=name,
+        container=spec.name,
+        host=host_name,
+        address=address,
+        user=svc.settings.container_user,
+        state="running",
+        ports={p.purpose: p.host_port for p in spec.ports},
+        home=str(home_dir(svc, name)),
+        container_home=spec.home_path,
+        initial_password=password,
+    )

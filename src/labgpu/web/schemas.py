@@ -1,12 +1,42 @@
-"""JSON API schemas (requests and answers). Kept apart from ORM rows and service dataclasses: routes
-convert at the edge with ``Model.model_validate(obj.as_dict())`` or keyword arguments."""
+"""JSON API schemas (requests and answers).
+
+An answer that is a service's entity is derived from its dataclass (:func:`fields_of`): one definition of
+the entity, field for field, with what the API adds (descriptions, narrower types); a field added to the
+dataclass is in the API at once, and one removed cannot linger in the schema. Routes convert at the edge
+with ``Model.model_validate(obj.as_dict())``. Requests, and answers that are not one entity (a message, a
+count, a connection sheet with its rendered files), are written out here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from labgpu.services import members, portal
+
+
+def fields_of(
+    source: type,
+    descriptions: Mapping[str, str] | None = None,
+    types: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The annotations of a schema with the fields of the dataclass ``source`` (its types, unless ``types``
+    narrows one; ``descriptions`` for the API docs). Used as a model's ``__annotations__``."""
+    hints = typing.get_type_hints(source)
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(source):
+        kind = (types or {}).get(field.name, hints[field.name])
+        description = (descriptions or {}).get(field.name)
+        out[field.name] = Annotated[kind, Field(description=description)] if description else kind
+    unknown = {*(descriptions or {}), *(types or {})} - set(out)
+    if unknown:
+        raise TypeError(f"{source.__name__} has no field {sorted(unknown)}")
+    return out
 
 
 class ErrorDetail(BaseModel):
@@ -85,29 +115,15 @@ class NewTokenOut(TokenOut):
 
 
 class MemberOut(BaseModel):
-    name: str
-    email: str | None
-    role: str
-    state: str = Field(
-        description="The desired state in the store: provisioning, running, stopped, removing."
+    """A member and their container: ``members.MemberInfo``."""
+
+    __annotations__ = fields_of(
+        members.MemberInfo,
+        descriptions={
+            "state": "The desired state in the store: provisioning, running, stopped, removing.",
+            "status": "The daemon's view: Running, Stopped, missing, unreachable, unknown.",
+        },
     )
-    status: str = Field(description="The daemon's view: Running, Stopped, missing, unreachable, unknown.")
-    host: str | None
-    container: str | None
-    template: str | None
-    uid: int | None
-    cpu: int | None
-    memory_bytes: int | None
-    disk_bytes: int | None
-    gpus: str
-    ports: dict[str, int]
-    address: str | None
-    ipv4: list[str]
-    shares: list[str]
-    keys: list[str]
-    home: str
-    memory_usage: int
-    processes: int
 
 
 class SshOut(BaseModel):
@@ -166,24 +182,13 @@ class ApplicationReceived(BaseModel):
 
 
 class ApplicationOut(BaseModel):
-    id: int
-    name: str
-    email: str
-    supervisor: str | None
-    group_name: str | None
-    reason: str | None
-    status: Literal["pending", "approved", "done", "failed", "rejected"]
-    template: str | None
-    cpu: int | None
-    memory_bytes: int | None
-    gpus: str | None
-    decided_by: str | None
-    decided_at: datetime | None
-    decision_reason: str | None
-    progress: str | None = Field(description="Provisioning progress, or the error of a failed one.")
-    source_address: str | None
-    created_at: datetime
-    updated_at: datetime
+    """An application: ``portal.ApplicationInfo``."""
+
+    __annotations__ = fields_of(
+        portal.ApplicationInfo,
+        descriptions={"progress": "Provisioning progress, or the error of a failed one."},
+        types={"status": Literal["pending", "approved", "done", "failed", "rejected"]},
+    )
 
 
 class ApplicationApprove(BaseModel):
@@ -203,34 +208,23 @@ class ApplicationReject(BaseModel):
 
 
 class ContainerOut(BaseModel):
-    name: str
-    host: str
-    status: str = Field(description="The daemon's status, or missing / unreachable.")
-    kind: Literal["labgpu", "foreign", "orphan"] = Field(
-        description="labgpu: a member's; foreign: not labgpu's (never touched); orphan: marked as labgpu's "
-        "but no member explains it."
+    """An instance on a host, labgpu's or not: ``members.ContainerRow``."""
+
+    __annotations__ = fields_of(
+        members.ContainerRow,
+        descriptions={
+            "status": "The daemon's status, or missing / unreachable.",
+            "kind": "labgpu: a member's; foreign: not labgpu's (never touched); orphan: marked as labgpu's "
+            "but no member explains it.",
+        },
+        types={"kind": Literal["labgpu", "foreign", "orphan"]},
     )
-    owner: str | None
-    ipv4: list[str]
-    ports: dict[str, int]
-    gpus: str
-    cpu: str | None
-    memory: str | None
-    template: str | None
-    memory_usage: int
-    processes: int
 
 
 class HostOut(BaseModel):
-    name: str
-    kind: str
-    url: str | None
-    public_address: str | None
-    drained: bool
-    gpu_mode: str
-    members: int
-    reachable: bool | None
-    version: str | None
+    """A host in the store: ``members.HostRow``."""
+
+    __annotations__ = fields_of(members.HostRow)
 
 
 class TemplateVersionOut(BaseModel):
@@ -286,22 +280,15 @@ class MemberChange(BaseModel):
 
 
 class ChangeOut(BaseModel):
-    setting: str
-    old: str
-    new: str
-    applied: str
-    note: str
+    """One changed setting of a member: ``members.Change``."""
+
+    __annotations__ = fields_of(members.Change)
 
 
 class RemovalOut(BaseModel):
-    name: str
-    container: str | None
-    container_deleted: bool
-    home: str
-    archived_to: str | None
-    purged: bool
-    freed_ports: dict[str, int]
-    notes: list[str]
+    """What removing a member did: ``members.Removal``."""
+
+    __annotations__ = fields_of(members.Removal)
 
 
 class ResetRequest(BaseModel):
@@ -321,10 +308,9 @@ class ResetOut(ConnectionOut):
 
 
 class SnapshotOut(BaseModel):
-    name: str
-    created_at: str
-    automatic: bool
-    stateful: bool
+    """A snapshot of a member's container: ``members.SnapshotInfo``."""
+
+    __annotations__ = fields_of(members.SnapshotInfo)
 
 
 class SnapshotCreate(BaseModel):

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.members._apply import owned_instance
-from labgpu.services.members._containers import connection_sheet, list_containers, list_hosts, uptime_seconds
+from labgpu.services.members._containers import (
+    ContainerRow,
+    HostRow,
+    connection_sheet,
+    list_containers,
+    list_hosts,
+    uptime_seconds,
+)
 from labgpu.services.members._homes import reachable_here
 from labgpu.services.members._keys import add_keys, list_keys, remove_key
-from labgpu.services.members._lifecycle import count_snapshots, finish_removal, remove_member, reset_member
+from labgpu.services.members._lifecycle import (
+    Removal,
+    count_snapshots,
+    finish_removal,
+    remove_member,
+    reset_member,
+)
 from labgpu.services.members._listing import get_member, list_members
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
@@ -15,6 +28,7 @@ from labgpu.services.members._power import reset_password, set_power
 from labgpu.services.members._provision import checkpoint, ensure_running, provision
 from labgpu.services.members._records import (
     ConnectionSheet,
+    MemberInfo,
     ProvisionError,
     allowed_roots,
     container_spec,
@@ -22,7 +36,7 @@ from labgpu.services.members._records import (
     host_gpus,
     load_member,
 )
-from labgpu.services.members._set import parse_set_request, set_member
+from labgpu.services.members._set import Change, parse_set_request, set_member
 from labgpu.services.members._shares import add_share, get_share, list_shares, remove_share
 from labgpu.services.members._snapshots import (
     HOME_NOTE,
@@ -36,8 +50,13 @@ from labgpu.services.members._ssh import wait_member_ssh
 
 __all__ = [
     "HOME_NOTE",
+    "Change",
     "ConnectionSheet",
+    "ContainerRow",
+    "HostRow",
+    "MemberInfo",
     "ProvisionError",
+    "Removal",
     "SnapshotInfo",
     "add_keys",
     "add_member",

@@ -50,7 +50,7 @@ from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.services.context import Actor, Services
 from labgpu.services.members import _members as members
-from labgpu.services.templates import _base_image as base_image
+from labgpu.system import base_image
 from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
 from labgpu.store.migrate import upgrade

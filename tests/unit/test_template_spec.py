@@ -213,7 +213,7 @@ def test_spec_hash_follows_content_not_layout(tmp_path: Path) -> None:
 
 
 def test_debootstrap_base_passes_variant_and_packages_to_the_cached_recipe() -> None:
-    from labgpu.services.templates import _base_image as base_image
+    from labgpu.system import base_image
 
     default = base_image.debootstrap_recipe(architecture="x86_64")
     buildd = base_image.debootstrap_recipe(variant="buildd", architecture="x86_64")

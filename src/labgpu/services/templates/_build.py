@@ -31,7 +31,7 @@ from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeConflict, RuntimeNotFound
 from labgpu.runtime.images import RemoteImage, split_image_fingerprint
-from labgpu.services.templates import _base_image as base_image
+from labgpu.system import base_image
 from labgpu.services.templates._catalog import (
     PROP_BUILT_AT,
     PROP_SPEC_HASH,

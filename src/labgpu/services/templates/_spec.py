@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from labgpu.errors import BadInput
-from labgpu.services.templates import _base_image as base_image
+from labgpu.system import base_image
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]\Z")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}(=[A-Za-z0-9.+:~-]{1,100}|/[a-z0-9-]{1,40})?\Z")

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from labgpu.errors import BadInput
-from labgpu.services.templates import _base_image as base_image
+from labgpu.system import base_image
 from labgpu.services.templates._spec import Apt, Desktop, LoadedSpec, ScriptCommand, TemplateSpec
 
 WORK_DIR = "/run/labgpu-build"  # tmpfs in the builder: gone when it stops, never in the image

@@ -337,7 +337,6 @@ def prune_cache(*, keep: Collection[str], cache_dir: Path | None = None) -> list
     return removed
 
 
-
 # Command line --------------------------------------------------------------------------------------
 
 

@@ -80,7 +80,6 @@ BUSYBOX_INITTAB = """\
 """
 
 
-
 class ImageBuildError(LabgpuError):
     """Building an image failed; ``command`` and ``output_tail`` say where, when a command failed."""
 
@@ -130,8 +129,6 @@ class ImageRecipe:
         if self.kind == "debootstrap":
             return f"labgpu base: Debian {self.suite} {self.variant} with sshd ({self.architecture})"
         return f"labgpu test: busybox {self.busybox_version} ({self.architecture})"
-
-
 
 
 def build_rootfs(recipe: ImageRecipe, rootfs: Path, say: Progress, *, lock_fd: int) -> None:
@@ -200,7 +197,6 @@ def image_metadata(recipe: ImageRecipe, *, recipe_hash: str, creation_date: int)
             "/etc/hosts": {"when": ["create", "copy"], "template": "hosts.tpl"},
         },
     }
-
 
 
 def _build_debootstrap_rootfs(recipe: ImageRecipe, rootfs: Path, say: Progress, *, lock_fd: int) -> None:
@@ -517,5 +513,3 @@ def locked(path: Path) -> Iterator[int]:
     with path.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield f.fileno()  # closing the file releases the lock (once children holding it have exited)
-
-

@@ -22,17 +22,15 @@ from labgpu.domain.subid import clash_with_container_map, missing_ranges, parse_
 from labgpu.errors import LabgpuError
 from labgpu.gpu import nvml
 from labgpu.runtime.client import RuntimeClient, ServerInfo
+from labgpu.services.hosts._profile import FORBIDDEN_PROFILE_CONFIG
 from labgpu.services.hosts._setup import (
-    FORBIDDEN_PROFILE_CONFIG,
-    KERNEL_LIMITS,
     HostPaths,
     clash_advice,
     daemon_restart_hint,
-    read_kernel_limits,
     runtime_label,
-    sysctl_name,
 )
 from labgpu.settings import Settings
+from labgpu.system.sysctl import KERNEL_LIMITS, read_kernel_limits, sysctl_name
 
 # API extensions the runtime code relies on (both LXD 5.0 and Incus 6.0 have them all).
 REQUIRED_EXTENSIONS: dict[str, str] = {
@@ -286,7 +284,7 @@ def kernel_limit_checks(paths: HostPaths) -> list[Check]:
 
     Fails (not critically: a few containers still run) when fs.inotify.max_user_instances is below
     INOTIFY_INSTANCES_NEEDED; warns when any of them is lower than the guides' values."""
-    found = read_kernel_limits(paths)
+    found = read_kernel_limits(paths.proc_sys)
     if not found:
         return [_na("kernel-limits", f"cannot read {paths.proc_sys} (not Linux, or /proc not mounted)")]
     low = {k: v for k, v in found.items() if v < KERNEL_LIMITS[k]}

@@ -50,10 +50,10 @@ from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.services.context import Actor, Services
 from labgpu.services.members import _members as members
-from labgpu.system import base_image
 from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
 from labgpu.store.migrate import upgrade
+from labgpu.system import base_image
 
 SOCKETS = {"lxd": "/var/lib/lxd/unix.socket", "incus": "/var/lib/incus/unix.socket"}
 CLIS = {"lxd": "lxc", "incus": "incus"}

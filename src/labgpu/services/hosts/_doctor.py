@@ -34,7 +34,7 @@ from labgpu.system.sysctl import KERNEL_LIMITS, read_kernel_limits, sysctl_name
 
 # API extensions the runtime code relies on (both LXD 5.0 and Incus 6.0 have them all).
 REQUIRED_EXTENSIONS: dict[str, str] = {
-    "instances": "the /1.0/instances API",
+    "instances": "the instances API",
     "projects": "projects",
     "storage": "storage pools",
     "network": "networks",
@@ -44,7 +44,7 @@ REQUIRED_EXTENSIONS: dict[str, str] = {
     "proxy": "proxy devices (port maps)",
     "gpu_devices": "gpu devices",
     "id_map": "raw.idmap for homes",
-    "resources_gpu": "GPU inventory in /1.0/resources",
+    "resources_gpu": "GPU inventory in the resources API",
 }
 MIN_VERSIONS = {"lxd": (5, 0), "incus": (6, 0)}
 NO_GPU = "no NVIDIA GPU found (lspci / /proc/driver/nvidia)"

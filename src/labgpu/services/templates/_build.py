@@ -31,7 +31,6 @@ from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeConflict, RuntimeNotFound
 from labgpu.runtime.images import RemoteImage, split_image_fingerprint
-from labgpu.system import base_image
 from labgpu.services.templates._catalog import (
     PROP_BUILT_AT,
     PROP_SPEC_HASH,
@@ -63,6 +62,7 @@ from labgpu.services.templates._steps import (
     guess_os_release,
     plan_steps,
 )
+from labgpu.system import base_image
 
 if TYPE_CHECKING:
     from labgpu.services.context import Services

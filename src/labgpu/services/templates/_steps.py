@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from labgpu.errors import BadInput
-from labgpu.services.templates._spec import Apt, Desktop, LoadedSpec, ScriptCommand, TemplateSpec
+from labgpu.services.templates._spec import Apt, Desktop, ScriptCommand, TemplateSpec
+from labgpu.services.templates._spec_loading import LoadedSpec
 from labgpu.system import base_image
 
 WORK_DIR = "/run/labgpu-build"  # tmpfs in the builder: gone when it stops, never in the image

@@ -182,7 +182,7 @@ def test_accept_language_negotiation(header: str, expected: str | None) -> None:
 
 def test_service_messages_shown_on_pages_still_exist_in_the_services() -> None:
     """web/messages.py lists service messages so they get translated; each must still be raised somewhere."""
-    sources = "".join(p.read_text() for p in ROOT_SERVICES.glob("*.py"))
+    sources = "".join(p.read_text() for p in ROOT_SERVICES.rglob("*.py"))
     sources += "".join(p.read_text() for p in (ROOT_SERVICES.parent / "domain").glob("*.py"))
     sources += "".join(p.read_text() for p in catalog.WEB_DIR.rglob("*.py") if p.name != "messages.py")
     flat = " ".join(sources.split()).replace('" "', "")

@@ -28,7 +28,7 @@ import contextlib
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
-from labgpu.services.templates import _base_image as base_image
+from labgpu.system import base_image
 
 SOCKETS = {"lxd": "/var/lib/lxd/unix.socket", "incus": "/var/lib/incus/unix.socket"}
 CLI = {"lxd": ["lxc", "list", "--format", "json"], "incus": ["incus", "list", "--format", "json"]}

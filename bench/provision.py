@@ -53,10 +53,10 @@ from labgpu.services.members import _add, _provision
 from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.members._provision import PROVISION_STEPS
 from labgpu.services.members._ssh import wait_for_ssh
-from labgpu.services.templates import _base_image as base_image
 from labgpu.settings import load_settings
 from labgpu.store.db import create_engine_for, session_factory
 from labgpu.store.migrate import upgrade
+from labgpu.system import base_image
 
 SOCKETS = {"lxd": "/var/lib/lxd/unix.socket", "incus": "/var/lib/incus/unix.socket"}
 CLIS = {"lxd": "lxc", "incus": "incus"}

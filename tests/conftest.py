@@ -217,7 +217,7 @@ def cleanup(runtime: RuntimeClient) -> Iterator[Cleanup]:
 
 def _ensure_test_image(runtime: RuntimeClient, kind: str) -> str:
     """Import the cached test image under its alias unless the same recipe is already there."""
-    from labgpu.services.templates import _base_image as base_image
+    from labgpu.system import base_image
 
     recipe = base_image.busybox_recipe() if kind == "busybox" else base_image.debootstrap_recipe()
     alias = TEST_IMAGE_ALIASES[kind]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from labgpu.runtime.client import RuntimeClient
-from labgpu.services.templates._base_image import (
+from labgpu.system.base_image import (
     KEYGEN_UNIT,
     BuiltImage,
     build_image,

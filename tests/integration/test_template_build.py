@@ -21,7 +21,8 @@ import pytest
 from labgpu.errors import Conflict
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeNotFound
-from labgpu.services.templates._build import BuildReporter, build_template
+from labgpu.services.templates._build import build_template
+from labgpu.services.templates._build_report import BuildReporter
 from labgpu.services.templates._catalog import (
     PROP_TEMPLATE,
     catalog,
@@ -30,7 +31,7 @@ from labgpu.services.templates._catalog import (
     remove_template,
     version_key,
 )
-from labgpu.services.templates._spec import load_spec
+from labgpu.services.templates._spec_loading import load_spec
 from tests.conftest import Cleanup, LabgpuEnv
 
 # One lane (tests/lanes.py) for the module: `built` is made once per daemon, and no other build may leave a

@@ -502,7 +502,7 @@ def test_every_call_that_changes_an_instance_or_a_profile_is_checked() -> None:
 
 def test_no_code_writes_the_keys_that_break_isolation() -> None:
     """The keys appear only where they are refused (check_safe, the profile's forbidden list)."""
-    allowed = {"domain/container.py", "services/hosts/_setup.py"}
+    allowed = {"domain/container.py", "services/hosts/_profile.py"}
     pattern = re.compile(r"security\.privileged|security\.nesting|raw\.(lxc|apparmor|seccomp|qemu)")
     found = sorted(
         path.relative_to(SRC).as_posix()
@@ -511,7 +511,7 @@ def test_no_code_writes_the_keys_that_break_isolation() -> None:
         and pattern.search(path.read_text(errors="replace"))
     )
     assert set(found) <= allowed, found
-    text = (SRC / "services" / "hosts" / "_setup.py").read_text()
+    text = (SRC / "services" / "hosts" / "_profile.py").read_text()
     assert 'FORBIDDEN_PROFILE_CONFIG = {"security.privileged": "true"}' in text
 
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from labgpu.errors import BadInput
-from labgpu.services.templates import _base_image as base_image
-from labgpu.services.templates._base_image import (
+from labgpu.system import base_image, rootfs
+from labgpu.system.base_image import (
     ImageBuildError,
     add_user,
     build_image,
@@ -84,7 +84,7 @@ def test_recipe_version_and_builder_code_change_the_hash(monkeypatch: pytest.Mon
     before = recipe_hash(recipe)
     monkeypatch.setattr(base_image, "RECIPE_VERSION", base_image.RECIPE_VERSION + 1)
     after_version = recipe_hash(recipe)
-    monkeypatch.setattr(base_image, "SSHD_CONFIG", base_image.SSHD_CONFIG + "PermitRootLogin yes\n")
+    monkeypatch.setattr(rootfs, "SSHD_CONFIG", rootfs.SSHD_CONFIG + "PermitRootLogin yes\n")
     after_code = recipe_hash(recipe)
     assert len({before, after_version, after_code}) == 3
 
@@ -92,7 +92,7 @@ def test_recipe_version_and_builder_code_change_the_hash(monkeypatch: pytest.Mon
 def test_busybox_text_does_not_invalidate_the_ssh_image(monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = debootstrap_recipe(architecture="x86_64")
     before = recipe_hash(recipe)
-    monkeypatch.setattr(base_image, "BUSYBOX_INITTAB", "::sysinit:/bin/true\n")
+    monkeypatch.setattr(rootfs, "BUSYBOX_INITTAB", "::sysinit:/bin/true\n")
     assert recipe_hash(recipe) == before
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from labgpu.services.hosts._setup import HostPaths
-from labgpu.services.hosts._units import install_units, render_units
 from labgpu.services.ops._boot import char_majors, ensure_gpu_devices
+from labgpu.system.systemd import install_units, render_units
 
 
 def fake_gpu_host(root: Path, *, gpus: int, uvm_loaded: bool) -> HostPaths:

@@ -13,6 +13,8 @@ import pytest
 
 from labgpu.gateway import helper, login
 from labgpu.services.hosts import _gateway as gateway
+from labgpu.services.hosts._gateway_paths import GatewayPaths
+from labgpu.system import programs, sshd, sudoers
 
 
 @pytest.mark.parametrize(
@@ -143,7 +145,7 @@ def test_status_shows_ports_bookings_and_only_active_notices() -> None:
 
 
 def test_rendered_sshd_drop_in_is_accepted_by_sshd(tmp_path: Path) -> None:
-    paths = gateway.GatewayPaths(
+    paths = GatewayPaths(
         group="lgt-unit",
         login=Path("/usr/local/bin/labgpu-login"),
         helper=Path("/usr/local/lib/labgpu/gateway-exec"),
@@ -166,21 +168,21 @@ def test_rendered_sshd_drop_in_is_accepted_by_sshd(tmp_path: Path) -> None:
         "PasswordAuthentication no",
     ):
         assert f"\n    {line}\n" in text or text.startswith(line) or f"\n{line}\n" in text, line
-    gateway.check_sshd_config(text)
+    sshd.check_sshd_config(text)
     with pytest.raises(Exception, match="sshd refuses"):
-        gateway.check_sshd_config(text + "    Subsystem sftp /bin/false\n")
+        sshd.check_sshd_config(text + "    Subsystem sftp /bin/false\n")
     assert "PasswordAuthentication" not in gateway.render_sshd_config(paths, password_login=True).replace(
         "# Password logins", ""
     )
-    sudoers = gateway.render_sudoers(paths)
-    assert "%lgt-unit ALL=(root) NOPASSWD: /usr/local/lib/labgpu/gateway-exec\n" in sudoers
-    gateway.check_sudoers(sudoers, paths.sudoers)
+    rule = gateway.render_sudoers(paths)
+    assert "%lgt-unit ALL=(root) NOPASSWD: /usr/local/lib/labgpu/gateway-exec\n" in rule
+    sudoers.check_sudoers(rule, paths.sudoers)
 
 
 def test_installed_programs_run_isolated_with_the_hosts_python(tmp_path: Path) -> None:
     script = tmp_path / "gateway-exec"
     script.write_text(
-        gateway.render_script(
+        programs.render_script(
             helper.__file__,
             python=Path("/usr/bin/python3"),
             call=f"main(map_path={str(tmp_path / 'm.json')!r})",
@@ -210,11 +212,11 @@ def test_paths_that_would_break_sshd_config_or_sudoers_are_refused() -> None:
         dir=Path("/etc/labgpu/gateway"),
         python=Path("/usr/bin/python3"),
     )
-    gateway.GatewayPaths(**base).check()  # type: ignore[arg-type]
+    GatewayPaths(**base).check()  # type: ignore[arg-type]
     for key, value in (
         ("helper", Path("/opt/my helper")),
         ("login", Path("relative")),
         ("sudoers", Path("/etc/sudoers.d/x.conf")),
     ):
         with pytest.raises(Exception, match="gateway_"):
-            gateway.GatewayPaths(**{**base, key: value}).check()  # type: ignore[arg-type]
+            GatewayPaths(**{**base, key: value}).check()  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labgpu.runtime.profiles import Profile
-from labgpu.services.hosts._setup import labgpu_profile, merged_profile, profile_diff
+from labgpu.services.hosts._profile import labgpu_profile, merged_profile, profile_diff
 from labgpu.settings import Settings
 
 

@@ -14,8 +14,10 @@ from labgpu.domain.subid import (
     missing_ranges,
     parse_subid,
 )
-from labgpu.services.hosts._setup import HostPaths, StepStatus, plan_subid, write_file_atomically
+from labgpu.services.hosts._setup import HostPaths, StepStatus
 from labgpu.settings import Settings
+from labgpu.system.files import write_file_atomically
+from labgpu.system.subid import plan_subid
 from tests.conftest import DEBIAN_SYSCTL_DEFAULTS, fake_sysctl
 
 DEBIAN = "_lxd:100000:65536\nroot:100000:65536\n"

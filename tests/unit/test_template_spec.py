@@ -17,15 +17,11 @@ from labgpu.cli.main import run
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.images import RemoteImage, split_multipart
-from labgpu.services.templates._build import (
-    Builder,
-    BuildReporter,
-    TemplateBuildError,
-    base_recipe,
-    check_network,
-)
+from labgpu.services.templates._build import Builder, base_recipe, check_network
+from labgpu.services.templates._build_report import BuildReporter, TemplateBuildError
 from labgpu.services.templates._catalog import next_version, parse_ref, version_key
-from labgpu.services.templates._spec import LoadedSpec, SpecError, load_spec, parse_spec
+from labgpu.services.templates._spec import SpecError
+from labgpu.services.templates._spec_loading import LoadedSpec, load_spec, parse_spec
 from labgpu.services.templates._steps import (
     SSHD_DROPIN,
     VNC_UNIT,
@@ -213,7 +209,7 @@ def test_spec_hash_follows_content_not_layout(tmp_path: Path) -> None:
 
 
 def test_debootstrap_base_passes_variant_and_packages_to_the_cached_recipe() -> None:
-    from labgpu.services.templates import _base_image as base_image
+    from labgpu.system import base_image
 
     default = base_image.debootstrap_recipe(architecture="x86_64")
     buildd = base_image.debootstrap_recipe(variant="buildd", architecture="x86_64")

@@ -3,7 +3,7 @@
 :func:`take_inventory` is the one sweep `gpu list`, `gpu top` and the agent all use: read NVML
 once (through a :class:`~labgpu.gpu.nvml.GpuSource`), read ``/proc/PID/cgroup`` once per GPU
 process, look the container's owner up in a map the caller built from ONE instance listing, and
-compare what NVML sees with the LXD/Incus resources API (``GET /1.0/resources``) when given.
+compare what NVML sees with the LXD/Incus resources API (``RuntimeClient.resources``) when given.
 
 A host without NVIDIA GPUs or without the driver is not an error here: the inventory says
 ``available=False`` and why.
@@ -154,7 +154,7 @@ def owners_from_instances(
 
 
 def nvidia_cards(resources: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The NVIDIA cards of a ``GET /1.0/resources`` answer."""
+    """The NVIDIA cards of a resources API answer (``RuntimeClient.resources``)."""
     cards = (resources.get("gpu") or {}).get("cards") or []
     return [c for c in cards if c.get("driver") == "nvidia" or c.get("vendor_id") == "10de"]
 

@@ -1,6 +1,6 @@
 """What the GPU views need from LXD/Incus: who owns which container, and the resources API.
 
-Two requests per refresh (``GET /1.0/instances?recursion=1`` and ``GET /1.0/resources``), cached
+Two requests per refresh (one instance listing and one resources read), cached
 for ``ttl`` seconds so a `gpu top` refreshing every second or a Prometheus scrape every 15 s does
 not list instances each time. Never raises: when the daemon cannot be reached, the GPU views still
 show containers (from cgroups) without members, and say why.

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -295,9 +296,19 @@ class RuntimeClient:
         )
         return raise_for_response(response, what)
 
-    def get(self, path: str, *, what: str, params: dict[str, Any] | None = None, project: bool = True) -> Any:
-        """GET and return the ``metadata`` of the answer."""
-        return self.request("GET", path, what=what, params=params, project=project).get("metadata")
+    def get(
+        self,
+        path: str,
+        *,
+        what: str,
+        params: dict[str, Any] | None = None,
+        project: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        """GET and return the ``metadata`` of the answer (within ``timeout`` seconds, default: the client's)."""
+        return self.request("GET", path, what=what, params=params, project=project, timeout=timeout).get(
+            "metadata"
+        )
 
     def call(
         self,
@@ -375,10 +386,12 @@ class RuntimeClient:
 
     # Server --------------------------------------------------------------------
 
-    def server(self, *, refresh: bool = False) -> ServerInfo:
-        """The daemon's kind, version and API extensions (cached after the first call)."""
+    def server(self, *, refresh: bool = False, timeout: float | None = None) -> ServerInfo:
+        """The daemon's kind, version and API extensions (``GET /1.0``; cached after the first call,
+        asked again with ``refresh``). ``timeout`` bounds the request (default: the client's)."""
         if self._server is None or refresh:
-            self._server = parse_server_info(self.get("/1.0", what="read server info", project=False))
+            meta = self.get("/1.0", what="read server info", project=False, timeout=timeout)
+            self._server = parse_server_info(meta or {})
         return self._server
 
     @property
@@ -386,13 +399,16 @@ class RuntimeClient:
         """Prefix of the daemon's custom headers (X-LXD-uid vs X-Incus-uid)."""
         return "X-Incus-" if self.server().kind == "incus" else "X-LXD-"
 
-    def resources(self, *, target: str | None = None) -> dict[str, Any]:
+    def resources(self, *, target: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Hardware of the host: CPU, memory, GPUs (``GET /1.0/resources``); of the client's own
-        cluster member unless ``target`` names another."""
+        cluster member unless ``target`` names another. ``timeout`` bounds the request."""
         target = target or self.target
         params = {"target": target} if target else None
-        result: dict[str, Any] = self.get(
-            "/1.0/resources", what="read host resources", params=params, project=False
+        result: dict[str, Any] = (
+            self.get(
+                "/1.0/resources", what="read host resources", params=params, project=False, timeout=timeout
+            )
+            or {}
         )
         return result
 
@@ -449,9 +465,17 @@ class RuntimeClient:
         self._server = None
         return certificate_fingerprint(cert_pem)
 
-    def untrust_certificate(self, fingerprint: str) -> None:
+    def untrust_certificate(
+        self, fingerprint: str, *, what: str = "remove trusted certificate", timeout: float | None = None
+    ) -> None:
+        """Remove a certificate from the daemon's trust store. Raises RuntimeNotFound when it is not there;
+        ``timeout`` bounds the request (a host that is gone must not hold its removal up)."""
         self.call(
-            "DELETE", f"/1.0/certificates/{fingerprint}", what="remove trusted certificate", project=False
+            "DELETE",
+            f"/1.0/certificates/{quote(fingerprint, safe='')}",
+            what=what,
+            project=False,
+            timeout=timeout,
         )
 
 

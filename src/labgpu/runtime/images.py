@@ -91,11 +91,13 @@ class Images:
         data = self._c.get(f"/1.0/images/{quote(fingerprint, safe='')}", what=f"get image {fingerprint[:12]}")
         return Image.from_api(data)
 
-    def resolve_alias(self, alias: str) -> str | None:
-        """The fingerprint an alias points at, or None."""
+    def resolve_alias(self, alias: str, *, timeout: float | None = None) -> str | None:
+        """The fingerprint an alias points at, or None. ``timeout`` bounds the request."""
         try:
             data = self._c.get(
-                f"/1.0/images/aliases/{quote(alias, safe='')}", what=f"get image alias {alias}"
+                f"/1.0/images/aliases/{quote(alias, safe='')}",
+                what=f"get image alias {alias}",
+                timeout=timeout,
             )
         except RuntimeNotFound:
             return None

@@ -119,12 +119,17 @@ class Instances:
     def __init__(self, client: RuntimeClient) -> None:
         self._c = client
 
-    def all(self, *, with_state: bool = True, all_projects: bool = False) -> list[Instance]:
-        """All instances in ONE request (``recursion=2`` includes their state)."""
+    def all(
+        self, *, with_state: bool = True, all_projects: bool = False, timeout: float | None = None
+    ) -> list[Instance]:
+        """All instances in ONE request (``recursion=2`` includes their state); of every member of a
+        cluster. ``timeout`` bounds the request (default: the client's)."""
         params: dict[str, Any] = {"recursion": 2 if with_state else 1}
         if all_projects:
             params["all-projects"] = "true"
-        data = self._c.get("/1.0/instances", what="list instances", params=params, project=not all_projects)
+        data = self._c.get(
+            "/1.0/instances", what="list instances", params=params, project=not all_projects, timeout=timeout
+        )
         return [Instance.from_api(d) for d in data or []]
 
     def get(self, name: str, *, with_state: bool = False) -> Instance:

@@ -41,14 +41,16 @@ class Profiles:
         data = self._c.get("/1.0/profiles", what="list profiles", params={"recursion": 1})
         return [Profile.from_api(d) for d in data or []]
 
-    def get(self, name: str) -> Profile:
+    def get(self, name: str, *, timeout: float | None = None) -> Profile:
+        """One profile. Raises RuntimeNotFound. ``timeout`` bounds the request (default: the client's)."""
         return Profile.from_api(
-            self._c.get(f"/1.0/profiles/{quote(name, safe='')}", what=f"get profile {name}")
+            self._c.get(f"/1.0/profiles/{quote(name, safe='')}", what=f"get profile {name}", timeout=timeout)
         )
 
-    def find(self, name: str) -> Profile | None:
+    def find(self, name: str, *, timeout: float | None = None) -> Profile | None:
+        """One profile, or None when there is none of that name."""
         try:
-            return self.get(name)
+            return self.get(name, timeout=timeout)
         except RuntimeNotFound:
             return None
 

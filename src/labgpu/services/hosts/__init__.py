@@ -5,17 +5,16 @@ from __future__ import annotations
 from labgpu.services.hosts._clients import is_local, runtime_for, services_for
 from labgpu.services.hosts._doctor import CheckStatus, nvidia_pci_devices, run_doctor
 from labgpu.services.hosts._gateway import (
-    GatewayReport,
     add_user,
     disable,
     enable,
-    is_enabled,
     on_member_changed,
-    refresh_map,
     remove_user,
     status,
     sync,
 )
+from labgpu.services.hosts._gateway_map import refresh_map
+from labgpu.services.hosts._gateway_paths import GatewayReport, is_enabled
 from labgpu.services.hosts._inventory import (
     ask_all,
     host_facts,
@@ -36,7 +35,7 @@ from labgpu.services.hosts._remote import (
     validate_host_name,
 )
 from labgpu.services.hosts._setup import HostPaths, StepStatus, init_host
-from labgpu.services.hosts._units import install_units
+from labgpu.system.systemd import install_units
 
 __all__ = [
     "CheckStatus",

@@ -22,21 +22,19 @@ from labgpu.domain.subid import clash_with_container_map, missing_ranges, parse_
 from labgpu.errors import LabgpuError
 from labgpu.gpu import nvml
 from labgpu.runtime.client import RuntimeClient, ServerInfo
+from labgpu.services.hosts._profile import FORBIDDEN_PROFILE_CONFIG
 from labgpu.services.hosts._setup import (
-    FORBIDDEN_PROFILE_CONFIG,
-    KERNEL_LIMITS,
     HostPaths,
     clash_advice,
     daemon_restart_hint,
-    read_kernel_limits,
     runtime_label,
-    sysctl_name,
 )
 from labgpu.settings import Settings
+from labgpu.system.sysctl import KERNEL_LIMITS, read_kernel_limits, sysctl_name
 
 # API extensions the runtime code relies on (both LXD 5.0 and Incus 6.0 have them all).
 REQUIRED_EXTENSIONS: dict[str, str] = {
-    "instances": "the /1.0/instances API",
+    "instances": "the instances API",
     "projects": "projects",
     "storage": "storage pools",
     "network": "networks",
@@ -46,7 +44,7 @@ REQUIRED_EXTENSIONS: dict[str, str] = {
     "proxy": "proxy devices (port maps)",
     "gpu_devices": "gpu devices",
     "id_map": "raw.idmap for homes",
-    "resources_gpu": "GPU inventory in /1.0/resources",
+    "resources_gpu": "GPU inventory in the resources API",
 }
 MIN_VERSIONS = {"lxd": (5, 0), "incus": (6, 0)}
 NO_GPU = "no NVIDIA GPU found (lspci / /proc/driver/nvidia)"
@@ -286,7 +284,7 @@ def kernel_limit_checks(paths: HostPaths) -> list[Check]:
 
     Fails (not critically: a few containers still run) when fs.inotify.max_user_instances is below
     INOTIFY_INSTANCES_NEEDED; warns when any of them is lower than the guides' values."""
-    found = read_kernel_limits(paths)
+    found = read_kernel_limits(paths.proc_sys)
     if not found:
         return [_na("kernel-limits", f"cannot read {paths.proc_sys} (not Linux, or /proc not mounted)")]
     low = {k: v for k, v in found.items() if v < KERNEL_LIMITS[k]}

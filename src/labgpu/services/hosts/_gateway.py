@@ -22,18 +22,10 @@ temporary places) and shells out with argument lists only.
 from __future__ import annotations
 
 import contextlib
-import grp
-import json
-import os
 import pwd
-import re
-import secrets
-import shutil
 import stat
-import subprocess
-import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,297 +33,55 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from labgpu import __version__
 from labgpu.errors import ConfigError, Conflict, LabgpuError, NotFound
 from labgpu.gateway import helper as helper_module
 from labgpu.gateway import login as login_module
 from labgpu.services.context import Services
-from labgpu.services.hosts._records import public_address, recorded_local_host
-from labgpu.settings import Settings
-from labgpu.store.models import (
-    Account,
-    Booking,
-    BookingStatus,
-    Member,
-    MemberState,
-    Notice,
-    utcnow,
+from labgpu.services.hosts._gateway_map import write_map
+from labgpu.services.hosts._gateway_paths import (
+    ATTENTION,
+    CHANGED,
+    CREATED,
+    REMOVED,
+    UNCHANGED,
+    GatewayPaths,
+    GatewayReport,
+    Step,
+    is_enabled,
+    runtime_cli,
 )
-
-MARKER = "# Managed by labgpu"
-GECOS_PREFIX = "labgpu gateway account of "
-KEY_OPTIONS = "restrict,pty"
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*\Z")
-_SUBPROCESS_TIMEOUT = 60
-
-CREATED = "created"
-CHANGED = "changed"
-UNCHANGED = "unchanged"
-REMOVED = "removed"
-ATTENTION = "needs-attention"
-
-
-@dataclass(frozen=True)
-class GatewayPaths:
-    """Where the gateway's pieces live, from the settings."""
-
-    group: str
-    login: Path
-    helper: Path
-    sshd_config: Path
-    sudoers: Path
-    dir: Path
-    python: Path
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> GatewayPaths:
-        return cls(
-            group=settings.gateway_group,
-            login=settings.gateway_login_command,
-            helper=settings.gateway_helper,
-            sshd_config=settings.gateway_sshd_config,
-            sudoers=settings.gateway_sudoers,
-            dir=settings.gateway_dir,
-            python=settings.gateway_python,
-        )
-
-    @property
-    def map(self) -> Path:
-        return self.dir / "map.json"
-
-    @property
-    def keys(self) -> Path:
-        return self.dir / "keys"
-
-    @property
-    def home(self) -> Path:
-        return self.dir / "home"
-
-    def check(self) -> None:
-        """Refuse paths that could not be written safely into sshd_config and sudoers."""
-        for what, path in (
-            ("gateway_login_command", self.login),
-            ("gateway_helper", self.helper),
-            ("gateway_sshd_config", self.sshd_config),
-            ("gateway_sudoers", self.sudoers),
-            ("gateway_dir", self.dir),
-            ("gateway_python", self.python),
-        ):
-            if not _SAFE_PATH.match(str(path)):
-                raise ConfigError(
-                    f"{what} {str(path)!r} must be an absolute path of letters, digits and / . _ + -"
-                )
-        if "." in self.sudoers.name or self.sudoers.name.endswith("~"):
-            # sudo skips files in sudoers.d whose names contain a dot or end in ~.
-            raise ConfigError(
-                f"gateway_sudoers {self.sudoers}: sudo ignores names with a '.' or ending in '~'"
-            )
-
-
-@dataclass(frozen=True)
-class Step:
-    """One thing enable/disable/sync did or found."""
-
-    step: str
-    status: str
-    detail: str
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-@dataclass
-class GatewayReport:
-    steps: list[Step] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    passwords: dict[str, str] = field(default_factory=dict)  # shown once (gateway_password_login)
-
-    def add(self, step: str, status: str, detail: str) -> None:
-        self.steps.append(Step(step, status, detail))
-
-    @property
-    def needs_attention(self) -> bool:
-        return any(s.status == ATTENTION for s in self.steps)
-
-    @property
-    def changed(self) -> bool:
-        return any(s.status in (CREATED, CHANGED, REMOVED) for s in self.steps)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "steps": [s.as_dict() for s in self.steps],
-            "notes": self.notes,
-            "passwords": self.passwords,
-            "needs_attention": self.needs_attention,
-        }
-
-
-# Small helpers ------------------------------------------------------------------------------------
-
-
-def _run(args: Sequence[str], *, what: str, input_text: str | None = None) -> str:
-    try:
-        done = subprocess.run(
-            list(args),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=_SUBPROCESS_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise LabgpuError(f"{what}: {args[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise LabgpuError(f"{what}: {args[0]} did not finish within {_SUBPROCESS_TIMEOUT}s") from None
-    if done.returncode != 0:
-        reason = (done.stderr or done.stdout).strip().splitlines()
-        raise LabgpuError(f"{what} failed: {reason[-1] if reason else f'exit code {done.returncode}'}")
-    return done.stdout
-
-
-def _write_atomic(path: Path, text: str, *, mode: int) -> bool:
-    """Write ``text`` to ``path`` (root-owned, ``mode``) unless it already holds exactly that.
-    Returns True when the file changed."""
-    if path.is_file() and not path.is_symlink():
-        info = path.stat()
-        if path.read_text() == text and stat.S_IMODE(info.st_mode) == mode and info.st_uid == 0:
-            return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labgpu-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
-
-
-def _managed(path: Path) -> bool:
-    try:
-        return path.is_file() and MARKER in path.read_text()
-    except OSError:
-        return False
-
-
-def _unsafe_parent(path: Path) -> Path | None:
-    """The first folder above ``path`` that someone other than root could change, if any."""
-    for parent in [path.parent, *path.parent.parents]:
-        try:
-            info = parent.stat()
-        except FileNotFoundError:
-            continue
-        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return parent
-    return None
-
-
-def _world_traversable(path: Path) -> Path | None:
-    """The first folder on the way to ``path`` that other users cannot enter, if any."""
-    for candidate in (path, path.resolve()):
-        for parent in reversed(candidate.parents):
-            try:
-                if not parent.stat().st_mode & stat.S_IXOTH:
-                    return parent
-            except FileNotFoundError:
-                return parent
-    return None
-
-
-def systemd_running() -> bool:
-    """Whether systemd is PID 1 (it is not in containers and on these development machines)."""
-    return Path("/run/systemd/system").is_dir()
-
-
-def is_enabled(settings: Settings) -> bool:
-    """Whether `host gateway enable` ran (its sshd drop-in is in place)."""
-    return _managed(settings.gateway_sshd_config)
-
+from labgpu.store.models import Member, MemberState
+from labgpu.system import accounts, programs, sshd, sudoers
+from labgpu.system.commands import which
+from labgpu.system.files import ensure_root_folder, is_managed, unsafe_parent, world_traversable, write_atomic
 
 # What is written ----------------------------------------------------------------------------------
 
 
 def render_sshd_config(paths: GatewayPaths, *, password_login: bool) -> str:
     """The sshd_config drop-in: one Match block for the gateway group."""
-    auth = (
-        "    # Password logins allowed (gateway_password_login = true).\n"
-        if password_login
-        else "    AuthenticationMethods publickey\n"
-        "    PasswordAuthentication no\n"
-        "    KbdInteractiveAuthentication no\n"
-    )
-    return (
-        f"{MARKER} (`labgpu host gateway enable`); `labgpu host gateway disable` removes it.\n"
-        f"# Accounts in {paths.group} are labgpu members: whatever they ask for, sshd runs labgpu-login,\n"
-        "# which takes them into their own container. Nothing is forwarded.\n"
-        f"Match Group {paths.group}\n"
-        f"    ForceCommand {paths.login}\n"
-        f"    AuthorizedKeysFile {paths.keys}/%u\n"
-        f"{auth}"
-        "    DisableForwarding yes\n"
-        "    AllowTcpForwarding no\n"
-        "    AllowStreamLocalForwarding no\n"
-        "    AllowAgentForwarding no\n"
-        "    X11Forwarding no\n"
-        "    PermitTunnel no\n"
-        "    PermitListen none\n"
-        "    PermitOpen none\n"
-        "    GatewayPorts no\n"
-        "    PermitTTY yes\n"
-        "    PermitUserRC no\n"
+    return sshd.render_gateway_dropin(
+        group=paths.group, force_command=paths.login, keys_dir=paths.keys, password_login=password_login
     )
 
 
 def render_sudoers(paths: GatewayPaths) -> str:
     """The sudoers drop-in: the gateway group may run the helper as root, without a password, and nothing else."""
-    return (
-        f"{MARKER} (`labgpu host gateway enable`); `labgpu host gateway disable` removes it.\n"
-        f"# Members ({paths.group}) may run the gateway helper as root and nothing else. The helper finds\n"
-        "# the member from SUDO_UID and only ever reaches that member's own container.\n"
-        f"Defaults!{paths.helper} !use_pty, env_reset, !lecture\n"
-        f"%{paths.group} ALL=(root) NOPASSWD: {paths.helper}\n"
-    )
-
-
-def render_script(module_file: str, *, python: Path, call: str) -> str:
-    """A stand-alone copy of a stdlib-only module, run by ``python -I -S``, ending in ``sys.exit(call)``."""
-    source = Path(module_file).read_text()
-    return (
-        f"#!{python} -IS\n"
-        f"{MARKER} {__version__} (`labgpu host gateway enable` writes it again; do not edit).\n"
-        f"{source.rstrip()}\n\n\n"
-        'if __name__ == "__main__":\n'
-        f"    sys.exit({call})\n"
-    )
+    return sudoers.render_gateway_rule(group=paths.group, helper=paths.helper)
 
 
 def render_login(paths: GatewayPaths) -> str:
-    return render_script(
+    return programs.render_script(
         login_module.__file__,
         python=paths.python,
-        call=f"main(helper={str(paths.helper)!r}, sudo={_sudo_path()!r})",
+        call=f"main(helper={str(paths.helper)!r}, sudo={sudoers.sudo_path()!r})",
     )
 
 
 def render_helper(paths: GatewayPaths) -> str:
-    return render_script(
+    return programs.render_script(
         helper_module.__file__, python=paths.python, call=f"main(map_path={str(paths.map)!r})"
     )
-
-
-def _sudo_path() -> str:
-    return shutil.which("sudo", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/usr/bin/sudo"
-
-
-def authorized_keys_text(keys: Sequence[str]) -> str:
-    """The gateway account's authorized_keys: the member's keys, each restricted to a session with a tty."""
-    lines = [f"{KEY_OPTIONS} {k.strip()}" for k in keys if k.strip()]
-    header = f"{MARKER}: the keys of this member in the store (`labgpu member key`); rewritten on changes.\n"
-    return header + "".join(line + "\n" for line in lines)
 
 
 # Checks before anything is changed ----------------------------------------------------------------
@@ -345,29 +95,26 @@ def preflight(svc: Services, paths: GatewayPaths) -> None:
             "the login gateway needs the local LXD/Incus daemon (runtime_url is not a unix socket)"
         )
     for tool in ("sudo", "visudo", "useradd", "userdel", "groupadd", "usermod"):
-        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        if which(tool) is None:
             raise ConfigError(f"{tool} is not installed", hint="apt install sudo passwd")
-    if _sshd() is None:
+    if sshd.sshd_path() is None:
         raise ConfigError("sshd is not installed", hint="apt install openssh-server")
-    _runtime_cli(svc)
+    runtime_cli(svc)
     if not paths.python.is_file():
         raise ConfigError(f"gateway_python {paths.python} does not exist", hint="apt install python3")
-    blocked = _world_traversable(paths.python)
+    blocked = world_traversable(paths.python)
     if blocked is not None or not paths.python.resolve().stat().st_mode & stat.S_IXOTH:
         raise ConfigError(
             f"members cannot run gateway_python {paths.python} ({blocked or 'not executable'} is closed to them)",
             hint="set gateway_python to an interpreter every user may run, e.g. /usr/bin/python3",
         )
-    version = _run(
-        [str(paths.python), "-IS", "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
-        what=f"checking {paths.python}",
-    ).split()
-    if tuple(int(v) for v in version) < (3, 8):
+    version = programs.python_version(paths.python)
+    if version < (3, 8):
         raise ConfigError(
-            f"gateway_python {paths.python} is Python {'.'.join(version)}; 3.8 or later is needed"
+            f"gateway_python {paths.python} is Python {'.'.join(map(str, version))}; 3.8 or later is needed"
         )
     for what, path in (("gateway_helper", paths.helper), ("gateway_login_command", paths.login)):
-        unsafe = _unsafe_parent(path)
+        unsafe = unsafe_parent(path)
         if unsafe is not None:
             raise ConfigError(
                 f"{what} {path}: the folder {unsafe} may be changed by users other than root",
@@ -375,117 +122,19 @@ def preflight(svc: Services, paths: GatewayPaths) -> None:
             )
 
 
-def _sshd() -> str | None:
-    return shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
-
-
-def _runtime_cli(svc: Services) -> str:
-    kind = svc.runtime.server().kind
-    name = "incus" if kind == "incus" else "lxc"
-    cli = shutil.which(name, path="/usr/bin:/usr/sbin:/bin:/snap/bin:/usr/local/bin")
-    if cli is None:
-        raise ConfigError(
-            f"the {name} command is not installed; the gateway runs `{name} exec` for members",
-            hint="install the client of your daemon",
-        )
-    return cli
-
-
-def check_sshd_config(text: str) -> None:
-    """Have sshd parse the drop-in (in a throwaway main config). Raises ConfigError with sshd's words."""
-    sshd = _sshd()
-    if sshd is None:
-        raise ConfigError("sshd is not installed", hint="apt install openssh-server")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t wants its privilege separation folder
-    with tempfile.TemporaryDirectory(prefix="labgpu-sshd-check-") as tmp:
-        folder = Path(tmp)
-        (folder / "drop-in.conf").write_text(text)
-        _run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "hostkey")],
-            what="making a throwaway host key",
-        )
-        (folder / "sshd_config").write_text(
-            f"Include {folder / 'drop-in.conf'}\nHostKey {folder / 'hostkey'}\n"
-        )
-        try:
-            _run([sshd, "-t", "-f", str(folder / "sshd_config")], what="sshd -t")
-        except LabgpuError as exc:
-            raise ConfigError(f"sshd refuses the gateway's drop-in: {exc.message}") from None
-
-
-def check_sudoers(text: str, target: Path) -> None:
-    """Have visudo check the rule before sudo sees it (a broken file in sudoers.d breaks sudo for all)."""
-    visudo = shutil.which("visudo", path="/usr/sbin:/usr/bin:/sbin:/bin") or "visudo"
-    fd, tmp = tempfile.mkstemp(prefix="labgpu-sudoers-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        Path(tmp).chmod(0o440)
-        _run([visudo, "-c", "-q", "-f", tmp], what=f"visudo -c for {target}")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def effective_force_command(sshd_main_config: Path, account: str) -> str | None:
-    """What sshd would force for ``account`` with the host's real configuration (sshd -T), or None
-    when that cannot be told (no sshd, unreadable config)."""
-    sshd = _sshd()
-    if sshd is None or not sshd_main_config.is_file():
-        return None
-    try:
-        out = _run(
-            [
-                sshd,
-                "-T",
-                "-f",
-                str(sshd_main_config),
-                "-C",
-                f"user={account},host=gateway-check,addr=127.0.0.1",
-            ],
-            what="sshd -T",
-        )
-    except LabgpuError:
-        return None
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "forcecommand":
-            return value.strip()
-    return "none"
-
-
 # Accounts -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GatewayAccount:
-    name: str
-    uid: int
-    member_exists: bool
-
-
-def _group_gid(group: str) -> int | None:
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        return None
-
-
-def _is_gateway_account(entry: pwd.struct_passwd, gid: int | None) -> bool:
-    return entry.pw_gecos.startswith(GECOS_PREFIX) and gid is not None and entry.pw_gid == gid
 
 
 def gateway_accounts(paths: GatewayPaths) -> list[pwd.struct_passwd]:
     """The host accounts labgpu made for the gateway (marked in their comment field, in the group)."""
-    gid = _group_gid(paths.group)
-    return sorted((e for e in pwd.getpwall() if _is_gateway_account(e, gid)), key=lambda e: e.pw_name)
+    return accounts.gateway_accounts(paths.group)
 
 
 def ensure_group(paths: GatewayPaths, report: GatewayReport) -> None:
-    if _group_gid(paths.group) is not None:
+    if accounts.ensure_group(paths.group):
+        report.add("group", CREATED, f"group {paths.group}")
+    else:
         report.add("group", UNCHANGED, f"group {paths.group} exists")
-        return
-    _run(["groupadd", "--system", paths.group], what=f"groupadd {paths.group}")
-    report.add("group", CREATED, f"group {paths.group}")
 
 
 def ensure_account(
@@ -494,180 +143,35 @@ def ensure_account(
     """Create (or bring back to shape) the member's gateway account and write their keys.
 
     Raises Conflict when a host account of that name exists and is not labgpu's."""
-    gid = _group_gid(paths.group)
-    if gid is None:
-        raise LabgpuError(f"group {paths.group} is missing; run `labgpu host gateway enable`")
-    try:
-        entry: pwd.struct_passwd | None = pwd.getpwnam(name)
-    except KeyError:
-        entry = None
-    if entry is not None and not _is_gateway_account(entry, gid):
-        raise Conflict(
-            f"the host already has an account named {name} that is not labgpu's gateway account",
-            hint=f"{name} can still use the direct SSH port; rename the host account to use the gateway",
-        )
-    if entry is None:
-        _run(
-            [
-                "useradd",
-                "--no-create-home",
-                "--home-dir", str(paths.home),
-                "--shell", str(paths.login),
-                "--gid", paths.group,
-                "--comment", GECOS_PREFIX + name,
-                "--password", "*",  # no usable password: not locked (sshd refuses locked accounts without PAM)
-                "-K", "SUB_UID_COUNT=0",
-                "-K", "SUB_GID_COUNT=0",
-                name,
-            ],
-            what=f"useradd {name}",
-        )  # fmt: skip
+    change = accounts.ensure_account(
+        name,
+        group=paths.group,
+        home=paths.home,
+        shell=paths.login,
+        keys_file=paths.keys / name,
+        keys=keys,
+        password_login=password_login,
+    )
+    if change.account == "created":
         report.add(
             f"account {name}", CREATED, f"host account {name} (group {paths.group}, shell labgpu-login)"
         )
-        if password_login:
-            password = secrets.token_urlsafe(12)
-            _run(["chpasswd"], input_text=f"{name}:{password}\n", what=f"setting {name}'s password")
-            _run(["chage", "-d", "0", name], what=f"expiring {name}'s password")
-            report.passwords[name] = password
-    elif entry.pw_shell != str(paths.login) or entry.pw_dir != str(paths.home):
-        _run(
-            ["usermod", "--shell", str(paths.login), "--home", str(paths.home), name],
-            what=f"usermod {name}",
-        )
+    elif change.account == "changed":
         report.add(f"account {name}", CHANGED, "shell and home put back")
-    if _write_atomic(paths.keys / name, authorized_keys_text(keys), mode=0o644):
+    if change.password is not None:
+        report.passwords[name] = change.password
+    if change.keys_changed:
         report.add(f"keys {name}", CHANGED, f"{len(keys)} key(s) in {paths.keys / name}")
 
 
 def remove_account(paths: GatewayPaths, name: str, report: GatewayReport) -> None:
     """Delete the member's gateway account (never anything else: no home, no other account)."""
-    gid = _group_gid(paths.group)
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        entry = None
-    if entry is not None and _is_gateway_account(entry, gid):
-        _run(["userdel", name], what=f"userdel {name}")
-        report.add(f"account {name}", REMOVED, "gateway account deleted")
     key_file = paths.keys / name
-    if key_file.exists():
-        key_file.unlink()
+    account_removed, keys_removed = accounts.remove_account(name, group=paths.group, keys_file=key_file)
+    if account_removed:
+        report.add(f"account {name}", REMOVED, "gateway account deleted")
+    if keys_removed:
         report.add(f"keys {name}", REMOVED, str(key_file))
-
-
-# The map the helper reads -------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def build_map(svc: Services, paths: GatewayPaths, *, now: datetime | None = None) -> dict[str, Any]:
-    """Everything the helper needs, from the store: members (container, state, ports, GPUs, bookings),
-    the active and coming notices, and how to reach the daemon."""
-    settings = svc.settings
-    now = now or utcnow()
-    runtime_kind = svc.runtime.server().kind
-    socket_dir = str(svc.runtime.endpoint.socket_path.parent) if svc.runtime.endpoint.socket_path else ""
-    env_name = "INCUS_DIR" if runtime_kind == "incus" else "LXD_DIR"
-    members: dict[str, Any] = {}
-    with svc.session() as session:
-        local = recorded_local_host(session)
-        host_info = {
-            "name": local.name if local else "",
-            "address": public_address(local, settings) if local else settings.public_address or "",
-        }
-        rows = session.scalars(
-            select(Member)
-            .order_by(Member.name)
-            .options(selectinload(Member.port_maps), selectinload(Member.host))
-        ).all()
-        disabled = {
-            a.member_id for a in session.scalars(select(Account).where(Account.disabled_at.is_not(None)))
-        }
-        bookings: dict[int, list[dict[str, Any]]] = {}
-        live = (BookingStatus.PENDING, BookingStatus.APPROVED, BookingStatus.ACTIVE)
-        for b in session.scalars(
-            select(Booking).where(Booking.status.in_(live), Booking.end_at > now).order_by(Booking.start_at)
-        ):
-            bookings.setdefault(b.member_id, []).append(
-                {
-                    "gpus": b.gpus,
-                    "start_at": _iso(b.start_at),
-                    "end_at": _iso(b.end_at),
-                    "status": str(b.status),
-                }
-            )
-        for m in rows:
-            try:
-                uid = pwd.getpwnam(m.name).pw_uid
-            except KeyError:
-                continue  # no gateway account (yet)
-            elsewhere = None
-            if m.host is not None and local is not None and m.host.id != local.id:
-                elsewhere = public_address(m.host, settings)
-            members[m.name] = {
-                "uid": uid,
-                "container": m.container,
-                "state": str(m.state),
-                "disabled": m.id in disabled,
-                "elsewhere": elsewhere,
-                "ports": {str(p.purpose): p.host_port for p in sorted(m.port_maps, key=lambda p: p.purpose)},
-                "gpus": m.gpu_spec or settings.default_gpus,
-                "home": settings.container_home.format(name=m.name),
-                "bookings": bookings.get(m.id, []),
-            }
-        notices = [
-            {"message": n.message, "starts_at": _iso(n.starts_at), "ends_at": _iso(n.ends_at)}
-            for n in session.scalars(
-                select(Notice)
-                .where((Notice.ends_at.is_(None)) | (Notice.ends_at > now))
-                .order_by(Notice.starts_at, Notice.id)
-            )
-        ]
-    return {
-        "version": helper_module.MAP_VERSION,
-        "written_at": now.isoformat(),
-        "group": paths.group,
-        "container_user": settings.container_user,
-        "host": host_info,
-        "runtime": {
-            "kind": runtime_kind,
-            "cli": _runtime_cli(svc),
-            "project": settings.runtime_project,
-            "env": {env_name: socket_dir} if socket_dir else {},
-        },
-        "members": members,
-        "notices": notices,
-    }
-
-
-def write_map(svc: Services, paths: GatewayPaths | None = None) -> bool:
-    """Write the helper's map (root only, mode 0600). Returns True when it changed."""
-    paths = paths or GatewayPaths.from_settings(svc.settings)
-    data = build_map(svc, paths)
-    old: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        old = json.loads(paths.map.read_text())
-    if {k: v for k, v in old.items() if k != "written_at"} == {
-        k: v for k, v in data.items() if k != "written_at"
-    }:
-        return False
-    paths.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    _write_atomic(paths.map, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o600)
-    return True
-
-
-def refresh_map(svc: Services) -> bool:
-    """Rewrite the map when the gateway is enabled (after a notice, booking or member change).
-    Never raises for the gateway's sake: returns False when nothing was written."""
-    if not is_enabled(svc.settings):
-        return False
-    try:
-        return write_map(svc)
-    except (LabgpuError, OSError):
-        return False
 
 
 # Use cases ----------------------------------------------------------------------------------------
@@ -684,12 +188,10 @@ def _store_members(svc: Services) -> dict[str, list[str]]:
 
 def _install_files(svc: Services, paths: GatewayPaths, report: GatewayReport) -> None:
     for folder, mode in ((paths.dir, 0o755), (paths.keys, 0o755), (paths.home, 0o755)):
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chown(folder, 0, 0)
-        folder.chmod(mode)
+        ensure_root_folder(folder, mode=mode)
     # No "Last login" line from sshd; the status comes from the helper.
-    _write_atomic(paths.home / ".hushlogin", "", mode=0o644)
-    blocked = _world_traversable(paths.keys / "x")
+    write_atomic(paths.home / ".hushlogin", "", mode=0o644)
+    blocked = world_traversable(paths.keys / "x")
     if blocked is not None:
         raise ConfigError(
             f"members cannot reach their keys in {paths.keys}: {blocked} is closed to other users",
@@ -699,24 +201,15 @@ def _install_files(svc: Services, paths: GatewayPaths, report: GatewayReport) ->
         ("login program", paths.login, render_login(paths), 0o755),
         ("helper", paths.helper, render_helper(paths), 0o755),
     ):
-        changed = _write_atomic(path, text, mode=mode)
-        _run(
-            [
-                str(paths.python),
-                "-IS",
-                "-c",
-                "import sys; compile(open(sys.argv[1]).read(), sys.argv[1], 'exec')",
-                str(path),
-            ],
-            what=f"checking {path} with {paths.python}",
-        )
+        changed = write_atomic(path, text, mode=mode)
+        programs.check_compiles(paths.python, path)
         report.add(what, CHANGED if changed else UNCHANGED, str(path))
 
-    sudoers = render_sudoers(paths)
-    check_sudoers(sudoers, paths.sudoers)
-    if paths.sudoers.exists() and not _managed(paths.sudoers):
+    rule = render_sudoers(paths)
+    sudoers.check_sudoers(rule, paths.sudoers)
+    if paths.sudoers.exists() and not is_managed(paths.sudoers):
         raise Conflict(f"{paths.sudoers} exists and was not written by labgpu; move it away first")
-    changed = _write_atomic(paths.sudoers, sudoers, mode=0o440)
+    changed = write_atomic(paths.sudoers, rule, mode=0o440)
     report.add(
         "sudoers rule",
         CHANGED if changed else UNCHANGED,
@@ -724,10 +217,10 @@ def _install_files(svc: Services, paths: GatewayPaths, report: GatewayReport) ->
     )
 
     dropin = render_sshd_config(paths, password_login=svc.settings.gateway_password_login)
-    check_sshd_config(dropin)
-    if paths.sshd_config.exists() and not _managed(paths.sshd_config):
+    sshd.check_sshd_config(dropin)
+    if paths.sshd_config.exists() and not is_managed(paths.sshd_config):
         raise Conflict(f"{paths.sshd_config} exists and was not written by labgpu; move it away first")
-    changed = _write_atomic(paths.sshd_config, dropin, mode=0o644)
+    changed = write_atomic(paths.sshd_config, dropin, mode=0o644)
     report.add(
         "sshd drop-in", CHANGED if changed else UNCHANGED, f"{paths.sshd_config}: Match Group {paths.group}"
     )
@@ -736,14 +229,10 @@ def _install_files(svc: Services, paths: GatewayPaths, report: GatewayReport) ->
 def _reload_sshd(report: GatewayReport, *, changed: bool) -> None:
     if not changed:
         return
-    if systemd_running():
-        for unit in ("ssh.service", "sshd.service"):
-            done = subprocess.run(
-                ["systemctl", "reload", unit], capture_output=True, text=True, timeout=60, check=False
-            )
-            if done.returncode == 0:
-                report.add("sshd reload", CHANGED, f"systemctl reload {unit}")
-                return
+    unit = sshd.reload_sshd()
+    if unit is not None:
+        report.add("sshd reload", CHANGED, f"systemctl reload {unit}")
+        return
     report.notes.append(
         "sshd reads its configuration when it starts: reload it now (systemctl reload ssh, or "
         "kill -HUP $(cat /run/sshd.pid) without systemd)"
@@ -778,20 +267,20 @@ def enable(
     paths = GatewayPaths.from_settings(svc.settings)
     preflight(svc, paths)
     for path in (paths.sshd_config, paths.sudoers):
-        if path.exists() and not _managed(path):
+        if path.exists() and not is_managed(path):
             raise Conflict(f"{path} exists and was not written by labgpu; move it away first")
     report = GatewayReport()
     ensure_group(paths, report)
     _install_files(svc, paths, report)
     sync(svc, report)
-    accounts = gateway_accounts(paths)
-    if accounts:
-        forced = effective_force_command(sshd_main_config, accounts[0].pw_name)
+    made = gateway_accounts(paths)
+    if made:
+        forced = sshd.effective_force_command(sshd_main_config, made[0].pw_name)
         if forced is not None and forced != str(paths.login):
             report.add(
                 "sshd effective config",
                 ATTENTION,
-                f"sshd would run {forced!r} for {accounts[0].pw_name}, not labgpu-login: make {sshd_main_config} "
+                f"sshd would run {forced!r} for {made[0].pw_name}, not labgpu-login: make {sshd_main_config} "
                 f"Include {paths.sshd_config.parent}/*.conf before any Match block",
             )
         elif forced is not None:
@@ -799,7 +288,7 @@ def enable(
     if reload:
         _reload_sshd(report, changed=report.changed)
     with svc.session() as session:
-        svc.audit(session, "gateway.enable", None, group=paths.group, accounts=[a.pw_name for a in accounts])
+        svc.audit(session, "gateway.enable", None, group=paths.group, accounts=[a.pw_name for a in made])
     return report
 
 
@@ -810,7 +299,7 @@ def disable(svc: Services, *, reload: bool = True) -> GatewayReport:
     paths.check()
     report = GatewayReport()
     for what, path in (("sshd drop-in", paths.sshd_config), ("sudoers rule", paths.sudoers)):
-        if _managed(path):
+        if is_managed(path):
             path.unlink()
             report.add(what, REMOVED, str(path))
         elif path.exists():
@@ -818,15 +307,14 @@ def disable(svc: Services, *, reload: bool = True) -> GatewayReport:
     for entry in gateway_accounts(paths):
         remove_account(paths, entry.pw_name, report)
     for what, path in (("map", paths.map), ("login program", paths.login), ("helper", paths.helper)):
-        if path.exists() and (path == paths.map or _managed(path)):
+        if path.exists() and (path == paths.map or is_managed(path)):
             path.unlink()
             report.add(what, REMOVED, str(path))
     (paths.home / ".hushlogin").unlink(missing_ok=True)
     for folder in (paths.keys, paths.home, paths.dir):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty: anything else someone put there stays
-    if _group_gid(paths.group) is not None:
-        _run(["groupdel", paths.group], what=f"groupdel {paths.group}")
+    if accounts.remove_group(paths.group):
         report.add("group", REMOVED, paths.group)
     if reload:
         _reload_sshd(report, changed=report.changed)
@@ -936,7 +424,7 @@ def status(svc: Services, *, sshd_main_config: Path = Path("/etc/ssh/sshd_config
             add(Step(what, ATTENTION, f"{path} differs from this labgpu's: run `labgpu host gateway enable`"))
         else:
             add(Step(what, "ok", str(path)))
-    gid = _group_gid(paths.group)
+    gid = accounts.group_gid(paths.group)
     add(Step("group", "ok" if gid is not None else (ATTENTION if result.enabled else "absent"), paths.group))
     if paths.map.exists():
         age = datetime.fromtimestamp(paths.map.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M")
@@ -958,7 +446,7 @@ def status(svc: Services, *, sshd_main_config: Path = Path("/etc/ssh/sshd_config
         )
     if result.enabled and mine:
         first = next(iter(mine))
-        forced = effective_force_command(sshd_main_config, first)
+        forced = sshd.effective_force_command(sshd_main_config, first)
         if forced is None:
             add(Step("sshd effective config", "unknown", f"could not run sshd -T on {sshd_main_config}"))
         elif forced != str(paths.login):

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from labgpu.errors import LabgpuError
-from labgpu.runtime.client import RuntimeClient, parse_server_info
+from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.instances import Instance
 from labgpu.services.clients import parse_host_url
 from labgpu.services.context import Services
@@ -155,7 +155,7 @@ class HostFacts:
 
 
 def parse_gpus(resources: Mapping[str, Any]) -> list[Gpu]:
-    """The GPUs of ``GET /1.0/resources``; NVIDIA cards numbered in PCI order, as nvidia-smi does."""
+    """The GPUs of the resources API (``RuntimeClient.resources``); NVIDIA cards numbered in PCI order, as nvidia-smi does."""
     cards = (resources.get("gpu") or {}).get("cards") or []
     nvidia = sorted(
         str(c.get("pci_address")) for c in cards if c.get("driver") == "nvidia" and c.get("pci_address")
@@ -203,14 +203,7 @@ def _facts_of(svc: Services, host: Host) -> HostFacts:
 
 def list_instances(client: RuntimeClient, *, with_state: bool, timeout: float) -> list[Instance]:
     """Every instance of the daemon (a cluster: of every member) in ONE request."""
-    body = client.request(
-        "GET",
-        "/1.0/instances",
-        what="list instances",
-        params={"recursion": 2 if with_state else 1},
-        timeout=timeout,
-    )
-    return [Instance.from_api(d) for d in body.get("metadata") or []]
+    return client.instances.all(with_state=with_state, timeout=timeout)
 
 
 def on_member(instances: list[Instance], target: str | None) -> list[Instance]:
@@ -225,7 +218,7 @@ def host_facts(
     resources: bool = True,
     with_state: bool = False,
 ) -> list[HostFacts]:
-    """Ask every host (or ``hosts``) at once what it is (``GET /1.0``), what it has (``/1.0/resources``)
+    """Ask every host (or ``hosts``) at once what it is (server info), what it has (its resources)
     and what runs there (one instance listing), each within ``host_timeout``. Never raises for a host:
     one that fails or does not answer in time comes back with ``reachable`` False and the reason."""
     rows = known_hosts(svc) if hosts is None else hosts
@@ -236,27 +229,11 @@ def host_facts(
         def ask() -> HostFacts:
             out = facts[host.id]
             client = runtime_for(svc, host)
-            info = parse_server_info(
-                client.request("GET", "/1.0", what="read server info", project=False, timeout=timeout).get(
-                    "metadata"
-                )
-                or {}
-            )
+            info = client.server(refresh=True, timeout=timeout)
             out.version = info.version
             out.kind = info.kind
             if resources:
-                params = {"target": out.target} if out.target else None
-                res = (
-                    client.request(
-                        "GET",
-                        "/1.0/resources",
-                        what="read host resources",
-                        params=params,
-                        project=False,
-                        timeout=timeout,
-                    ).get("metadata")
-                    or {}
-                )
+                res = client.resources(target=out.target, timeout=timeout)
                 out.cpu_threads = int((res.get("cpu") or {}).get("total") or 0) or None
                 memory = res.get("memory") or {}
                 out.memory_total = int(memory.get("total") or 0) or None

@@ -1,6 +1,6 @@
 """Placing a new member's container: ask the hosts, then let :mod:`labgpu.domain.placement` choose.
 
-Every candidate host is asked at once (within ``host_timeout``) for its hardware (``/1.0/resources``),
+Every candidate host is asked at once (within ``host_timeout``) for its hardware (the resources API),
 its containers and their limits (one listing), the template alias and the labgpu profile; the
 store adds which GPUs are assigned to members there. With a single host and no name given, nothing
 is asked: it is the only choice (unless drained).
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from sqlalchemy import select
 
 from labgpu.domain.members import GpuRequest, parse_gpu_request
 from labgpu.domain.placement import Candidate, Choice, Demand, choose_host, committed
 from labgpu.errors import BadInput
-from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.clients import parse_host_url
 from labgpu.services.context import Services
 from labgpu.services.hosts._clients import runtime_for
@@ -73,18 +71,7 @@ def candidates(
         def ask() -> Candidate:
             client = runtime_for(svc, host)
             target = parse_host_url(host.url).target if host.url else None
-            params = {"target": target} if target else None
-            res = (
-                client.request(
-                    "GET",
-                    "/1.0/resources",
-                    what="read host resources",
-                    params=params,
-                    project=False,
-                    timeout=timeout,
-                ).get("metadata")
-                or {}
-            )
+            res = client.resources(target=target, timeout=timeout)
             memory_total = int((res.get("memory") or {}).get("total") or 0) or None
             instances = on_member(list_instances(client, with_state=False, timeout=timeout), target)
             containers = [i for i in instances if i.type == "container"]
@@ -97,10 +84,8 @@ def candidates(
             )
             has_template = has_profile = True
             if demand.template:
-                has_template = _exists(
-                    client, f"/1.0/images/aliases/{quote(demand.template, safe='')}", timeout
-                )
-            has_profile = _exists(client, f"/1.0/profiles/{quote(profile, safe='')}", timeout)
+                has_template = client.images.resolve_alias(demand.template, timeout=timeout) is not None
+            has_profile = client.profiles.find(profile, timeout=timeout) is not None
             gpus = parse_gpus(res)
             return Candidate(
                 name=host.name,
@@ -128,17 +113,6 @@ def candidates(
         else:
             out.append(Candidate(name=host.name, reachable=False, error=answer.error, drained=host.drained))
     return out
-
-
-def _exists(client: object, path: str, timeout: float) -> bool:
-    from labgpu.runtime.client import RuntimeClient
-
-    assert isinstance(client, RuntimeClient)
-    try:
-        client.request("GET", path, what=f"look up {path}", timeout=timeout)
-    except RuntimeNotFound:
-        return False
-    return True
 
 
 def place(

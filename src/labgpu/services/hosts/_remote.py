@@ -459,12 +459,8 @@ def remove_host(svc: Services, name: str, *, force: bool = False) -> RemovedHost
             try:
                 fp = certificate_fingerprint(client_cert.read_text())
                 # Within host_timeout: a host that is gone must not hold up its removal.
-                clients[0].request(
-                    "DELETE",
-                    f"/1.0/certificates/{fp}",
-                    what="remove labgpu's certificate",
-                    project=False,
-                    timeout=svc.settings.host_timeout,
+                clients[0].untrust_certificate(
+                    fp, what="remove labgpu's certificate", timeout=svc.settings.host_timeout
                 )
             except LabgpuError as exc:
                 notes.append(f"labgpu's certificate stays in {name}'s trust list ({exc.message})")

@@ -10,8 +10,6 @@ change, so a refused run leaves nothing half-made.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -27,49 +25,34 @@ from labgpu.domain.network import (
     parse_proc_net_route,
     pick_free_subnet,
 )
-from labgpu.domain.subid import SubidRange, add_subid_range, clash_with_container_map, parse_subid
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.domain.subid import SubidRange
+from labgpu.errors import BadInput
 from labgpu.runtime.client import RuntimeClient, ServerInfo
 from labgpu.runtime.errors import OperationFailed, RuntimeBadRequest, RuntimeError_
-from labgpu.runtime.profiles import Profile
+from labgpu.services.hosts._profile import (
+    NIC_DEVICE,
+    ProfileSpec,
+    labgpu_profile,
+    merged_profile,
+    profile_diff,
+)
 from labgpu.settings import Settings
+from labgpu.system.files import write_file_atomically
+from labgpu.system.subid import SubidPlan, check_writable, plan_subid
+from labgpu.system.sysctl import (
+    KERNEL_LIMITS,
+    SYSCTL_CONF_NAME,
+    read_conf,
+    read_kernel_limits,
+    render_conf,
+    sysctl_name,
+    write_limits,
+)
 
 # Loop-file pools (btrfs, zfs without a disk) are sparse: this is a ceiling, not space taken now.
 DEFAULT_POOL_SIZE = "20GiB"
 AUTO_DRIVERS = ("btrfs", "zfs", "dir")
 LOOP_DRIVERS = frozenset({"btrfs", "zfs"})
-NIC_DEVICE = "eth0"
-PROFILE_DESCRIPTION = "labgpu: containers of lab members (made by labgpu host init)"
-# Never set by labgpu, and reported when found in its profile (DESIGN.md: containers are unprivileged).
-FORBIDDEN_PROFILE_CONFIG = {"security.privileged": "true"}
-
-
-# The kernel limits LXD's and Incus's production setup guides raise. Every running systemd container takes
-# about 8 inotify instances and all unprivileged containers count as one host user: with Debian's default of
-# 128 only about 16 containers run at once, and the next one's init dies at boot ("Too many open files").
-KERNEL_LIMITS: dict[str, int] = {
-    "fs/inotify/max_user_instances": 1048576,
-    "fs/inotify/max_user_watches": 1048576,
-    "fs/inotify/max_queued_events": 1048576,
-    "vm/max_map_count": 262144,
-}
-SYSCTL_CONF_NAME = "60-labgpu.conf"
-
-
-def sysctl_name(key: str) -> str:
-    """fs.inotify.max_user_instances from fs/inotify/max_user_instances."""
-    return key.replace("/", ".")
-
-
-def read_kernel_limits(paths: HostPaths) -> dict[str, int]:
-    """The KERNEL_LIMITS keys that can be read under paths.proc_sys, with their values."""
-    found: dict[str, int] = {}
-    for key in KERNEL_LIMITS:
-        try:
-            found[key] = int((paths.proc_sys / key).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 class StepStatus(StrEnum):
@@ -188,98 +171,7 @@ def daemon_restart_hint(server: ServerInfo) -> str:
     return "systemctl restart lxd (snap: snap restart lxd), or `lxd shutdown` and start lxd again"
 
 
-# The profile -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProfileSpec:
-    config: dict[str, str]
-    devices: dict[str, dict[str, str]]
-    description: str
-
-
-def labgpu_profile(settings: Settings, *, pool: str) -> ProfileSpec:
-    """The profile labgpu's containers use: root disk on the pool, autostart, a NIC when the
-    network mode gives one. Never privileged: security.privileged and security.nesting are not set."""
-    devices: dict[str, dict[str, str]] = {"root": {"type": "disk", "path": "/", "pool": pool}}
-    if settings.network_mode in ("bridge", "macvlan"):
-        devices[NIC_DEVICE] = {"type": "nic", "name": NIC_DEVICE, "network": settings.network_name}
-    return ProfileSpec(config={"boot.autostart": "true"}, devices=devices, description=PROFILE_DESCRIPTION)
-
-
-def profile_diff(existing: Profile, desired: ProfileSpec) -> list[str]:
-    """How ``existing`` differs from ``desired`` in what labgpu manages, one line per difference.
-
-    Keys and devices the admin added (limits, shares, a GPU) are not differences; a privileged
-    profile always is.
-    """
-    lines: list[str] = []
-    for key, want in desired.config.items():
-        have = existing.config.get(key)
-        if have != want:
-            lines.append(f"config {key}: {_show(have)} -> {want!r}")
-    for key, bad in FORBIDDEN_PROFILE_CONFIG.items():
-        if existing.config.get(key, "").lower() == bad:
-            lines.append(f"config {key}: {bad!r} -> unset (labgpu containers are never privileged)")
-    for name, want_dev in desired.devices.items():
-        have_dev = existing.devices.get(name)
-        if have_dev is None:
-            lines.append(f"device {name}: missing -> {_show_device(want_dev)}")
-            continue
-        for key, want in want_dev.items():
-            if have_dev.get(key) != want:
-                lines.append(f"device {name} {key}: {_show(have_dev.get(key))} -> {want!r}")
-    return lines
-
-
-def merged_profile(existing: Profile, desired: ProfileSpec) -> ProfileSpec:
-    """``existing`` with labgpu's keys and devices put right and everything else kept."""
-    config = {k: v for k, v in existing.config.items() if FORBIDDEN_PROFILE_CONFIG.get(k) != v.lower()}
-    config.update(desired.config)
-    devices = {name: dict(dev) for name, dev in existing.devices.items()}
-    for name, want in desired.devices.items():
-        if devices.get(name, {}).get("type") == want["type"]:
-            devices[name].update(want)
-        else:
-            devices[name] = dict(want)
-    return ProfileSpec(
-        config=config, devices=devices, description=existing.description or desired.description
-    )
-
-
-def _show(value: str | None) -> str:
-    return "unset" if value is None else repr(value)
-
-
-def _show_device(dev: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in dev.items())
-
-
 # subuid / subgid -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubidPlan:
-    kind: str  # "subuid" or "subgid"
-    path: Path
-    new_text: str
-    added: list[SubidRange]
-    clash: SubidRange | None = None  # the containers' own range, when the members' range overlaps it
-
-
-def plan_subid(kind: str, path: Path, *, start: int, count: int) -> SubidPlan:
-    """What the file must become so that root may map ``start .. start+count-1``."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        text = ""
-    except OSError as exc:
-        raise LabgpuError(f"cannot read {path}: {exc.strerror or exc}") from None
-    clash = clash_with_container_map(parse_subid(text), start=start, count=count)
-    if clash is not None:
-        return SubidPlan(kind=kind, path=path, new_text=text, added=[], clash=clash)
-    new_text, added = add_subid_range(text, owner="root", start=start, count=count)
-    return SubidPlan(kind=kind, path=path, new_text=new_text, added=added)
 
 
 def clash_advice(clash: SubidRange, *, start: int, count: int) -> str:
@@ -291,36 +183,6 @@ def clash_advice(clash: SubidRange, *, start: int, count: int) -> str:
         f"container's own uids to (a container's uid would own members' home files): set uid_base outside "
         f"{clash.start}-{clash.end - 1}, e.g. uid_base = {suggestion}"
     )
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename, keeping its mode (0644 for a new file).
-
-    Readers see the old file or the new one, never half of it."""
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _check_writable(path: Path) -> None:
-    target = path if path.exists() else path.parent
-    if not os.access(target, os.W_OK):
-        raise LabgpuError(
-            f"cannot write {path} (permission denied)",
-            hint="run `labgpu host init` as root (sudo)",
-        )
 
 
 # The steps ----------------------------------------------------------------------------
@@ -564,21 +426,14 @@ def _step_kernel_limits(run: _Run, paths: HostPaths) -> None:
     """Raise the kernel limits to the production guide's values, now (/proc/sys) and at every boot (a
     sysctl.d file). Only ever upwards: a value the admin set higher is kept, in the file too."""
     target = str(paths.sysctl_conf)
-    found = read_kernel_limits(paths)
+    found = read_kernel_limits(paths.proc_sys)
     if not found:
         run.add("kernel limits", target, StepStatus.UNCHANGED, f"{paths.proc_sys} cannot be read: left alone")
         return
     wanted = {k: max(v, KERNEL_LIMITS[k]) for k, v in found.items()}
     low = {k: v for k, v in found.items() if v < KERNEL_LIMITS[k]}
-    text = (
-        "# Written by `labgpu host init`: the limits LXD's and Incus's production guides raise\n"
-        "# (about 16 system containers can run with Debian's default of 128 inotify instances).\n"
-        + "".join(f"{sysctl_name(k)} = {v}\n" for k, v in wanted.items())
-    )
-    try:
-        current_text = paths.sysctl_conf.read_text()
-    except OSError:
-        current_text = None
+    text = render_conf(wanted)
+    current_text = read_conf(paths.sysctl_conf)
     if not low and current_text == text:
         run.add("kernel limits", target, StepStatus.UNCHANGED, "as the production guide says, also at boot")
         return
@@ -589,11 +444,12 @@ def _step_kernel_limits(run: _Run, paths: HostPaths) -> None:
         run.add("kernel limits", target, StepStatus.WOULD_CHANGE, "would raise them", changes)
         return
     try:
-        paths.sysctl_conf.parent.mkdir(parents=True, exist_ok=True)
-        if current_text != text:
-            write_file_atomically(paths.sysctl_conf, text)
-        for key in low:
-            (paths.proc_sys / key).write_text(f"{KERNEL_LIMITS[key]}\n")
+        write_limits(
+            paths.proc_sys,
+            paths.sysctl_conf,
+            text=text if current_text != text else None,
+            now={key: KERNEL_LIMITS[key] for key in low},
+        )
     except OSError as exc:
         fix = "; ".join(f"sysctl -w {sysctl_name(k)}={KERNEL_LIMITS[k]}" for k in low) or f"write {target}"
         run.add(
@@ -662,7 +518,7 @@ def init_host(
     if not dry_run:
         for plan in plans:
             if plan.added:
-                _check_writable(plan.path)
+                check_writable(plan.path)
 
     report = HostInitReport(runtime=runtime_label(runtime, server), dry_run=dry_run, force=force)
     run = _Run(runtime, settings, server, report, force=force, dry_run=dry_run)

@@ -6,7 +6,7 @@
    instance of that name; LXD to Incus is refused), plans the ports on the new host, and RECORDS the
    move in the audit log (``member.move``) before touching anything;
 2. stops the container;
-3. moves it: within a cluster the runtime moves it itself (``POST /1.0/instances/NAME?target=``);
+3. moves it: within a cluster the runtime moves it itself (a POST to the instance with ``?target=``);
    between standalone daemons one daemon copies it to the other (the migration API, pull or push),
    with the config and devices the NEW host needs: the home mount, ``raw.idmap``, proxies on the new
    ports, GPU devices for that host's GPUs, limits;

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from labgpu.services.templates._build import BuildReporter, TemplateBuildError, build_template
+from labgpu.services.templates._build import build_template
+from labgpu.services.templates._build_report import BuildReporter, TemplateBuildError
 from labgpu.services.templates._catalog import (
     bootstrap_template,
     catalog,
@@ -10,7 +11,8 @@ from labgpu.services.templates._catalog import (
     import_template,
     remove_template,
 )
-from labgpu.services.templates._spec import LoadedSpec, SpecError, load_spec
+from labgpu.services.templates._spec import SpecError
+from labgpu.services.templates._spec_loading import LoadedSpec, load_spec
 from labgpu.services.templates._steps import guess_os_release, plan_steps
 
 __all__ = [

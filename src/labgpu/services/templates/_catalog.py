@@ -28,7 +28,7 @@ from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.runtime.images import Image, file_fingerprint, split_image_fingerprint
 from labgpu.runtime.instances import Instance
-from labgpu.services.templates import _base_image as base_image
+from labgpu.system import base_image
 
 if TYPE_CHECKING:
     from labgpu.services.context import Services

@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 
 from labgpu.errors import BadInput
-from labgpu.services.templates import _base_image as base_image
-from labgpu.services.templates._spec import Apt, Desktop, LoadedSpec, ScriptCommand, TemplateSpec
+from labgpu.services.templates._spec import Apt, Desktop, ScriptCommand, TemplateSpec
+from labgpu.services.templates._spec_loading import LoadedSpec
+from labgpu.system import base_image
 
 WORK_DIR = "/run/labgpu-build"  # tmpfs in the builder: gone when it stops, never in the image
 RUNNER = f"{WORK_DIR}/run-step"

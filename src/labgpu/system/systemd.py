@@ -1,9 +1,9 @@
-"""systemd units for a host: the portal (`labgpu serve`), the GPU agent and the boot step.
+"""systemd: whether it runs, and the units for a host: the portal (`labgpu serve`), the GPU agent and the boot step.
 
 `labgpu host install-services` writes three units:
 
 - ``labgpu-boot.service`` (oneshot): after the LXD/Incus daemon and the NVIDIA modules, before the
-  other two: device nodes, wait for the daemon, reconcile, gateway (see :mod:`labgpu.services.ops._boot`);
+  other two: device nodes, wait for the daemon, reconcile, gateway (see :mod:`labgpu.services.ops`);
 - ``labgpu-serve.service``: the portal, JSON API and job runner, restarted on failure;
 - ``labgpu-agent.service``: GPU inventory and Prometheus metrics for the portal.
 
@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from labgpu.errors import ConfigError
-from labgpu.services.hosts._gateway import systemd_running
 
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 UNITS = ("labgpu-boot.service", "labgpu-serve.service", "labgpu-agent.service")
 DAEMON_UNITS = "lxd.service lxd.socket snap.lxd.daemon.service incus.service incus.socket"
+
+
+def systemd_running() -> bool:
+    """Whether systemd is PID 1 (it is not in containers and on these development machines)."""
+    return Path("/run/systemd/system").is_dir()
 
 
 def labgpu_command() -> list[str]:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.cli.context import get_context, print_json
 from labgpu.errors import BadInput
-
-if TYPE_CHECKING:
-    from labgpu.services.context import Services
 
 app = typer.Typer(
     help="Portal accounts: create admins, set passwords, disable and enable.", no_args_is_help=True
@@ -25,24 +22,6 @@ PasswordStdinOpt = Annotated[
         "--password-stdin", help="Read the password from the first line of standard input (for scripts)."
     ),
 ]
-
-
-def _services(c: CliContext) -> Services:
-    """The services; accounts need the store only, so a missing LXD/Incus daemon is no obstacle here."""
-    from labgpu.runtime.errors import RuntimeUnavailable
-
-    try:
-        return c.services
-    except RuntimeUnavailable:
-        from labgpu.runtime.client import RuntimeClient
-        from labgpu.runtime.endpoint import Endpoint, candidate_sockets
-        from labgpu.services.context import Services
-        from labgpu.store.db import session_factory
-
-        runtime = RuntimeClient(Endpoint.unix(candidate_sockets()[0]))
-        c._runtime = runtime  # closed with the context
-        c._services = Services(settings=c.settings, runtime=runtime, sessions=session_factory(c.engine))
-        return c._services
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -70,7 +49,7 @@ def create(
     from labgpu.store.models import Role
 
     c = get_context(ctx)
-    svc = _services(c)
+    svc = c.store_services
     password = _read_password(password_stdin)
     info = portal.create_account(svc, name=name, password=password, email=email, role=Role.ADMIN)
     c.console.print(f"admin [bold]{info.name}[/] created; log in at the portal (labgpu serve) with this name")
@@ -86,7 +65,7 @@ def passwd(
     from labgpu.services import portal
 
     c = get_context(ctx)
-    svc = _services(c)
+    svc = c.store_services
     portal.set_password(svc, name=name, password=_read_password(password_stdin))
     c.console.print(f"portal password of [bold]{name}[/] set; their login sessions have ended")
 
@@ -95,7 +74,7 @@ def _set_disabled(ctx: typer.Context, name: str, *, disabled: bool) -> None:
     from labgpu.services import portal
 
     c = get_context(ctx)
-    svc = _services(c)
+    svc = c.store_services
     changed = portal.set_disabled(svc, name, disabled=disabled)
     word = "disabled" if disabled else "enabled"
     if not changed:
@@ -128,7 +107,7 @@ def list_(
     from labgpu.services import portal
 
     c = get_context(ctx)
-    svc = _services(c)
+    svc = c.store_services
     rows = portal.list_accounts(svc, admins_only=not all_)
     if json_:
         print_json([r.as_dict() for r in rows])

@@ -6,8 +6,6 @@ machine's local time zone unless they carry their own (``2026-03-02T14:00+08:00`
 
 from __future__ import annotations
 
-import getpass
-import os
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,12 +16,11 @@ from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.domain.bookings import parse_time
-from labgpu.errors import BadInput, LabgpuError
+from labgpu.errors import BadInput
 from labgpu.store.models import utcnow
 
 if TYPE_CHECKING:
     from labgpu.gpu.nvml import GpuSource
-    from labgpu.store.models import Host
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 # Hidden, for tests and demos on hosts without a GPU: the clock, and the host's GPUs from a recording.
@@ -65,29 +62,14 @@ def _recording(replay: Path | None) -> GpuSource | None:
     return RecordedNvml.from_file(replay)
 
 
-def _host_named(c: CliContext, name: str) -> Host | None:
-    from sqlalchemy import select
-
-    from labgpu.store.models import Host
-
-    with c.services.session() as session:
-        return session.scalars(select(Host).where(Host.name == name)).first()
-
-
 def _default_member(c: CliContext) -> str:
     """The member named like the person running the command (their sudo user), if there is one."""
-    from sqlalchemy import select
+    from labgpu.services.members import invoking_member
 
-    from labgpu.store.models import Member
-
-    try:
-        user = os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        user = ""
-    with c.services.session() as session:
-        if user and session.scalars(select(Member.id).where(Member.name == user)).first() is not None:
-            return user
-    raise BadInput("which member is the booking for? give --member NAME")
+    who = invoking_member(c.services)
+    if who is None:
+        raise BadInput("which member is the booking for? give --member NAME")
+    return who
 
 
 # Modes --------------------------------------------------------------------------------------------
@@ -281,31 +263,17 @@ def cancel(
     from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    done = gpus_svc.cancel(c.services, booking_id, now=clock(now))
-    outcomes: list[gpus_svc.AttachOutcome] = []
-    note = ""
-    host = _host_named(c, done.booking.host) if done.ended_early else None
-    if host is not None:
-        try:
-            outcomes = gpus_svc.sync_host(
-                c.services, host=host, source=_recording(replay), members={done.booking.member}
-            )
-        except LabgpuError as exc:
-            note = f"GPUs not detached from {host.name} yet ({exc.message}); the job runner detaches them"
-    elif done.ended_early:
-        note = "its GPUs are detached by the job runner"
+    done = gpus_svc.cancel_and_detach(c.services, booking_id, now=clock(now), source=_recording(replay))
     if json_out:
-        print_json(
-            {**done.booking.as_dict(), "detach": [o.as_dict() for o in outcomes], "note": note or None}
-        )
+        print_json(done.as_dict())
         return
     verb = "ended now" if done.ended_early else "cancelled"
     c.console.print(f"booking {booking_id} {verb}", soft_wrap=True)
-    for o in outcomes:
+    for o in done.detach:
         c.console.print(Text(f"  {o.member}: {o.message}"), soft_wrap=True)
-    if note:
-        c.console.print(Text(f"  {note}"), soft_wrap=True)
-    if any(o.failed for o in outcomes):
+    if done.note:
+        c.console.print(Text(f"  {done.note}"), soft_wrap=True)
+    if done.failed:
         raise typer.Exit(1)
 
 

@@ -37,6 +37,7 @@ from labgpu.services.gpus._bookings import (
     prune_slots,
     reject,
 )
+from labgpu.services.gpus._cancel import CancelReport, cancel_and_detach
 from labgpu.services.gpus._idle import check_idle, idle_gpus, prune_samples, sample_agents, sample_gpus
 from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
 from labgpu.services.gpus._sweep import make_sweep
@@ -50,6 +51,7 @@ __all__ = [
     "UNCHANGED",
     "AttachOutcome",
     "BookingView",
+    "CancelReport",
     "GpuUsageReader",
     "MemberGpus",
     "active_gpus",
@@ -58,6 +60,7 @@ __all__ = [
     "assign",
     "book",
     "cancel",
+    "cancel_and_detach",
     "cancel_booking",
     "check_idle",
     "extend",

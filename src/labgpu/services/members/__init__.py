@@ -12,6 +12,7 @@ from labgpu.services.members._lifecycle import (
     reset_member,
     set_member,
 )
+from labgpu.services.members._lookups import invoking_member
 from labgpu.services.members._members import (
     ConnectionSheet,
     ProvisionError,
@@ -65,6 +66,7 @@ __all__ = [
     "get_share",
     "home_dir",
     "host_gpus",
+    "invoking_member",
     "list_containers",
     "list_hosts",
     "list_keys",

@@ -1,12 +1,11 @@
 """`labgpu gpu mode|assign|unassign|book|bookings|cancel|extend|approve|reject|idle`: GPU modes and bookings.
 
-Registered on the `labgpu gpu` app by :mod:`labgpu.cli.gpu`. Times are read and shown in this
+Commands of the `labgpu gpu` app of :mod:`._inventory`, listed after its own. Times are read and shown in this
 machine's local time zone unless they carry their own (``2026-03-02T14:00+08:00``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,34 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.cli.gpus._inventory import app
+from labgpu.cli.options import JsonOpt, NowOpt, ReplayOpt, clock, local_tz, show_time
 from labgpu.domain.bookings import parse_time
 from labgpu.errors import BadInput
-from labgpu.store.models import utcnow
 
 if TYPE_CHECKING:
     from labgpu.gpu.nvml import GpuSource
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-# Hidden, for tests and demos on hosts without a GPU: the clock, and the host's GPUs from a recording.
-NowOpt = Annotated[str | None, typer.Option("--now", hidden=True)]
-ReplayOpt = Annotated[Path | None, typer.Option("--replay", hidden=True, exists=True, dir_okay=False)]
-
-
-def local_tz() -> tzinfo:
-    from labgpu.services.gpus import local_tz as machine_tz
-
-    return machine_tz()
-
-
-def clock(now: str | None) -> datetime:
-    """The current time, or the hidden ``--now`` (ISO 8601; without a zone: local time)."""
-    if now is None:
-        return utcnow()
-    return parse_time(now, now=utcnow(), tz=local_tz())
-
-
-def show_time(moment: datetime) -> str:
-    return moment.astimezone(local_tz()).strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _gpu_map(c: CliContext, replay: Path | None) -> dict[int, str] | None:
@@ -75,6 +53,7 @@ def _default_member(c: CliContext) -> str:
 # Modes --------------------------------------------------------------------------------------------
 
 
+@app.command("mode")
 def mode(
     ctx: typer.Context,
     new_mode: Annotated[
@@ -122,6 +101,7 @@ def mode(
         raise typer.Exit(1)
 
 
+@app.command("assign")
 def assign(
     ctx: typer.Context,
     member: Annotated[str, typer.Argument(help="The member.")],
@@ -136,6 +116,7 @@ def assign(
     _print_member_gpus(c, result, json_out)
 
 
+@app.command("unassign")
 def unassign(
     ctx: typer.Context, member: Annotated[str, typer.Argument(help="The member.")], json_out: JsonOpt = False
 ) -> None:
@@ -162,6 +143,7 @@ def _print_member_gpus(c: CliContext, result: object, json_out: bool) -> None:
 # Bookings -----------------------------------------------------------------------------------------
 
 
+@app.command("book")
 def book(
     ctx: typer.Context,
     gpus: Annotated[str, typer.Option("--gpus", help="How many GPUs (2), or which (0,2; one GPU: 3,).")],
@@ -216,6 +198,7 @@ def book(
     )
 
 
+@app.command("bookings")
 def list_bookings(
     ctx: typer.Context,
     show_all: Annotated[bool, typer.Option("--all", help="Also ended, cancelled and rejected ones.")] = False,
@@ -252,6 +235,7 @@ def list_bookings(
     c.console.print(table)
 
 
+@app.command("cancel")
 def cancel(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -277,6 +261,7 @@ def cancel(
         raise typer.Exit(1)
 
 
+@app.command("extend")
 def extend(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -300,6 +285,7 @@ def extend(
     c.console.print(f"booking {view.id} now ends {show_time(view.end)}", soft_wrap=True)
 
 
+@app.command("approve")
 def approve(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -320,6 +306,7 @@ def approve(
     )
 
 
+@app.command("reject")
 def reject(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -337,6 +324,7 @@ def reject(
     c.console.print(f"booking {view.id} rejected", soft_wrap=True)
 
 
+@app.command("idle")
 def idle(ctx: typer.Context, json_out: JsonOpt = False, now: NowOpt = None) -> None:
     """Booked or assigned GPUs that are idle now (from the samples the job runner takes)."""
     from labgpu.services import gpus as gpus_svc
@@ -357,16 +345,3 @@ def idle(ctx: typer.Context, json_out: JsonOpt = False, now: NowOpt = None) -> N
             ),
             soft_wrap=True,
         )
-
-
-def register(app: typer.Typer) -> None:
-    app.command("mode")(mode)
-    app.command("assign")(assign)
-    app.command("unassign")(unassign)
-    app.command("book")(book)
-    app.command("bookings")(list_bookings)
-    app.command("cancel")(cancel)
-    app.command("extend")(extend)
-    app.command("approve")(approve)
-    app.command("reject")(reject)
-    app.command("idle")(idle)

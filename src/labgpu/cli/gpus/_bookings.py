@@ -247,17 +247,18 @@ def cancel(
     from labgpu.services import gpus as gpus_svc
 
     c = get_context(ctx)
-    done = gpus_svc.cancel_and_detach(c.services, booking_id, now=clock(now), source=_recording(replay))
+    done = gpus_svc.cancel(c.services, booking_id, now=clock(now))
+    detach = gpus_svc.detach_cancelled(c.services, done, source=_recording(replay))
     if json_out:
-        print_json(done.as_dict())
+        print_json({**done.booking.as_dict(), **detach.as_dict()})
         return
     verb = "ended now" if done.ended_early else "cancelled"
     c.console.print(f"booking {booking_id} {verb}", soft_wrap=True)
-    for o in done.detach:
+    for o in detach.outcomes:
         c.console.print(Text(f"  {o.member}: {o.message}"), soft_wrap=True)
-    if done.note:
-        c.console.print(Text(f"  {done.note}"), soft_wrap=True)
-    if done.failed:
+    if detach.note:
+        c.console.print(Text(f"  {detach.note}"), soft_wrap=True)
+    if detach.failed:
         raise typer.Exit(1)
 
 

@@ -37,7 +37,7 @@ from labgpu.services.gpus._bookings import (
     prune_slots,
     reject,
 )
-from labgpu.services.gpus._cancel import CancelReport, cancel_and_detach
+from labgpu.services.gpus._cancel import DetachReport, detach_cancelled
 from labgpu.services.gpus._idle import check_idle, idle_gpus, prune_samples, sample_agents, sample_gpus
 from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
 from labgpu.services.gpus._sweep import make_sweep
@@ -51,7 +51,7 @@ __all__ = [
     "UNCHANGED",
     "AttachOutcome",
     "BookingView",
-    "CancelReport",
+    "DetachReport",
     "GpuUsageReader",
     "MemberGpus",
     "active_gpus",
@@ -60,9 +60,9 @@ __all__ = [
     "assign",
     "book",
     "cancel",
-    "cancel_and_detach",
     "cancel_booking",
     "check_idle",
+    "detach_cancelled",
     "extend",
     "format_gpus",
     "get_booking",

@@ -361,7 +361,6 @@ def restore(
 ) -> None:
     """Restore a backup onto a fresh host (an empty store; run `labgpu host init` first): the store, the
     homes, the containers, then reconcile (start them, put port maps back). Exit code 1 when a repair failed."""
-    from labgpu.cli.reconcile import _print_report
     from labgpu.services.ops import restore_backup
 
     c = get_context(ctx)

@@ -69,6 +69,22 @@ class CliContext:
             )
         return self._services
 
+    @property
+    def store_services(self) -> Services:
+        """The services for commands that need the store only (portal accounts): they work where no
+        LXD/Incus daemon is installed or running. The runtime client then points at the first usual
+        socket and fails only if something does call the daemon."""
+        from labgpu.runtime.errors import RuntimeUnavailable
+
+        try:
+            return self.services
+        except RuntimeUnavailable:
+            from labgpu.runtime.client import RuntimeClient
+            from labgpu.runtime.endpoint import Endpoint, candidate_sockets
+
+            self._runtime = RuntimeClient(Endpoint.unix(candidate_sockets()[0]))  # closed with the context
+            return self.services
+
     def close(self) -> None:
         if self._services is not None:
             self._services.clients.close()

@@ -51,47 +51,31 @@ def root(
 
 
 def _register() -> None:
-    from labgpu.cli import (
-        admin,
-        config_cmd,
-        db,
-        doctor,
-        gpu,
-        host,
-        jobs,
-        member,
-        reconcile,
-        serve,
-        share,
-        template,
-    )
+    """The whole command tree, in one place: each feature's commands come from the cli module named like
+    the feature in services/ (members, hosts, gpus, templates, portal, ops). The order here is the order
+    `labgpu --help` lists them in (commands first, then groups)."""
+    from labgpu.cli import gpus, hosts, members, ops, portal, templates
 
-    app.add_typer(host.app, name="host")
-    app.add_typer(member.app, name="member")
-    app.add_typer(share.app, name="share")
-    app.add_typer(db.app, name="db")
-    app.add_typer(template.app, name="template")
-    app.add_typer(config_cmd.app, name="config")
-    app.add_typer(gpu.app, name="gpu")
-    app.add_typer(admin.app, name="admin")
-    app.add_typer(jobs.app, name="jobs")
-    app.command("doctor")(doctor.doctor)
-    app.command("serve")(serve.serve)
-    app.command("agent")(gpu.agent)
-    app.command("reconcile")(reconcile.reconcile)
+    app.command("doctor")(hosts.doctor)
+    app.command("serve")(portal.serve)
+    app.command("agent")(gpus.agent)
+    app.command("reconcile")(ops.reconcile)
+    app.command("boot")(ops.boot)
 
-    from labgpu.cli import hosts  # host add/list/rm/drain/undrain/set (on host.app) and `container`
-
+    app.add_typer(hosts.app, name="host")
+    hosts.app.add_typer(hosts.gateway_app, name="gateway")
+    app.add_typer(members.app, name="member")
+    members.app.add_typer(members.key_app, name="key")
+    app.add_typer(members.share_app, name="share")
+    app.add_typer(ops.db_app, name="db")
+    app.add_typer(templates.app, name="template")
+    app.add_typer(ops.config_app, name="config")
+    app.add_typer(gpus.app, name="gpu")
+    app.add_typer(portal.admin_app, name="admin")
+    app.add_typer(ops.jobs_app, name="jobs")
     app.add_typer(hosts.container_app, name="container")
-
-    # Living on a real host: the login gateway, notices, boot and its services, backups.
-    from labgpu.cli import backup, boot, gateway, notice
-
-    host.app.add_typer(gateway.app, name="gateway")
-    host.app.command("install-services")(boot.install_services)
-    app.command("boot")(boot.boot)
-    app.add_typer(notice.app, name="notice")
-    app.add_typer(backup.app, name="backup")
+    app.add_typer(portal.notice_app, name="notice")
+    app.add_typer(ops.backup_app, name="backup")
 
 
 _register()

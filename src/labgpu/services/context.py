@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,6 +52,16 @@ class Services:
     actor: Actor = field(default_factory=Actor.cli)
     # Clients for the other hosts (services.host_clients.runtime_for), shared by copies of this object.
     clients: HostClients = field(default_factory=HostClients)
+
+    @property
+    def engine(self) -> Engine:
+        """The store's engine, the one ``sessions`` is bound to (to dispose of it when the owner is done).
+
+        Raises TypeError when ``sessions`` is not bound to an engine (a programming error)."""
+        bind = self.sessions.kw.get("bind")
+        if not isinstance(bind, Engine):
+            raise TypeError("Services.sessions is not bound to an engine")
+        return bind
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -120,7 +120,7 @@ def create_app(
         await run_in_threadpool(worker.stop)
         if owned:
             svc.runtime.close()
-            svc.sessions.kw["bind"].dispose()
+            svc.engine.dispose()
 
     app = FastAPI(
         title="labgpu",
@@ -135,7 +135,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.services = svc
-    app.state.engine = svc.sessions.kw["bind"]
+    app.state.engine = svc.engine
     app.state.worker = worker
     app.state.gpu_usage = gpu_usage if gpu_usage is not None else GpuUsageReader()
     app.state.secret_key = settings.session_secret()

@@ -34,6 +34,7 @@ from labgpu.services.gpus._bookings import (
     notify,
     reject,
 )
+from labgpu.services.gpus._cancel import DetachReport, detach_cancelled
 from labgpu.services.gpus._holders import idle_gpus
 from labgpu.services.gpus._idle import check_idle, prune_samples, sample_agents, sample_gpus
 from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
@@ -48,6 +49,7 @@ __all__ = [
     "UNCHANGED",
     "AttachOutcome",
     "BookingView",
+    "DetachReport",
     "GpuUsageReader",
     "MemberGpus",
     "active_gpus",
@@ -58,6 +60,7 @@ __all__ = [
     "cancel",
     "cancel_booking",
     "check_idle",
+    "detach_cancelled",
     "extend",
     "format_gpus",
     "get_booking",

@@ -22,6 +22,7 @@ from labgpu.services.members._lifecycle import (
     reset_member,
 )
 from labgpu.services.members._listing import get_member, list_members
+from labgpu.services.members._lookups import invoking_member
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
 from labgpu.services.members._power import reset_password, set_power
@@ -73,6 +74,7 @@ __all__ = [
     "get_share",
     "home_dir",
     "host_gpus",
+    "invoking_member",
     "list_containers",
     "list_hosts",
     "list_keys",

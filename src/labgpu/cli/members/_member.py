@@ -1,4 +1,5 @@
-"""`labgpu member`: members and their containers."""
+"""`labgpu member`: members and their containers (add, list, show, power, passwd, set, reset, snapshots,
+rm, move)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,11 @@ from rich.panel import Panel
 from rich.table import Table
 
 from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.cli.members._keys import read_key_files
+from labgpu.cli.options import JsonOpt, YesOpt, confirm
 from labgpu.domain.members import format_size
-from labgpu.errors import BadInput
 
 app = typer.Typer(help="Members and their containers.", no_args_is_help=True)
-key_app = typer.Typer(help="A member's SSH public keys.", no_args_is_help=True)
-app.add_typer(key_app, name="key")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _read_key_files(paths: list[Path]) -> list[str]:
-    texts = []
-    for path in paths:
-        try:
-            texts.append(path.read_text())
-        except OSError as exc:
-            raise BadInput(f"cannot read key file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise BadInput(f"key file {path} is not text") from None
-    return texts
 
 
 def print_sheet(c: CliContext, sheet: object) -> None:
@@ -107,7 +93,7 @@ def add(
         disk=disk,
         gpus=gpus,
         shares=share or [],
-        ssh_keys=_read_key_files(ssh_key or []),
+        ssh_keys=read_key_files(ssh_key or []),
         rdp=rdp,
         vnc=vnc,
         email=email,
@@ -210,59 +196,7 @@ def passwd(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
         c.console.print(f"new initial password for {name} (shown once): [bold]{password}[/]")
 
 
-@key_app.command("add")
-def key_add(
-    ctx: typer.Context, name: str, files: Annotated[list[Path], typer.Argument(help="Public key files.")]
-) -> None:
-    """Add SSH public keys to a member's container."""
-    from labgpu.services.members import add_keys
-
-    c = get_context(ctx)
-    added = add_keys(c.services, name, _read_key_files(files))
-    c.console.print(f"added {len(added)} key(s)" + "".join(f"\n  {fp}" for fp in added))
-
-
-@key_app.command("rm")
-def key_rm(
-    ctx: typer.Context, name: str, key: Annotated[str, typer.Argument(help="Fingerprint or comment.")]
-) -> None:
-    """Remove an SSH public key."""
-    from labgpu.services.members import remove_key
-
-    c = get_context(ctx)
-    c.console.print(f"removed {remove_key(c.services, name, key)}")
-
-
-@key_app.command("list")
-def key_list(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
-    """List a member's SSH public keys."""
-    from labgpu.services.members import list_keys
-
-    c = get_context(ctx)
-    keys = list_keys(c.services, name)
-    if as_json:
-        print_json(keys)
-        return
-    table = Table("fingerprint", "comment")
-    for k in keys:
-        table.add_row(k["fingerprint"], k["comment"])
-    c.console.print(table)
-
-
 # Changing, rebuilding and removing ----------------------------------------------------------------
-
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-
-
-def confirm(message: str, *, yes: bool) -> None:
-    """Ask before a destructive step; without a terminal, --yes is required (exit 2 otherwise)."""
-    import sys
-
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise BadInput(f"{message} Refusing without a terminal to ask on: add --yes to confirm")
-    typer.confirm(message, abort=True)
 
 
 @app.command("set")
@@ -471,3 +405,46 @@ def rm(
         c.console.print(f"home {removal.home} deleted")
     for note in removal.notes:
         c.console.print(f"[dim]note: {note}[/]")
+
+
+# Moving to another host ---------------------------------------------------------------------------
+
+
+@app.command("move")
+def member_move(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The member.")],
+    to: Annotated[str, typer.Option("--to", help="The host to move the container to.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a member's container to another host (cold: it is stopped, moved, started).
+
+    Home, SSH keys, limits and the GPU request come along; the member gets ports on the new host and is
+    told the new address by mail. Within a cluster the runtime moves it; between standalone hosts one
+    daemon copies it to the other. The original is deleted only after the new one runs."""
+    from labgpu.services.members import move_member
+
+    c = get_context(ctx)
+    if as_json:
+        print_json(move_member(c.services, name, to).as_dict())
+        return
+    with c.console.status(f"moving {name}'s container to {to}"):
+        result = move_member(c.services, name, to)
+    user = c.services.settings.container_user
+    c.console.print(
+        f"moved {escape(name)} from {escape(result.source)} to {escape(result.dest)} ({result.how}); "
+        f"{'running' if result.running else 'stopped, as before'}",
+        highlight=False,
+    )
+    if "ssh" in result.ports:
+        c.console.print(
+            f"  SSH: [bold]ssh -p {result.ports['ssh']} {user}@{escape(result.address)}[/]", highlight=False
+        )
+    for purpose, port in result.ports.items():
+        if purpose != "ssh":
+            c.console.print(f"  {purpose.upper()}: {escape(result.address)}:{port}", highlight=False)
+    for note in result.notes:
+        c.console.print(f"  {escape(note)}", highlight=False)
+    c.console.print(
+        "  the member was told by mail" if result.mailed else "  no mail sent (no address or no SMTP)"
+    )

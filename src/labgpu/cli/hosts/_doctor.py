@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from labgpu.cli.context import get_context, print_json
-from labgpu.cli.host import fail_unavailable
+from labgpu.cli.hosts._host import fail_unavailable
 
 STATUS_TEXT = {
     "ok": "[green]ok[/]",

@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from labgpu.cli.context import get_context, print_json
-from labgpu.cli.member import JsonOpt
+from labgpu.cli.options import JsonOpt
 
-app = typer.Typer(
+gateway_app = typer.Typer(
     help="The login gateway: `ssh NAME@host` lands a member in their own container.", no_args_is_help=True
 )
 
@@ -57,7 +57,7 @@ def _print_report(console: Console, report: Any) -> None:
         console.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
-@app.command("enable")
+@gateway_app.command("enable")
 def enable(
     ctx: typer.Context,
     sshd_config: SshdConfigOpt = Path("/etc/ssh/sshd_config"),
@@ -93,7 +93,7 @@ def _address(c: Any) -> str:
         return "this-host"
 
 
-@app.command("disable")
+@gateway_app.command("disable")
 def disable(ctx: typer.Context, no_reload: NoReloadOpt = False, as_json: JsonOpt = False) -> None:
     """Remove the gateway: drop-in, sudo rule, the members' host accounts, the programs and the group.
     Containers, homes and the direct SSH ports are not touched."""
@@ -108,7 +108,7 @@ def disable(ctx: typer.Context, no_reload: NoReloadOpt = False, as_json: JsonOpt
     c.console.print("gateway disabled: members use their direct SSH ports")
 
 
-@app.command("sync")
+@gateway_app.command("sync")
 def sync(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Bring accounts, keys and the map in line with the store (labgpu boot runs this too)."""
     from labgpu.errors import ConfigError
@@ -129,7 +129,7 @@ def sync(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-@app.command("add-user")
+@gateway_app.command("add-user")
 def add_user(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The member.")],
@@ -148,7 +148,7 @@ def add_user(
         c.console.print(f"{name}'s gateway account is in place")
 
 
-@app.command("remove-user")
+@gateway_app.command("remove-user")
 def remove_user(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The member.")],
@@ -167,7 +167,7 @@ def remove_user(
         c.console.print(f"{name} has no gateway account")
 
 
-@app.command("status")
+@gateway_app.command("status")
 def status(
     ctx: typer.Context, sshd_config: SshdConfigOpt = Path("/etc/ssh/sshd_config"), as_json: JsonOpt = False
 ) -> None:

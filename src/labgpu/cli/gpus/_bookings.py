@@ -1,14 +1,11 @@
 """`labgpu gpu mode|assign|unassign|book|bookings|cancel|extend|approve|reject|idle`: GPU modes and bookings.
 
-Registered on the `labgpu gpu` app by :mod:`labgpu.cli.gpu`. Times are read and shown in this
+Commands of the `labgpu gpu` app of :mod:`._inventory`, listed after its own. Times are read and shown in this
 machine's local time zone unless they carry their own (``2026-03-02T14:00+08:00``).
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,35 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.cli.gpus._inventory import app
+from labgpu.cli.options import JsonOpt, NowOpt, ReplayOpt, clock, local_tz, show_time
 from labgpu.domain.bookings import parse_time
-from labgpu.errors import BadInput, LabgpuError
-from labgpu.store.models import utcnow
+from labgpu.errors import BadInput
 
 if TYPE_CHECKING:
     from labgpu.gpu.nvml import GpuSource
-    from labgpu.store.models import Host
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-# Hidden, for tests and demos on hosts without a GPU: the clock, and the host's GPUs from a recording.
-NowOpt = Annotated[str | None, typer.Option("--now", hidden=True)]
-ReplayOpt = Annotated[Path | None, typer.Option("--replay", hidden=True, exists=True, dir_okay=False)]
-
-
-def local_tz() -> tzinfo:
-    from labgpu.services.gpus import local_tz as machine_tz
-
-    return machine_tz()
-
-
-def clock(now: str | None) -> datetime:
-    """The current time, or the hidden ``--now`` (ISO 8601; without a zone: local time)."""
-    if now is None:
-        return utcnow()
-    return parse_time(now, now=utcnow(), tz=local_tz())
-
-
-def show_time(moment: datetime) -> str:
-    return moment.astimezone(local_tz()).strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _gpu_map(c: CliContext, replay: Path | None) -> dict[int, str] | None:
@@ -65,34 +40,20 @@ def _recording(replay: Path | None) -> GpuSource | None:
     return RecordedNvml.from_file(replay)
 
 
-def _host_named(c: CliContext, name: str) -> Host | None:
-    from sqlalchemy import select
-
-    from labgpu.store.models import Host
-
-    with c.services.session() as session:
-        return session.scalars(select(Host).where(Host.name == name)).first()
-
-
 def _default_member(c: CliContext) -> str:
     """The member named like the person running the command (their sudo user), if there is one."""
-    from sqlalchemy import select
+    from labgpu.services.members import invoking_member
 
-    from labgpu.store.models import Member
-
-    try:
-        user = os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        user = ""
-    with c.services.session() as session:
-        if user and session.scalars(select(Member.id).where(Member.name == user)).first() is not None:
-            return user
-    raise BadInput("which member is the booking for? give --member NAME")
+    who = invoking_member(c.services)
+    if who is None:
+        raise BadInput("which member is the booking for? give --member NAME")
+    return who
 
 
 # Modes --------------------------------------------------------------------------------------------
 
 
+@app.command("mode")
 def mode(
     ctx: typer.Context,
     new_mode: Annotated[
@@ -140,6 +101,7 @@ def mode(
         raise typer.Exit(1)
 
 
+@app.command("assign")
 def assign(
     ctx: typer.Context,
     member: Annotated[str, typer.Argument(help="The member.")],
@@ -154,6 +116,7 @@ def assign(
     _print_member_gpus(c, result, json_out)
 
 
+@app.command("unassign")
 def unassign(
     ctx: typer.Context, member: Annotated[str, typer.Argument(help="The member.")], json_out: JsonOpt = False
 ) -> None:
@@ -180,6 +143,7 @@ def _print_member_gpus(c: CliContext, result: object, json_out: bool) -> None:
 # Bookings -----------------------------------------------------------------------------------------
 
 
+@app.command("book")
 def book(
     ctx: typer.Context,
     gpus: Annotated[str, typer.Option("--gpus", help="How many GPUs (2), or which (0,2; one GPU: 3,).")],
@@ -234,6 +198,7 @@ def book(
     )
 
 
+@app.command("bookings")
 def list_bookings(
     ctx: typer.Context,
     show_all: Annotated[bool, typer.Option("--all", help="Also ended, cancelled and rejected ones.")] = False,
@@ -270,6 +235,7 @@ def list_bookings(
     c.console.print(table)
 
 
+@app.command("cancel")
 def cancel(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -282,33 +248,21 @@ def cancel(
 
     c = get_context(ctx)
     done = gpus_svc.cancel(c.services, booking_id, now=clock(now))
-    outcomes: list[gpus_svc.AttachOutcome] = []
-    note = ""
-    host = _host_named(c, done.booking.host) if done.ended_early else None
-    if host is not None:
-        try:
-            outcomes = gpus_svc.sync_host(
-                c.services, host=host, source=_recording(replay), members={done.booking.member}
-            )
-        except LabgpuError as exc:
-            note = f"GPUs not detached from {host.name} yet ({exc.message}); the job runner detaches them"
-    elif done.ended_early:
-        note = "its GPUs are detached by the job runner"
+    detach = gpus_svc.detach_cancelled(c.services, done, source=_recording(replay))
     if json_out:
-        print_json(
-            {**done.booking.as_dict(), "detach": [o.as_dict() for o in outcomes], "note": note or None}
-        )
+        print_json({**done.booking.as_dict(), **detach.as_dict()})
         return
     verb = "ended now" if done.ended_early else "cancelled"
     c.console.print(f"booking {booking_id} {verb}", soft_wrap=True)
-    for o in outcomes:
+    for o in detach.outcomes:
         c.console.print(Text(f"  {o.member}: {o.message}"), soft_wrap=True)
-    if note:
-        c.console.print(Text(f"  {note}"), soft_wrap=True)
-    if any(o.failed for o in outcomes):
+    if detach.note:
+        c.console.print(Text(f"  {detach.note}"), soft_wrap=True)
+    if detach.failed:
         raise typer.Exit(1)
 
 
+@app.command("extend")
 def extend(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -332,6 +286,7 @@ def extend(
     c.console.print(f"booking {view.id} now ends {show_time(view.end)}", soft_wrap=True)
 
 
+@app.command("approve")
 def approve(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -352,6 +307,7 @@ def approve(
     )
 
 
+@app.command("reject")
 def reject(
     ctx: typer.Context,
     booking_id: Annotated[int, typer.Argument(metavar="ID", help="The booking.")],
@@ -369,6 +325,7 @@ def reject(
     c.console.print(f"booking {view.id} rejected", soft_wrap=True)
 
 
+@app.command("idle")
 def idle(ctx: typer.Context, json_out: JsonOpt = False, now: NowOpt = None) -> None:
     """Booked or assigned GPUs that are idle now (from the samples the job runner takes)."""
     from labgpu.services import gpus as gpus_svc
@@ -389,16 +346,3 @@ def idle(ctx: typer.Context, json_out: JsonOpt = False, now: NowOpt = None) -> N
             ),
             soft_wrap=True,
         )
-
-
-def register(app: typer.Typer) -> None:
-    app.command("mode")(mode)
-    app.command("assign")(assign)
-    app.command("unassign")(unassign)
-    app.command("book")(book)
-    app.command("bookings")(list_bookings)
-    app.command("cancel")(cancel)
-    app.command("extend")(extend)
-    app.command("approve")(approve)
-    app.command("reject")(reject)
-    app.command("idle")(idle)

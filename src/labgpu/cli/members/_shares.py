@@ -8,14 +8,14 @@ import typer
 from rich.table import Table
 
 from labgpu.cli.context import get_context, print_json
-from labgpu.cli.member import JsonOpt, YesOpt, confirm
+from labgpu.cli.options import JsonOpt, YesOpt, confirm
 
-app = typer.Typer(
+share_app = typer.Typer(
     help="Shares: host folders (datasets, toolkits) mounted into containers.", no_args_is_help=True
 )
 
 
-@app.command("add")
+@share_app.command("add")
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Share name, e.g. cuda-12.4 (the device is share-NAME).")],
@@ -46,7 +46,7 @@ def add(
         c.console.print(f"attach it with `labgpu member set MEMBER --share {info.name}`")
 
 
-@app.command("list")
+@share_app.command("list")
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Shares, where they are mounted and for whom."""
     from labgpu.services.members import list_shares
@@ -71,7 +71,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     c.console.print(table)
 
 
-@app.command("rm")
+@share_app.command("rm")
 def rm(ctx: typer.Context, name: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Detach a share from every container and forget it; the host folder is never touched."""
     from labgpu.services.members import get_share, remove_share

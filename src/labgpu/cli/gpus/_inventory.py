@@ -1,4 +1,5 @@
-"""`labgpu gpu` (list, top, record) and `labgpu agent`: who uses which GPU.
+"""`labgpu gpu` (list, top, record) and `labgpu agent`: who uses which GPU. The `gpu` app's modes and
+bookings commands are in :mod:`._bookings`.
 
 A host without an NVIDIA GPU or driver is not an error for the read commands: they print one line
 saying so ("no NVIDIA GPU on this host (...)") and exit 0, so scripts and cron jobs that run them on
@@ -21,14 +22,13 @@ from rich.table import Table
 from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.cli.options import JsonOpt, ReplayOpt
 from labgpu.gpu.inventory import GpuUsage, Inventory
 from labgpu.gpu.nvml import GpuSource
 
 app = typer.Typer(help="GPUs: inventory, who uses which GPU, modes and bookings.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-# Hidden: replay a recording (labgpu gpu record) instead of reading NVML, and read another /proc.
-ReplayOpt = Annotated[Path | None, typer.Option("--replay", hidden=True, exists=True, dir_okay=False)]
+# Hidden: read another /proc (--replay, from cli.options: a recording made by `labgpu gpu record`).
 ProcOpt = Annotated[Path, typer.Option("--proc-root", hidden=True)]
 
 
@@ -233,12 +233,3 @@ def agent(
     auth = "bearer token required" if token else "no token: loopback only"
     c.console.print(f"labgpu agent on [bold]http://{bind_host}:{bind_port}/[/] ({auth}; Ctrl-C stops it)")
     uvicorn.run(app_, host=bind_host, port=bind_port, log_level="info")
-
-
-def _register_bookings() -> None:
-    from labgpu.cli import gpu_bookings
-
-    gpu_bookings.register(app)
-
-
-_register_bookings()

@@ -1,23 +1,112 @@
-"""Many hosts, one view: `labgpu host add/list/rm/drain/undrain/set`, `labgpu container list` and
-`labgpu member move` (registered on the host and member command groups)."""
+"""`labgpu host`: set this host up (init, install-services) and manage the others (add, list, rm, drain,
+undrain, set). The login gateway is `labgpu host gateway` (:mod:`._gateway`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from labgpu.cli.context import get_context, print_json
-from labgpu.cli.host import app
-from labgpu.cli.member import app as member_app
-from labgpu.domain.members import format_size
-from labgpu.errors import BadInput
+from labgpu.cli.options import JsonOpt
+from labgpu.errors import BadInput, LabgpuError, Unavailable
 
-container_app = typer.Typer(help="Containers on every host.", no_args_is_help=True)
+app = typer.Typer(
+    help="Hosts: set one up, add others (standalone or a cluster), list, drain, remove.", no_args_is_help=True
+)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+STATUS_STYLE = {
+    "created": "green",
+    "changed": "yellow",
+    "unchanged": "dim",
+    "would-create": "cyan",
+    "would-change": "cyan",
+    "needs-attention": "bold red",
+}
+
+
+def fail_unavailable(exc: LabgpuError) -> NoReturn:
+    """Print a daemon/database that cannot be reached as ONE line (where we looked, how to start it)
+    and exit 1."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    line = exc.message.rstrip(".")
+    if exc.hint:
+        line += f"; {exc.hint}"
+    err.print(f"[bold red]error:[/] {escape(line)}")
+    raise typer.Exit(1)
+
+
+@app.command("init")
+def init(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option("--force", help="Update a labgpu profile that differs from the settings.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")
+    ] = False,
+    nat: Annotated[
+        bool,
+        typer.Option(
+            "--nat/--no-nat", help="IPv4 NAT on a new bridge (containers reach the internet through it)."
+        ),
+    ] = True,
+    pool_size: Annotated[
+        str, typer.Option("--pool-size", help="Size of a new btrfs/zfs pool's sparse loop file.")
+    ] = "20GiB",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    subuid_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    subgid_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    sysctl_root: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Create the storage pool, network, profile and subuid/subgid ranges labgpu needs, and raise the
+    kernel's inotify and map-count limits as LXD's production guide says.
+
+    Only what is missing is created; running it again changes nothing.
+
+    What exists is never changed without --force. Exit code 1 when a step needs attention.
+    """
+    from labgpu.services.hosts import HostPaths, StepStatus, init_host
+
+    cli = get_context(ctx)
+    settings = cli.settings
+    paths = HostPaths(subuid_file=subuid_file, subgid_file=subgid_file, sysctl_root=sysctl_root)
+    try:
+        report = init_host(
+            cli.runtime, settings, force=force, dry_run=dry_run, nat=nat, pool_size=pool_size, paths=paths
+        )
+    except Unavailable as exc:
+        fail_unavailable(exc)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        out = cli.console
+        title = "Dry run on" if dry_run else "Host init on"
+        out.print(f"{title} {escape(report.runtime)}", highlight=False)
+        width = max(len(s.step) for s in report.steps)
+        for step in report.steps:
+            style = STATUS_STYLE.get(str(step.status), "")
+            target = "" if step.target == "-" else f" {step.target}"
+            out.print(
+                f"  [{style}]{step.status!s:<15}[/] {escape(step.step):<{width}}{escape(target)}: "
+                f"{escape(step.detail)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for line in step.diff:
+                out.print(f"      {escape(line)}", highlight=False, soft_wrap=True)
+        for note in report.notes:
+            out.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        if report.nothing_to_change:
+            out.print("nothing to change")
+        elif dry_run:
+            out.print("dry run: nothing was changed")
+    if any(s.status == StepStatus.NEEDS_ATTENTION for s in report.steps):
+        raise typer.Exit(1)
 
 
 @app.command("add")
@@ -236,73 +325,32 @@ def set_(
         c.console.print(f"{escape(name)}: GPU agent {escape(shown)}", highlight=False)
 
 
-@container_app.command("list")
-def container_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every instance on every host (one request per host, in parallel), with its member and ports."""
-    from labgpu.services.hosts import list_containers
-
-    c = get_context(ctx)
-    rows = list_containers(c.services)
-    if as_json:
-        print_json([r.as_dict() for r in rows])
-        return
-    table = Table("host", "container", "status", "member", "ssh", "memory", "kind")
-    for r in rows:
-        if r.kind == "unreachable" and r.name == "-":
-            table.add_row(
-                escape(r.host), "-", f"[bold red]unreachable[/]: {escape(r.error or '')}", "", "", "", ""
-            )
-            continue
-        ssh = f"{r.address}:{r.ports['ssh']}" if r.address and "ssh" in r.ports else "-"
-        style = {"Running": "green", "missing": "bold red", "unreachable": "red"}.get(r.status, "")
-        status = f"[{style}]{escape(r.status)}[/]" if style else escape(r.status)
-        table.add_row(
-            escape(r.host),
-            escape(r.name),
-            status,
-            escape(r.member or "-"),
-            escape(ssh),
-            format_size(r.memory_usage) if r.memory_usage else "-",
-            r.kind,
-        )
-    c.console.print(table if rows else "no hosts answered and none are known")
-
-
-@member_app.command("move")
-def member_move(
+@app.command("install-services")
+def install_services(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The member.")],
-    to: Annotated[str, typer.Option("--to", help="The host to move the container to.")],
+    unit_dir: Annotated[Path, typer.Option("--unit-dir", help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    enable: Annotated[
+        bool, typer.Option("--enable/--no-enable", help="Enable the units when systemd runs.")
+    ] = True,
+    start: Annotated[bool, typer.Option("--now", help="Also start them now.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move a member's container to another host (cold: it is stopped, moved, started).
-
-    Home, SSH keys, limits and the GPU request come along; the member gets ports on the new host and is
-    told the new address by mail. Within a cluster the runtime moves it; between standalone hosts one
-    daemon copies it to the other. The original is deleted only after the new one runs."""
-    from labgpu.services.members import move_member
+    """Write systemd units for `labgpu boot` (oneshot, after the daemon), `labgpu serve` and `labgpu agent`;
+    reload systemd and enable them when systemd runs."""
+    from labgpu.services.hosts import install_units
 
     c = get_context(ctx)
+    report = install_units(unit_dir=unit_dir, config=c.config_path, enable=enable, start=start)
     if as_json:
-        print_json(move_member(c.services, name, to).as_dict())
+        print_json(report.as_dict())
         return
-    with c.console.status(f"moving {name}'s container to {to}"):
-        result = move_member(c.services, name, to)
-    user = c.services.settings.container_user
-    c.console.print(
-        f"moved {escape(name)} from {escape(result.source)} to {escape(result.dest)} ({result.how}); "
-        f"{'running' if result.running else 'stopped, as before'}",
-        highlight=False,
-    )
-    if "ssh" in result.ports:
-        c.console.print(
-            f"  SSH: [bold]ssh -p {result.ports['ssh']} {user}@{escape(result.address)}[/]", highlight=False
-        )
-    for purpose, port in result.ports.items():
-        if purpose != "ssh":
-            c.console.print(f"  {purpose.upper()}: {escape(result.address)}:{port}", highlight=False)
-    for note in result.notes:
-        c.console.print(f"  {escape(note)}", highlight=False)
-    c.console.print(
-        "  the member was told by mail" if result.mailed else "  no mail sent (no address or no SMTP)"
-    )
+    for name in report.written:
+        c.console.print(f"  [green]written[/]   {unit_dir / name}")
+    for name in report.unchanged:
+        c.console.print(f"  [dim]unchanged[/] {unit_dir / name}")
+    if report.enabled:
+        c.console.print(f"enabled: {', '.join(report.enabled)}")
+    for note in report.notes:
+        c.console.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)

@@ -1,4 +1,5 @@
-"""`labgpu template`: the images containers are created from."""
+"""The templates feature on the command line: `labgpu template ...`, the images containers are created
+from (build, validate, list, show, rm, export, import, bootstrap). Mounted in :mod:`labgpu.cli.main`."""
 
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
+from labgpu.cli.options import JsonOpt
 
 if TYPE_CHECKING:
     from labgpu.services.templates import BuildReporter, LoadedSpec
 
 app = typer.Typer(help="Templates: the images containers are created from.", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def human_size(size: int) -> str:

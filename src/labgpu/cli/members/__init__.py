@@ -1,0 +1,10 @@
+"""The members feature on the command line: `labgpu member ...` (with `member key` and `member move`) and
+`labgpu share ...` (host folders mounted into members' containers). Mounted in :mod:`labgpu.cli.main`."""
+
+from __future__ import annotations
+
+from labgpu.cli.members._keys import key_app
+from labgpu.cli.members._member import app
+from labgpu.cli.members._shares import share_app
+
+__all__ = ["app", "key_app", "share_app"]

@@ -1,0 +1,250 @@
+"""The portal feature on the command line: `labgpu admin ...` (portal accounts; there are no default
+accounts: `admin create` makes the first admin), `labgpu notice ...` (messages to every member, at login
+and on the portal) and `labgpu serve` (the portal and JSON API). Mounted in :mod:`labgpu.cli.main`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from labgpu.cli.context import get_context, print_json
+from labgpu.cli.options import JsonOpt
+from labgpu.errors import BadInput
+
+# Accounts -----------------------------------------------------------------------------------------
+
+
+admin_app = typer.Typer(
+    help="Portal accounts: create admins, set passwords, disable and enable.", no_args_is_help=True
+)
+
+PasswordStdinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin", help="Read the password from the first line of standard input (for scripts)."
+    ),
+]
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise BadInput("no password on standard input")
+        return password
+    prompted: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return prompted
+
+
+@admin_app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="Account name (like a member name: lower-case letters, digits, -).")
+    ],
+    email: Annotated[str | None, typer.Option(help="E-mail address (for notifications).")] = None,
+    password_stdin: PasswordStdinOpt = False,
+) -> None:
+    """Create an admin account for the portal (asks for the password twice, hidden)."""
+    from labgpu.services import portal
+    from labgpu.store.models import Role
+
+    c = get_context(ctx)
+    svc = c.store_services
+    password = _read_password(password_stdin)
+    info = portal.create_account(svc, name=name, password=password, email=email, role=Role.ADMIN)
+    c.console.print(f"admin [bold]{info.name}[/] created; log in at the portal (labgpu serve) with this name")
+
+
+@admin_app.command("passwd")
+def passwd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Account (member) name.")],
+    password_stdin: PasswordStdinOpt = False,
+) -> None:
+    """Set a member's portal password (ends their login sessions). Also for a forgotten admin password."""
+    from labgpu.services import portal
+
+    c = get_context(ctx)
+    svc = c.store_services
+    portal.set_password(svc, name=name, password=_read_password(password_stdin))
+    c.console.print(f"portal password of [bold]{name}[/] set; their login sessions have ended")
+
+
+def _set_disabled(ctx: typer.Context, name: str, *, disabled: bool) -> None:
+    from labgpu.services import portal
+
+    c = get_context(ctx)
+    svc = c.store_services
+    changed = portal.set_disabled(svc, name, disabled=disabled)
+    word = "disabled" if disabled else "enabled"
+    if not changed:
+        c.console.print(f"{name} was already {word}")
+    elif disabled:
+        c.console.print(f"{name} disabled: their login sessions ended and their API tokens were revoked")
+    else:
+        c.console.print(f"{name} enabled")
+
+
+@admin_app.command("disable")
+def disable(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
+    """Disable an account: no login; its sessions end and its API tokens are revoked at once."""
+    _set_disabled(ctx, name, disabled=True)
+
+
+@admin_app.command("enable")
+def enable(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
+    """Enable a disabled account again (revoked API tokens stay revoked)."""
+    _set_disabled(ctx, name, disabled=False)
+
+
+@admin_app.command("list")
+def list_(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Every member's account, not only admins.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List admin accounts (or every account with --all)."""
+    from labgpu.services import portal
+
+    c = get_context(ctx)
+    svc = c.store_services
+    rows = portal.list_accounts(svc, admins_only=not all_)
+    if json_:
+        print_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        c.console.print("no accounts yet; create the first admin with `labgpu admin create NAME`")
+        return
+    table = Table("name", "role", "e-mail", "password", "state", "last login")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.role,
+            r.email or "",
+            "set" if r.has_password else "none",
+            "disabled" if r.disabled else "active",
+            r.last_login_at.strftime("%Y-%m-%d %H:%M") if r.last_login_at else "never",
+        )
+    c.console.print(table)
+
+
+# Notices ------------------------------------------------------------------------------------------
+
+
+notice_app = typer.Typer(help="Notices shown to members at login and on the portal.", no_args_is_help=True)
+
+
+@notice_app.command("add")
+def notice_add(
+    ctx: typer.Context,
+    message: Annotated[str, typer.Argument(help="The text members see (up to 1000 characters).")],
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until", help="When it stops being shown: 2h, 3d, 1w or 2025-06-01 18:00 (local time)."
+        ),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="When it starts being shown (default: now); same forms.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a notice; it shows in the gateway's login status and on the portal."""
+    from labgpu.services.portal import add_notice, parse_when
+
+    c = get_context(ctx)
+    starts_at = parse_when(start) if start else None
+    ends_at = parse_when(until, now=starts_at) if until else None
+    info = add_notice(c.services, message, starts_at=starts_at, ends_at=ends_at)
+    if as_json:
+        print_json(info.as_dict())
+        return
+    shown = f"until {info.ends_at.astimezone():%Y-%m-%d %H:%M}" if info.ends_at else "until removed"
+    c.console.print(f"notice {info.id} added ({shown})")
+
+
+@notice_app.command("list")
+def notice_list(
+    ctx: typer.Context,
+    include_past: Annotated[bool, typer.Option("--all", help="Also notices that have ended.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Notices in force or still to come."""
+    from labgpu.services.portal import list_notices
+    from labgpu.store.models import utcnow
+
+    c = get_context(ctx)
+    notices = list_notices(c.services, include_past=include_past)
+    if as_json:
+        print_json([n.as_dict() for n in notices])
+        return
+    if not notices:
+        c.console.print("no notices: add one with `labgpu notice add MESSAGE --until 2h`")
+        return
+    now = utcnow()
+    table = Table("id", "shown", "from", "until", "by", "message")
+    for n in notices:
+        state = "now" if n.active(now) else ("ended" if n.ends_at and n.ends_at <= now else "later")
+        table.add_row(
+            str(n.id),
+            state,
+            f"{n.starts_at.astimezone():%Y-%m-%d %H:%M}",
+            f"{n.ends_at.astimezone():%Y-%m-%d %H:%M}" if n.ends_at else "removed",
+            escape(n.created_by),
+            escape(n.message),
+        )
+    c.console.print(table)
+
+
+@notice_app.command("rm")
+def notice_rm(
+    ctx: typer.Context,
+    notice_id: Annotated[int, typer.Argument(metavar="ID", help="The notice's id (notice list).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a notice now."""
+    from labgpu.services.portal import remove_notice
+
+    c = get_context(ctx)
+    info = remove_notice(c.services, notice_id)
+    if as_json:
+        print_json(info.as_dict())
+        return
+    c.console.print(f"notice {info.id} removed")
+
+
+# The portal ---------------------------------------------------------------------------------------
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on. Default: the web_host setting.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on. Default: the web_port setting.")
+    ] = None,
+) -> None:
+    """Run the web portal and JSON API (migrates the database first)."""
+    import uvicorn
+
+    from labgpu.store.migrate import upgrade
+    from labgpu.web.app import create_app
+
+    c = get_context(ctx)
+    settings = c.settings
+    result = upgrade(settings)
+    if result.changed:
+        c.console.print(f"database migrated to revision {result.after}")
+    settings.session_secret()  # create the key now rather than on the first request
+    app = create_app(settings)
+    bind_host = host or settings.web_host
+    bind_port = port or settings.web_port
+    c.console.print(f"labgpu portal on [bold]http://{bind_host}:{bind_port}/[/] (Ctrl-C stops it)")
+    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")

@@ -68,7 +68,7 @@ def enable(
     host account for every member (their keys from the store, no usable host shell). Idempotent.
 
     Exit code 1 when something needs attention (e.g. sshd does not include the drop-in)."""
-    from labgpu.services.hosts import enable as run_enable
+    from labgpu.services.hosts import enable_gateway as run_enable
 
     c = get_context(ctx)
     report = run_enable(c.services, sshd_main_config=sshd_config, reload=not no_reload)
@@ -97,7 +97,7 @@ def _address(c: Any) -> str:
 def disable(ctx: typer.Context, no_reload: NoReloadOpt = False, as_json: JsonOpt = False) -> None:
     """Remove the gateway: drop-in, sudo rule, the members' host accounts, the programs and the group.
     Containers, homes and the direct SSH ports are not touched."""
-    from labgpu.services.hosts import disable as run_disable
+    from labgpu.services.hosts import disable_gateway as run_disable
 
     c = get_context(ctx)
     report = run_disable(c.services, reload=not no_reload)
@@ -112,8 +112,8 @@ def disable(ctx: typer.Context, no_reload: NoReloadOpt = False, as_json: JsonOpt
 def sync(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Bring accounts, keys and the map in line with the store (labgpu boot runs this too)."""
     from labgpu.errors import ConfigError
-    from labgpu.services.hosts import is_enabled
-    from labgpu.services.hosts import sync as run_sync
+    from labgpu.services.hosts import gateway_enabled as is_enabled
+    from labgpu.services.hosts import sync_gateway as run_sync
 
     c = get_context(ctx)
     if not is_enabled(c.settings):
@@ -136,7 +136,7 @@ def add_user(
     as_json: JsonOpt = False,
 ) -> None:
     """Create (or repair) one member's gateway account and copy their keys from the store."""
-    from labgpu.services.hosts import add_user as run_add
+    from labgpu.services.hosts import add_gateway_user as run_add
 
     c = get_context(ctx)
     report = run_add(c.services, name)
@@ -155,7 +155,7 @@ def remove_user(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete one member's gateway account (the member and their container stay)."""
-    from labgpu.services.hosts import remove_user as run_remove
+    from labgpu.services.hosts import remove_gateway_user as run_remove
 
     c = get_context(ctx)
     report = run_remove(c.services, name)
@@ -173,7 +173,7 @@ def status(
 ) -> None:
     """What is installed, whether it is current, and every member's account. Exit code 1 when something
     needs attention."""
-    from labgpu.services.hosts import status as run_status
+    from labgpu.services.hosts import gateway_status as run_status
 
     c = get_context(ctx)
     result = run_status(c.services, sshd_main_config=sshd_config)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from labgpu.services.hosts._clients import is_local, runtime_for, services_for
 from labgpu.services.hosts._doctor import CheckStatus, nvidia_pci_devices, run_doctor
-from labgpu.services.hosts._gateway import (
-    add_user,
-    disable,
-    enable,
-    on_member_changed,
-    remove_user,
-    status,
-    sync,
-)
+
+# The login gateway's use cases, named as such here (in _gateway they are the module's own verbs).
+from labgpu.services.hosts._gateway import add_user as add_gateway_user
+from labgpu.services.hosts._gateway import disable as disable_gateway
+from labgpu.services.hosts._gateway import enable as enable_gateway
+from labgpu.services.hosts._gateway import on_member_changed
+from labgpu.services.hosts._gateway import remove_user as remove_gateway_user
+from labgpu.services.hosts._gateway import status as gateway_status
+from labgpu.services.hosts._gateway import sync as sync_gateway
 from labgpu.services.hosts._gateway_map import refresh_map
-from labgpu.services.hosts._gateway_paths import GatewayReport, is_enabled
+from labgpu.services.hosts._gateway_paths import GatewayReport
+from labgpu.services.hosts._gateway_paths import is_enabled as gateway_enabled
 from labgpu.services.hosts._inventory import (
     ask_all,
     host_facts,
@@ -42,15 +43,16 @@ __all__ = [
     "GatewayReport",
     "HostPaths",
     "StepStatus",
+    "add_gateway_user",
     "add_host",
-    "add_user",
     "ask_all",
-    "disable",
-    "enable",
+    "disable_gateway",
+    "enable_gateway",
+    "gateway_enabled",
+    "gateway_status",
     "host_facts",
     "init_host",
     "install_units",
-    "is_enabled",
     "is_local",
     "known_hosts",
     "list_containers",
@@ -64,15 +66,14 @@ __all__ = [
     "public_address",
     "recorded_local_host",
     "refresh_map",
+    "remove_gateway_user",
     "remove_host",
-    "remove_user",
     "run_doctor",
     "runtime_for",
     "services_for",
     "set_agent_url",
     "set_drained",
     "set_public_address",
-    "status",
-    "sync",
+    "sync_gateway",
     "validate_host_name",
 ]

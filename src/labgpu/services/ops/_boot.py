@@ -242,9 +242,9 @@ def boot(
         report.reconcile = reconcile(svc)
     except LabgpuError as exc:
         report.problems.append(f"reconcile: {exc.message}")
-    if hosts.is_enabled(svc.settings):
+    if hosts.gateway_enabled(svc.settings):
         try:
-            report.gateway = hosts.sync(svc)
+            report.gateway = hosts.sync_gateway(svc)
         except (LabgpuError, OSError) as exc:
             report.problems.append(f"login gateway: {exc}")
     return report

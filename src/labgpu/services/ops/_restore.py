@@ -153,7 +153,7 @@ def restore_backup(
 
     progress("reconcile")
     result.reconcile = reconcile(svc)
-    if hosts.is_enabled(svc.settings):
-        hosts.sync(svc)
+    if hosts.gateway_enabled(svc.settings):
+        hosts.sync_gateway(svc)
         result.steps.append("login gateway accounts and map refreshed")
     return result

@@ -1,4 +1,9 @@
-"""gpus: public face."""
+"""gpus: who uses which GPU, and who may.
+
+The GPU inventory with each process attributed to its member (``GpuUsageReader``), GPU modes (shared,
+assigned, booked) and attaching GPUs to containers, bookings and their requests and board, the idle-GPU
+rule and its samples. The public face of ``services/gpus``: cli/, web/ and ops import only this module.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""hosts: public face."""
+"""hosts: the machines labgpu runs containers on.
+
+Setting a host up (``init_host``: pool, profile, subuid ranges, kernel limits), checking it (``run_doctor``),
+adding and removing other hosts over HTTPS (``add_host``, ``remove_host``), asking them all at once
+(``ask_all``), choosing one for a new container (``place``), reaching each host's daemon
+(``runtime_for``, ``services_for``) and the login gateway on the host (``enable_gateway``, ``sync_gateway``,
+...). The public face of ``services/hosts``: cli/, web/ and the other features import only this module.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""members: public face."""
+"""members: lab members and their containers.
+
+Adding one (``add_member``, then the idempotent ``provision``), listing and showing them (``list_members``,
+``get_member``), power, reset and removal (homes are kept unless purged), limits and GPUs (``set_member``),
+SSH keys, snapshots, shares of host folders, homes, and moving a container to another host. The public face
+of ``services/members``: cli/, web/ and the other features import only this module.
+"""
 
 from __future__ import annotations
 

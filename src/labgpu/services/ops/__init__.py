@@ -1,4 +1,10 @@
-"""ops: public face."""
+"""ops: keeping a lab running.
+
+``reconcile`` (bring the daemons to the store's desired state, repair interrupted work), invariants, the
+job runner (bookings, idle GPUs, reconcile on a schedule), ``boot`` (after a host restart), backups and
+restores, and ``health`` for ``/healthz``. The public face of ``services/ops``; it may use every other
+feature, and none uses it.
+"""
 
 from __future__ import annotations
 

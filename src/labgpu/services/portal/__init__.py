@@ -1,4 +1,9 @@
-"""portal: public face."""
+"""portal: the people side of the web portal.
+
+Accounts and roles, log-in sessions and their throttling, passwords (argon2id), personal API tokens,
+applications for an account and their provisioning, notices, and the audit log of every admin action. The
+public face of ``services/portal``: cli/, web/ and ops import only this module.
+"""
 
 from __future__ import annotations
 

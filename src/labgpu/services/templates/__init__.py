@@ -1,4 +1,10 @@
-"""templates: public face."""
+"""templates: what a member's container is made from.
+
+Declarative template specs (``load_spec``), their steps, builds into images (``build_template``), the
+catalog of built templates and their versions. The public face of ``services/templates``: cli/, web/ and
+the other features import only this module; the offline base image itself is built by
+``labgpu.system.base_image``.
+"""
 
 from __future__ import annotations
 

@@ -349,3 +349,14 @@ def test_production_limits_pass_and_no_proc_is_not_applicable(tmp_path: Path) ->
     )
     assert [c.status for c in kernel_limit_checks(paths)] == [CheckStatus.OK]
     assert [c.status for c in kernel_limit_checks(HostPaths(root=tmp_path / "none"))] == [CheckStatus.NA]
+
+
+def test_a_missing_debootstrap_is_a_warning_naming_the_command_and_the_package() -> None:
+    from labgpu.services.hosts._doctor import host_tool_checks
+
+    (check,) = host_tool_checks(lambda tool: None if tool == "debootstrap" else f"/usr/bin/{tool}")
+    assert check.name == "host-tools" and check.status == CheckStatus.WARN and not check.critical
+    assert "debootstrap is missing (needed by labgpu template bootstrap" in check.detail
+    assert check.fix == "apt-get install debootstrap"
+    (check,) = host_tool_checks(lambda tool: f"/usr/sbin/{tool}")
+    assert check.status == CheckStatus.OK

@@ -30,6 +30,7 @@ from labgpu.services.hosts._setup import (
     runtime_label,
 )
 from labgpu.settings import Settings
+from labgpu.system.commands import which as system_which
 from labgpu.system.sysctl import KERNEL_LIMITS, read_kernel_limits, sysctl_name
 
 # API extensions the runtime code relies on (both LXD 5.0 and Incus 6.0 have them all).
@@ -520,13 +521,37 @@ def gpu_checks(
 # The whole run ------------------------------------------------------------------------
 
 
+# Host tools that commands doctor vouches for run, by the command that needs them, with the Debian package.
+HOST_TOOLS = (
+    ("debootstrap", "labgpu template bootstrap (the offline minimal template)", "debootstrap"),
+    ("tar", "labgpu template bootstrap, backups", "tar"),
+    ("gzip", "labgpu template bootstrap (packing the image)", "gzip"),
+)
+
+
+def host_tool_checks(which: Callable[[str], str | None]) -> list[Check]:
+    """The programs labgpu's own commands run on the host; a missing one names the command and the package.
+    Not critical: containers run without them, only those commands would fail."""
+    missing = [(tool, needed_by, package) for tool, needed_by, package in HOST_TOOLS if which(tool) is None]
+    if not missing:
+        return [_ok("host-tools", ", ".join(t for t, _, _ in HOST_TOOLS) + " installed", critical=False)]
+    detail = "; ".join(f"{tool} is missing (needed by {needed_by})" for tool, needed_by, _ in missing)
+    packages = " ".join(sorted({package for _, _, package in missing}))
+    return [_warn("host-tools", detail, f"apt-get install {packages}")]
+
+
+def _which(tool: str) -> str | None:
+    """On the caller's PATH, else in the system folders (debootstrap is in /usr/sbin, off a user's PATH)."""
+    return shutil.which(tool) or system_which(tool)
+
+
 def run_doctor(
     settings: Settings,
     *,
     connect: Callable[[], RuntimeClient],
     paths: HostPaths | None = None,
     probe: Callable[[], nvml.NvmlProbe] = nvml.probe,
-    which: Callable[[str], str | None] = shutil.which,
+    which: Callable[[str], str | None] = _which,
 ) -> DoctorReport:
     """Run every check. ``connect`` builds the runtime client (it may raise: the daemon check fails).
 
@@ -575,4 +600,5 @@ def run_doctor(
     report.checks.append(state_dir_check(settings))
     report.checks.append(database_check(settings))
     report.checks += gpu_checks(paths, probe=probe, which=which)
+    report.checks += host_tool_checks(which)
     return report

@@ -23,6 +23,8 @@ from labgpu.web.schemas import fields_of
         (schemas.ChangeOut, members.Change),
         (schemas.RemovalOut, members.Removal),
         (schemas.ApplicationOut, portal.ApplicationInfo),
+        (schemas.AccountOut, portal.AccountInfo),
+        (schemas.AuditOut, portal.AuditEntry),
     ],
 )
 def test_an_answer_has_exactly_the_fields_of_its_entity(schema: type[BaseModel], entity: type) -> None:

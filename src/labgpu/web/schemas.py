@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,14 +63,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 class AccountOut(BaseModel):
-    name: str
-    email: str | None
-    role: str
-    has_password: bool
-    disabled: bool
-    created_at: datetime
-    last_login_at: datetime | None
-    password_changed_at: datetime | None
+    """A portal account: ``portal.AccountInfo``."""
+
+    __annotations__ = fields_of(portal.AccountInfo)
 
 
 class MeOut(AccountOut):
@@ -101,13 +95,14 @@ class TokenCreate(BaseModel):
 
 
 class TokenOut(BaseModel):
-    id: int
-    name: str
-    prefix: str = Field(description="The token's first characters, to tell tokens apart.")
-    created_at: datetime
-    last_used_at: datetime | None
-    expires_at: datetime | None
-    expired: bool
+    """A personal API token, never the token itself: ``portal.TokenInfo`` and whether it has expired."""
+
+    __annotations__ = {
+        **fields_of(
+            portal.TokenInfo, descriptions={"prefix": "The token's first characters, to tell tokens apart."}
+        ),
+        "expired": bool,
+    }
 
 
 class NewTokenOut(TokenOut):
@@ -152,13 +147,9 @@ class PowerOut(BaseModel):
 
 
 class AuditOut(BaseModel):
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    target: str | None
-    detail: dict[str, object] | None
-    source_address: str | None
+    """An entry of the audit log: ``portal.AuditEntry``."""
+
+    __annotations__ = fields_of(portal.AuditEntry)
 
 
 # Applications ---------------------------------------------------------------------------------------

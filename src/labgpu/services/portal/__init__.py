@@ -8,6 +8,7 @@ public face of ``services/portal``: cli/, web/ and ops import only this module.
 from __future__ import annotations
 
 from labgpu.services.portal._accounts import (
+    AccountInfo,
     Forbidden,
     Identity,
     Unauthenticated,
@@ -28,7 +29,7 @@ from labgpu.services.portal._applications import (
     retry,
     submit,
 )
-from labgpu.services.portal._audit import MAX_PAGE, list_events
+from labgpu.services.portal._audit import MAX_PAGE, AuditEntry, list_events
 from labgpu.services.portal._logins import (
     LoginFailed,
     Throttled,
@@ -48,16 +49,19 @@ from labgpu.services.portal._notices import (
     remove_notice,
 )
 from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
-from labgpu.services.portal._tokens import create_token, list_tokens, resolve_token, revoke_token
+from labgpu.services.portal._tokens import TokenInfo, create_token, list_tokens, resolve_token, revoke_token
 
 __all__ = [
     "MAX_PAGE",
+    "AccountInfo",
     "ApplicationInfo",
+    "AuditEntry",
     "Forbidden",
     "Identity",
     "LoginFailed",
     "ProvisionWorker",
     "Throttled",
+    "TokenInfo",
     "Unauthenticated",
     "active_notices",
     "add_notice",

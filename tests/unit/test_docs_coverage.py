@@ -1,0 +1,304 @@
+"""Every `labgpu` command and option is documented somewhere in the English docs.
+
+The rule, on the markdown of README.md and docs/**/*.md (docs/zh/ is a translation and is not searched):
+
+- Only code counts: inline code spans and the lines of fenced code blocks. Prose that merely uses the word
+  "list" or "show" documents nothing.
+- A command is documented when its words appear as consecutive words of one code span or one code-block line:
+  `labgpu member add alice`, or without the program name, `member add NAME`. A top-level command
+  (`labgpu doctor`) needs the `labgpu` in front: the single word `doctor` says too little. Words, not
+  substrings: `member snapshot-rm` does not document `member snapshot`.
+- An option is documented when it appears in code in a section (a heading and the text up to the next heading)
+  that documents its command: `--ssh-key` near `labgpu member add`, not on another page nor under another
+  heading. Within one code span or line the words after a command are that command's
+  (`labgpu member set alice --disk 200GiB` documents `member set --disk`, not `member add --disk`). An option
+  in code that follows no command (`--json` in a sentence) belongs to the commands the section's heading
+  names, or, under a heading that names none, to every command the section names.
+- For an on/off pair the name that changes something must appear: `--no-homes` when the default is on,
+  `--force` when it is off, both names when there is no default (`--rdp` and `--no-rdp`).
+- Hidden commands and options (test hooks such as `--replay`) and `--help` are not required; groups are
+  documented through their commands, and the root's own options (`--config`) anywhere in code.
+
+The checker is pure: :func:`commands_in` reads a click command, :func:`undocumented` takes the commands and the
+pages' texts. The tests at the bottom show that it reports what a broken docs text lacks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer.main
+
+from labgpu.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of the tree: its words (without `labgpu`) and the option names it must be documented
+    with; each entry of `options` is a tuple of names of which any one will do."""
+
+    words: tuple[str, ...]
+    options: tuple[tuple[str, ...], ...]
+    leaf: bool = True
+
+
+def _option_names(param: Any) -> list[tuple[str, ...]]:
+    """The names a user types to change something, as the module docstring says."""
+    long = [name for name in param.opts if name.startswith("--") and name != "--help"]
+    off = [name for name in param.secondary_opts if name.startswith("--")]
+    if not long:
+        return []
+    if not (param.is_flag and off):
+        return [tuple(long)]
+    if param.default is True:
+        return [tuple(off)]
+    if param.default is False:
+        return [tuple(long)]
+    return [tuple(long), tuple(off)]
+
+
+def commands_in(command: Any, words: tuple[str, ...] = ()) -> list[Command]:
+    """Every visible command under a click command (a Typer app through typer.main.get_command), depth first."""
+    if getattr(command, "hidden", False):
+        return []
+    options = tuple(
+        names
+        for param in command.params
+        if param.param_type_name == "option" and not param.hidden
+        for names in _option_names(param)
+    )
+    subcommands = getattr(command, "commands", None)
+    found = [Command(words, options, leaf=subcommands is None)]
+    for name, sub in (subcommands or {}).items():
+        found += commands_in(sub, (*words, name))
+    return found
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", re.M | re.S)
+_SPAN = re.compile(r"`([^`]+)`")
+_TOKEN = re.compile(r"[^\s`()|;,'\"\[\]{}<>=$]+")
+
+
+def sections(markdown: str) -> list[str]:
+    """A markdown text cut before each heading; a `#` line inside a fenced code block is a comment, not one."""
+    found: list[list[str]] = [[]]
+    fence = ""
+    for line in markdown.splitlines():
+        mark = re.match(r" {0,3}(`{3,}|~{3,})", line)
+        if mark and (not fence or mark.group(1).startswith(fence)):
+            fence = "" if fence else mark.group(1)
+        elif not fence and re.match(r" {0,3}#{1,6}(\s|$)", line):
+            found.append([])
+        found[-1].append(line)
+    return ["\n".join(lines) + "\n" for lines in found]
+
+
+def code_lines(markdown: str) -> list[list[str]]:
+    """The words of each code span and of each line of each fenced code block of a markdown text."""
+    segments: list[str] = []
+    for block in _FENCE.finditer(markdown):
+        segments += block.group(2).splitlines()
+    segments += _SPAN.findall(_FENCE.sub("", markdown))
+    return [_TOKEN.findall(segment) for segment in segments]
+
+
+def _named_at(tokens: list[str], i: int, commands: list[Command]) -> tuple[Command, int] | None:
+    """The command whose words start at tokens[i] (the longest, so `member key add` beats `member key`), and
+    where its words end."""
+    best: tuple[Command, int] | None = None
+    for command in commands:
+        n = len(command.words)
+        if tuple(tokens[i : i + n + 1]) == ("labgpu", *command.words):
+            end = i + n + 1
+        elif n > 1 and tuple(tokens[i : i + n]) == command.words:
+            end = i + n
+        else:
+            continue
+        if best is None or end > best[1]:
+            best = (command, end)
+    return best
+
+
+def _read(
+    lines: list[list[str]], commands: list[Command]
+) -> tuple[set[Command], dict[Command, set[str]], set[str]]:
+    """One section's code: the commands it names, the words that follow each (up to the next command in the
+    same span or line), and the words of spans and lines that name no command before them."""
+    named: set[Command] = set()
+    after: dict[Command, set[str]] = {}
+    free: set[str] = set()
+    for tokens in lines:
+        owner: Command | None = None
+        i = 0
+        while i < len(tokens):
+            match = _named_at(tokens, i, commands)
+            if match:
+                owner, i = match
+                named.add(owner)
+                continue
+            (after.setdefault(owner, set()) if owner else free).add(tokens[i])
+            i += 1
+    return named, after, free
+
+
+def undocumented(commands: list[Command], pages: dict[str, str]) -> list[str]:
+    """What the pages (name -> markdown) do not document, one line each: `labgpu member show` for a command,
+    `labgpu member add --disk` for an option of a documented command."""
+    read: list[tuple[set[Command], set[Command], dict[Command, set[str]], set[str]]] = []
+    for text in pages.values():
+        for section in sections(text):
+            named, after, free = _read(code_lines(section), commands)
+            heading = (
+                _read(code_lines(section.partition("\n")[0]), commands)[0]
+                if section.startswith("#")
+                else set()
+            )
+            read.append((named, heading or named, after, free))
+    missing: list[str] = []
+    for command in commands:
+        name = " ".join(("labgpu", *command.words))
+        in_sections = [
+            (after, free if command in owners else set())
+            for named, owners, after, free in read
+            if command in named
+        ]
+        if command.leaf and not in_sections and command.words:
+            missing.append(name)
+            continue
+        if not command.words:  # the root: its options on any page, anywhere in code
+            in_sections = [(after, free) for _, _, after, free in read]
+        words = set().union(*(after.get(command, set()) | free for after, free in in_sections))
+        missing += [f"{name} {names[0]}" for names in command.options if not words & set(names)]
+    return missing
+
+
+def pages_in(root: Path) -> dict[str, str]:
+    """The English docs: README.md and docs/**/*.md without the translation in docs/zh/."""
+    paths = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    return {
+        str(path.relative_to(root)): path.read_text()
+        for path in paths
+        if (root / "docs" / "zh") not in path.parents
+    }
+
+
+def _real_tree() -> list[Command]:
+    return commands_in(typer.main.get_command(app))
+
+
+def test_every_command_and_option_is_documented() -> None:
+    missing = undocumented(_real_tree(), pages_in(ROOT))
+    assert not missing, "documented nowhere in README.md or docs/ (see this test's docstring):\n" + "\n".join(
+        missing
+    )
+
+
+def test_the_tree_is_the_real_one() -> None:
+    commands = {" ".join(c.words): c for c in _real_tree()}
+    assert {"member add", "member key rm", "host gateway enable", "backup restore"} <= set(commands)
+    assert ("--ssh-key",) in commands["member add"].options
+    assert ("--no-homes",) in commands["backup restore"].options  # on by default: the off name counts
+    assert ("--rdp",) in commands["member set"].options and ("--no-rdp",) in commands["member set"].options
+    assert not any("--replay" in names for c in commands.values() for names in c.options)  # hidden
+    assert not any("--help" in names for c in commands.values() for names in c.options)
+
+
+TREE = [
+    Command((), (("--config",),), leaf=False),
+    Command(("doctor",), (("--json",),)),
+    Command(("member",), (), leaf=False),
+    Command(("member", "snapshot"), ()),
+    Command(("member", "add"), (("--ssh-key",), ("--disk",))),
+    Command(("member", "snapshot-rm"), (("--yes",),)),
+]
+
+DOCS = {
+    "README.md": "Start with `labgpu doctor --json` and `labgpu --config /etc/x.toml`.\n",
+    "docs/members.md": (
+        "# Members\n\n"
+        "```sh\nlabgpu member add alice --ssh-key ~/.ssh/id.pub\nlabgpu member snapshot alice\n```\n\n"
+        "`member add` takes `--disk 50GiB`; `member snapshot-rm NAME SNAP --yes` deletes one.\n"
+    ),
+}
+
+
+def test_the_checker_passes_complete_docs() -> None:
+    assert undocumented(TREE, DOCS) == []
+
+
+def test_a_removed_command_is_reported() -> None:
+    docs = {
+        **DOCS,
+        "docs/members.md": DOCS["docs/members.md"].replace("`member snapshot-rm NAME SNAP --yes`", ""),
+    }
+    assert undocumented(TREE, docs) == ["labgpu member snapshot-rm"]
+
+
+def test_a_removed_option_is_reported() -> None:
+    docs = {**DOCS, "docs/members.md": DOCS["docs/members.md"].replace("`--disk 50GiB`", "a size")}
+    assert undocumented(TREE, docs) == ["labgpu member add --disk"]
+
+
+def test_an_option_on_another_page_or_under_another_heading_does_not_count() -> None:
+    docs = {
+        **DOCS,
+        "docs/members.md": DOCS["docs/members.md"].replace(" --ssh-key ~/.ssh/id.pub", "")
+        + "\n## Keys\n\nUse `--ssh-key` (of another command).\n",
+        "docs/other.md": "Use `--ssh-key` somewhere else.\n",
+    }
+    assert undocumented(TREE, docs) == ["labgpu member add --ssh-key"]
+
+
+def test_a_comment_in_a_code_block_is_not_a_heading() -> None:
+    docs = {**DOCS, "docs/members.md": DOCS["docs/members.md"].replace("```sh\n", "```sh\n# add one\n")}
+    assert undocumented(TREE, docs) == []
+
+
+def test_prose_words_and_prefixes_are_not_commands() -> None:
+    docs = {
+        "README.md": "The doctor says member add in prose; `doctor --json`; `labgpu member snapshot-rm x --yes`.\n"
+        "`labgpu --config f`\n",
+    }
+    assert undocumented(TREE, docs) == ["labgpu doctor", "labgpu member snapshot", "labgpu member add"]
+
+
+def test_a_code_block_line_is_code_and_the_text_around_it_is_not() -> None:
+    block = "```\nlabgpu doctor --json\n```\nmember add, member snapshot\n"
+    docs = {"README.md": block + "`labgpu --config x` `member snapshot-rm --yes`\n"}
+    assert undocumented(TREE, docs) == ["labgpu member snapshot", "labgpu member add"]
+
+
+def test_an_option_after_another_command_is_that_commands() -> None:
+    tree = [*TREE, Command(("member", "set"), (("--disk",),))]
+    docs = {
+        **DOCS,
+        "docs/members.md": DOCS["docs/members.md"].replace("`--disk 50GiB`", "a size")
+        + "\n## Changing\n\n`labgpu member set alice --disk 9GiB`, also after `member add`.\n",
+    }
+    assert undocumented(tree, docs) == ["labgpu member add --disk"]
+
+
+def test_a_lone_option_belongs_to_the_command_its_heading_names() -> None:
+    tree = [*TREE, Command(("member", "set"), (("--disk",),))]
+    section = "\n## `member set`\n\n`member set NAME` (like `member add`) takes `--disk`.\n"
+    docs = {**DOCS, "docs/members.md": DOCS["docs/members.md"].replace("`--disk 50GiB`", "a size") + section}
+    assert undocumented(tree, docs) == ["labgpu member add --disk"]
+    untitled = section.replace("`member set`\n", "Sizes\n")
+    docs = {**DOCS, "docs/members.md": DOCS["docs/members.md"].replace("`--disk 50GiB`", "a size") + untitled}
+    assert undocumented(tree, docs) == []
+
+
+def test_the_real_docs_without_a_command_or_an_option_fail() -> None:
+    pages = pages_in(ROOT)
+    without_db_current = {
+        name: "\n".join(line for line in text.splitlines() if "db current" not in line)
+        for name, text in pages.items()
+    }
+    assert undocumented(_real_tree(), without_db_current) == ["labgpu db current"]
+    without_no_homes = {name: text.replace("--no-homes", "") for name, text in pages.items()}
+    assert undocumented(_real_tree(), without_no_homes) == ["labgpu backup restore --no-homes"]

@@ -150,8 +150,8 @@ class FakeGpuClient(RuntimeClient):
 
     gpus: tuple[str, ...] = ()
 
-    def resources(self, *, target: str | None = None) -> dict[str, Any]:
-        res = super().resources(target=target)
+    def resources(self, *, target: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        res = super().resources(target=target, timeout=timeout)
         cards = [
             {"driver": "nvidia", "pci_address": pci, "vendor": "NVIDIA", "product": "H100"}
             for pci in self.gpus

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from labgpu.errors import BadInput, Conflict
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.errors import RuntimeError_
 from labgpu.services.context import Services
 from labgpu.services.hosts import runtime_for, services_for
 from labgpu.services.members._provision import set_initial_password
 from labgpu.services.members._records import load_member
 from labgpu.store.models import MemberState
+
+log = logging.getLogger(__name__)
 
 # Changing -----------------------------------------------------------------------------------------
 
@@ -19,6 +24,8 @@ from labgpu.store.models import MemberState
 # they reached the store, or the store says running while the daemon stopped (a lost update). Another
 # process (the CLI beside the portal) is not serialized with this one: the reconciler repairs that drift.
 _power_locks: dict[str, threading.Lock] = {}
+# Seconds the daemon waits for a container's init to shut down cleanly before labgpu forces it.
+STOP_TIMEOUT = 30
 _power_locks_guard = threading.Lock()
 
 
@@ -48,13 +55,29 @@ def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> 
         if action == "start" and status != "Running":
             runtime.instances.start(container)
         elif action == "stop" and status != "Stopped":
-            runtime.instances.stop(container, force=force)
+            _shut_down(runtime, container, "stop", force=force)
         elif action == "restart":
             if status == "Running":
-                runtime.instances.restart(container, force=force)
+                _shut_down(runtime, container, "restart", force=force)
             else:
                 runtime.instances.start(container)
         return runtime.instances.state(container).status
+
+
+def _shut_down(runtime: RuntimeClient, container: str, action: str, *, force: bool) -> None:
+    """Stop or restart: a clean shutdown (the daemon waits STOP_TIMEOUT for the container's init), then, if
+    the container is still running, a forced one, as holding a machine's power button does: the member asked
+    for it, and a container whose init hangs (or a host too busy to shut down in time) must not stay up
+    with the portal answering 500. A refusal for another reason is raised as it is."""
+    act = runtime.instances.stop if action == "stop" else runtime.instances.restart
+    try:
+        act(container, force=force, stop_timeout=STOP_TIMEOUT)
+        return
+    except RuntimeError_ as exc:
+        if force or runtime.instances.state(container).status != "Running":
+            raise
+        log.warning("%s of %s: the clean shutdown failed (%s); forcing it", action, container, exc.message)
+    act(container, force=True)
 
 
 def reset_password(svc: Services, name: str) -> str:

@@ -352,7 +352,7 @@ def test_production_limits_pass_and_no_proc_is_not_applicable(tmp_path: Path) ->
 
 
 def test_a_missing_debootstrap_is_a_warning_naming_the_command_and_the_package() -> None:
-    from labgpu.services.hosts._doctor import host_tool_checks
+    from labgpu.services.hosts._doctor_checks import host_tool_checks
 
     (check,) = host_tool_checks(lambda tool: None if tool == "debootstrap" else f"/usr/bin/{tool}")
     assert check.name == "host-tools" and check.status == CheckStatus.WARN and not check.critical

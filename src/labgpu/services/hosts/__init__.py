@@ -10,7 +10,8 @@ adding and removing other hosts over HTTPS (``add_host``, ``remove_host``), aski
 from __future__ import annotations
 
 from labgpu.services.hosts._clients import is_local, runtime_for, services_for
-from labgpu.services.hosts._doctor import CheckStatus, nvidia_pci_devices, run_doctor
+from labgpu.services.hosts._doctor import nvidia_pci_devices, run_doctor
+from labgpu.services.hosts._doctor_checks import CheckStatus
 
 # The login gateway's use cases, named as such here (in _gateway they are the module's own verbs).
 from labgpu.services.hosts._gateway import add_user as add_gateway_user

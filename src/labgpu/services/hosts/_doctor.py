@@ -14,7 +14,6 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,11 @@ from labgpu.domain.subid import clash_with_container_map, missing_ranges, parse_
 from labgpu.errors import LabgpuError
 from labgpu.gpu import nvml
 from labgpu.runtime.client import RuntimeClient, ServerInfo
+from labgpu.services.hosts._doctor_checks import Check, CheckStatus, host_tool_checks, which_anywhere
+from labgpu.services.hosts._doctor_checks import fail as _fail
+from labgpu.services.hosts._doctor_checks import na as _na
+from labgpu.services.hosts._doctor_checks import ok as _ok
+from labgpu.services.hosts._doctor_checks import warn as _warn
 from labgpu.services.hosts._profile import FORBIDDEN_PROFILE_CONFIG
 from labgpu.services.hosts._setup import (
     HostPaths,
@@ -30,7 +34,6 @@ from labgpu.services.hosts._setup import (
     runtime_label,
 )
 from labgpu.settings import Settings
-from labgpu.system.commands import which as system_which
 from labgpu.system.sysctl import KERNEL_LIMITS, read_kernel_limits, sysctl_name
 
 # API extensions the runtime code relies on (both LXD 5.0 and Incus 6.0 have them all).
@@ -57,38 +60,6 @@ NVIDIA_PCI_VENDOR = "0x10de"
 DISPLAY_CLASSES = ("0x0300", "0x0302")  # VGA controller, 3D controller
 
 
-class CheckStatus(StrEnum):
-    OK = "ok"
-    FAIL = "fail"
-    WARN = "warn"
-    NA = "n-a"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One prerequisite and what was found."""
-
-    name: str
-    status: CheckStatus
-    detail: str
-    fix: str = ""
-    critical: bool = True
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (CheckStatus.OK, CheckStatus.NA)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ok": self.ok,
-            "status": str(self.status),
-            "detail": self.detail,
-            "fix": self.fix,
-            "critical": self.critical,
-        }
-
-
 @dataclass
 class DoctorReport:
     checks: list[Check] = field(default_factory=list)
@@ -105,22 +76,6 @@ class DoctorReport:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.checks]
-
-
-def _ok(name: str, detail: str, *, critical: bool = True) -> Check:
-    return Check(name, CheckStatus.OK, detail, critical=critical)
-
-
-def _fail(name: str, detail: str, fix: str, *, critical: bool = True) -> Check:
-    return Check(name, CheckStatus.FAIL, detail, fix, critical=critical)
-
-
-def _warn(name: str, detail: str, fix: str) -> Check:
-    return Check(name, CheckStatus.WARN, detail, fix, critical=False)
-
-
-def _na(name: str, detail: str) -> Check:
-    return Check(name, CheckStatus.NA, detail, critical=False)
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -521,37 +476,13 @@ def gpu_checks(
 # The whole run ------------------------------------------------------------------------
 
 
-# Host tools that commands doctor vouches for run, by the command that needs them, with the Debian package.
-HOST_TOOLS = (
-    ("debootstrap", "labgpu template bootstrap (the offline minimal template)", "debootstrap"),
-    ("tar", "labgpu template bootstrap, backups", "tar"),
-    ("gzip", "labgpu template bootstrap (packing the image)", "gzip"),
-)
-
-
-def host_tool_checks(which: Callable[[str], str | None]) -> list[Check]:
-    """The programs labgpu's own commands run on the host; a missing one names the command and the package.
-    Not critical: containers run without them, only those commands would fail."""
-    missing = [(tool, needed_by, package) for tool, needed_by, package in HOST_TOOLS if which(tool) is None]
-    if not missing:
-        return [_ok("host-tools", ", ".join(t for t, _, _ in HOST_TOOLS) + " installed", critical=False)]
-    detail = "; ".join(f"{tool} is missing (needed by {needed_by})" for tool, needed_by, _ in missing)
-    packages = " ".join(sorted({package for _, _, package in missing}))
-    return [_warn("host-tools", detail, f"apt-get install {packages}")]
-
-
-def _which(tool: str) -> str | None:
-    """On the caller's PATH, else in the system folders (debootstrap is in /usr/sbin, off a user's PATH)."""
-    return shutil.which(tool) or system_which(tool)
-
-
 def run_doctor(
     settings: Settings,
     *,
     connect: Callable[[], RuntimeClient],
     paths: HostPaths | None = None,
     probe: Callable[[], nvml.NvmlProbe] = nvml.probe,
-    which: Callable[[str], str | None] = _which,
+    which: Callable[[str], str | None] = which_anywhere,
 ) -> DoctorReport:
     """Run every check. ``connect`` builds the runtime client (it may raise: the daemon check fails).
 

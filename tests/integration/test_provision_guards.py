@@ -26,8 +26,25 @@ def labgpu(env: LabgpuEnv, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LABGPU, *args], env=env.env(), capture_output=True, text=True, timeout=900)
 
 
+def _two_free_ports(start: int, end: int) -> int:
+    """The first port of [start, end) that is free with the next one: the test's own range begins there (a
+    port of the block may be taken by something else on a busy machine, e.g. another run's container)."""
+    for port in range(start, end - 1):
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket() as probe:
+                    probe.bind(("0.0.0.0", candidate))  # a probe, closed at once
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no two free ports in {start}..{end}")
+
+
 def test_a_port_another_program_listens_on_is_skipped(labgpu_env: LabgpuEnv) -> None:
-    first = int(labgpu_env.overrides["port_range_start"])
+    first = _two_free_ports(
+        int(labgpu_env.overrides["port_range_start"]), int(labgpu_env.overrides["port_range_end"])
+    )
+    labgpu_env.overrides["port_range_start"] = str(first)
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", first))  # say, a student's jupyter on the host
     squatter.listen()

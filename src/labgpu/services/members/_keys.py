@@ -39,11 +39,42 @@ def gateway_changed(svc: Services, name: str) -> list[str]:
     return notes
 
 
+# authorized_keys holds labgpu's keys in one block; lines outside it are the member's own (ssh-copy-id, an
+# editor) and are kept. A file without the block was written whole by an older labgpu: it is replaced whole,
+# so a key an admin removed cannot survive as an "own" line.
+KEYS_BEGIN = "# labgpu: the keys below come from the portal and `labgpu member key`; change them there"
+KEYS_END = "# labgpu: end of its keys; lines outside this block are yours and are kept"
+# A member's own part larger than this is not read back (the portal would hold it in memory): replaced whole.
+MAX_AUTHORIZED_KEYS = 256 * 1024
+
+
+def merged_authorized_keys(current: str | None, keys: Sequence[str]) -> str:
+    """The new authorized_keys: the member's own lines of ``current`` (those outside labgpu's block, when it
+    has one), then labgpu's block with ``keys``."""
+    own: list[str] = []
+    lines = (current or "").splitlines()
+    if KEYS_BEGIN in lines:
+        inside = False
+        for line in lines:
+            if line == KEYS_BEGIN:
+                inside = True
+            elif line == KEYS_END and inside:
+                inside = False
+            elif not inside:
+                own.append(line)
+    while own and not own[-1].strip():
+        own.pop()
+    block = [KEYS_BEGIN, *(k.strip() for k in keys if k.strip()), KEYS_END]
+    return "\n".join([*own, *block]) + "\n"
+
+
 def install_keys(svc: Services, container: str, keys: Sequence[str]) -> None:
-    """Write the member's SSH keys to the container user's authorized_keys (replacing it)."""
+    """Write the member's SSH keys into the container user's authorized_keys, keeping the lines the member
+    added there themselves (see :func:`merged_authorized_keys`). The container must be running."""
     user = svc.settings.container_user
     runtime = svc.runtime
     ssh_dir = f"/home/{user}/.ssh"
+    path = f"{ssh_dir}/authorized_keys"
     result = runtime.instances.exec(
         container, ["install", "-d", "-m", "700", "-o", user, "-g", user, ssh_dir]
     )
@@ -51,10 +82,15 @@ def install_keys(svc: Services, container: str, keys: Sequence[str]) -> None:
         raise ProvisionError(f"creating {ssh_dir} in {container} failed: {result.stderr.strip()[:200]}")
     ids = runtime.instances.exec(container, ["id", "-u", user])
     uid = int(ids.stdout.strip() or 1000)
-    text = "".join(k.strip() + "\n" for k in keys)
-    runtime.instances.push_file(
-        container, f"{ssh_dir}/authorized_keys", text.encode(), uid=uid, gid=uid, mode=0o600
-    )
+    current = None
+    size = runtime.instances.exec(container, ["stat", "-L", "-c", "%s", path])
+    if size.ok and size.stdout.strip().isdigit() and int(size.stdout.strip()) <= MAX_AUTHORIZED_KEYS:
+        try:
+            current = runtime.instances.pull_file(container, path).decode("utf-8", errors="replace")
+        except RuntimeNotFound:
+            current = None
+    text = merged_authorized_keys(current, keys)
+    runtime.instances.push_file(container, path, text.encode(), uid=uid, gid=uid, mode=0o600)
 
 
 def add_keys(svc: Services, name: str, key_texts: Sequence[str]) -> list[str]:
@@ -110,7 +146,8 @@ def list_keys(svc: Services, name: str) -> list[dict[str, str]]:
 
 
 def _install_if_running(svc: Services, container: str, keys: list[str]) -> None:
-    # A stopped container gets its keys from the store at the next provision/reconcile.
+    # A stopped container gets its keys from the store when it is started (members.set_power), reset or
+    # restored.
     try:
         if svc.runtime.instances.state(container).status == "Running":
             install_keys(svc, container, keys)

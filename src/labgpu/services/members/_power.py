@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from labgpu.errors import BadInput, Conflict
+from labgpu.errors import BadInput, Conflict, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeError_
 from labgpu.services.context import Services
 from labgpu.services.hosts import runtime_for, services_for
+from labgpu.services.members._keys import install_keys
 from labgpu.services.members._provision import set_initial_password
 from labgpu.services.members._records import load_member
 from labgpu.store.models import MemberState
@@ -51,9 +52,12 @@ def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> 
             member.state = MemberState.STOPPED if action == "stop" else MemberState.RUNNING
             svc.audit(session, f"member.{action}", name)
             runtime = runtime_for(svc, member.host)
+            host_svc = services_for(svc, member.host)
+            keys = [k.public_key for k in member.ssh_keys]
         status = runtime.instances.state(container).status
         if action == "start" and status != "Running":
             runtime.instances.start(container)
+            _catch_up_keys(host_svc, container, keys)
         elif action == "stop" and status != "Stopped":
             _shut_down(runtime, container, "stop", force=force)
         elif action == "restart":
@@ -61,7 +65,17 @@ def set_power(svc: Services, name: str, action: str, *, force: bool = False) -> 
                 _shut_down(runtime, container, "restart", force=force)
             else:
                 runtime.instances.start(container)
+                _catch_up_keys(host_svc, container, keys)
         return runtime.instances.state(container).status
+
+
+def _catch_up_keys(svc: Services, container: str, keys: list[str]) -> None:
+    """Keys added or removed while the container was stopped reach it when it starts. A failure here does not
+    undo the start: it is logged, and the next key change or start tries again."""
+    try:
+        install_keys(svc, container, keys)
+    except LabgpuError as exc:
+        log.warning("installing the SSH keys of %s after its start failed: %s", container, exc.message)
 
 
 def _shut_down(runtime: RuntimeClient, container: str, action: str, *, force: bool) -> None:

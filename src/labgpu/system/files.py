@@ -19,17 +19,7 @@ def write_atomic(path: Path, text: str, *, mode: int) -> bool:
         if path.read_text() == text and stat.S_IMODE(info.st_mode) == mode and info.st_uid == 0:
             return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labgpu-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _replace(path, text, mode, prefix=".labgpu-", suffix=".tmp")
     return True
 
 
@@ -41,7 +31,13 @@ def write_file_atomically(path: Path, text: str) -> None:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    _replace(path, text, mode, prefix=f".{path.name}.")
+
+
+def _replace(path: Path, text: str, mode: int, *, prefix: str, suffix: str = "") -> None:
+    """Write ``text`` to a temporary file beside ``path`` (synced, ``mode``), then rename it over ``path``:
+    readers see the old file or the new one, never half of it. The temporary file is removed on failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -11,6 +11,7 @@ workers) per account and per client address.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -62,9 +63,14 @@ class Throttled(LabgpuError):
     status = 429
     reason = "throttled"
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: int, values: Mapping[str, object] | None = None) -> None:
+        super().__init__(message, values=values)
         self.retry_after = retry_after
+
+    @property
+    def minutes(self) -> int:
+        """``retry_after`` in whole minutes, rounded up (at least 1): what a page says."""
+        return max(1, (self.retry_after + 59) // 60)
 
 
 @dataclass(frozen=True)

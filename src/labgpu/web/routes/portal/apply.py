@@ -68,9 +68,8 @@ def apply(
     if isinstance(out.error, Throttled):
         retry_after = out.error.retry_after
         message = N_("Too many applications from your address. Try again in %(minutes)s minutes.")
-        out.fail(BadInput(message, values={"minutes": max(1, (retry_after + 59) // 60)}))
+        out.fail(Throttled(message, retry_after=retry_after, values={"minutes": out.error.minutes}))
         response = out.show(page, form=form)
-        response.status_code = 429
         response.headers["Retry-After"] = str(retry_after)
         return response
     if out.failed:

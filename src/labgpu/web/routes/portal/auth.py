@@ -61,9 +61,8 @@ def login(
             user_agent=request.headers.get("user-agent"),
         )
     except portal.Throttled as exc:
-        minutes = max(1, (exc.retry_after + 59) // 60)
         message = gettext(N_("Too many failed logins. Try again in %(minutes)s minutes.")) % {
-            "minutes": minutes
+            "minutes": exc.minutes
         }
         response: HTMLResponse = renderer.render(
             request, "login.html", 429, error=message, name=name, next=target

@@ -363,6 +363,8 @@ def labgpu_env(
         "profile_name": test_profile,
         "storage_pool": test_pool,
         "ssh_ready_timeout": "180",
+        # The test profile has no NIC (proxies on 127.0.0.1 only); tests of the bridge make their own.
+        "network_mode": "none",
     }
     env = LabgpuEnv(overrides=overrides, runtime=runtime)
     yield env

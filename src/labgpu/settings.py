@@ -95,10 +95,16 @@ class Settings(BaseSettings):
         "as the host supports them.",
     )
     network_mode: Literal["none", "bridge", "macvlan"] = Field(
-        "none",
-        description="Container network made by `host init`: none (no NIC; SSH through proxy devices "
-        "only), bridge (a bridge with NAT, so containers reach apt mirrors), or macvlan on network_parent "
-        "(containers get addresses on the campus network).",
+        "bridge",
+        description="Container network made by `host init`: bridge (a managed bridge with IPv4 NAT, so "
+        "containers reach package mirrors; the default), none (no NIC; SSH through proxy devices only), or "
+        "macvlan on network_parent (containers get addresses on the campus network).",
+    )
+    network_isolation: bool = Field(
+        True,
+        description="On a bridge, members' containers cannot reach each other (the NIC is an isolated "
+        "bridge port, security.port_isolation); they still reach the host and, through NAT, the world. "
+        "false: containers on the bridge reach each other (e.g. training across members' containers).",
     )
     network_name: str = Field(
         "labgpubr0", description="Name of the network `host init` creates (bridge or macvlan)."
@@ -151,7 +157,15 @@ class Settings(BaseSettings):
         "/home/ubuntu/{name}",
         description="Where the home is mounted inside the container; {name} is the member.",
     )
-    container_user: str = Field("ubuntu", description="The login user inside containers.")
+    container_user: str = Field(
+        "ubuntu", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="The login user inside containers."
+    )
+    container_sudo_nopasswd: bool = Field(
+        True,
+        description="The container's user runs sudo without a password. The container is the member's own "
+        "and unprivileged; a key-only member never needs the admin's initial password. false: sudo asks "
+        "for the user's password.",
+    )
     snapshots_keep: int = Field(
         5,
         ge=0,

@@ -45,7 +45,7 @@ from labgpu.services.members import _shares as shares
 from labgpu.services.members import _snapshots as snapshots
 from labgpu.services.members._add import add_member
 from labgpu.services.members._keys import add_keys, remove_key
-from labgpu.services.members._power import reset_password, set_power
+from labgpu.services.members._power import reset_password, set_container_password, set_power
 from labgpu.services.members._records import load_member
 from labgpu.services.members._set import set_member
 from labgpu.services.ops import _backups as backups
@@ -472,9 +472,9 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "member.passwd",
         "tests/web/test_member_self_service.py",
     ),
-    ("POST", "/me/initial-password"): (
-        reset_password,
-        "member.passwd",
+    ("POST", "/me/container-password"): (
+        set_container_password,
+        "member.container_password",
         "tests/web/test_member_self_service.py",
     ),
     ("POST", "/api/v1/members/{name}/snapshots"): (

@@ -94,7 +94,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("GET", "/me"): SELF,
     ("POST", "/me/power"): SELF,
     ("POST", "/me/reset"): SELF,
-    ("POST", "/me/initial-password"): SELF,
+    ("POST", "/me/container-password"): SELF,
     ("POST", "/me/snapshots"): SELF,
     ("POST", "/me/snapshots/restore"): SELF,
     ("POST", "/me/snapshots/delete"): SELF,

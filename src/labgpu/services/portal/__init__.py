@@ -48,6 +48,7 @@ from labgpu.services.portal._notices import (
     parse_when,
     remove_notice,
 )
+from labgpu.services.portal._passwords import WeakPassword, check_password_strength
 from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
 from labgpu.services.portal._tokens import TokenInfo, create_token, list_tokens, resolve_token, revoke_token
 
@@ -63,11 +64,13 @@ __all__ = [
     "Throttled",
     "TokenInfo",
     "Unauthenticated",
+    "WeakPassword",
     "active_notices",
     "add_notice",
     "approve",
     "authenticate",
     "change_password",
+    "check_password_strength",
     "create_account",
     "create_token",
     "end_all_sessions",

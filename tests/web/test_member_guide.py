@@ -8,8 +8,9 @@ import re
 from urllib.parse import unquote
 
 import pytest
+from sqlalchemy import select
 
-from labgpu.store.models import Role
+from labgpu.store.models import Host, HostKind, Member, PortMap, PortPurpose, Role
 from labgpu.web import guide
 from tests.web.conftest import Portal, login
 from tests.web.test_i18n import untranslated
@@ -89,3 +90,35 @@ def test_an_admin_reads_the_guide_and_a_page_that_does_not_exist_is_a_404(portal
         )
     missing = client.get("/help/nothing-here", headers={"Accept-Language": "zh-CN"})
     assert missing.status_code == 404 and "成员使用指南中没有这一页" in missing.text
+
+
+def give_container(portal: Portal, name: str, *, ssh_port: int, address: str) -> None:
+    """A container for ``name`` on a host whose members connect to ``address``, as `member add` records it."""
+    with portal.svc.session() as session:
+        host = Host(name="gpu1", kind=HostKind.LXD, public_address=address)
+        session.add(host)
+        member = session.scalars(select(Member).where(Member.name == name)).one()
+        member.host, member.container = host, name
+        session.add(
+            PortMap(
+                member=member,
+                host=host,
+                listen_address="0.0.0.0",
+                host_port=ssh_port,
+                container_port=22,
+                purpose=PortPurpose.SSH,
+            )
+        )
+
+
+def test_the_guide_shows_the_readers_own_container(portal: Portal) -> None:
+    portal.add_account("carol")
+    give_container(portal, "carol", ssh_port=22017, address="gpu7.campus.test")
+    client = portal.client()
+    assert login(client, "carol").status_code == 303
+    page = client.get("/help/connecting").text
+    assert "ssh -p 22017 ubuntu@gpu7.campus.test" in page
+    assert "Host labgpu-carol\n    HostName gpu7.campus.test\n    Port 22017" in page
+    assert 'id="guide-values"' in page and "22001" not in page
+    zh = client.get("/help/connecting", headers={"Accept-Language": "zh-CN"}).text
+    assert "ssh -p 22017 ubuntu@gpu7.campus.test" in zh and "SSH 端口 22017" in zh

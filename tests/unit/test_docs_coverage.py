@@ -437,3 +437,31 @@ def test_the_translation_checks_catch_drift() -> None:
     english = "# T\n\n## A\n\n```sh\n# a comment\n```\n\n## B\n\n### B.1\n"
     assert heading_counts(english) == (1, 2, 1, 0)
     assert heading_counts(english.replace("## B\n", "")) != heading_counts(english)
+
+
+def test_the_links_of_the_chinese_pages_lead_somewhere() -> None:
+    """A relative link of a Chinese page names a file that exists and, after `#`, one of its headings (as
+    GitHub and the portal's guide make their anchors)."""
+    from urllib.parse import unquote
+
+    from labgpu.web.guide import slug
+
+    pages = [
+        *ZH_ADMIN.glob("*.md"),
+        ROOT / "docs" / "zh" / "README.md",
+        *(ROOT / "docs" / "member").rglob("*.md"),
+    ]
+    broken = []
+    for page in pages:
+        for href in re.findall(r"\]\(([^)\s]+)\)", _FENCE.sub("", page.read_text())):
+            if re.match(r"[a-z]+:", href):
+                continue
+            path, _, anchor = href.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {href}")
+            elif anchor and target.is_file():
+                headings = [slug(m) for m in re.findall(r"^#{1,6} (.+)$", target.read_text(), re.M)]
+                if unquote(anchor) not in headings:
+                    broken.append(f"{page.relative_to(ROOT)}: {href}")
+    assert not broken, "links to nothing:\n" + "\n".join(broken)

@@ -254,6 +254,37 @@ def test_hostile_ssh_keys_are_refused_and_nothing_is_stored(portal: Portal) -> N
     assert list_keys(portal.svc, "alice") == []
 
 
+# Names of the member's guide's pages (/help/{page}): looked up in the guide's own list, never joined to a
+# path. What a traversal, an encoded separator or a file of the package gets is the guide's 404.
+HOSTILE_GUIDE_PAGES = [
+    "..",
+    "../../pyproject.toml",
+    "..\\..\\etc\\passwd",
+    "/etc/passwd",
+    "zh/../../__init__.py",
+    "__init__.py",
+    "connecting.md",
+    "README",
+    "pages",
+    "connecting\x00",
+    "connecting\n",
+    "$(id)",
+    "<script>alert(1)</script>",
+    "x" * 70,
+]
+
+
+def test_hostile_guide_page_names_find_no_file(portal: Portal) -> None:
+    client, _ = _logged_in(portal, "alice")
+    for name in HOSTILE_GUIDE_PAGES:
+        # Every byte percent-encoded, so that no client folds a ".." away before the portal sees it.
+        r = client.get("/help/" + "".join(f"%{byte:02X}" for byte in name.encode()))
+        assert r.status_code in (404, 422), (name, r.status_code)
+        assert "<script>alert(1)" not in r.text and "[project]" not in r.text and "import" not in r.text
+        if r.status_code == 404:
+            assert "no such page" in r.text, name
+
+
 def test_hostile_templates_in_an_approval_are_refused(portal: Portal) -> None:
     admin, headers = _logged_in(portal, "boss", Role.ADMIN)
     app = applications.submit(portal.svc, name="dave", email="d@lab.test", password="quiet-walnut-58-harbor")

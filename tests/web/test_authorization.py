@@ -128,6 +128,9 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/bookings/{booking_id}/extend"): SELF,
     ("POST", "/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/bookings/{booking_id}/reject"): ADMIN,
+    # The member's guide: for everyone logged in; visitors log in first (web/routes/members/guide.py).
+    ("GET", "/help"): SELF,
+    ("GET", "/help/{page}"): SELF,
 }
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}
@@ -157,6 +160,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{share}", "datasets")
         .replace("{action}", "start")
         .replace("/static", "/static/style.css")
+        .replace("{page}", "connecting")
     )
 
 

@@ -97,6 +97,7 @@ def create_app(
     from labgpu.web.routes.gpus import pages as gpus_pages
     from labgpu.web.routes.members import admin as members_admin
     from labgpu.web.routes.members import api as members_api
+    from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
     from labgpu.web.routes.portal import account, apply, auth
     from labgpu.web.routes.portal import admin as portal_admin
@@ -177,6 +178,7 @@ def create_app(
         portal_admin,
         members_admin,
         gpus_pages,
+        members_guide,
     ):
         app.include_router(module.router)
     return app

@@ -19,7 +19,8 @@ from sqlalchemy import select, update
 from labgpu.services.portal import _audit as audit
 from labgpu.services.portal import _totp as totp
 from labgpu.services.portal import _totp_enrol as enrol
-from labgpu.store.models import PendingLogin, Role, TotpCredential, TotpRecoveryCode, utcnow
+from labgpu.services.portal._accounts import Identity
+from labgpu.store.models import Member, PendingLogin, Role, TotpCredential, TotpRecoveryCode, utcnow
 from labgpu.web.app import create_app
 from tests.web.conftest import Portal, csrf_from, login, page_token
 
@@ -37,6 +38,16 @@ def away_from_a_boundary() -> None:
 def code(secret: str, steps: int = 0) -> str:
     """The code an authenticator shows ``steps`` steps from now."""
     return pyotp.TOTP(secret).at(time.time() + steps * totp.STEP_SECONDS)
+
+
+def enable_totp(portal: Portal, name: str) -> str:
+    """Set TOTP up for ``name`` through the services (the first code one step back); returns the secret.
+    The current step and the next one are then still unused."""
+    away_from_a_boundary()
+    identity = _identity(portal, name)
+    setup = enrol.start_totp_setup(portal.svc, identity)
+    enrol.confirm_totp(portal.svc, identity, code=code(setup.secret, -1), source_address=None)
+    return setup.secret
 
 
 def enrol_through_the_page(client: TestClient, *, steps: int = -1) -> tuple[str, list[str]]:
@@ -215,10 +226,7 @@ def test_a_member_may_turn_it_on_and_off(portal: Portal) -> None:
     assert login(portal.client("192.0.2.91"), "carol").headers["location"] == "/me"
 
 
-def _identity(portal: Portal, name: str):  # type: ignore[no-untyped-def]
-    from labgpu.services.portal._accounts import Identity
-    from labgpu.store.models import Member
-
+def _identity(portal: Portal, name: str) -> Identity:
     with portal.svc.session() as s:
         member = s.scalars(select(Member).where(Member.name == name)).one()
         return Identity(member.id, name, str(member.role), "session")

@@ -563,17 +563,9 @@ class Notice(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
 
 
-# Two-factor log-in: TOTP (revision v0004_totp) ------------------------------------------------------
-
-
+# Two-factor log-in: TOTP (revision v0004_totp; services/portal/_totp.py) --------------------------------
 class TotpCredential(Base):
-    """A member's TOTP authenticator (RFC 6238): the shared secret, and the one being set up.
-
-    ``secret`` is the active one (None until the first code confirmed it); ``pending_secret`` is a new one
-    shown on the set-up page, active only once a code made with it is typed in. ``last_step`` is the
-    30-second time step of the last code accepted: a code of that step or an earlier one is refused, so a
-    code works once (RFC 6238 section 5.2). The secret must be readable to check a code: it is stored as is.
-    """
+    """TOTP secret (as is: codes need it), one being set up, the step of the last code taken (no replay)."""
 
     __tablename__ = "totp_credentials"
 
@@ -581,48 +573,28 @@ class TotpCredential(Base):
     secret: Mapped[str | None] = mapped_column(sa.String(64))  # base32
     enabled_at: Mapped[datetime | None]
     pending_secret: Mapped[str | None] = mapped_column(sa.String(64))
-    pending_since: Mapped[datetime | None]
     last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
 
-    def __repr__(self) -> str:  # never the secrets
-        return f"TotpCredential(member_id={self.member_id!r}, enabled={self.secret is not None})"
-
 
 class TotpRecoveryCode(Base):
-    """A one-time recovery code for when the authenticator is lost: argon2id hash only, like a password."""
+    """A one-time recovery code: its argon2id hash only, like a password."""
 
     __tablename__ = "totp_recovery_codes"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
     code_hash: Mapped[str] = mapped_column(sa.String(255))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
     used_at: Mapped[datetime | None]
-
-    def __repr__(self) -> str:
-        return (
-            f"TotpRecoveryCode(id={self.id!r}, member_id={self.member_id!r}, used={self.used_at is not None})"
-        )
 
 
 class PendingLogin(Base):
-    """A log-in whose password was right and whose second factor is still to come: NOT a login session.
-
-    The browser holds a random token in a short-lived cookie; only its SHA-256 is stored. It opens nothing
-    but the code form, ends at ``expires_at``, after too many wrong codes, or when a right code turns it
-    into a login session (``used_at``)."""
+    """A right password waiting for its code: NOT a login session (id: SHA-256 of the cookie's token)."""
 
     __tablename__ = "pending_logins"
 
-    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # hex SHA-256 of the cookie's token
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
     expires_at: Mapped[datetime]
     failures: Mapped[int] = mapped_column(default=0, server_default="0")
     used_at: Mapped[datetime | None]
-    source_address: Mapped[str | None] = mapped_column(sa.String(64))
-    user_agent: Mapped[str | None] = mapped_column(sa.String(255))
-
-    def __repr__(self) -> str:
-        return f"PendingLogin(id={self.id[:8]!r}..., member_id={self.member_id!r})"

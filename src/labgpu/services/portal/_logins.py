@@ -170,8 +170,6 @@ def authenticate(
                     member_id=member.id,
                     name=member.name,
                     is_admin=member.role == Role.ADMIN,
-                    address=address,
-                    user_agent=user_agent,
                     now=now,
                 )
                 return result

@@ -143,7 +143,7 @@ def new_recovery_codes(session: Session, member_id: int, now: datetime) -> list[
     codes = []
     for _ in range(RECOVERY_CODES):
         raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_LENGTH))
-        session.add(TotpRecoveryCode(member_id=member_id, code_hash=hash_password(raw), created_at=now))
+        session.add(TotpRecoveryCode(member_id=member_id, code_hash=hash_password(raw)))
         codes.append(f"{raw[:5]}-{raw[5:]}")
     return codes
 
@@ -197,29 +197,12 @@ def totp_enabled(session: Session, member_id: int) -> bool:
 
 
 def open_pending_login(
-    svc: Services,
-    session: Session,
-    *,
-    member_id: int,
-    name: str,
-    is_admin: bool,
-    address: str,
-    user_agent: str | None,
-    now: datetime,
+    svc: Services, session: Session, *, member_id: int, name: str, is_admin: bool, now: datetime
 ) -> SecondStep:
     """After a right password of a member with TOTP: a pending log-in instead of a session. Audited."""
     token = secrets.token_urlsafe(32)
     expires_at = now + timedelta(minutes=PENDING_MINUTES)
-    session.add(
-        PendingLogin(
-            id=token_digest(token),
-            member_id=member_id,
-            created_at=now,
-            expires_at=expires_at,
-            source_address=address,
-            user_agent=(user_agent or "")[:255] or None,
-        )
-    )
+    session.add(PendingLogin(id=token_digest(token), member_id=member_id, expires_at=expires_at))
     # The actor is the member who just proved their password, not the anonymous visitor.
     as_member = Actor(name, svc.actor.source_address, is_admin)
     replace(svc, actor=as_member).audit(session, "account.login.password", name, second_factor="totp")

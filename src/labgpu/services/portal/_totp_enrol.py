@@ -104,7 +104,6 @@ def start_totp_setup(svc: Services, identity: Identity) -> TotpSetup:
             credential = TotpCredential(member_id=identity.member_id, created_at=now)
             session.add(credential)
         credential.pending_secret = secret
-        credential.pending_since = now
         svc.audit(session, "account.totp.setup", identity.name)
     return _setup(svc, identity.name, secret)
 
@@ -148,7 +147,6 @@ def confirm_totp(svc: Services, identity: Identity, *, code: str, source_address
             credential.secret = credential.pending_secret
             credential.enabled_at = now
             credential.pending_secret = None
-            credential.pending_since = None
             credential.last_step = step
             codes = new_recovery_codes(session, identity.member_id, now)
             svc.audit(session, "account.totp.enable", identity.name)

@@ -269,6 +269,14 @@ class Settings(BaseSettings):
         ge=1,
         description="A portal login ends this many hours after it began, however active (the absolute timeout).",
     )
+    # Two-factor log-in (TOTP) -------------------------------------------------------------------------
+    require_totp_for_admins: bool = Field(
+        False,
+        description="Admins must log in to the portal with a second factor (a TOTP code from an "
+        "authenticator app). An admin without one is sent to set it up right after the password, before any "
+        "admin page; API tokens are not affected. Off by default so that an upgrade does not change how "
+        "existing admins log in: set up your own first (My account -> Two-factor log-in), then turn it on.",
+    )
     login_throttle_minutes: int = Field(
         15, ge=1, description="Window in which failed logins are counted for throttling."
     )

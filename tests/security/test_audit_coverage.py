@@ -54,12 +54,16 @@ from labgpu.services.portal import _accounts as accounts
 from labgpu.services.portal import _applications as applications
 from labgpu.services.portal import _audit as audit
 from labgpu.services.portal import _notices as notices
+from labgpu.services.portal import _totp_enrol as totp_enrol
 from labgpu.services.templates import _build as template_build
 from labgpu.services.templates import _catalog as templates
 from labgpu.store.models import Application, ApplicationStatus, Booking, BookingStatus, Member, Role
 from tests.web.conftest import PASSWORD, Portal, csrf_from, login, page_token
 from tests.web.gpus.helpers import PortalFactory, ServedAgent, add_host
 from tests.web.test_authorization import app_routes
+from tests.web.test_totp import _identity as totp_identity
+from tests.web.test_totp import code as totp_code
+from tests.web.test_totp import enable_totp, second_step
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 NEW_PASSWORD = "granite-lemon-58-harbour"
@@ -438,6 +442,59 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
     ),
 }
 
+# Two-factor log-in (TOTP): alice's own account; the codes are real ones of her secret (tests/web/test_totp.py).
+
+
+def _alice_with_totp(lab: Lab) -> str:
+    return enable_totp(lab.portal, "alice")
+
+
+def _totp_login(lab: Lab) -> httpx.Response:
+    secret = _alice_with_totp(lab)
+    client = lab.portal.client(Lab.ALICE_ADDRESS)
+    assert login(client, "alice").status_code == 303
+    return second_step(client, totp_code(secret, 0))  # type: ignore[return-value]
+
+
+def _totp_form(path: str, *, enabled: bool, started: bool = False) -> Callable[[Lab], httpx.Response]:
+    def call(lab: Lab) -> httpx.Response:
+        data: dict[str, str] = {}
+        if enabled:
+            data["code"] = totp_code(_alice_with_totp(lab), 0)
+        elif started:
+            secret = totp_enrol.start_totp_setup(lab.portal.svc, totp_identity(lab.portal, "alice")).secret
+            data["code"] = totp_code(secret, 0)
+        return lab.alice.post(path, data=lab.form(lab.alice, **data))
+
+    return call
+
+
+RUN.update(
+    {
+        ("POST", "/login/totp"): ("account.login", "alice", ("alice", _totp_login)),
+        ("POST", "/account/totp/setup"): (
+            "account.totp.setup",
+            "alice",
+            ("alice", _totp_form("/account/totp/setup", enabled=False)),
+        ),
+        ("POST", "/account/totp/confirm"): (
+            "account.totp.enable",
+            "alice",
+            ("alice", _totp_form("/account/totp/confirm", enabled=False, started=True)),
+        ),
+        ("POST", "/account/totp/recovery-codes"): (
+            "account.totp.recovery_codes",
+            "alice",
+            ("alice", _totp_form("/account/totp/recovery-codes", enabled=True)),
+        ),
+        ("POST", "/account/totp/disable"): (
+            "account.totp.disable",
+            "alice",
+            ("alice", _totp_form("/account/totp/disable", enabled=True)),
+        ),
+    }
+)
+
 # Routes whose service needs the daemon: (service function, action it audits, the integration test that
 # checks the row against a real daemon).
 NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
@@ -770,6 +827,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "template build": (template_build.build_template, "template.build"),
     "template import": (templates.import_template, "template.import"),
     "template rm": (templates.remove_template, "template.rm"),
+    "admin totp-reset": (totp_enrol.reset_totp, "account.totp.reset"),
 }
 # Commands whose options call further services (command -> [(service function, the action it audits)]).
 ALSO_AUDITED: dict[str, list[tuple[Callable[..., Any], str]]] = {

@@ -131,7 +131,17 @@ TABLE: dict[tuple[str, str], str] = {
     # The member's guide: for everyone logged in; visitors log in first (web/routes/members/guide.py).
     ("GET", "/help"): SELF,
     ("GET", "/help/{page}"): SELF,
+    # Two-factor log-in (TOTP): the code step of a log-in, and setting it up on one's own account.
+    ("GET", "/login/totp"): PUBLIC,
+    ("POST", "/login/totp"): PUBLIC,
+    ("GET", "/account/totp"): SELF,
+    ("POST", "/account/totp/setup"): SELF,
+    ("POST", "/account/totp/confirm"): SELF,
+    ("POST", "/account/totp/recovery-codes"): SELF,
+    ("POST", "/account/totp/disable"): SELF,
 }
+# The log-in forms answer 401 to a failed log-in: that is their answer, not a request for one.
+LOGIN_FORMS = {"/login", "/login/totp"}
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}
 OWNER, OTHER = "alice", "bob"
@@ -181,7 +191,7 @@ def _call(client: TestClient, method: str, path: str, url: str, csrf: str) -> ht
 def _denied(response: httpx.Response, path: str) -> str | None:
     """How the request was refused ("login", "forbidden", "hidden"), or None when it was let through."""
     status = response.status_code
-    if status == 401 and path != "/login":
+    if status == 401 and path not in LOGIN_FORMS:
         return "login"
     if status == 303 and response.headers["location"].startswith("/login?next="):
         return "login"

@@ -99,7 +99,7 @@ def create_app(
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
-    from labgpu.web.routes.portal import account, apply, auth
+    from labgpu.web.routes.portal import account, apply, auth, totp
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
 
@@ -172,6 +172,7 @@ def create_app(
         hosts,
         templates,
         auth,
+        totp,
         apply,
         account,
         me,

@@ -561,3 +561,70 @@ class Notice(Base):
     ends_at: Mapped[datetime | None]  # None: until removed
     created_by: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+
+# Notifications and job runs (revision v0004_notify) -----------------------------------------------
+
+
+class NotifyChannel(Base):
+    """A member's own notification channel: an Apprise URL (chat bot, webhook) and the kinds of event it
+    gets. The URL may hold a secret (a bot key): it is shown back masked only."""
+
+    __tablename__ = "notify_channels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(sa.String(64))
+    url: Mapped[str] = mapped_column(sa.Text)
+    kinds: Mapped[list[str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+
+class NotifyDelivery(Base):
+    """One notification to one channel, queued: delivered by the portal at once and retried with backoff
+    by the job runner. ``target`` names the channel without its secret: ``mail:ADDRESS``, ``lab:HASH``
+    (one of the ``notify_urls``, looked up when it is sent) or ``channel:ID`` (a member's channel). A
+    runner takes a delivery's lease (one conditional UPDATE) before sending it, so two portals on one
+    store never send it twice."""
+
+    __tablename__ = "notify_deliveries"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        sa.Index("ix_notify_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    # Who it is for: a member's name, "admins", or an e-mail address (an applicant).
+    recipient: Mapped[str] = mapped_column(sa.String(254))
+    target: Mapped[str] = mapped_column(sa.String(320))
+    channel_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("notify_channels.id", ondelete="CASCADE"), index=True
+    )
+    # The same key twice: the second send is dropped (a job that runs again does not notify again).
+    key: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    subject: Mapped[str] = mapped_column(sa.Text)
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    sent_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_until: Mapped[datetime | None]
+
+
+class JobRunRecord(Base):
+    """One run of a periodic job by one runner: which, who, when, how it ended (``labgpu jobs status``
+    and the check that two portals on one store run each job once)."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (sa.Index("ix_job_runs_job_started_at", "job", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(sa.String(64))
+    owner: Mapped[str] = mapped_column(sa.String(128))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str | None] = mapped_column(sa.String(16))

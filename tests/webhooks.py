@@ -21,6 +21,7 @@ class Hook:
     path: str
     content_type: str
     body: dict[str, Any]
+    status: int = 200  # what the receiver answered
 
 
 @dataclass
@@ -59,7 +60,7 @@ def webhook_server() -> Iterator[WebhookServer]:
                 body = {k: v[0] for k, v in parse_qs(raw).items()}
             box.arrived.set()
             box.release.wait(timeout=60)
-            box.posts.append(Hook(self.path, kind, body))
+            box.posts.append(Hook(self.path, kind, body, box.status))
             self.send_response(box.status)
             self.end_headers()
 

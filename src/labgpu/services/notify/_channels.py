@@ -46,7 +46,8 @@ def lab_channels(settings: Settings) -> list[LabChannel]:
     form for tags). An unknown kind in a prefix is ignored rather than losing the channel."""
     out = []
     for secret in settings.notify_urls:
-        entry = secret.get_secret_value().strip()
+        # A SecretStr from the settings file or environment; a str when a copy was updated in code.
+        entry = (secret if isinstance(secret, str) else secret.get_secret_value()).strip()
         if not entry:
             continue
         kinds: tuple[str, ...] | None = None

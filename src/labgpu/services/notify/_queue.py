@@ -24,6 +24,7 @@ from labgpu.services.context import Services
 from labgpu.services.notify._channels import lab_channels
 from labgpu.services.notify._kinds import check_kinds
 from labgpu.services.notify._transport import send_apprise, send_mail
+from labgpu.settings import Settings
 from labgpu.store.models import Member, NotifyChannel, NotifyDelivery, Role, utcnow
 
 log = logging.getLogger(__name__)
@@ -251,13 +252,17 @@ def deliver_one(svc: Services, delivery_id: int, *, owner: str, now: datetime) -
         )
     if error is not None:
         log.warning(
-            "notification %s (%s) to %s not sent: %s", row.id, row.kind, _shown_target(row.target), error
+            "notification %s (%s) to %s not sent: %s", row.id, row.kind, _shown_target(svc.settings, row.target), error
         )
-    return Attempt(delivery_id, _shown_target(row.target), status, error)
+    return Attempt(delivery_id, _shown_target(svc.settings, row.target), status, error)
 
 
-def _shown_target(target: str) -> str:
-    return "a notify_urls channel" if target.startswith("lab:") else target
+def _shown_target(settings: Settings, target: str) -> str:
+    """A target as people see it: a lab channel's URL masked (the queue holds only its hash)."""
+    if not target.startswith("lab:"):
+        return target
+    shown = [lab.shown for lab in lab_channels(settings) if f"lab:{lab.key}" == target]
+    return shown[0] if shown else "a channel no longer in notify_urls"
 
 
 @dataclass
@@ -325,7 +330,7 @@ def list_deliveries(svc: Services, *, status: str | None = None, limit: int = 50
                 created_at=r.created_at,
                 kind=r.kind,
                 recipient=r.recipient,
-                target=_shown_target(r.target),
+                target=_shown_target(svc.settings, r.target),
                 subject=r.subject,
                 status=r.status,
                 attempts=r.attempts,

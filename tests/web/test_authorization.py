@@ -128,6 +128,11 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/bookings/{booking_id}/extend"): SELF,
     ("POST", "/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/bookings/{booking_id}/reject"): ADMIN,
+    # Notifications (web/routes/notify.py): a member's own channels only.
+    ("GET", "/account/notifications"): SELF,
+    ("POST", "/account/notifications"): SELF,
+    ("POST", "/account/notifications/{channel_id}/test"): SELF,
+    ("POST", "/account/notifications/{channel_id}/remove"): SELF,
 }
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}
@@ -153,6 +158,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{application_id}", str(application_id))
         .replace("{token_id}", str(token_id))
         .replace("{booking_id}", "1")
+        .replace("{channel_id}", "1")
         .replace("{snapshot}", "snap-1")
         .replace("{share}", "datasets")
         .replace("{action}", "start")

@@ -15,7 +15,8 @@ from labgpu.services.context import Services
 from labgpu.services.notify._kinds import KINDS, check_kinds
 from labgpu.services.notify._transport import mask_url, parse, scheme_of
 from labgpu.settings import Settings
-from labgpu.store.models import Member, NotifyChannel
+from labgpu.store.models import Member
+from labgpu.store.models_notify import NotifyChannel
 
 MAX_CHANNELS_PER_MEMBER = 10
 MAX_URL_LENGTH = 2000

@@ -25,7 +25,8 @@ from labgpu.services.notify._channels import lab_channels
 from labgpu.services.notify._kinds import check_kinds
 from labgpu.services.notify._transport import send_apprise, send_mail
 from labgpu.settings import Settings
-from labgpu.store.models import Member, NotifyChannel, NotifyDelivery, Role, utcnow
+from labgpu.store.models import Member, Role, utcnow
+from labgpu.store.models_notify import NotifyChannel, NotifyDelivery
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,11 @@ def deliver_one(svc: Services, delivery_id: int, *, owner: str, now: datetime) -
         )
     if error is not None:
         log.warning(
-            "notification %s (%s) to %s not sent: %s", row.id, row.kind, _shown_target(svc.settings, row.target), error
+            "notification %s (%s) to %s not sent: %s",
+            row.id,
+            row.kind,
+            _shown_target(svc.settings, row.target),
+            error,
         )
     return Attempt(delivery_id, _shown_target(svc.settings, row.target), status, error)
 

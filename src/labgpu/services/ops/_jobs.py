@@ -44,7 +44,8 @@ from labgpu.services.context import SYSTEM, Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.services.members import checkpoint
 from labgpu.services.ops._reconcile import reconcile
-from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobRunRecord, JobState, utcnow
+from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobState, utcnow
+from labgpu.store.models_notify import JobRunRecord
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,10 @@ def upgrade() -> None:
         sa.Column("kinds", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["member_id"], ["members.id"], name=op.f("fk_notify_channels_member_id_members"), ondelete="CASCADE"
+            ["member_id"],
+            ["members.id"],
+            name=op.f("fk_notify_channels_member_id_members"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notify_channels")),
     )
@@ -56,7 +59,9 @@ def upgrade() -> None:
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_owner", sa.String(length=128), nullable=True),
         sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name=op.f("ck_notify_deliveries_status")),
+        sa.CheckConstraint(
+            "status IN ('pending', 'sent', 'failed')", name=op.f("ck_notify_deliveries_status")
+        ),
         sa.ForeignKeyConstraint(
             ["channel_id"],
             ["notify_channels.id"],

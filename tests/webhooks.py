@@ -54,10 +54,7 @@ def webhook_server() -> Iterator[WebhookServer]:
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
             kind = self.headers.get("Content-Type") or ""
-            if "json" in kind:
-                body = json.loads(raw)
-            else:
-                body = {k: v[0] for k, v in parse_qs(raw).items()}
+            body = json.loads(raw) if "json" in kind else {k: v[0] for k, v in parse_qs(raw).items()}
             box.arrived.set()
             box.release.wait(timeout=60)
             box.posts.append(Hook(self.path, kind, body, box.status))

@@ -587,7 +587,10 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
 
 NOT_AUDITED = {
     ("POST", "/lang"): "sets the language cookie of this browser; nothing on the server changes",
-    ("POST", "/account/notifications/{channel_id}/test"): "sends a test message; nothing in the store changes",
+    (
+        "POST",
+        "/account/notifications/{channel_id}/test",
+    ): "sends a test message; nothing in the store changes",
 }
 
 

@@ -160,14 +160,18 @@ def test_a_mail_that_cannot_be_sent_is_tried_again(gpu_store: GpuStore, smtp_ser
     bookings.book(broken, member="alice", gpus="0,", start=T0, end=T0 + 5 * H, now=T0, gpus_on_host=GPUS)
     bookings.advance(broken, now=T0)
     runs = minutes(broken, source, T0, 11)
-    assert runs[-1].status == "ok" and "told alice: GPU 0" in runs[-1].result.lines  # queued: not the job's failure
+    assert (
+        runs[-1].status == "ok" and "told alice: GPU 0" in runs[-1].result.lines
+    )  # queued: not the job's failure
     (queued,) = notify.list_deliveries(broken)
     assert queued.status == "pending" and queued.attempts == 1 and "127.0.0.1:1" in (queued.last_error or "")
     fixed = gpu_store.svc(**mail_settings(smtp_server, gpu_idle_minutes=10))
     minutes(fixed, source, T0 + 11 * MIN, 3)  # the same spell: not queued again
     assert smtp_server.to("alice@lab.test") == []
     (run,) = jobs.run_once(fixed, job="notify", now=queued.next_attempt_at)
-    assert run.status == "ok" and run.result.lines == [f"notification {queued.id} to mail:alice@lab.test: sent"]
+    assert run.status == "ok" and run.result.lines == [
+        f"notification {queued.id} to mail:alice@lab.test: sent"
+    ]
     assert len(smtp_server.to("alice@lab.test")) == 1
 
 

@@ -20,7 +20,7 @@ from tests.conftest import MailBox
 from tests.unit.gpu_store import GPUS, T0, GpuStore, H
 from tests.webhooks import WebhookServer
 
-SECRET = "s3cret-Pass-9931"  # noqa: S105 - a test channel's password
+SECRET = "s3cret-Pass-9931"
 
 
 def _closed_port() -> int:
@@ -52,31 +52,46 @@ def test_every_kind_reaches_the_channels_that_chose_it(
         hooks,
         notify_urls=[
             hooks.url("json", "/lab"),
-            "application, limit-reached=" + hooks.url("form", "/lab-form").replace("form://", f"form://u:{SECRET}@"),
+            "application, limit-reached="
+            + hooks.url("form", "/lab-form").replace("form://", f"form://u:{SECRET}@"),
             "weekly-report=" + apprise_mail,
         ],
     )
-    mine = notify.add_channel(svc, "alice", url=hooks.url("json", "/alice"), label="phone", kinds=["idle-gpu"])
+    mine = notify.add_channel(
+        svc, "alice", url=hooks.url("json", "/alice"), label="phone", kinds=["idle-gpu"]
+    )
     assert SECRET not in str(notify.lab_channels(svc.settings)[1].shown)
     assert mine.shown == hooks.url("json", "/alice") and mine.kinds == ("idle-gpu",)
 
     assert notify.send(svc, notify.IDLE_GPU, ["alice"], "GPU 0 is idle", "line one\nline two") == 2
-    assert notify.send(svc, notify.APPLICATION, [notify.ADMINS], "new application: newbie", "Reason: thesis") == 3
+    assert (
+        notify.send(svc, notify.APPLICATION, [notify.ADMINS], "new application: newbie", "Reason: thesis")
+        == 3
+    )
     assert notify.send(svc, notify.WEEKLY_REPORT, [notify.ADMINS], "week 49", "alice: 12.5 GPU-hours") == 3
     assert notify.send(svc, notify.APPROVAL, ["applicant@elsewhere.test"], "not approved", "sorry") == 1
     assert notify.wait_for_deliveries()
 
     (alice_mail,) = smtp_server.to("alice@lab.test")
-    assert alice_mail["Subject"] == "GPU 0 is idle" and alice_mail.get_content().splitlines() == ["line one", "line two"]
+    assert alice_mail["Subject"] == "GPU 0 is idle" and alice_mail.get_content().splitlines() == [
+        "line one",
+        "line two",
+    ]
     (hook,) = hooks.to("/alice")
     assert hook.body["title"] == "GPU 0 is idle" and hook.body["message"] == "line one\nline two"
     assert sorted(h.body["title"] for h in hooks.to("/lab")) == ["new application: newbie", "week 49"]
     (form,) = hooks.to("/lab-form")
     assert form.content_type.startswith("application/x-www-form-urlencoded")
     assert form.body["title"] == "new application: newbie" and form.body["message"] == "Reason: thesis"
-    assert sorted(m["Subject"] for m in smtp_server.to("boss@lab.test")) == ["new application: newbie", "week 49"]
+    assert sorted(m["Subject"] for m in smtp_server.to("boss@lab.test")) == [
+        "new application: newbie",
+        "week 49",
+    ]
     (report,) = smtp_server.to("reports@lab.test")  # through Apprise's own mailto://
-    assert report["Subject"] == "week 49" and "alice: 12.5 GPU-hours" in report.get_body(("plain",)).get_content()
+    assert (
+        report["Subject"] == "week 49"
+        and "alice: 12.5 GPU-hours" in report.get_body(("plain",)).get_content()
+    )
     assert smtp_server.to("applicant@elsewhere.test")[0]["Subject"] == "not approved"
     assert {d.status for d in notify.list_deliveries(svc)} == {"sent"}
     assert notify.send(svc, notify.IDLE_GPU, ["bob"], "nothing for bob's channels", "-") == 1  # his mail only
@@ -88,7 +103,9 @@ def test_a_dead_channel_is_retried_with_backoff_then_given_up_and_keeps_its_secr
     caplog.set_level(logging.DEBUG)
     hooks = webhook_server
     dead = f"json://ops:{SECRET}@127.0.0.1:{_closed_port()}/dead"
-    svc = _lab(gpu_store, smtp_server, hooks, notify_urls=[dead, hooks.url("json", "/ok")], notify_max_attempts=3)
+    svc = _lab(
+        gpu_store, smtp_server, hooks, notify_urls=[dead, hooks.url("json", "/ok")], notify_max_attempts=3
+    )
     hooks.status = 503  # the live one refuses at first
 
     queued = notify.send(svc, notify.LIMIT_REACHED, [notify.ADMINS], "limit reached", "alice: 40 GPU-hours")
@@ -99,19 +116,27 @@ def test_a_dead_channel_is_retried_with_backoff_then_given_up_and_keeps_its_secr
     failing = [d for d in rows.values() if d.status == "pending"]
     assert len(failing) == 2 and all(d.attempts == 1 for d in failing)
     first = min(d.next_attempt_at for d in failing)
-    assert all(timedelta(seconds=50) < d.next_attempt_at - d.created_at <= timedelta(seconds=70) for d in failing)
+    assert all(
+        timedelta(seconds=50) < d.next_attempt_at - d.created_at <= timedelta(seconds=70) for d in failing
+    )
     assert any("Connection error" in (d.last_error or "") for d in failing)
 
     (run,) = jobs.run_once(svc, job="notify", now=first - timedelta(seconds=1))
     assert run.result.lines == ["nothing to send"]  # not due yet
     (run,) = jobs.run_once(svc, job="notify", now=first + timedelta(seconds=1))
-    assert run.status == "ok" and len(run.result.lines) == 2 and all("retried later" in x for x in run.result.lines)
+    assert (
+        run.status == "ok"
+        and len(run.result.lines) == 2
+        and all("retried later" in x for x in run.result.lines)
+    )
     hooks.status = 200  # the receiver is back; the dead one stays dead
     later = first + notify.retry_wait(1) + notify.retry_wait(2)
     (run,) = jobs.run_once(svc, job="notify", now=later)
     assert any(x.endswith(": sent") for x in run.result.lines)
     assert any("given up" in x for x in run.result.lines)  # the third attempt was the last
-    assert [(h.body["title"], h.status) for h in hooks.to("/ok")] == [("limit reached", 503)] * 2 + [("limit reached", 200)]
+    assert [(h.body["title"], h.status) for h in hooks.to("/ok")] == [("limit reached", 503)] * 2 + [
+        ("limit reached", 200)
+    ]
     statuses = sorted(d.status for d in notify.list_deliveries(svc))
     assert statuses == ["failed", "sent", "sent"]
     (run,) = jobs.run_once(svc, job="notify", now=later + timedelta(hours=2))
@@ -119,7 +144,7 @@ def test_a_dead_channel_is_retried_with_backoff_then_given_up_and_keeps_its_secr
 
     shown = " ".join(str(d.as_dict()) for d in notify.list_deliveries(svc))
     assert SECRET not in shown and SECRET not in caplog.text
-    assert [c.channel for c in notify.check_lab_channels(svc)][0].startswith("json://ops:****@127.0.0.1")
+    assert next(c.channel for c in notify.check_lab_channels(svc)).startswith("json://ops:****@127.0.0.1")
 
 
 def test_a_second_send_with_the_same_key_is_dropped(gpu_store: GpuStore, smtp_server: MailBox) -> None:
@@ -137,7 +162,9 @@ def test_an_approval_returns_before_its_notification_is_delivered(
     hooks = webhook_server
     svc = _lab(gpu_store, smtp_server, hooks, booking_approval=True)
     notify.add_channel(svc, "alice", url=hooks.url("json", "/alice"), kinds=["approval"])
-    pending = bookings.book(svc, member="alice", gpus="0,", start=T0 + H, end=T0 + 3 * H, now=T0, gpus_on_host=GPUS)
+    pending = bookings.book(
+        svc, member="alice", gpus="0,", start=T0 + H, end=T0 + 3 * H, now=T0, gpus_on_host=GPUS
+    )
     hooks.release.clear()  # the receiver holds its answer until the test lets it go
     approved = bookings.approve(svc, pending.id, now=T0)
     # The approval is done and returned while its notification is still on its way (or not yet sent).
@@ -153,7 +180,9 @@ def test_an_approval_returns_before_its_notification_is_delivered(
 def test_members_channels_are_their_own(gpu_store: GpuStore, webhook_server: WebhookServer) -> None:
     svc = gpu_store.svc(notify_member_schemes=["wecombot", "json"])
     key = "0123456789abcdef0123456789abcdef"
-    info = notify.add_channel(svc, "alice", url=f"wecombot://{key}", label="lab group", kinds=["idle-gpu", "test"])
+    info = notify.add_channel(
+        svc, "alice", url=f"wecombot://{key}", label="lab group", kinds=["idle-gpu", "test"]
+    )
     assert key not in info.shown and info.shown.startswith("wecombot://") and info.label == "lab group"
     with pytest.raises(NotFound):
         notify.remove_channel(svc, "bob", info.id)  # bob's view: no such channel
@@ -170,8 +199,12 @@ def test_members_channels_are_their_own(gpu_store: GpuStore, webhook_server: Web
             notify.add_channel(svc, "alice", url=url, kinds=["test"])
     with pytest.raises(BadInput, match="at least one kind"):
         notify.add_channel(svc, "alice", url=webhook_server.url(), kinds=[])
-    check = notify.check_channel(svc, "alice", notify.add_channel(svc, "alice", url=webhook_server.url(), kinds=["test"]).id)
-    assert check.status == "sent" and webhook_server.to("/hook")[0].body["title"] == "[labgpu] test notification"
+    check = notify.check_channel(
+        svc, "alice", notify.add_channel(svc, "alice", url=webhook_server.url(), kinds=["test"]).id
+    )
+    assert (
+        check.status == "sent" and webhook_server.to("/hook")[0].body["title"] == "[labgpu] test notification"
+    )
     notify.remove_channel(svc, "alice", info.id)
     assert [c.shown for c in notify.list_channels(svc, "alice")] == [webhook_server.url()]
     with svc.session() as session:
@@ -179,6 +212,8 @@ def test_members_channels_are_their_own(gpu_store: GpuStore, webhook_server: Web
 
         from labgpu.store.models import AuditEvent
 
-        actions = [a for a in session.scalars(select(AuditEvent.action).where(AuditEvent.action.like("notify.%")))]
+        actions = [
+            a for a in session.scalars(select(AuditEvent.action).where(AuditEvent.action.like("notify.%")))
+        ]
     assert actions == ["notify.channel.add", "notify.channel.add", "notify.channel.remove"]
     assert utcnow() > T0

@@ -15,6 +15,7 @@ from labgpu.services.ops._health import Health, health
 from labgpu.services.ops._invariants import check_invariants
 from labgpu.services.ops._jobs import (
     FAILED,
+    JOBS,
     NOT_DUE,
     OK,
     JobRunInfo,
@@ -28,6 +29,7 @@ from labgpu.services.ops._restore import restore_backup
 
 __all__ = [
     "FAILED",
+    "JOBS",
     "NOT_DUE",
     "OK",
     "Health",

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
-
 from labgpu.services import members, notify
 from labgpu.services.context import Services
 from labgpu.services.portal._applications import ApplicationInfo
-from labgpu.store.models import ApplicationStatus, Member, Role
+from labgpu.store.models import ApplicationStatus
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +26,6 @@ def _portal(svc: Services, path: str = "") -> str:
 
 def _send(svc: Services, kind: str, *, to: list[str], subject: str, body: str) -> bool:
     return notify.send(svc, kind, to, subject, body) > 0
-
-
-def admin_addresses(svc: Services) -> list[str]:
-    with svc.session() as session:
-        return [
-            e
-            for e in session.scalars(
-                select(Member.email).where(Member.role == Role.ADMIN).order_by(Member.name)
-            )
-            if e
-        ]
 
 
 def notify_admins(svc: Services, app: ApplicationInfo) -> bool:

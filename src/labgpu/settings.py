@@ -409,6 +409,44 @@ class Settings(BaseSettings):
         description="How many backups `backup create` keeps in its folder; older ones are deleted after a "
         "new one succeeded. 0: keep every backup.",
     )
+    # Notifications (services/notify) ------------------------------------------------------------------
+    notify_urls: list[SecretStr] = Field(
+        [],
+        description="The lab's notification channels, for the admins: Apprise URLs such as "
+        "wecombot://KEY, dingtalk://TOKEN/, feishu://TOKEN, mailtos://USER:PASS@HOST?to=ADDR or "
+        "json://HOST/PATH. Prefix one with event kinds to send it only those: "
+        "'application,limit-reached=wecombot://KEY'. Secret: shown masked. Mail to the admins' own "
+        "addresses needs only smtp_host.",
+    )
+    notify_member_schemes: list[str] = Field(
+        ["wecombot", "dingtalk", "feishu", "lark", "slack", "tgram", "discord", "ntfys", "bark", "barks"],
+        description="Apprise URL schemes members may use for their own channels. Generic webhooks "
+        "(json, jsons, form, forms) let a member make the portal post to any address it can reach: "
+        "add them only where that is acceptable.",
+    )
+    notify_mail_kinds: list[str] = Field(
+        [
+            "application", "approval", "booking-start", "booking-end", "booking-reminder", "idle-gpu",
+            "limit-reached", "gpu-free", "weekly-report", "container", "test",
+        ],
+        description="Event kinds sent by mail to members' and admins' account addresses when smtp_host "
+        "is set (mail is the default channel). Members add other channels on the portal.",
+    )  # fmt: skip
+    notify_max_attempts: int = Field(
+        12,
+        ge=1,
+        description="Attempts to deliver one notification to one channel before it is given up; the wait "
+        "between attempts doubles from 1 minute up to 1 hour.",
+    )
+    notify_booking_reminder_minutes: int = Field(
+        15, ge=0, description="Remind a member this many minutes before their booking starts. 0: no reminder."
+    )
+    jobs_tick_seconds: float = Field(
+        15.0,
+        ge=0.5,
+        le=300,
+        description="How often the job runner inside `labgpu serve` looks for due jobs.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

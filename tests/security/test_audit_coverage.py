@@ -117,6 +117,12 @@ class Lab:
         assert r.status_code == 201
         return int(r.json()["id"])
 
+    def alice_channel_id(self) -> int:
+        from labgpu.services import notify
+
+        url = "wecombot://0123456789abcdef0123456789abcdef"
+        return notify.add_channel(self.portal.svc, "alice", url=url, kinds=["test"]).id
+
     def alice_key(self) -> str:
         from labgpu.domain.members import parse_public_key
         from labgpu.store.models import SshKey
@@ -340,6 +346,27 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
             "alice",
             lambda lab: lab.alice.post(
                 f"/account/tokens/{lab.alice_token_id()}/revoke", data=lab.form(lab.alice)
+            ),
+        ),
+    ),
+    ("POST", "/account/notifications"): (
+        "notify.channel.add",
+        "alice",
+        (
+            "alice",
+            lambda lab: lab.alice.post(
+                "/account/notifications",
+                data=lab.form(lab.alice, url="wecombot://0123456789abcdef0123456789abcdef", kind="test"),
+            ),
+        ),
+    ),
+    ("POST", "/account/notifications/{channel_id}/remove"): (
+        "notify.channel.remove",
+        "alice",
+        (
+            "alice",
+            lambda lab: lab.alice.post(
+                f"/account/notifications/{lab.alice_channel_id()}/remove", data=lab.form(lab.alice)
             ),
         ),
     ),
@@ -617,6 +644,10 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
 
 NOT_AUDITED = {
     ("POST", "/lang"): "sets the language cookie of this browser; nothing on the server changes",
+    (
+        "POST",
+        "/account/notifications/{channel_id}/test",
+    ): "sends a test message; nothing in the store changes",
 }
 
 
@@ -765,6 +796,7 @@ READ_ONLY_COMMANDS = {
     "gpu bookings", "gpu idle", "gpu list", "gpu top", "host gateway status", "host list", "jobs status", "member key list",
     "member list", "member show", "member snapshots", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
+    "notify queue", "notify channels",
 }  # fmt: skip
 # Commands that run labgpu itself or its upkeep, not a person's change to the lab (their own changes, like
 # reconcile's repairs, are logged as what they are).
@@ -780,6 +812,7 @@ NOT_A_PERSONS_CHANGE = {
     "host install-services": "writes systemd units for labgpu itself",
     "host gateway sync": "rewrites the gateway's files from the store (no new state)",
     "template bootstrap": "builds and publishes an image (template.build is audited by template build)",
+    "notify test": "sends test messages to the configured channels; nothing in the store changes",
 }
 # CLI command -> (service function, the action it audits).
 AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {

@@ -139,6 +139,11 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/account/totp/confirm"): SELF,
     ("POST", "/account/totp/recovery-codes"): SELF,
     ("POST", "/account/totp/disable"): SELF,
+    # Notifications (web/routes/notify.py): a member's own channels only.
+    ("GET", "/account/notifications"): SELF,
+    ("POST", "/account/notifications"): SELF,
+    ("POST", "/account/notifications/{channel_id}/test"): SELF,
+    ("POST", "/account/notifications/{channel_id}/remove"): SELF,
 }
 # The log-in forms answer 401 to a failed log-in: that is their answer, not a request for one.
 LOGIN_FORMS = {"/login", "/login/totp"}
@@ -166,6 +171,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{application_id}", str(application_id))
         .replace("{token_id}", str(token_id))
         .replace("{booking_id}", "1")
+        .replace("{channel_id}", "1")
         .replace("{snapshot}", "snap-1")
         .replace("{share}", "datasets")
         .replace("{action}", "start")

@@ -92,7 +92,7 @@ def create_app(
     NVML of this machine and the hosts' agents."""
     from labgpu.services.ops import start_job_runner
     from labgpu.services.portal import ProvisionWorker
-    from labgpu.web.routes import hosts, ops, templates
+    from labgpu.web.routes import hosts, notify, ops, templates
     from labgpu.web.routes.gpus import api as gpus_api
     from labgpu.web.routes.gpus import pages as gpus_pages
     from labgpu.web.routes.members import admin as members_admin
@@ -175,6 +175,7 @@ def create_app(
         totp,
         apply,
         account,
+        notify,
         me,
         portal_admin,
         members_admin,

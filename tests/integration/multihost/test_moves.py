@@ -122,7 +122,7 @@ def test_move_between_standalone_hosts_both_ways(
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["one"]
-    mails = smtp_server.to("mvsa@lab.test")
+    mails = smtp_server.wait_for("mvsa@lab.test")
     assert mails and f"{addresses['s2']}" in mails[-1]["Subject"]
     assert f"ssh -p {result.ports['ssh']} ubuntu@{addresses['s2']}" in mails[-1].get_content()
 

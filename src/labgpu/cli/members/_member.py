@@ -452,5 +452,7 @@ def member_move(
     for note in result.notes:
         c.console.print(f"  {escape(note)}", highlight=False)
     c.console.print(
-        "  the member was told by mail" if result.mailed else "  no mail sent (no address or no SMTP)"
+        "  the member was notified"
+        if result.mailed
+        else "  nobody notified (no address, no SMTP, no channel)"
     )

@@ -36,8 +36,8 @@ from labgpu.services.gpus._bookings import (
     extend,
     get_booking,
     list_bookings,
-    notify,
     reject,
+    tell_member,
 )
 from labgpu.services.gpus._cancel import DetachReport, detach_cancelled
 from labgpu.services.gpus._holders import idle_gpus
@@ -77,7 +77,6 @@ __all__ = [
     "local_tz",
     "make_sweep",
     "member_host",
-    "notify",
     "prune_samples",
     "prune_slots",
     "read_board",
@@ -89,5 +88,6 @@ __all__ = [
     "sample_gpus",
     "set_mode",
     "sync_host",
+    "tell_member",
     "unassign",
 ]

@@ -10,9 +10,10 @@ to the GPUs someone holds, on every host: those of active bookings (counted from
 only, so a GPU idle before it was booked does not count against the member) and, on hosts in assigned
 mode, the assigned ones.
 
-An idle spell ("episode") is reported ONCE: the member gets one mail per spell, however many runs
+An idle spell ("episode") is reported ONCE: the member gets one notification per spell, however many runs
 see it. The spell's state lives in the store (a :class:`~labgpu.store.models.JobState` row per host,
-GPU and member, named ``idle:HOST:GPU:MEMBER``) so that a restart does not mail again. A spell goes
+GPU and member, named ``idle:HOST:GPU:MEMBER``) so that a restart does not notify again; the
+notification itself is queued (:mod:`labgpu.services.notify`) and retried there. A spell goes
 on while the job keeps seeing the GPU idle; any busy sample or a hole in the samples ends it.
 
 With ``gpu_idle_action = "release"`` a booking ALL of whose GPUs are idle is ended early and its GPUs
@@ -32,9 +33,10 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from labgpu.errors import LabgpuError, Unavailable
+from labgpu.errors import LabgpuError
 from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventory
 from labgpu.gpu.nvml import GpuSource
+from labgpu.services import notify
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
 from labgpu.services.gpus._bookings import release as release_booking
@@ -51,7 +53,6 @@ from labgpu.services.gpus._holders import (
 )
 from labgpu.services.gpus._usage import SOURCE_AGENT, GpuStatus, GpuUsageReader
 from labgpu.services.hosts import ask_all, recorded_local_host
-from labgpu.services.mail import send_mail
 from labgpu.store.models import GpuSample, Host, JobState, utcnow
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def check_idle(
     """Apply the idle rule to every held GPU of every host: mail the member once per idle spell and,
     when policy says release, end bookings whose GPUs are all idle and detach them through their
     host's daemon (``reader`` finds a remote host's GPUs through its agent when its daemon lists none).
-    A mail that cannot be sent is retried at the next run (the spell is not marked as told); a host
+    Notifications are queued and retried by the notify job; a host
     whose daemon does not answer keeps its released GPUs until the bookings job detaches them (an
     error naming the host)."""
     now = now or utcnow()
@@ -213,6 +214,7 @@ def check_idle(
     release = svc.settings.gpu_idle_action == "release"
     to_release: list[tuple[Held, list[IdleGpu]]] = []
     hosts: dict[int, Host] = {}
+    to_tell: list[tuple[Held, list[IdleGpu]]] = []
     with svc.session() as session:
         for host in _hosts(session):
             hosts[host.id] = host
@@ -225,14 +227,12 @@ def check_idle(
                     to_release.append((held, idle))
                     continue
                 if new:
-                    sent = _tell(svc, held, new, released=False)
-                    if sent is None:
-                        report.errors.append(
-                            f"mail to {held.member} about idle GPU(s) not sent; retried next run"
-                        )
-                        continue
-                    _mark(session, held, new, now, "notified" if sent else "not mailed")
+                    # Queued after this transaction: the queue writes to the store too.
+                    to_tell.append((held, new))
+                    _mark(session, held, new, now, "notified")
                     report.notified.append(f"{held.member}: GPU {', '.join(str(g.gpu) for g in new)}")
+    for held, new in to_tell:
+        _tell(svc, held, new, released=False)
     released: dict[int, set[str]] = defaultdict(set)  # host id -> members whose booking was released
     for held, idle in to_release:
         assert held.booking is not None
@@ -245,8 +245,7 @@ def check_idle(
         released[held.host_id].add(held.member)
         with svc.session() as session:
             _mark(session, held, idle, now, "released")
-        if _tell(svc, held, idle, released=True) is None:
-            report.errors.append(f"mail to {held.member} about the released booking {view.id} not sent")
+        _tell(svc, held, idle, released=True)
         report.notified.append(f"{held.member}: booking {view.id} released")
     for host_id, members in sorted(released.items()):
         host = hosts[host_id]
@@ -287,9 +286,9 @@ def _mark(session: Session, held: Held, gpus: list[IdleGpu], now: datetime, stat
         session.flush()
 
 
-def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> bool | None:
-    """Mail the member. True: sent; False: nothing to send to (no address, mail not configured);
-    None: the SMTP server could not be reached."""
+def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> bool:
+    """Notify the member (queued: a channel that fails is retried by the job runner). False: the
+    member has no channel for idle GPUs (no address, mail not configured, none of their own)."""
     which = ", ".join(str(g.gpu) for g in gpus)
     minutes = min(g.minutes for g in gpus)
     what = f"booking {held.booking}" if held.booking is not None else "your assigned GPUs"
@@ -314,11 +313,4 @@ def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> 
         body += "\n"
     if svc.settings.portal_url:
         body += f"\n{svc.settings.portal_url}\n"
-    if not held.email:
-        log.info("idle GPU %s of %s: member has no e-mail address", which, held.member)
-        return False
-    try:
-        return send_mail(svc.settings, to=[held.email], subject=subject, body=body)
-    except Unavailable as exc:
-        log.warning("%s", exc.message)
-        return None
+    return notify.send(svc, notify.IDLE_GPU, [held.member], subject, body) > 0

@@ -563,7 +563,7 @@ class Notice(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
 
 
-# Two-factor log-in: TOTP (revision v0004_totp; services/portal/_totp.py) --------------------------------
+# Two-factor log-in: TOTP (revision 0004; services/portal/_totp.py) --------------------------------
 class TotpCredential(Base):
     """TOTP secret (as is: codes need it), one being set up, the step of the last code taken (no replay)."""
 

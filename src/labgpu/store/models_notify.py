@@ -1,5 +1,5 @@
 """ORM rows of notifications (members' channels, the delivery queue) and of the job runs' history
-(revision v0004_notify). Apart from models.py, which is at its size limit; registered on the same
+(revision 0005). Apart from models.py, which is at its size limit; registered on the same
 ``Base.metadata`` (labgpu.store imports this module, so the migrations and checks see these tables).
 """
 

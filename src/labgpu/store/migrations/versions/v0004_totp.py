@@ -1,6 +1,6 @@
 """Two-factor log-in (TOTP): authenticators, recovery codes, log-ins waiting for their code.
 
-Revision ID: v0004_totp
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-24
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "v0004_totp"
+revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

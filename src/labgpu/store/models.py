@@ -561,3 +561,64 @@ class Notice(Base):
     ends_at: Mapped[datetime | None]  # None: until removed
     created_by: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+
+# GPU usage history and fair use (revision v0004_usage) ---------------------------------------------
+# Hosts and members are kept by NAME, not by foreign key: the history outlives them, as the audit log does.
+
+
+class UsageSample(Base):
+    """Raw usage: a member's processes on one GPU at one sampling run (``seconds``: the interval). Member
+    "" for processes of no member (the host's, or a container labgpu does not own). Kept
+    ``usage_samples_keep_days``; rolled up into :class:`UsageHourly` first."""
+
+    __tablename__ = "usage_samples"
+    __table_args__ = (sa.Index("ix_usage_samples_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    host: Mapped[str] = mapped_column(sa.String(64))
+    gpu_index: Mapped[int]
+    member: Mapped[str] = mapped_column(sa.String(32))
+    seconds: Mapped[int]
+    memory_mib: Mapped[int]
+    utilization: Mapped[int | None]  # percent, the GPU's; None: NVML could not say (MIG, lost GPU)
+    processes: Mapped[int]
+
+
+class _UsageRollup:
+    """The columns of an hourly or daily rollup: sums of raw samples (labgpu.domain.usage.Usage)."""
+
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    gpu_index: Mapped[int] = mapped_column(primary_key=True)
+    member: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    seconds: Mapped[int] = mapped_column(sa.BigInteger)
+    memory_mib_seconds: Mapped[int] = mapped_column(sa.BigInteger)
+    util_seconds: Mapped[int] = mapped_column(sa.BigInteger)
+    util_known_seconds: Mapped[int] = mapped_column(sa.BigInteger)
+    samples: Mapped[int]
+
+
+class UsageHourly(_UsageRollup, Base):
+    """Usage per UTC hour, host, GPU and member. Kept ``usage_hourly_keep_days``."""
+
+    __tablename__ = "usage_hourly"
+
+
+class UsageDaily(_UsageRollup, Base):
+    """Usage per day (the lab's midnights, in UTC), host, GPU and member. Kept ``usage_daily_keep_days``."""
+
+    __tablename__ = "usage_daily"
+
+
+class UsageMember(Base):
+    """A member's own fair-use limits (None: the lab's default from the settings) and whether they get the
+    weekly usage report."""
+
+    __tablename__ = "usage_members"
+
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
+    max_gpus: Mapped[int | None]
+    max_gpu_hours_week: Mapped[float | None] = mapped_column(sa.Float)
+    weekly_report: Mapped[bool] = mapped_column(default=False, server_default=sa.false())

@@ -7,11 +7,15 @@ Jobs (:data:`JOBS`):
   (:func:`labgpu.services.gpus._bookings.advance`, then :func:`labgpu.services.gpus._attach.sync_host` on every
   host where GPUs may be booked (:func:`booking_hosts`), each through its own daemon; it also puts back
   whatever drifted). A host whose daemon does not answer is an error naming it; the others go on.
-- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU (the local host's from NVML,
-  other hosts' from their GPU agents), then the idle rule on every host: mail once per idle spell,
-  release idle bookings when policy says so.
+- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU and one usage sample per GPU and
+  member (the local host's from NVML, other hosts' from their GPU agents), then the fair-use limits on
+  what it saw, then the idle rule on every host: mail once per idle spell, release idle bookings when
+  policy says so.
 - ``reconcile`` (every ``reconcile_interval_minutes``): :func:`labgpu.services.ops._reconcile.reconcile`.
-- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, slots of long-ended bookings.
+- ``usage-rollup`` (every 10 minutes): complete hours of GPU usage samples into hourly rows, complete days
+  into daily rows (:func:`labgpu.services.gpus._history.roll_up`).
+- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, usage history past its keep days,
+  slots of long-ended bookings.
 
 Each job has a :class:`~labgpu.store.models.JobState` row: when it last ran and how, when it is due
 next, and a LEASE (owner and expiry). A runner works on a job only after taking its lease in ONE
@@ -192,6 +196,9 @@ def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
     agents = gpus.sample_agents(svc, reader=reader, now=ctx.now)
     result.lines += [f"{host}: {n} GPU sample(s) from its GPU agent" for host, n in agents.samples.items()]
     result.lines += agents.notes
+    fair = gpus.check_fair_use(svc, [*sampled.seen, *agents.seen], now=ctx.now)
+    result.lines += fair.lines()
+    result.errors += fair.errors
     report = gpus.check_idle(svc, now=ctx.now, reader=reader)
     for g in report.idle:
         result.lines.append(f"idle: GPU {g.gpu} on {g.host} of {g.member} for {g.minutes} min")
@@ -214,12 +221,23 @@ def run_reconcile(svc: Services, ctx: JobContext) -> JobResult:
     return result
 
 
+def run_usage_rollup(svc: Services, ctx: JobContext) -> JobResult:
+    """Roll complete hours of GPU usage samples into hourly rows, and complete days into daily ones."""
+    hours, days = gpus.roll_up(svc, now=ctx.now, tz=gpus.local_tz())
+    return JobResult(lines=[f"{hours} hourly and {days} daily GPU usage row(s) written"])
+
+
 def run_prune(svc: Services, ctx: JobContext) -> JobResult:
-    """Delete GPU samples past their keep time and the slots of bookings that ended a day ago."""
+    """Delete GPU samples past their keep time, usage history past its keep time (once rolled up) and
+    the slots of bookings that ended a day ago."""
     samples = gpus.prune_samples(svc, before=ctx.now - timedelta(days=svc.settings.gpu_samples_keep_days))
     slots = gpus.prune_slots(svc, before=ctx.now - timedelta(days=1))
+    raw, hourly, daily = gpus.prune_usage(svc, now=ctx.now)
     return JobResult(
-        lines=[f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted"]
+        lines=[
+            f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted",
+            f"{raw} raw, {hourly} hourly and {daily} daily GPU usage row(s) past their keep time deleted",
+        ]
     )
 
 
@@ -228,11 +246,13 @@ JOBS: dict[str, Job] = {
     for job in (
         Job("bookings", "start and end bookings; attach and detach their GPUs", lambda s: timedelta(minutes=1),
             timedelta(minutes=10), run_bookings),
-        Job("gpu-idle", "sample GPU use; mail about (or release) idle GPUs",
+        Job("gpu-idle", "sample GPU use per member; fair-use limits; mail about (or release) idle GPUs",
             lambda s: timedelta(seconds=s.settings.gpu_sample_seconds), timedelta(minutes=10), run_gpu_idle),
         Job("reconcile", "repair drift between the store and the daemon",
             lambda s: timedelta(minutes=s.settings.reconcile_interval_minutes), timedelta(minutes=30), run_reconcile),
-        Job("prune", "delete old GPU samples and booking slots", lambda s: timedelta(days=1),
+        Job("usage-rollup", "roll GPU usage samples up into hours and days", lambda s: timedelta(minutes=10),
+            timedelta(minutes=30), run_usage_rollup),
+        Job("prune", "delete old GPU samples, usage history and booking slots", lambda s: timedelta(days=1),
             timedelta(minutes=30), run_prune),
     )
 }  # fmt: skip

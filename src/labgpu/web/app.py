@@ -95,6 +95,7 @@ def create_app(
     from labgpu.web.routes import hosts, ops, templates
     from labgpu.web.routes.gpus import api as gpus_api
     from labgpu.web.routes.gpus import pages as gpus_pages
+    from labgpu.web.routes.gpus import usage_api, usage_pages
     from labgpu.web.routes.members import admin as members_admin
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import me
@@ -168,6 +169,7 @@ def create_app(
         portal_api,
         members_api,
         gpus_api,
+        usage_api,
         hosts,
         templates,
         auth,
@@ -177,6 +179,7 @@ def create_app(
         portal_admin,
         members_admin,
         gpus_pages,
+        usage_pages,
     ):
         app.include_router(module.router)
     return app

@@ -65,6 +65,7 @@ class JobContext:
     now: datetime
     gpu_source: Callable[[], GpuSource] | None = None  # None: the real NVML on this host
     agent_transport: httpx.BaseTransport | None = None  # None: the agents over the network
+    proc_root: str = "/proc"  # where GPU processes are looked up (a FAKE /proc with a FAKE GPU source)
 
     def source(self) -> GpuSource:
         if self.gpu_source is not None:
@@ -190,7 +191,7 @@ def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
     (or release) whoever holds an idle one, on every host. A host whose agent does not answer is a
     note, not a failure."""
     result = JobResult()
-    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now)
+    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now, proc_root=ctx.proc_root)
     result.lines.append(f"{sampled.samples} GPU sample(s)" + (f" ({sampled.note})" if sampled.note else ""))
     reader = ctx.reader()
     agents = gpus.sample_agents(svc, reader=reader, now=ctx.now)
@@ -349,10 +350,12 @@ def run_job(
     force: bool = False,
     gpu_source: Callable[[], GpuSource] | None = None,
     agent_transport: httpx.BaseTransport | None = None,
+    proc_root: str = "/proc",
 ) -> JobRun:
     """Run ``job`` if it is due (or ``force``) and its lease is free. Never raises for the job's own
-    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``
-    and ``agent_transport`` replace NVML and the network to the GPU agents (tests and demos)."""
+    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``,
+    ``proc_root`` and ``agent_transport`` replace NVML, /proc and the network to the GPU agents (tests
+    and demos)."""
     # An injected clock (tests, `run-once --now`) is used throughout; otherwise the real one.
     started = now or utcnow()
     owner = owner or runner_id()
@@ -364,7 +367,9 @@ def run_job(
         return JobRun(job.name, BUSY if busy else NOT_DUE)
     error: str | None = None
     try:
-        context = JobContext(now=started, gpu_source=gpu_source, agent_transport=agent_transport)
+        context = JobContext(
+            now=started, gpu_source=gpu_source, agent_transport=agent_transport, proc_root=proc_root
+        )
         result = job.run(svc, context)
         if result.errors:
             error = "; ".join(result.errors)[:4000]

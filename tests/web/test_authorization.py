@@ -128,6 +128,14 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/bookings/{booking_id}/extend"): SELF,
     ("POST", "/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/bookings/{booking_id}/reject"): ADMIN,
+    # GPU usage history and fair use
+    ("GET", "/api/v1/usage"): SELF,
+    ("GET", "/api/v1/usage/events"): SELF,
+    ("GET", "/usage"): SELF,
+    ("GET", "/usage.csv"): SELF,
+    ("POST", "/usage/weekly-report"): SELF,
+    ("GET", "/admin/usage"): ADMIN,
+    ("GET", "/admin/usage.csv"): ADMIN,
 }
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}

@@ -37,7 +37,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"    static_configs: [{{targets: ['{target}']}}]\n"
         )
         port = free_port()
-        proc = subprocess.Popen(  # noqa: S603 - a fixed argument list
+        proc = subprocess.Popen(
             [
                 binary,
                 f"--config.file={tmp / 'prometheus.yml'}",

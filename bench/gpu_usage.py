@@ -38,7 +38,7 @@ from labgpu.services.gpus import _history as history
 from labgpu.services.gpus import _report as report
 from labgpu.settings import Settings
 from labgpu.store import create_engine_for, session_factory, upgrade
-from labgpu.store.models import UsageDaily, UsageHourly, UsageSample
+from labgpu.store.usage_models import UsageDaily, UsageHourly, UsageSample
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gpu" / "nvml" / "four-gpus.json"
 GPUS, MEMBERS = 8, [f"m{n:02d}" for n in range(1, 21)]

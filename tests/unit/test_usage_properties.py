@@ -16,7 +16,8 @@ from labgpu.domain.fairuse import GPUS, HOURS, UNBOOKED, Limits, OnGpu, Policy, 
 from labgpu.domain.usage import Usage, UsageKey, rollup
 from labgpu.services.gpus import _history as history
 from labgpu.services.gpus import _report as report
-from labgpu.store.models import JobState, UsageDaily, UsageHourly, UsageSample
+from labgpu.store.models import JobState
+from labgpu.store.usage_models import UsageDaily, UsageHourly, UsageSample
 from tests.unit.gpu_store import GpuStore
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)

@@ -26,7 +26,7 @@ def _nice(top: float) -> float:
     """A round axis maximum at or above ``top``."""
     if top <= 0:
         return 1.0
-    step = 10 ** len(str(int(top))) / 10
+    step = float(10 ** len(str(int(top)))) / 10
     for factor in (1, 2, 2.5, 5, 10):
         if top <= step * factor:
             return step * factor

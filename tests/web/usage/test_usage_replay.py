@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from labgpu.services import gpus
-from labgpu.store.models import UsageDaily, UsageHourly, UsageSample
+from labgpu.store.usage_models import UsageDaily, UsageHourly, UsageSample
 from labgpu.web.app import create_app
 from tests.web.conftest import login
 from tests.web.usage.lab import AFTER, ME, PASSWORD, UsageLab, build_lab, replay

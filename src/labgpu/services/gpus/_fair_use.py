@@ -28,7 +28,8 @@ from labgpu.services.gpus._booking_records import active_bookings, parse_gpus
 from labgpu.services.gpus._notice import ADMINS, LIMIT_REACHED, send_notice
 from labgpu.services.gpus._report import week_hours
 from labgpu.services.hosts import runtime_for
-from labgpu.store.models import AuditEvent, Host, JobState, Member, UsageMember, utcnow
+from labgpu.store.models import AuditEvent, Host, JobState, Member, utcnow
+from labgpu.store.usage_models import UsageMember
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from labgpu.domain.usage import DAY, NO_MEMBER, Usage, UsageKey, floor_day, floo
 from labgpu.gpu.inventory import Inventory
 from labgpu.services.context import Services
 from labgpu.services.gpus._usage import GpuStatus
-from labgpu.store.models import JobState, UsageDaily, UsageHourly, UsageSample
+from labgpu.store.models import JobState
+from labgpu.store.usage_models import UsageDaily, UsageHourly, UsageSample
 
 HOURLY_MARK = "usage:hourly"
 DAILY_MARK = "usage:daily"

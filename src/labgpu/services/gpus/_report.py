@@ -35,7 +35,8 @@ from labgpu.domain.usage import (
 from labgpu.errors import N_, BadInput
 from labgpu.services.context import Services
 from labgpu.services.gpus._history import DAILY_MARK, HOURLY_MARK, _mark, raw_usage, rollup_usage
-from labgpu.store.models import Member, UsageDaily, UsageHourly, UsageMember, utcnow
+from labgpu.store.models import Member, utcnow
+from labgpu.store.usage_models import UsageDaily, UsageHourly, UsageMember
 
 BY = ("member", "gpu", "host")
 OTHERS = "(others)"  # the label of usage by no member: host processes, containers labgpu does not own

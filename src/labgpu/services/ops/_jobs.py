@@ -234,12 +234,12 @@ def run_prune(svc: Services, ctx: JobContext) -> JobResult:
     samples = gpus.prune_samples(svc, before=ctx.now - timedelta(days=svc.settings.gpu_samples_keep_days))
     slots = gpus.prune_slots(svc, before=ctx.now - timedelta(days=1))
     raw, hourly, daily = gpus.prune_usage(svc, now=ctx.now)
-    return JobResult(
-        lines=[
-            f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted",
-            f"{raw} raw, {hourly} hourly and {daily} daily GPU usage row(s) past their keep time deleted",
-        ]
-    )
+    lines = [f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted"]
+    if raw or hourly or daily:
+        lines.append(
+            f"{raw} raw, {hourly} hourly and {daily} daily GPU usage row(s) past their keep time deleted"
+        )
+    return JobResult(lines=lines)
 
 
 JOBS: dict[str, Job] = {

@@ -447,6 +447,49 @@ class Settings(BaseSettings):
         le=300,
         description="How often the job runner inside `labgpu serve` looks for due jobs.",
     )
+    # GPU usage history and fair use (services/gpus/_history.py, _fair_use.py) ---------------------
+    usage_samples_keep_days: int = Field(
+        14,
+        ge=1,
+        description="Raw GPU usage samples (one per member and GPU at every gpu_sample_seconds) older than "
+        "this many days are deleted, once rolled up into hours.",
+    )
+    usage_hourly_keep_days: int = Field(
+        400, ge=1, description="Hourly GPU usage rollups older than this many days are deleted."
+    )
+    usage_daily_keep_days: int = Field(
+        0, ge=0, description="Daily GPU usage rollups older than this many days are deleted. 0: keep them."
+    )
+    fair_use_max_gpus: int = Field(
+        0,
+        ge=0,
+        description="Shared mode: most GPUs a member may use at once (processes on them). 0: no limit. "
+        "`labgpu gpu limits MEMBER` sets one member's own.",
+    )
+    fair_use_max_gpu_hours_per_week: float = Field(
+        0,
+        ge=0,
+        description="Shared mode: most GPU-hours a member may use in any 7 days. 0: no limit.",
+    )
+    fair_use_booked: bool = Field(
+        True,
+        description="Booked mode: a member's process on a GPU they have not booked is a fair-use "
+        "violation (treated as fair_use_* says).",
+    )
+    fair_use_notify_member: bool = Field(
+        True, description="Tell a member when they break a fair-use limit (once per spell)."
+    )
+    fair_use_notify_admins: bool = Field(
+        True, description="Tell the admins when a member breaks a fair-use limit (once per spell)."
+    )
+    fair_use_stop: bool = Field(
+        False,
+        description="Stop (SIGTERM) the processes that break a fair-use limit once it has lasted "
+        "fair_use_grace_minutes. Off: labgpu never stops anything.",
+    )
+    fair_use_grace_minutes: int = Field(
+        30, ge=0, description="How long a fair-use violation may last before fair_use_stop acts."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

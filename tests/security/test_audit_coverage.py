@@ -35,6 +35,7 @@ from sqlalchemy import select, update
 from labgpu.cli.main import app as cli_app
 from labgpu.services.gpus import _booking_requests as booking_requests
 from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _fair_use as gpu_fair_use
 from labgpu.services.gpus import _modes as gpu_modes
 from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.services.hosts import _gateway as gateway
@@ -467,6 +468,12 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
         "alice",
         _on_booking("admin", "reject", api=False, pending=True, reason="GPU 1 is for the course"),
     ),
+    # GPU usage: a member's weekly-report choice
+    ("POST", "/usage/weekly-report"): (
+        "usage.settings",
+        "alice",
+        ("alice", lambda lab: lab.alice.post("/usage/weekly-report", data=lab.form(lab.alice, weekly="on"))),
+    ),
 }
 
 # Two-factor log-in (TOTP): alice's own account; the codes are real ones of her secret (tests/web/test_totp.py).
@@ -793,7 +800,7 @@ def _cli_commands() -> set[str]:
 
 READ_ONLY_COMMANDS = {
     "admin list", "backup list", "config reference", "config show", "container list", "db current", "doctor",
-    "gpu bookings", "gpu idle", "gpu list", "gpu top", "host gateway status", "host list", "jobs status", "member key list",
+    "gpu bookings", "gpu idle", "gpu list", "gpu top", "gpu usage", "host gateway status", "host list", "jobs status", "member key list",
     "member list", "member show", "member snapshots", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
     "notify queue", "notify channels",
@@ -830,6 +837,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "gpu mode": (gpu_modes.set_mode, "gpu.mode"),
     "gpu reject": (bookings.reject, "booking.reject"),
     "gpu unassign": (gpu_modes.unassign, "gpu.unassign"),
+    "gpu limits": (gpu_fair_use.set_usage_settings, "usage.settings"),
     "host add": (remote_hosts.add_host, "host.add"),
     "host drain": (remote_hosts.set_drained, "host.drain"),
     "host undrain": (remote_hosts.set_drained, "host.undrain"),

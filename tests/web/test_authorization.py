@@ -144,6 +144,14 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/account/notifications"): SELF,
     ("POST", "/account/notifications/{channel_id}/test"): SELF,
     ("POST", "/account/notifications/{channel_id}/remove"): SELF,
+    # GPU usage history and fair use
+    ("GET", "/api/v1/usage"): SELF,
+    ("GET", "/api/v1/usage/events"): SELF,
+    ("GET", "/usage"): SELF,
+    ("GET", "/usage.csv"): SELF,
+    ("POST", "/usage/weekly-report"): SELF,
+    ("GET", "/admin/usage"): ADMIN,
+    ("GET", "/admin/usage.csv"): ADMIN,
 }
 # The log-in forms answer 401 to a failed log-in: that is their answer, not a request for one.
 LOGIN_FORMS = {"/login", "/login/totp"}

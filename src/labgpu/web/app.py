@@ -95,6 +95,7 @@ def create_app(
     from labgpu.web.routes import hosts, notify, ops, templates
     from labgpu.web.routes.gpus import api as gpus_api
     from labgpu.web.routes.gpus import pages as gpus_pages
+    from labgpu.web.routes.gpus import usage_api, usage_pages
     from labgpu.web.routes.members import admin as members_admin
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import guide as members_guide
@@ -169,6 +170,7 @@ def create_app(
         portal_api,
         members_api,
         gpus_api,
+        usage_api,
         hosts,
         templates,
         auth,
@@ -181,6 +183,7 @@ def create_app(
         members_admin,
         gpus_pages,
         members_guide,
+        usage_pages,
     ):
         app.include_router(module.router)
     return app

@@ -33,6 +33,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from labgpu.domain.fairuse import OnGpu
 from labgpu.errors import LabgpuError
 from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventory
 from labgpu.gpu.nvml import GpuSource
@@ -40,6 +41,7 @@ from labgpu.services import notify
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
 from labgpu.services.gpus._bookings import release as release_booking
+from labgpu.services.gpus._history import store_usage, usage_rows, usage_rows_of_status
 from labgpu.services.gpus._holders import (
     EPISODE_PREFIX,
     Held,
@@ -53,7 +55,7 @@ from labgpu.services.gpus._holders import (
 )
 from labgpu.services.gpus._usage import SOURCE_AGENT, GpuStatus, GpuUsageReader
 from labgpu.services.hosts import ask_all, recorded_local_host
-from labgpu.store.models import GpuSample, Host, JobState, utcnow
+from labgpu.store.models import GpuSample, Host, JobState, Member, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 class SampleResult:
     samples: int
     note: str = ""
+    seen: tuple[OnGpu, ...] = ()  # each member's processes per GPU, for fair use
 
 
 def sample_gpus(
@@ -73,13 +76,14 @@ def sample_gpus(
     """Read the local host's GPUs once and store a sample per GPU (utilization, memory used, and the
     member with the most GPU memory on it). A host without NVML stores nothing and says why."""
     now = now or utcnow()
+    project = svc.settings.runtime_project
+    with svc.session() as session:
+        owners = members_of_host(session, recorded_local_host(session), project)
     try:
-        owners = owners_from_instances(
-            svc.runtime.instances.all(with_state=False), svc.settings.runtime_project
-        )
+        owners.update(owners_from_instances(svc.runtime.instances.all(with_state=False), project))
         notes: list[str] = []
     except LabgpuError as exc:
-        owners, notes = {}, [f"members unknown: {exc.message}"]
+        notes = [f"members known from the store only: {exc.message}"]
     inv = take_inventory(source, owners=owners, proc_root=proc_root, notes=notes)
     if not inv.available:
         return SampleResult(0, inv.headline)
@@ -89,7 +93,20 @@ def sample_gpus(
             return SampleResult(0, "no host in the store yet")
         for row in _sample_rows(inv, host.id, now):
             session.add(row)
-    return SampleResult(len(inv.gpus), "; ".join(inv.warnings))
+        usage, seen = usage_rows(inv, host=host.name, now=now, seconds=svc.settings.gpu_sample_seconds)
+        store_usage(session, usage)
+    return SampleResult(len(inv.gpus), "; ".join(inv.warnings), tuple(seen))
+
+
+def members_of_host(session: Session, host: Host | None, project: str) -> dict[tuple[str, str], str]:
+    """The owner map the store knows for ``host``: each member's container. The daemon's own labels
+    (``user.labgpu.owner``) are added on top when it answers."""
+    if host is None:
+        return {}
+    rows = session.execute(
+        select(Member.container, Member.name).where(Member.host_id == host.id, Member.container.is_not(None))
+    )
+    return {(project, str(container)): name for container, name in rows}
 
 
 def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[GpuSample]:
@@ -142,6 +159,7 @@ class AgentSamples:
 
     samples: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    seen: list[OnGpu] = field(default_factory=list)  # each member's processes per GPU, for fair use
 
 
 def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None = None) -> AgentSamples:
@@ -158,6 +176,7 @@ def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None
         {h.id: partial(reader.inventory, svc, h) for h in with_agent}, timeout=svc.settings.host_timeout + 1
     )
     rows: list[GpuSample] = []
+    usage: list[dict[str, object]] = []
     for h in with_agent:
         answer = answers[h.id]
         found = answer.value
@@ -167,10 +186,16 @@ def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None
             out.notes.append(f"{h.name}: not sampled: {found.message}")
         else:
             rows += _status_rows(found.gpus, h.id, now)
+            more, seen = usage_rows_of_status(
+                found.gpus, host=h.name, now=now, seconds=svc.settings.gpu_sample_seconds
+            )
+            usage += more
+            out.seen += seen
             out.samples[h.name] = len(found.gpus)
     if rows:
         with svc.session() as session:
             session.add_all(rows)
+            store_usage(session, usage)
     if without:
         out.notes.append(
             f"not sampled (no GPU agent set; `labgpu host set NAME --agent-url URL`): {', '.join(without)}"

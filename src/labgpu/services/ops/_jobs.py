@@ -7,11 +7,15 @@ Jobs (:data:`JOBS`):
   (:func:`labgpu.services.gpus._bookings.advance`, then :func:`labgpu.services.gpus._attach.sync_host` on every
   host where GPUs may be booked (:func:`booking_hosts`), each through its own daemon; it also puts back
   whatever drifted). A host whose daemon does not answer is an error naming it; the others go on.
-- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU (the local host's from NVML,
-  other hosts' from their GPU agents), then the idle rule on every host: mail once per idle spell,
-  release idle bookings when policy says so.
+- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU and one usage sample per GPU and
+  member (the local host's from NVML, other hosts' from their GPU agents), then the fair-use limits on
+  what it saw, then the idle rule on every host: mail once per idle spell, release idle bookings when
+  policy says so.
 - ``reconcile`` (every ``reconcile_interval_minutes``): :func:`labgpu.services.ops._reconcile.reconcile`.
-- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, slots of long-ended bookings.
+- ``usage-rollup`` (every 10 minutes): complete hours of GPU usage samples into hourly rows, complete days
+  into daily rows (:func:`labgpu.services.gpus._history.roll_up`).
+- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, usage history past its keep days,
+  slots of long-ended bookings.
 
 Each job has a :class:`~labgpu.store.models.JobState` row: when it last ran and how, when it is due
 next, and a LEASE (owner and expiry). A runner works on a job only after taking its lease in ONE
@@ -62,6 +66,7 @@ class JobContext:
     now: datetime
     gpu_source: Callable[[], GpuSource] | None = None  # None: the real NVML on this host
     agent_transport: httpx.BaseTransport | None = None  # None: the agents over the network
+    proc_root: str = "/proc"  # where GPU processes are looked up (a FAKE /proc with a FAKE GPU source)
 
     def source(self) -> GpuSource:
         if self.gpu_source is not None:
@@ -233,12 +238,15 @@ def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
     (or release) whoever holds an idle one, on every host. A host whose agent does not answer is a
     note, not a failure."""
     result = JobResult()
-    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now)
+    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now, proc_root=ctx.proc_root)
     result.lines.append(f"{sampled.samples} GPU sample(s)" + (f" ({sampled.note})" if sampled.note else ""))
     reader = ctx.reader()
     agents = gpus.sample_agents(svc, reader=reader, now=ctx.now)
     result.lines += [f"{host}: {n} GPU sample(s) from its GPU agent" for host, n in agents.samples.items()]
     result.lines += agents.notes
+    fair = gpus.check_fair_use(svc, [*sampled.seen, *agents.seen], now=ctx.now)
+    result.lines += fair.lines()
+    result.errors += fair.errors
     report = gpus.check_idle(svc, now=ctx.now, reader=reader)
     for g in report.idle:
         result.lines.append(f"idle: GPU {g.gpu} on {g.host} of {g.member} for {g.minutes} min")
@@ -261,21 +269,50 @@ def run_reconcile(svc: Services, ctx: JobContext) -> JobResult:
     return result
 
 
+def run_usage_rollup(svc: Services, ctx: JobContext) -> JobResult:
+    """Roll complete hours of GPU usage samples into hourly rows, and complete days into daily ones."""
+    hours, days = gpus.roll_up(svc, now=ctx.now, tz=gpus.local_tz())
+    return JobResult(lines=[f"{hours} hourly and {days} daily GPU usage row(s) written"])
+
+
+def run_weekly_report(svc: Services, ctx: JobContext) -> JobResult:
+    """Send the week's GPU usage reports: the lab's to the admins, each opted-in member's to them. Queued
+    (notify): a channel that fails is retried, and a week is sent once (the key names it)."""
+    week = ctx.now.astimezone(gpus.local_tz()).strftime("%G-W%V")
+    queued = 0
+    for report in gpus.weekly_reports(svc, now=ctx.now, tz=gpus.local_tz()):
+        for who in report.recipients:
+            to = notify.ADMINS if who == "admins" else who
+            queued += notify.send(
+                svc,
+                notify.WEEKLY_REPORT,
+                [to],
+                report.subject,
+                report.body,
+                key=f"weekly-report:{week}:{who}",
+            )
+    return JobResult(lines=[f"{queued} weekly usage report delivery(ies) queued for {week}"])
+
+
 def run_prune(svc: Services, ctx: JobContext) -> JobResult:
-    """Delete GPU samples past their keep time, the slots of bookings that ended a day ago, and
-    notifications and job runs older than :data:`HISTORY_DAYS`."""
+    """Delete GPU samples past their keep time, usage history past its keep time (once rolled up), the
+    slots of bookings that ended a day ago, and notifications and job runs older than :data:`HISTORY_DAYS`."""
     samples = gpus.prune_samples(svc, before=ctx.now - timedelta(days=svc.settings.gpu_samples_keep_days))
     slots = gpus.prune_slots(svc, before=ctx.now - timedelta(days=1))
+    raw, hourly, daily = gpus.prune_usage(svc, now=ctx.now)
     old = ctx.now - timedelta(days=HISTORY_DAYS)
     deliveries = notify.prune_deliveries(svc, before=old)
     with svc.session() as session:
         runs = session.execute(delete(JobRunRecord).where(JobRunRecord.started_at < old))
-    return JobResult(
-        lines=[
-            f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted",
-            f"{deliveries} old notification(s) and {getattr(runs, 'rowcount', 0)} job run(s) deleted",
-        ]
-    )
+    lines = [
+        f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted",
+        f"{deliveries} old notification(s) and {getattr(runs, 'rowcount', 0)} job run(s) deleted",
+    ]
+    if raw or hourly or daily:
+        lines.append(
+            f"{raw} raw, {hourly} hourly and {daily} daily GPU usage row(s) past their keep time deleted"
+        )
+    return JobResult(lines=lines)
 
 
 def run_notify(svc: Services, ctx: JobContext) -> JobResult:
@@ -294,11 +331,15 @@ JOBS: dict[str, Job] = {
     for job in (
         Job("bookings", "start and end bookings; attach and detach their GPUs", lambda s: timedelta(minutes=1),
             timedelta(minutes=10), run_bookings),
-        Job("gpu-idle", "sample GPU use; mail about (or release) idle GPUs",
+        Job("gpu-idle", "sample GPU use per member; fair-use limits; mail about (or release) idle GPUs",
             lambda s: timedelta(seconds=s.settings.gpu_sample_seconds), timedelta(minutes=10), run_gpu_idle),
         Job("reconcile", "repair drift between the store and the daemon",
             lambda s: timedelta(minutes=s.settings.reconcile_interval_minutes), timedelta(minutes=30), run_reconcile),
-        Job("prune", "delete old GPU samples, booking slots, notifications and job runs",
+        Job("usage-rollup", "roll GPU usage samples up into hours and days", lambda s: timedelta(minutes=10),
+            timedelta(minutes=30), run_usage_rollup),
+        Job("weekly-report", "send the week's GPU usage reports (admins; members who asked)",
+            lambda s: timedelta(days=7), timedelta(minutes=30), run_weekly_report),
+        Job("prune", "delete old GPU samples, usage history, booking slots, notifications and job runs",
             lambda s: timedelta(days=1), timedelta(minutes=30), run_prune),
         Job("notify", "send queued notifications again that could not be sent", lambda s: timedelta(seconds=30),
             timedelta(minutes=10), run_notify),
@@ -446,10 +487,12 @@ def run_job(
     force: bool = False,
     gpu_source: Callable[[], GpuSource] | None = None,
     agent_transport: httpx.BaseTransport | None = None,
+    proc_root: str = "/proc",
 ) -> JobRun:
     """Run ``job`` if it is due (or ``force``) and its lease is free. Never raises for the job's own
-    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``
-    and ``agent_transport`` replace NVML and the network to the GPU agents (tests and demos)."""
+    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``,
+    ``proc_root`` and ``agent_transport`` replace NVML, /proc and the network to the GPU agents (tests
+    and demos)."""
     # An injected clock (tests, `run-once --now`) is used throughout; otherwise the real one.
     started = now or utcnow()
     owner = owner or runner_id()
@@ -462,7 +505,9 @@ def run_job(
     run_id = _record_start(svc, job, owner=owner, started=started)
     error: str | None = None
     try:
-        context = JobContext(now=started, gpu_source=gpu_source, agent_transport=agent_transport)
+        context = JobContext(
+            now=started, gpu_source=gpu_source, agent_transport=agent_transport, proc_root=proc_root
+        )
         result = job.run(svc, context)
         if result.errors:
             error = "; ".join(result.errors)[:4000]

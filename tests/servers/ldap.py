@@ -112,7 +112,9 @@ access to * by users read by anonymous auth
 def running_slapd(folder: Path) -> Iterator[LdapServer]:
     """slapd serving the test directory until the block ends. Fails clearly when slapd is missing."""
     if not Path(SLAPD).exists():
-        raise RuntimeError(f"{SLAPD} is missing: apt-get install slapd ldap-utils (scripts/install-deps --test)")
+        raise RuntimeError(
+            f"{SLAPD} is missing: apt-get install slapd ldap-utils (scripts/install-deps --test)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "db").mkdir(exist_ok=True)
     pki = make_pki(folder / "pki")

@@ -8,7 +8,7 @@ import os
 import sys
 
 CLIENT_ID = "labgpu"
-CLIENT_SECRET = "oidc-client-secret-for-tests-7f3a"  # noqa: S105 - the test server's own client
+CLIENT_SECRET = "oidc-client-secret-for-tests-7f3a"
 # username: (full name, e-mail, password, groups)
 USERS = {
     "olivia": ("Olivia Sun", "olivia@idp.test", "olivia-idp-pass-4", ["gpu-users"]),
@@ -18,11 +18,10 @@ USERS = {
 
 
 def seed() -> None:
+    from cas_server.models import ReplaceAttributName, ServicePattern
     from django.contrib.auth.models import Group, User
     from django.core.management import call_command
     from oidc_provider.models import Client, ResponseType
-
-    from cas_server.models import ReplaceAttributName, ServicePattern
 
     call_command("migrate", verbosity=0, interactive=False)
     call_command("creatersakey", verbosity=0)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 DATA = Path(os.environ.get("LABGPU_TEST_IDP_DIR", "/tmp/labgpu-test-idp"))
-SECRET_KEY = "test-idp-" + "x" * 40  # noqa: S105 - a throw-away server on loopback
+SECRET_KEY = "test-idp-" + "x" * 40
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = [

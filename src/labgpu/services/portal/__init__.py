@@ -1,6 +1,6 @@
 """portal: the people side of the web portal.
 
-Accounts and roles, log-in sessions and their throttling, passwords (argon2id), personal API tokens,
+Accounts and roles, sign-on (LDAP, OIDC, CAS) and its identities, log-in sessions and their throttling, passwords (argon2id), personal API tokens,
 applications for an account and their provisioning, notices, and the audit log of every admin action. The
 public face of ``services/portal``: cli/, web/ and ops import only this module.
 """
@@ -49,9 +49,54 @@ from labgpu.services.portal._notices import (
     remove_notice,
 )
 from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
+from labgpu.services.portal._authtest import BackendVerdict, check_backends
+from labgpu.services.portal._cas import cas_enabled, cas_login_url, cas_validate
+from labgpu.services.portal._claims import BackendDown, Claims, SignOnFailed
+from labgpu.services.portal._complete import Proof, complete_login
+from labgpu.services.portal._identities import (
+    Unlinked,
+    Waiting,
+    apply_with_identity,
+    group_verdict,
+    suggest_name,
+)
+from labgpu.services.portal._ldap import ldap_enabled
+from labgpu.services.portal._oidc import OidcFlow, oidc_begin, oidc_finish, oidc_provider
+from labgpu.services.portal._signon import (
+    check_signon_throttle,
+    link_with_password,
+    password_login,
+    record_signon_failure,
+    signon_login,
+)
 from labgpu.services.portal._tokens import TokenInfo, create_token, list_tokens, resolve_token, revoke_token
 
 __all__ = [
+    "BackendDown",
+    "BackendVerdict",
+    "Claims",
+    "OidcFlow",
+    "Proof",
+    "SignOnFailed",
+    "Unlinked",
+    "Waiting",
+    "apply_with_identity",
+    "cas_enabled",
+    "cas_login_url",
+    "cas_validate",
+    "check_backends",
+    "check_signon_throttle",
+    "complete_login",
+    "group_verdict",
+    "ldap_enabled",
+    "link_with_password",
+    "oidc_begin",
+    "oidc_finish",
+    "oidc_provider",
+    "password_login",
+    "record_signon_failure",
+    "signon_login",
+    "suggest_name",
     "MAX_PAGE",
     "AccountInfo",
     "ApplicationInfo",

@@ -10,6 +10,7 @@ server is asked (a simple bind without one is an anonymous bind, which "succeeds
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import uuid
 from typing import Any
@@ -65,10 +66,8 @@ def _open(settings: Settings, server: Server, user: str | None, password: str | 
         conn.unbind()
         raise
     except (LDAPException, OSError, ssl.SSLError) as exc:
-        try:
+        with contextlib.suppress(LDAPException, OSError):
             conn.unbind()
-        except (LDAPException, OSError):
-            pass
         raise BackendDown(
             BACKEND_DOWN,
             values={"backend": "LDAP"},
@@ -145,9 +144,7 @@ def ldap_check(settings: Settings, name: str, password: str) -> Claims | None:
                 "{name}", escape_filter_chars(name)
             )
             conn.search(settings.ldap_group_base, group_query, SUBTREE, attributes=["cn"])
-            groups = [
-                _value(g, "cn") for g in conn.response or [] if g.get("type") == "searchResEntry"
-            ]
+            groups = [_value(g, "cn") for g in conn.response or [] if g.get("type") == "searchResEntry"]
         else:
             groups = entry.get("attributes", {}).get("memberOf")
     except LDAPException as exc:
@@ -173,5 +170,5 @@ def ldap_check(settings: Settings, name: str, password: str) -> Claims | None:
         name=clean_text(_value(entry, settings.ldap_name_attribute), 64) or name,
         email=clean_text(_value(entry, settings.ldap_email_attribute), 254),
         display_name=clean_text(_value(entry, settings.ldap_display_name_attribute), 128),
-        groups=clean_groups(groups if isinstance(groups, list) else groups),
+        groups=clean_groups(groups),
     )

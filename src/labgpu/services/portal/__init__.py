@@ -30,6 +30,18 @@ from labgpu.services.portal._applications import (
     submit,
 )
 from labgpu.services.portal._audit import MAX_PAGE, AuditEntry, list_events
+from labgpu.services.portal._authtest import BackendVerdict, check_backends
+from labgpu.services.portal._cas import cas_enabled, cas_login_url, cas_validate
+from labgpu.services.portal._claims import BackendDown, Claims, SignOnFailed
+from labgpu.services.portal._complete import Proof, complete_login
+from labgpu.services.portal._identities import (
+    Unlinked,
+    Waiting,
+    apply_with_identity,
+    group_verdict,
+    suggest_name,
+)
+from labgpu.services.portal._ldap import ldap_enabled
 from labgpu.services.portal._logins import (
     LoginFailed,
     Throttled,
@@ -48,20 +60,8 @@ from labgpu.services.portal._notices import (
     parse_when,
     remove_notice,
 )
-from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
-from labgpu.services.portal._authtest import BackendVerdict, check_backends
-from labgpu.services.portal._cas import cas_enabled, cas_login_url, cas_validate
-from labgpu.services.portal._claims import BackendDown, Claims, SignOnFailed
-from labgpu.services.portal._complete import Proof, complete_login
-from labgpu.services.portal._identities import (
-    Unlinked,
-    Waiting,
-    apply_with_identity,
-    group_verdict,
-    suggest_name,
-)
-from labgpu.services.portal._ldap import ldap_enabled
 from labgpu.services.portal._oidc import OidcFlow, oidc_begin, oidc_finish, oidc_provider
+from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
 from labgpu.services.portal._signon import (
     check_signon_throttle,
     link_with_password,
@@ -72,53 +72,46 @@ from labgpu.services.portal._signon import (
 from labgpu.services.portal._tokens import TokenInfo, create_token, list_tokens, resolve_token, revoke_token
 
 __all__ = [
-    "BackendDown",
-    "BackendVerdict",
-    "Claims",
-    "OidcFlow",
-    "Proof",
-    "SignOnFailed",
-    "Unlinked",
-    "Waiting",
-    "apply_with_identity",
-    "cas_enabled",
-    "cas_login_url",
-    "cas_validate",
-    "check_backends",
-    "check_signon_throttle",
-    "complete_login",
-    "group_verdict",
-    "ldap_enabled",
-    "link_with_password",
-    "oidc_begin",
-    "oidc_finish",
-    "oidc_provider",
-    "password_login",
-    "record_signon_failure",
-    "signon_login",
-    "suggest_name",
     "MAX_PAGE",
     "AccountInfo",
     "ApplicationInfo",
     "AuditEntry",
+    "BackendDown",
+    "BackendVerdict",
+    "Claims",
     "Forbidden",
     "Identity",
     "LoginFailed",
+    "OidcFlow",
+    "Proof",
     "ProvisionWorker",
+    "SignOnFailed",
     "Throttled",
     "TokenInfo",
     "Unauthenticated",
+    "Unlinked",
+    "Waiting",
     "active_notices",
     "add_notice",
+    "apply_with_identity",
     "approve",
     "authenticate",
+    "cas_enabled",
+    "cas_login_url",
+    "cas_validate",
     "change_password",
+    "check_backends",
+    "check_signon_throttle",
+    "complete_login",
     "create_account",
     "create_token",
     "end_all_sessions",
     "end_session",
     "get_account",
     "get_application",
+    "group_verdict",
+    "ldap_enabled",
+    "link_with_password",
     "list_accounts",
     "list_applications",
     "list_events",
@@ -127,9 +120,14 @@ __all__ = [
     "list_tokens",
     "notify_admins",
     "notify_applicant",
+    "oidc_begin",
+    "oidc_finish",
+    "oidc_provider",
     "parse_overrides",
     "parse_when",
+    "password_login",
     "provision_application",
+    "record_signon_failure",
     "reject",
     "remove_notice",
     "resolve_session",
@@ -138,6 +136,8 @@ __all__ = [
     "revoke_token",
     "set_disabled",
     "set_password",
+    "signon_login",
     "start_session",
     "submit",
+    "suggest_name",
 ]

@@ -579,9 +579,7 @@ class SignOnIdentity(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     provider: Mapped[str] = mapped_column(sa.String(64))  # "ldap", "cas", "oidc:NAME"
     subject: Mapped[str] = mapped_column(sa.String(255))
-    member_id: Mapped[int | None] = mapped_column(
-        sa.ForeignKey("members.id", ondelete="CASCADE"), index=True
-    )
+    member_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
     application_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("applications.id", ondelete="SET NULL"), index=True
     )

@@ -98,7 +98,7 @@ def create_app(
     from labgpu.web.routes.members import admin as members_admin
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import me
-    from labgpu.web.routes.portal import account, apply, auth
+    from labgpu.web.routes.portal import account, apply, auth, signon
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
 
@@ -177,6 +177,7 @@ def create_app(
         portal_admin,
         members_admin,
         gpus_pages,
+        signon,
     ):
         app.include_router(module.router)
     return app

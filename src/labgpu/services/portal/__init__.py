@@ -39,11 +39,13 @@ from labgpu.services.portal._identities import (
     Waiting,
     apply_with_identity,
     group_verdict,
+    name_problem,
     suggest_name,
 )
 from labgpu.services.portal._ldap import ldap_enabled
 from labgpu.services.portal._logins import (
     LoginFailed,
+    NewLogin,
     Throttled,
     authenticate,
     change_password,
@@ -82,6 +84,7 @@ __all__ = [
     "Forbidden",
     "Identity",
     "LoginFailed",
+    "NewLogin",
     "OidcFlow",
     "Proof",
     "ProvisionWorker",
@@ -118,6 +121,7 @@ __all__ = [
     "list_notices",
     "list_sessions",
     "list_tokens",
+    "name_problem",
     "notify_admins",
     "notify_applicant",
     "oidc_begin",

@@ -41,6 +41,9 @@ from labgpu.store.models import (
 )
 
 NOT_IN_GROUP = N_("your sign-on account is not in a group that may use this portal; ask an admin of your lab")
+TAKEN = N_(
+    "the name %(name)s is taken; choose another, or if that account is yours, link it below with its password"
+)
 DISABLED = N_("this account is disabled; ask an admin to enable it")
 
 
@@ -154,6 +157,27 @@ def _name_free(session: Session, name: str) -> bool:
     return True
 
 
+def name_problem(svc: Services, original: str, *, proposed: str) -> LabgpuError | None:
+    """Why ``proposed`` (made from the sign-on's name ``original``) will not do or was changed, as an
+    error to show on the form with the way forward; None when it is fine as it is."""
+    if proposed != original:
+        try:
+            validate_member_name(original)
+        except BadInput:
+            return BadInput(
+                N_(
+                    "%(original)s is not a valid Linux user name (2-32 lower-case letters, digits and "
+                    "hyphens, starting with a letter); %(proposed)s is proposed instead: keep it or choose "
+                    "another"
+                ),
+                values={"original": original[:64], "proposed": proposed or "-"},
+            )
+    with svc.session() as session:
+        if proposed and not _name_free(session, proposed):
+            return Conflict(TAKEN, values={"name": proposed})
+    return None
+
+
 def _make_admin(svc: Services, session: Session, claims: Claims, name: str) -> tuple[Member, Account]:
     member = Member(name=name, email=claims.email, role=Role.ADMIN, state=MemberState.STOPPED)
     session.add(member)
@@ -224,13 +248,7 @@ def apply_with_identity(
             try:
                 _check_name_free(session, name)
             except Conflict:
-                raise Conflict(
-                    N_(
-                        "the name %(name)s is taken; choose another, or if that account is yours, link it "
-                        "below with its password"
-                    ),
-                    values={"name": name},
-                ) from None
+                raise Conflict(TAKEN, values={"name": name}) from None
             if verdict == "admin":
                 member, account = _make_admin(svc, session, claims, name)
                 return complete_login(svc, session, member, account, proof)

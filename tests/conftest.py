@@ -27,6 +27,7 @@ from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
 from tests import lanes
 from tests.postgres import postgres_url  # noqa: F401 - the fixture, for every test
+from tests.servers.fixtures import idp_server, ldap_server  # noqa: F401 - sign-on servers, started when asked for
 
 DAEMON_SOCKETS = {
     "lxd": Path(os.environ.get("LABGPU_TEST_LXD_SOCKET", "/var/lib/lxd/unix.socket")),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from joserfc import jwt
@@ -32,7 +33,8 @@ from labgpu.services.portal._claims import (
     clean_groups,
     clean_text,
 )
-from labgpu.settings import OidcProvider, Settings
+from labgpu.settings import Settings
+from labgpu.settings_signon import OidcProvider
 
 # Signatures the ID token may carry: asymmetric only (the provider's published keys).
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
@@ -154,7 +156,7 @@ def oidc_finish(
             token = client.fetch_token(
                 meta["token_endpoint"], code=code, code_verifier=flow.code_verifier, state=state
             )
-    except OAuth2Error as exc:
+    except (OAuth2Error, OAuthError) as exc:  # the provider refused the code (used, or a wrong PKCE verifier)
         raise SignOnFailed(STALE, log_message=f"OIDC {provider.name}: token: {exc.error}") from None
     except httpx.HTTPError as exc:
         raise BackendDown(

@@ -128,6 +128,14 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/bookings/{booking_id}/extend"): SELF,
     ("POST", "/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/bookings/{booking_id}/reject"): ADMIN,
+    # Sign-on (LDAP goes through POST /login; OIDC and CAS leave for the provider and come back).
+    ("GET", "/login/oidc/{provider}"): PUBLIC,
+    ("GET", "/login/oidc/{provider}/callback"): PUBLIC,
+    ("GET", "/login/cas"): PUBLIC,
+    ("GET", "/login/cas/callback"): PUBLIC,
+    ("GET", "/signon/apply"): PUBLIC,
+    ("POST", "/signon/apply"): PUBLIC,
+    ("POST", "/signon/link"): PUBLIC,
 }
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}
@@ -177,7 +185,8 @@ def _call(client: TestClient, method: str, path: str, url: str, csrf: str) -> ht
 def _denied(response: httpx.Response, path: str) -> str | None:
     """How the request was refused ("login", "forbidden", "hidden"), or None when it was let through."""
     status = response.status_code
-    if status == 401 and path != "/login":
+    # A refused log-in (the form, or a sign-on coming back refused) answers 401 too: that is no login wall.
+    if status == 401 and path != "/login" and not path.startswith("/login/"):
         return "login"
     if status == 303 and response.headers["location"].startswith("/login?next="):
         return "login"

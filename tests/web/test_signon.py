@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -17,9 +17,8 @@ from sqlalchemy import select
 
 from labgpu.services.portal._claims import BackendDown
 from labgpu.services.portal._ldap import ldap_check
-from labgpu.settings import Settings, load_settings
+from labgpu.settings import load_settings
 from labgpu.store.models import Application, AuditEvent, Role, SignOnIdentity
-from labgpu.web.app import create_app
 from labgpu.web.routes.portal.signon import CLAIMS_COOKIE, FLOW_COOKIE, seal
 from labgpu.web.security import SESSION_COOKIE
 from tests.servers.fixtures import IdpServer, provider_login, query_of
@@ -32,30 +31,6 @@ INJECTIONS = ["*", "*)(uid=*", "alice)(|(uid=*", "al*", "alice\x00", "(uid=alice
 
 def _dir_password(uid: str) -> str:
     return PEOPLE[uid][2]
-
-
-@pytest.fixture
-def make_portal(web_settings: Settings) -> Iterator[object]:
-    """A portal on the test's store with extra settings (several may be made in one test)."""
-    clients: list[TestClient] = []
-
-    def make(**extra: object) -> Portal:
-        settings = load_settings(
-            state_dir=str(web_settings.state_dir),
-            database_url=web_settings.database_url,
-            runtime_url=web_settings.runtime_url,
-            trusted_proxies="",
-            **extra,
-        )
-        app = create_app(settings, background=False)
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return Portal(app, settings)
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def _identities(p: Portal) -> list[SignOnIdentity]:
@@ -104,9 +79,9 @@ def test_ldap_bind_search_escaping_and_a_directory_that_is_down(
 
 
 def test_ldap_log_in_first_time_applies_then_links_and_group_rules(
-    make_portal: object, ldap_server: LdapServer
+    make_portal: Callable[..., Portal], ldap_server: LdapServer
 ) -> None:
-    p: Portal = make_portal(  # type: ignore[operator]
+    p: Portal = make_portal(
         **ldap_server.settings(), signon_admin_groups="gpu-admins", signon_approve_groups="gpu-fast"
     )
     p.add_account("boss", role=Role.ADMIN)
@@ -180,8 +155,10 @@ def test_ldap_log_in_first_time_applies_then_links_and_group_rules(
     assert "the name boss is taken" in page.text and 'action="/signon/link"' in page.text
 
 
-def test_linking_a_local_account_and_requiring_sign_on(make_portal: object, ldap_server: LdapServer) -> None:
-    p: Portal = make_portal(**ldap_server.settings(), signon_required="true")  # type: ignore[operator]
+def test_linking_a_local_account_and_requiring_sign_on(
+    make_portal: Callable[..., Portal], ldap_server: LdapServer
+) -> None:
+    p: Portal = make_portal(**ldap_server.settings(), signon_required="true")
     p.add_account("boss", role=Role.ADMIN)
     p.add_account("erin")  # a local member from before sign-on; the directory knows her too
     # Under signon_required her local password no longer logs her in...
@@ -220,15 +197,15 @@ def test_linking_a_local_account_and_requiring_sign_on(make_portal: object, ldap
 
 
 def test_directory_down_admins_still_log_in_and_throttling_covers_ldap(
-    make_portal: object, ldap_server: LdapServer
+    make_portal: Callable[..., Portal], ldap_server: LdapServer
 ) -> None:
-    p: Portal = make_portal(**{**ldap_server.settings(), "ldap_url": "ldap://127.0.0.1:9"})  # type: ignore[operator]
+    p: Portal = make_portal(**{**ldap_server.settings(), "ldap_url": "ldap://127.0.0.1:9"})
     p.add_account("boss", role=Role.ADMIN)
     r = login(p.client(), "alice", _dir_password("alice"))
     assert r.status_code == 503 and "cannot be reached" in r.text
     assert login(p.client(), "boss").status_code == 303
 
-    up: Portal = make_portal(**ldap_server.settings())  # type: ignore[operator]
+    up: Portal = make_portal(**ldap_server.settings())
     client = up.client(address="198.51.100.9")
     for _ in range(up.settings.login_max_failures_per_account):
         assert login(client, "alice", "wrong-password").status_code == 401
@@ -239,8 +216,8 @@ def test_directory_down_admins_still_log_in_and_throttling_covers_ldap(
 # OIDC -------------------------------------------------------------------------------------------------
 
 
-def _oidc_portal(make_portal: object, idp: IdpServer, **extra: object) -> Portal:
-    return make_portal(oidc_providers=[idp.oidc_provider()], **extra)  # type: ignore[operator, no-any-return]
+def _oidc_portal(make_portal: Callable[..., Portal], idp: IdpServer, **extra: object) -> Portal:
+    return make_portal(oidc_providers=[idp.oidc_provider()], **extra)
 
 
 def _start(client: TestClient, path: str) -> str:
@@ -249,7 +226,9 @@ def _start(client: TestClient, path: str) -> str:
     return str(r.headers["location"])
 
 
-def test_oidc_code_flow_with_pkce_and_group_rules(make_portal: object, idp_server: IdpServer) -> None:
+def test_oidc_code_flow_with_pkce_and_group_rules(
+    make_portal: Callable[..., Portal], idp_server: IdpServer
+) -> None:
     p = _oidc_portal(make_portal, idp_server, signon_admin_groups="gpu-admins")
     client = p.client()
     login_page = client.get("/login")
@@ -287,7 +266,9 @@ def _tamper(url: str, **changes: str) -> str:
     return urlunsplit(parts._replace(query=urlencode({**query, **changes})))
 
 
-def test_oidc_tampered_state_nonce_or_verifier_is_refused(make_portal: object, idp_server: IdpServer) -> None:
+def test_oidc_tampered_state_nonce_or_verifier_is_refused(
+    make_portal: Callable[..., Portal], idp_server: IdpServer
+) -> None:
     p = _oidc_portal(make_portal, idp_server)
     secret = p.app.state.secret_key
     client = p.client()
@@ -346,9 +327,9 @@ def _with_flow(p: Portal, flow: str) -> TestClient:
 
 @pytest.mark.parametrize("version", ["3.0", "2.0"])
 def test_cas_ticket_validation_and_tampered_tickets(
-    make_portal: object, idp_server: IdpServer, version: str
+    make_portal: Callable[..., Portal], idp_server: IdpServer, version: str
 ) -> None:
-    p: Portal = make_portal(cas_url=idp_server.cas_url, cas_version=version)  # type: ignore[operator]
+    p: Portal = make_portal(cas_url=idp_server.cas_url, cas_version=version)
     client = p.client()
     assert 'id="signon-cas"' in client.get("/login").text
     location = _start(client, "/login/cas")

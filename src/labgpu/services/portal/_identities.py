@@ -7,7 +7,7 @@ to it with its password once (:func:`link_with_password`)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from labgpu.domain.members import validate_member_name
 from labgpu.errors import N_, BadInput, Conflict, LabgpuError
-from labgpu.services.context import Services
+from labgpu.services.context import Actor, Services
 from labgpu.services.portal._accounts import Forbidden, _check_email
 from labgpu.services.portal._applications import (
     MAX_REASON,
@@ -297,4 +297,6 @@ def link_identity(svc: Services, session: Session, claims: Claims, member: Membe
         if application is not None and application.status in OPEN_STATUSES:
             raise Conflict(N_("you have applied already; log in again to see how it stands"))
     _link(session, claims, member_id=member.id)
-    svc.audit(session, "account.identity.link", member.name, provider=claims.provider)
+    # The member proved the account is theirs (its password): the change is theirs.
+    as_member = replace(svc, actor=Actor(member.name, svc.actor.source_address, member.role == Role.ADMIN))
+    as_member.audit(session, "account.identity.link", member.name, provider=claims.provider)

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from labgpu.errors import N_, LabgpuError
+from labgpu.errors import N_, LabgpuError, NotFound
 from labgpu.services import portal
 from labgpu.services.context import Services
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
@@ -36,6 +36,7 @@ FLOW_COOKIE = "labgpu_signon_flow"
 CLAIMS_COOKIE = "labgpu_signon"
 FLOW_SECONDS = 600  # time to log in at the provider
 CLAIMS_SECONDS = 1800  # time to fill in the application
+NOT_SET_UP = N_("the campus log-in is not set up here")
 NameField = Annotated[str, Form(max_length=64)]
 PasswordField = Annotated[str, Form(max_length=1024)]
 ShortField = Annotated[str, Form(max_length=254)]
@@ -186,6 +187,7 @@ def oidc_callback(
     data = unseal(request, "oidc", FLOW_COOKIE)
     method = f"oidc:{provider[:32]}"
     try:
+        portal.oidc_provider(svc.settings, provider)  # NotFound for a provider that is not configured
         portal.check_signon_throttle(svc, method, client_address(request))
         if data is None or data.get("provider") != provider:
             raise portal.SignOnFailed(N_("the sign-on took too long or was started elsewhere; log in again"))
@@ -221,7 +223,7 @@ def _cas_service(request: Request, state: str) -> str:
 @router.get("/login/cas", response_model=None)
 def cas_start(request: Request, svc: ServicesDep, renderer: RendererDep, next: str = "/me") -> Response:
     if not portal.cas_enabled(svc.settings):
-        return _refused(request, renderer, portal.SignOnFailed(N_("the campus log-in is not set up here")))
+        return _refused(request, renderer, NotFound(NOT_SET_UP))
     state = secrets.token_urlsafe(32)
     response = RedirectResponse(
         portal.cas_login_url(svc.settings, _cas_service(request, state)), status_code=303
@@ -244,7 +246,7 @@ def cas_callback(
     try:
         portal.check_signon_throttle(svc, "cas", client_address(request))
         if not portal.cas_enabled(svc.settings):
-            raise portal.SignOnFailed(N_("the campus log-in is not set up here"))
+            raise NotFound(NOT_SET_UP)
         if data is None or not state or not hmac.compare_digest(str(data.get("state", "")), state[:128]):
             raise portal.SignOnFailed(N_("the sign-on took too long or was started elsewhere; log in again"))
         claims = portal.cas_validate(svc.settings, ticket=ticket[:512], service=_cas_service(request, state))

@@ -731,6 +731,7 @@ READ_ONLY_COMMANDS = {
     "gpu bookings", "gpu idle", "gpu list", "gpu top", "host gateway status", "host list", "jobs status", "member key list",
     "member list", "member show", "member snapshots", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
+    "auth test",  # asks the log-in backends; writes nothing (no session, no throttle count)
 }  # fmt: skip
 # Commands that run labgpu itself or its upkeep, not a person's change to the lab (their own changes, like
 # reconcile's repairs, are logged as what they are).

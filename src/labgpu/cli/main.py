@@ -76,6 +76,7 @@ def _register() -> None:
     app.add_typer(hosts.container_app, name="container")
     app.add_typer(portal.notice_app, name="notice")
     app.add_typer(ops.backup_app, name="backup")
+    app.add_typer(portal.auth_app, name="auth")
 
 
 _register()

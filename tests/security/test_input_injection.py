@@ -438,6 +438,9 @@ def test_hostile_input_at_sign_on_is_refused_and_nothing_is_stored(make_portal: 
     for name in HOSTILE_NAMES:
         r = client.post("/signon/apply", data={"name": name, "email": "a@lab.test", "csrf_token": token})
         assert 400 <= r.status_code < 500, (name, r.status_code)
+    for email in ("a@lab.test\x00", "a@lab.test\nBcc: x@evil.test"):
+        r = client.post("/signon/apply", data={"name": "alice", "email": email, "csrf_token": token})
+        assert 400 <= r.status_code < 500, (email, r.status_code)
     # Claims the browser changed: the seal breaks, the form is not even shown.
     forged = client.cookies.get(CLAIMS_COOKIE, domain="testserver.local") or ""
     evil = p.client()

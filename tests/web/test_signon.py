@@ -26,6 +26,8 @@ from tests.servers.ldap import PEOPLE, LdapServer
 from tests.servers.tls import make_pki
 from tests.web.conftest import PASSWORD, Portal, csrf_from, login
 
+# One worker runs these one after another: one slapd and one IdP for all of them (the IdP takes seconds).
+pytestmark = pytest.mark.lane("signon")
 INJECTIONS = ["*", "*)(uid=*", "alice)(|(uid=*", "al*", "alice\x00", "(uid=alice)"]
 
 

@@ -229,6 +229,8 @@ def apply_with_identity(
         raise Forbidden(N_("this portal does not take applications; ask an admin of your lab for an account"))
     name = (name or "").strip()
     validate_member_name(name)
+    if not (email or "").isprintable():
+        raise BadInput(N_("the e-mail address contains control characters"))
     checked_email = _check_email(email)
     if checked_email is None:
         raise BadInput(N_("an e-mail address is required: the decision is sent there"))

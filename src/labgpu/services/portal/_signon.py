@@ -50,6 +50,14 @@ LOCAL_REFUSED = N_(
 SignOnResult = NewLogin | Unlinked | Waiting
 
 
+def _tried(name: str) -> str:
+    """The name as counted and looked up: lower-case, at most 64 characters, and without control characters
+    (a NUL cannot even be stored in PostgreSQL; such a name matches nobody, and its failure still counts)."""
+    text = name.strip().lower()
+    clean = "".join(ch for ch in text if ch.isprintable())
+    return (clean if clean == text else "\ufffd" + clean)[:MAX_NAME_TRIED]
+
+
 def _sweep(session: Session, svc: Services, now: datetime) -> None:
     session.execute(
         delete(LoginAttempt).where(LoginAttempt.at < now - max(ATTEMPT_RETENTION, _window(svc.settings) * 2))
@@ -65,7 +73,7 @@ def password_login(
     which; a disabled account; a member's local password under ``signon_required``), BackendDown (the
     directory is down and no local account took the password). Audited, failures too."""
     settings = svc.settings
-    tried = name.strip().lower()[:MAX_NAME_TRIED]
+    tried = _tried(name)
     address = address_key(source_address)
     now = utcnow()
     proof = Proof("password", source_address, user_agent)
@@ -167,7 +175,7 @@ def link_with_password(svc: Services, claims: Claims, *, name: str, password: st
 
     Throttled and counted like a log-in. Raises Throttled, LoginFailed (wrong name or password, a
     disabled account), Conflict (the identity belongs to another account). Audited."""
-    tried = name.strip().lower()[:MAX_NAME_TRIED]
+    tried = _tried(name)
     address = address_key(proof.source_address)
     now = utcnow()
     with svc.session() as session:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from labgpu.services.portal._claims import BackendDown
 from labgpu.services.portal._ldap import ldap_check
@@ -127,17 +127,25 @@ def test_ldap_log_in_first_time_applies_then_links_and_group_rules(
     assert r.status_code == 303 and r.headers["location"] == "/me"
     assert c.get("/api/v1/me").json()["role"] == "admin"
 
-    # carol is in gpu-fast: approved at once (provisioning is queued; no daemon here).
-    c = p.client()
-    r = login(c, "carol", _dir_password("carol"))
-    page = c.get("/signon/apply")
-    r = c.post(
-        "/signon/apply", data={"csrf_token": csrf_from(page.text), "name": "carol", "email": "carol@lab.test"}
-    )
+    # carol is in gpu-fast: approved at once, no form (provisioning is queued; no daemon here).
+    r = login(p.client(), "carol", _dir_password("carol"))
     assert r.status_code == 200 and "is approved" in r.text
     with p.svc.session() as session:
         carol = session.scalars(select(Application).where(Application.name == "carol")).one()
-        assert (carol.status, carol.decided_by) == ("approved", "sign-on group rule")
+        assert (carol.status, carol.decided_by, carol.email) == (
+            "approved",
+            "sign-on group rule",
+            "carol@lab.test",
+        )
+    # Once her member is made (here by hand: provisioning needs a daemon, see
+    # tests/web/test_application_provisioning.py), her next sign-on links the identity to it and she is in.
+    p.add_account("carol")
+    with p.svc.session() as session:
+        session.execute(update(Application).where(Application.name == "carol").values(status="done"))
+    c = p.client()
+    r = login(c, "carol", _dir_password("carol"))
+    assert r.status_code == 303 and r.headers["location"] == "/me"
+    assert c.get("/api/v1/me").json()["name"] == "carol"
 
     # A directory name that is not a Linux user name: a valid one is proposed, and why.
     c = p.client()

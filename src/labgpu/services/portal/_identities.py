@@ -145,6 +145,20 @@ def resolve_identity(svc: Services, session: Session, claims: Claims) -> Linked 
             member, account = _make_admin(svc, session, claims, name)
             return Linked(member, account)
         return Unlinked(claims, admin=True)
+    if verdict == "approve" and claims.email and svc.settings.applications_open:
+        # Approved by the group rule: no form to fill in when their own name will do.
+        name = suggest_name(claims)
+        if name == claims.name and _name_free(session, name):
+            application = _new_application(
+                svc,
+                session,
+                claims,
+                name=name,
+                email=claims.email,
+                address=svc.actor.source_address or "unknown",
+                approve=True,
+            )
+            return Waiting(_info(application))
     return Unlinked(claims)
 
 
@@ -203,6 +217,46 @@ def _link(
     _touch(row, claims)
 
 
+def _new_application(
+    svc: Services,
+    session: Session,
+    claims: Claims,
+    *,
+    name: str,
+    email: str,
+    address: str,
+    approve: bool,
+    supervisor: str | None = None,
+    group_name: str | None = None,
+    reason: str | None = None,
+) -> Application:
+    """An application linked to ``claims`` (no password: they log in through the backend); approved at
+    once by a group rule when ``approve``. Audited."""
+    now = utcnow()
+    row = Application(
+        name=name,
+        email=email,
+        password_hash=None,
+        supervisor=supervisor,
+        group_name=group_name,
+        reason=reason,
+        status=ApplicationStatus.APPROVED if approve else ApplicationStatus.PENDING,
+        decided_by="sign-on group rule" if approve else None,
+        decided_at=now if approve else None,
+        progress=N_("queued") if approve else None,
+        source_address=address,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    _link(session, claims, application_id=row.id)
+    svc.audit(session, "application.submit", name, application=row.id, email=email, provider=claims.provider)
+    if approve:
+        svc.audit(session, "application.approve", name, application=row.id, via="sign-on group rule")
+    return row
+
+
 def apply_with_identity(
     svc: Services,
     claims: Claims,
@@ -254,35 +308,18 @@ def apply_with_identity(
             if verdict == "admin":
                 member, account = _make_admin(svc, session, claims, name)
                 return complete_login(svc, session, member, account, proof)
-            approve = verdict == "approve"
-            row = Application(
+            row = _new_application(
+                svc,
+                session,
+                claims,
                 name=name,
                 email=checked_email,
-                password_hash=None,
                 supervisor=supervisor,
                 group_name=group_name,
                 reason=reason,
-                status=ApplicationStatus.APPROVED if approve else ApplicationStatus.PENDING,
-                decided_by="sign-on group rule" if approve else None,
-                decided_at=now if approve else None,
-                progress=N_("queued") if approve else None,
-                source_address=address,
-                created_at=now,
-                updated_at=now,
+                address=address,
+                approve=verdict == "approve",
             )
-            session.add(row)
-            session.flush()
-            _link(session, claims, application_id=row.id)
-            svc.audit(
-                session,
-                "application.submit",
-                name,
-                application=row.id,
-                email=checked_email,
-                provider=claims.provider,
-            )
-            if approve:
-                svc.audit(session, "application.approve", name, application=row.id, via="sign-on group rule")
             return _info(row)
     except IntegrityError:
         raise Conflict(N_("you have applied already; log in again to see how it stands")) from None

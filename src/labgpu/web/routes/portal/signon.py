@@ -125,6 +125,8 @@ def land(
         set_cookie(request, response, CLAIMS_COOKIE, value, max_age=CLAIMS_SECONDS)
         return response
     if isinstance(result, portal.Waiting):
+        if result.application.status == "approved":  # by a group rule; provisioning resumes if it stopped
+            request.app.state.worker.enqueue(result.application.id)
         return renderer.render(request, "signon_waiting.html", application=result.application)
     if identity is not None:
         portal.end_session(svc, identity)  # one browser, one session

@@ -167,7 +167,7 @@ def oidc_start(
         "nonce": flow.nonce,
         "verifier": flow.code_verifier,
     }
-    data["next"] = safe_next(next, "/me")
+    data["next"] = safe_next(next[:512], "/me")
     set_cookie(
         request, response, FLOW_COOKIE, seal(request, "oidc", data, FLOW_SECONDS), max_age=FLOW_SECONDS
     )
@@ -230,7 +230,7 @@ def cas_start(request: Request, svc: ServicesDep, renderer: RendererDep, next: s
     response = RedirectResponse(
         portal.cas_login_url(svc.settings, _cas_service(request, state)), status_code=303
     )
-    data = {"state": state, "next": safe_next(next, "/me")}
+    data = {"state": state, "next": safe_next(next[:512], "/me")}
     set_cookie(request, response, FLOW_COOKIE, seal(request, "cas", data, FLOW_SECONDS), max_age=FLOW_SECONDS)
     return response
 

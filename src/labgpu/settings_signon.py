@@ -7,8 +7,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+
+def _web_url(value: str | None, what: str) -> str | None:
+    """An https URL (or http to this machine's loopback, for a provider on the same host or a test)."""
+    if not value:
+        return value
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ValueError(
+            f"{what} must be an https:// URL (tickets and codes must not cross the network in clear)"
+        )
+    return value
 
 
 class OidcProvider(BaseModel):
@@ -29,6 +43,11 @@ class OidcProvider(BaseModel):
     display_name_claim: str = "name"
     groups_claim: str = "groups"
     ca_file: Path | None = None
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        return _web_url(value, "an OIDC issuer") or value
 
 
 class SignOnSettings(BaseModel):
@@ -134,3 +153,22 @@ class SignOnSettings(BaseModel):
         description="Members must log in through LDAP, OIDC or CAS: local passwords work for admins only "
         "(so the admins still get in while the directory is down).",
     )
+
+    @field_validator("ldap_url")
+    @classmethod
+    def _ldap_url(cls, value: str | None) -> str | None:
+        if value and not value.lower().startswith(("ldap://", "ldaps://")):
+            raise ValueError("ldap_url must start with ldap:// (StartTLS) or ldaps://")
+        return value
+
+    @field_validator("ldap_user_filter")
+    @classmethod
+    def _user_filter(cls, value: str) -> str:
+        if "{name}" not in value or not (value.startswith("(") and value.endswith(")")):
+            raise ValueError("ldap_user_filter must be a parenthesized LDAP filter containing {name}")
+        return value
+
+    @field_validator("cas_url")
+    @classmethod
+    def _cas_url(cls, value: str | None) -> str | None:
+        return _web_url(value, "cas_url")

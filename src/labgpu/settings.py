@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from labgpu.errors import ConfigError
+from labgpu.settings_signon import SignOnSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
 
@@ -42,7 +43,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, SignOnSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)

@@ -3,10 +3,9 @@ bar, its pages linked to each other, a page that does not exist a 404 whatever t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import html
 import re
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest

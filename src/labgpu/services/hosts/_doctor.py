@@ -21,6 +21,7 @@ from labgpu.domain.subid import clash_with_container_map, missing_ranges, parse_
 from labgpu.errors import LabgpuError
 from labgpu.gpu import nvml
 from labgpu.runtime.client import RuntimeClient, ServerInfo
+from labgpu.services.hosts._daemon import daemon_restart_hint
 from labgpu.services.hosts._doctor_checks import Check, CheckStatus, host_tool_checks, which_anywhere
 from labgpu.services.hosts._doctor_checks import fail as _fail
 from labgpu.services.hosts._doctor_checks import na as _na
@@ -30,7 +31,6 @@ from labgpu.services.hosts._profile import FORBIDDEN_PROFILE_CONFIG
 from labgpu.services.hosts._setup import (
     HostPaths,
     clash_advice,
-    daemon_restart_hint,
     runtime_label,
 )
 from labgpu.settings import Settings

@@ -283,8 +283,11 @@ def print_tls(c: CliContext, tls: PortalTls) -> None:
             "(or set web_tls_cert and web_tls_key to a certificate the browsers trust).",
             highlight=False,
             soft_wrap=True,
+            emoji=False,  # a fingerprint's ":AB:" is not an emoji
         )
     elif tls.source == "admin":
-        c.console.print(f"TLS: {tls.certfile} (SHA-256 {tls.fingerprint})", highlight=False, soft_wrap=True)
+        c.console.print(
+            f"TLS: {tls.certfile} (SHA-256 {tls.fingerprint})", highlight=False, soft_wrap=True, emoji=False
+        )
     elif tls.source == "proxy":
         c.console.print("plain HTTP: a reverse proxy in front terminates TLS (web_tls = proxy)")

@@ -119,7 +119,7 @@ def _print_next(c: CliContext, units: bool) -> None:
     out = c.console
     out.print(f"\n  The portal: [bold]{url}/[/]" + (" (systemd: labgpu-serve.service)" if units else ""))
     if tls.source == "generated":
-        out.print(f"  Its certificate's SHA-256 fingerprint: {tls.fingerprint}", highlight=False)
+        out.print(f"  Its certificate's SHA-256 fingerprint: {tls.fingerprint}", highlight=False, emoji=False)
     if not portal.list_accounts(c.store_services, admins_only=True):
         out.print("  There is no admin yet (labgpu has no default accounts). As root:")
         out.print("      labgpu admin create NAME --email YOU@EXAMPLE.EDU     # asks for the password")

@@ -151,6 +151,9 @@ def _last_runs(env: dict[str, str]) -> dict[str, str | None]:
     return {r["name"]: r["last_started_at"] for r in json.loads(done.stdout or "[]")}
 
 
+# One daemon kind: the restart itself is what test_zz_daemon_restart and the test above do on both, and
+# the serial part of the suite runs alone (every second of it counts in CI).
+@pytest.mark.parametrize("daemon_kind", ["incus"], indirect=True, scope="session")
 def test_after_a_reboot_the_portal_jobs_and_containers_are_back(
     restart_allowed: None, labgpu_env: LabgpuEnv, runtime: RuntimeClient, daemon_kind: str, tmp_path: Path
 ) -> None:
@@ -172,12 +175,20 @@ def test_after_a_reboot_the_portal_jobs_and_containers_are_back(
         procs.append(subprocess.Popen(units[unit], env=env, stdout=log, stderr=subprocess.STDOUT))
 
     try:
-        start("labgpu-serve.service")
+        # The portal before the reboot, without its job runner: then every job is due when the portal comes
+        # back, and the first run shows that its jobs are back too (no minute's wait for the next one).
+        procs.append(
+            subprocess.Popen(
+                units["labgpu-serve.service"],
+                env={**env, "LABGPU_JOBS_IN_SERVE": "false"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         _wait(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), "the portal")
 
         # The "reboot": the member's container stops with the host, the daemon and the portal die.
-        _wait(lambda: _last_runs(env).get("bookings") is not None, "the first run of the jobs")
-        before = _last_runs(env)
+        assert _last_runs(env).get("bookings") is None
         runtime.instances.stop(sheet.container, force=True)
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=30)
@@ -202,10 +213,7 @@ def test_after_a_reboot_the_portal_jobs_and_containers_are_back(
         _wait(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), "the portal")
         _wait(lambda: _answers(f"http://127.0.0.1:{agent_port}/healthz"), "the GPU agent")
 
-        def jobs_ran() -> bool:
-            return _last_runs(env).get("bookings") not in (None, before["bookings"])
-
-        _wait(jobs_ran, "the jobs (the bookings job, every minute, run by the portal)", timeout=180)
+        _wait(lambda: _last_runs(env).get("bookings") is not None, "the jobs (run by the portal)")
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):

@@ -260,6 +260,21 @@ class Settings(BaseSettings, SignOnSettings):
         "X-Forwarded-Proto headers are believed (for the client address in the audit log and throttling, "
         "and for https). Empty: trust none; * trusts everyone (only behind a proxy that overwrites them).",
     )
+    # The portal's TLS (labgpu.system.tls; docs/admin/portal.md) ----------------------------------------
+    web_tls: Literal["auto", "on", "off", "proxy"] = Field(
+        "auto",
+        description="HTTPS for `labgpu serve`: auto (plain HTTP on a loopback web_host, HTTPS on any other "
+        "address with web_tls_cert or a self-signed certificate generated into state_dir/tls), on (HTTPS "
+        "everywhere), proxy (plain HTTP on any address: a reverse proxy in front terminates TLS; cookies "
+        "always Secure), off (plain HTTP, refused on an address other than loopback).",
+    )
+    web_tls_cert: Path | None = Field(
+        None,
+        description="The portal's certificate chain (PEM), e.g. from the campus CA or Let's Encrypt. "
+        "Empty: a self-signed one is generated when HTTPS is needed (its SHA-256 fingerprint is shown by "
+        "setup, serve and doctor).",
+    )
+    web_tls_key: Path | None = Field(None, description="The private key (PEM) of web_tls_cert.")
     session_idle_minutes: int = Field(
         120,
         ge=1,

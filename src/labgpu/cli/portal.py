@@ -5,15 +5,18 @@ and on the portal), `labgpu auth test` (the log-in backends) and `labgpu serve` 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labgpu.cli.context import get_context, print_json
+from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.cli.options import JsonOpt
 from labgpu.errors import BadInput
+
+if TYPE_CHECKING:
+    from labgpu.system.tls import PortalTls
 
 # Accounts -----------------------------------------------------------------------------------------
 
@@ -285,20 +288,60 @@ def serve(
         int | None, typer.Option(help="Port to listen on. Default: the web_port setting.")
     ] = None,
 ) -> None:
-    """Run the web portal and JSON API (migrates the database first)."""
+    """Run the web portal and JSON API (migrates the database first).
+
+    HTTPS on an address other than loopback (the web_tls settings: the admin's certificate or a generated
+    one, whose SHA-256 fingerprint is printed); plain HTTP there is refused unless web_tls is "proxy"."""
+    run_portal(get_context(ctx), host=host, port=port)
+
+
+def run_portal(c: CliContext, *, host: str | None = None, port: int | None = None) -> None:
+    """`labgpu serve` (and the end of `labgpu setup` without systemd): migrate, then serve until Ctrl-C."""
     import uvicorn
 
     from labgpu.store.migrate import upgrade
+    from labgpu.system.tls import portal_tls
     from labgpu.web.app import create_app
 
-    c = get_context(ctx)
     settings = c.settings
+    bind_host = host or settings.web_host
+    bind_port = port or settings.web_port
+    tls = portal_tls(settings, bind_host)  # refused before anything else happens
     result = upgrade(settings)
     if result.changed:
         c.console.print(f"database migrated to revision {result.after}")
     settings.session_secret()  # create the key now rather than on the first request
     app = create_app(settings)
-    bind_host = host or settings.web_host
-    bind_port = port or settings.web_port
-    c.console.print(f"labgpu portal on [bold]http://{bind_host}:{bind_port}/[/] (Ctrl-C stops it)")
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+    shown = f"[{bind_host}]" if ":" in bind_host else bind_host
+    c.console.print(f"labgpu portal on [bold]{tls.scheme}://{shown}:{bind_port}/[/] (Ctrl-C stops it)")
+    print_tls(c, tls)
+    https = tls.https and tls.certfile is not None and tls.keyfile is not None
+    uvicorn.run(
+        app,
+        host=bind_host,
+        port=bind_port,
+        log_level="info",
+        ssl_certfile=str(tls.certfile) if https else None,
+        ssl_keyfile=str(tls.keyfile) if https else None,
+    )
+
+
+def print_tls(c: CliContext, tls: PortalTls) -> None:
+    """The certificate the portal uses, and its fingerprint for members to compare."""
+    if tls.source == "generated":
+        made = "generated now" if tls.generated_now else "generated"
+        c.console.print(
+            f"TLS: self-signed certificate ({made}) {tls.certfile}\n"
+            f"  SHA-256 fingerprint: [bold]{tls.fingerprint}[/]\n"
+            "  Members' browsers warn once; they should accept it only when it shows this fingerprint "
+            "(or set web_tls_cert and web_tls_key to a certificate the browsers trust).",
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,  # a fingerprint's ":AB:" is not an emoji
+        )
+    elif tls.source == "admin":
+        c.console.print(
+            f"TLS: {tls.certfile} (SHA-256 {tls.fingerprint})", highlight=False, soft_wrap=True, emoji=False
+        )
+    elif tls.source == "proxy":
+        c.console.print("plain HTTP: a reverse proxy in front terminates TLS (web_tls = proxy)")

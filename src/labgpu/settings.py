@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from labgpu.errors import ConfigError
+from labgpu.settings_network import NetworkSettings
 from labgpu.settings_signon import SignOnSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
@@ -43,7 +44,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings, SignOnSettings):
+class Settings(BaseSettings, NetworkSettings, SignOnSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)
@@ -94,27 +95,6 @@ class Settings(BaseSettings, SignOnSettings):
         "auto",
         description="Driver for a pool that `host init` creates: auto picks btrfs, then zfs, then dir, "
         "as the host supports them.",
-    )
-    network_mode: Literal["none", "bridge", "macvlan"] = Field(
-        "bridge",
-        description="Container network made by `host init`: bridge (a managed bridge with IPv4 NAT, so "
-        "containers reach package mirrors; the default), none (no NIC; SSH through proxy devices only), or "
-        "macvlan on network_parent (containers get addresses on the campus network).",
-    )
-    network_isolation: bool = Field(
-        True,
-        description="On a bridge, members' containers cannot reach each other (the NIC is an isolated "
-        "bridge port, security.port_isolation); they still reach the host and, through NAT, the world. "
-        "false: containers on the bridge reach each other (e.g. training across members' containers).",
-    )
-    network_name: str = Field(
-        "labgpubr0", description="Name of the network `host init` creates (bridge or macvlan)."
-    )
-    network_subnet: str | None = Field(
-        None, description="IPv4 address/prefix of the bridge, e.g. 10.99.0.1/24. Empty: a free /24 is picked."
-    )
-    network_parent: str | None = Field(
-        None, description="Host interface for network_mode=macvlan (e.g. the campus NIC)."
     )
     profile_name: str = Field("labgpu", description="Name of the LXD/Incus profile labgpu manages.")
     default_template: str = Field(

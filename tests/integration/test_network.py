@@ -155,3 +155,16 @@ def test_a_member_on_the_default_bridge_reaches_the_host_and_not_another_member(
     after = ssh_key(key, alice.ports["ssh"], "cat /etc/pip.conf ~/.condarc").stdout
     assert f"index-url = {root}/other/simple" in after
     assert "# mine" in after and "tuna" not in after
+
+    # doctor asks a container: the route, the bridge address, each mirror; a mirror that does not answer is
+    # named, with the fix.
+    from labgpu.services.hosts import run_doctor
+
+    labgpu_env.overrides.update(conda_mirror=f"http://{gateway}:9")  # nothing listens on port 9
+    report = run_doctor(labgpu_env.settings(), connect=lambda: labgpu_env.runtime)
+    checks = {c.name: c for c in report.checks}
+    assert checks["container-network"].ok, checks["container-network"]
+    assert f"via {gateway}" in checks["container-network"].detail
+    assert checks["mirror-apt"].ok and checks["mirror-pip"].ok
+    assert not checks["mirror-conda"].ok
+    assert f"{gateway}:9" in checks["mirror-conda"].detail and "ipv4.nat" in checks["mirror-conda"].fix

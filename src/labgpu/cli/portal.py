@@ -5,7 +5,7 @@ and on the portal) and `labgpu serve` (the portal and JSON API). Mounted in :mod
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -230,8 +230,14 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to listen on. Default: the web_port setting.")
     ] = None,
+    apps_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the apps origin (members' web apps). Default: the apps_port setting; 0: none."
+        ),
+    ] = None,
 ) -> None:
-    """Run the web portal and JSON API (migrates the database first)."""
+    """Run the web portal and JSON API (migrates the database first), and the apps origin beside it."""
     import uvicorn
 
     from labgpu.store.migrate import upgrade
@@ -239,6 +245,8 @@ def serve(
 
     c = get_context(ctx)
     settings = c.settings
+    if apps_port is not None:
+        settings = settings.model_copy(update={"apps_port": apps_port})
     result = upgrade(settings)
     if result.changed:
         c.console.print(f"database migrated to revision {result.after}")
@@ -247,4 +255,32 @@ def serve(
     bind_host = host or settings.web_host
     bind_port = port or settings.web_port
     c.console.print(f"labgpu portal on [bold]http://{bind_host}:{bind_port}/[/] (Ctrl-C stops it)")
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+    if not settings.apps_port:
+        uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+        return
+    from labgpu.web.routes.apps.origin import create_apps_app
+
+    apps_app = create_apps_app(settings, app.state.services)
+    c.console.print(f"members' web apps on [bold]http://{bind_host}:{settings.apps_port}/[/]")
+    _serve_both(
+        uvicorn.Config(app, host=bind_host, port=bind_port, log_level="info"),
+        uvicorn.Config(apps_app, host=bind_host, port=settings.apps_port, log_level="info"),
+    )
+
+
+def _serve_both(portal: Any, apps: Any) -> None:
+    """Run the portal and the apps origin in one process and one event loop; either ending ends both."""
+    import asyncio
+
+    import uvicorn
+
+    servers = [uvicorn.Server(portal), uvicorn.Server(apps)]
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    asyncio.run(main())

@@ -90,9 +90,11 @@ def create_app(
     unfinished by an earlier run are resumed at start-up; without it they stay queued in the store.
     ``gpu_usage`` reads the hosts' GPUs (tests give one over recorded NVML readings); by default the real
     NVML of this machine and the hosts' agents."""
+    from labgpu.services import apps
     from labgpu.services.ops import start_job_runner
     from labgpu.services.portal import ProvisionWorker
     from labgpu.web.routes import hosts, ops, templates
+    from labgpu.web.routes.apps import pages as apps_pages
     from labgpu.web.routes.gpus import api as gpus_api
     from labgpu.web.routes.gpus import pages as gpus_pages
     from labgpu.web.routes.members import admin as members_admin
@@ -141,6 +143,9 @@ def create_app(
     app.state.secret_key = settings.session_secret()
     renderer = Renderer(csrf_token=csrf_token, identity=request_identity, notices=_active_notices)
     app.state.renderer = renderer
+    # Web apps and files (issue 16): tickets for the apps origin, and a limit on app starts and uploads.
+    app.state.tickets = apps.Tickets(app.state.secret_key)
+    app.state.app_opens = apps.RateLimiter(settings.apps_opens_per_minute)
 
     install_error_handler(app, renderer)
 
@@ -177,6 +182,7 @@ def create_app(
         portal_admin,
         members_admin,
         gpus_pages,
+        apps_pages,
     ):
         app.include_router(module.router)
     return app

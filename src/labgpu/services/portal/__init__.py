@@ -39,6 +39,7 @@ from labgpu.services.portal._logins import (
     end_session,
     list_sessions,
     resolve_session,
+    resolve_session_id,
     start_session,
 )
 from labgpu.services.portal._notices import (
@@ -88,6 +89,7 @@ __all__ = [
     "reject",
     "remove_notice",
     "resolve_session",
+    "resolve_session_id",
     "resolve_token",
     "retry",
     "revoke_token",

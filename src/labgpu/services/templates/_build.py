@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from labgpu.domain import apps as app_rules
 from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeConflict, RuntimeNotFound
@@ -56,6 +57,7 @@ from labgpu.services.templates._steps import (
     USER_SCRIPT_TEXT,
     WORK_DIR,
     Download,
+    HostBundle,
     OsRelease,
     Push,
     Run,
@@ -63,7 +65,7 @@ from labgpu.services.templates._steps import (
     guess_os_release,
     plan_steps,
 )
-from labgpu.system import base_image
+from labgpu.system import base_image, packages
 
 if TYPE_CHECKING:
     from labgpu.services.context import Services
@@ -394,6 +396,8 @@ class Builder:
                 self._run(step, number, action)
             elif isinstance(action, Push):
                 self._push(action)
+            elif isinstance(action, HostBundle):
+                self._bundle(step, number, action)
             else:
                 self._download(step, action)
 
@@ -472,11 +476,53 @@ class Builder:
         return self._ids[user]
 
     def _push(self, action: Push) -> None:
-        data = (
-            action.data if action.data is not None else (action.source.read_bytes() if action.source else b"")
-        )
         uid, gid = self._owner(action.owner)
+        if action.data is None and action.source is not None:
+            with action.source.open("rb") as f:  # streamed: an installer or a bundle is not read into memory
+                self.runtime.instances.push_file(
+                    self.name, action.path, f, uid=uid, gid=gid, mode=action.mode
+                )
+            return
+        data = action.data if action.data is not None else b""
         self.runtime.instances.push_file(self.name, action.path, data, uid=uid, gid=gid, mode=action.mode)
+
+    def _bundle(self, step: Step, number: int, action: HostBundle) -> None:
+        """Fetch the packages on the host (cached), push the tar into the builder, unpack it there."""
+        say = self.reporter.output if self.reporter.verbose else None
+        cache = base_image.resolve_cache_dir(self.cache_dir) / "packages"
+
+        def progress(line: str) -> None:
+            if say:
+                say(line.rstrip("\n") + "\n")
+
+        try:
+            if action.kind == "pip":
+                tar = packages.pip_bundle(
+                    action.packages,
+                    python=action.version,
+                    cache_dir=cache,
+                    index_url=action.index_url,
+                    progress=progress,
+                )
+            else:
+                tar = packages.npm_bundle(
+                    action.packages,
+                    node=action.version,
+                    cache_dir=cache,
+                    registry=action.index_url,
+                    progress=progress,
+                )
+        except packages.PackageFetchError as exc:
+            raise TemplateBuildError(
+                f"step {self._step_no}/{self._total} '{step.name}': {exc.message}",
+                step=step.name,
+                hint="check that this host reaches the package registry (or set index_url / registry to a "
+                "mirror)",
+            ) from None
+        inside = f"{WORK_DIR}/bundle-{action.kind}.tar"
+        self._push(Push(inside, source=tar))
+        self._run(step, number, Run(("tar", "-xf", inside, "-C", action.dest, "--no-same-owner")))
+        self._run(step, number, Run(("rm", "-f", inside)))
 
     def _download(self, step: Step, action: Download) -> None:
         self.reporter.output(f"downloading {action.url} on the host\n") if self.reporter.verbose else None
@@ -523,6 +569,8 @@ class Builder:
             "os": os_release.id,
             "release": os_release.codename,
         }
+        if self.spec.apps:
+            properties[app_rules.APPS_PROPERTY] = app_rules.encode_apps(self.spec.apps)
         fingerprint = self.runtime.images.publish(self.name, properties=properties, timeout=self.step_timeout)
         try:
             for _attempt in range(10):

@@ -202,7 +202,23 @@ class Download:
         return f"download {self.url}"
 
 
-Action = Run | Push | Download
+@dataclass(frozen=True)
+class HostBundle:
+    """Fetch packages on the host (``pip download`` or ``npm install``: the builder needs no network), as one
+    tar, and unpack it in the builder under ``dest``."""
+
+    kind: str  # "pip" or "npm"
+    dest: str
+    packages: tuple[str, ...]
+    version: str  # the builder's Python (pip) or the Node.js to bundle (npm)
+    index_url: str | None = None
+
+    def describe(self) -> str:
+        tool = "pip download" if self.kind == "pip" else "npm install"
+        return f"{tool} {' '.join(self.packages)} on the host"
+
+
+Action = Run | Push | Download | HostBundle
 
 
 @dataclass(frozen=True)
@@ -462,6 +478,7 @@ def plan_steps(loaded: LoadedSpec, *, os_release: OsRelease, network: bool) -> l
         if owner != "root":
             actions.append(Run(("chown", "-R", f"{owner}:{owner}", conda.prefix)))
         steps.append(Step("miniconda", f"Miniconda in {conda.prefix}", tuple(actions)))
+    steps += _package_steps(spec, env)
     if spec.files:
         actions = []
         for item in spec.files:
@@ -546,3 +563,64 @@ def _desktop_step(
     if desktop.chinese:
         parts.append("Chinese fonts and input")
     return Step("desktop", " + ".join(parts), tuple(actions), needs_network=True)
+
+
+# Offline Python and Node packages (issue 16) ----------------------------------------------------------
+
+NODE_WRAPPER = """\
+#!/bin/sh
+# labgpu template: {program} from {prefix}, run with the Node.js bundled there.
+PATH={node_bin}:"$PATH" exec {target} "$@"
+"""
+
+
+def _package_steps(spec: TemplateSpec, env: Mapping[str, str]) -> list[Step]:
+    """A Python venv from wheels and Node packages, both fetched on the host (no network in the builder)."""
+    steps: list[Step] = []
+    if spec.pip is not None:
+        pip = spec.pip
+        wheels = f"{WORK_DIR}/wheels"
+        actions: list[Action] = [
+            Run(("mkdir", "-p", wheels, posixpath.dirname(pip.venv) or "/")),
+            HostBundle("pip", wheels, tuple(pip.packages), pip.python, pip.index_url),
+            Run(("python3", "-m", "venv", pip.venv), env),
+            Run(
+                (
+                    f"{pip.venv}/bin/pip",
+                    "install",
+                    "--no-index",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--find-links",
+                    wheels,
+                    "--",
+                    *pip.packages,
+                ),
+                env,
+            ),
+        ]
+        actions += [Run(("ln", "-sf", f"{pip.venv}/bin/{p}", f"/usr/local/bin/{p}")) for p in pip.expose]
+        owner = pip.owner or "root"
+        if owner != "root":
+            actions.append(Run(("chown", "-R", f"{owner}:{owner}", pip.venv)))
+        steps.append(
+            Step("python", f"Python packages in {pip.venv} ({len(pip.packages)} asked)", tuple(actions))
+        )
+    if spec.npm is not None:
+        npm = spec.npm
+        actions = [
+            Run(("mkdir", "-p", npm.prefix)),
+            HostBundle("npm", npm.prefix, tuple(npm.packages), npm.node, npm.registry),
+        ]
+        for program in npm.expose:
+            text = NODE_WRAPPER.format(
+                program=program,
+                prefix=npm.prefix,
+                node_bin=shlex.quote(f"{npm.prefix}/node/bin"),
+                target=shlex.quote(f"{npm.prefix}/lib/bin/{program}"),
+            )
+            actions.append(Push(f"/usr/local/bin/{program}", text.encode(), mode=0o755))
+        steps.append(
+            Step("node", f"Node.js {npm.node} and {', '.join(npm.packages)} in {npm.prefix}", tuple(actions))
+        )
+    return steps

@@ -51,6 +51,10 @@ class Folder:
         return posixpath.dirname(self.path)
 
 
+def _home(svc: Services, member: str) -> str:
+    return svc.settings.container_home.format(name=member)
+
+
 def _container(svc: Services, member: str) -> tuple[str, RuntimeClient, str]:
     with svc.session() as session:
         row = members.load_member(session, member)
@@ -58,7 +62,7 @@ def _container(svc: Services, member: str) -> tuple[str, RuntimeClient, str]:
         runtime = hosts.runtime_for(svc, row.host)
     if not container:
         raise NotFound(N_("you have no container yet"))
-    home = svc.settings.container_home.format(name=member)
+    home = _home(svc, member)
     try:
         state = runtime.instances.state(container).status
     except RuntimeNotFound:
@@ -74,8 +78,8 @@ _KINDS = {"f": "file", "d": "folder", "l": "link"}
 def list_folder(svc: Services, member: str, path: str) -> Folder:
     """The entries of a folder of ``member``'s home (``path`` relative to it), folders first. One exec.
     Raises BadInput for a path outside the home, NotFound when it is not a folder."""
+    target = rules.home_path(_home(svc, member), path)  # refused before the daemon is asked
     container, runtime, home = _container(svc, member)
-    target = rules.home_path(home, path)
     result = runtime.instances.exec(
         container,
         ["find", target, "-mindepth", "1", "-maxdepth", "1", "-printf", "%y\\t%s\\t%f\\0"],
@@ -105,8 +109,8 @@ def download(svc: Services, member: str, path: str) -> Download:
     """A file of ``member``'s home as a stream of chunks (the daemon's files API; the response is opened when
     the first chunk is asked for). Raises BadInput for a path outside the home, NotFound when it is missing
     or a folder."""
+    target = rules.home_path(_home(svc, member), path)  # refused before the daemon is asked
     container, runtime, home = _container(svc, member)
-    target = rules.home_path(home, path)
     if target == home:
         raise NotFound(N_("no such file in the home: %(path)s"), values={"path": path[:200]})
     # Open it now, so that a missing file is a 404 before the answer begins.
@@ -142,9 +146,9 @@ def upload(
         raise UploadTooLarge(
             N_("the file is larger than %(mb)s MiB"), values={"mb": svc.settings.upload_max_mb}
         )
-    container, runtime, home = _container(svc, member)
-    directory = rules.home_path(home, folder)
+    directory = rules.home_path(_home(svc, member), folder)  # refused before the daemon is asked
     final = posixpath.join(directory, rules.file_name(name))
+    container, runtime, home = _container(svc, member)
     owner = runtime.instances.exec(container, ["stat", "-c", "%u %g", home], timeout=15)
     if not owner.ok:
         raise NotFound(N_("the home folder is missing in the container"))

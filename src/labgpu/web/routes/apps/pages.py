@@ -25,6 +25,7 @@ from labgpu.errors import N_, LabgpuError
 from labgpu.services import apps
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep, VisibleMember
 from labgpu.web.security import safe_next
+from labgpu.web.templating import translate
 
 router = APIRouter(include_in_schema=False)
 AppName = Annotated[str, Path(max_length=32, pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")]
@@ -97,8 +98,6 @@ def files_page(
         status = exc.status
     else:
         status = 200
-    from labgpu.web.templating import translate
-
     return renderer.render(
         request,
         "files.html",

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = "labgpu-test-jupyter"
 MEMBER, OTHER = "ana", "ben"
 PASSWORD = "quiet-walnut-58-harbor"
+HOME = f"/home/ubuntu/{MEMBER}"  # the container_home setting's default
 LABGPU = [sys.executable, "-m", "labgpu.cli"]
 
 
@@ -236,12 +237,14 @@ def test_jupyterlab_runs_a_cell_vscode_loads_and_tensorboard_answers(lab: Lab, b
     assert lab_tab.url.startswith(lab.apps_url + f"/m/{MEMBER}/jupyterlab/")
     lab_tab.wait_for_selector(".jp-LauncherCard", timeout=120_000)
     lab_tab.click(".jp-LauncherCard[data-category='Notebook']")
-    cell = lab_tab.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
-    lab_tab.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    cell = lab_tab.locator(".jp-Notebook .jp-Cell .cm-content").first
+    cell.wait_for(timeout=60_000)
+    lab_tab.wait_for_timeout(1000)  # the notebook settles (its first cell is drawn again once)
     cell.click()
     lab_tab.keyboard.type("print(6 * 7, 'from', __import__('socket').gethostname())")
     lab_tab.keyboard.press("Shift+Enter")
-    output = lab_tab.wait_for_selector(".jp-OutputArea-output", timeout=60_000)
+    output = lab_tab.locator(".jp-OutputArea-output").first
+    output.wait_for(timeout=180_000)  # the kernel starts first
     assert f"42 from {lab.container}" in output.inner_text()
     screenshot(lab_tab, "apps-jupyterlab")
     # The app never saw the portal's cookies: Jupyter's own are all it has (checked from inside).
@@ -350,9 +353,9 @@ def test_a_100_mb_file_goes_up_and_down_in_the_browser_with_the_portals_memory_f
         assert time.monotonic() < deadline, "upload did not finish"
         page.wait_for_timeout(200)
     after_upload = _rss_kb(lab.pid)
-    inside = lab.runtime.instances.exec(lab.container, ["sha256sum", "/home/ubuntu/big.bin"])
+    inside = lab.runtime.instances.exec(lab.container, ["sha256sum", f"{HOME}/big.bin"])
     assert inside.stdout.split()[0] == digest
-    owner = lab.runtime.instances.exec(lab.container, ["stat", "-c", "%U", "/home/ubuntu/big.bin"])
+    owner = lab.runtime.instances.exec(lab.container, ["stat", "-c", "%U", f"{HOME}/big.bin"])
     assert owner.stdout.strip() == "ubuntu"
     with page.expect_download(timeout=300_000) as got:
         page.click("a[data-file='big.bin']")
@@ -364,7 +367,7 @@ def test_a_100_mb_file_goes_up_and_down_in_the_browser_with_the_portals_memory_f
         f"\nportal RSS: before {before // 1024} MiB, peak {peak // 1024} MiB during the 100 MB upload/download, "
         f"after the upload {after_upload // 1024} MiB, at the end {_rss_kb(lab.pid) // 1024} MiB"
     )
-    lab.runtime.instances.exec(lab.container, ["rm", "-f", "/home/ubuntu/big.bin"])
+    lab.runtime.instances.exec(lab.container, ["rm", "-f", f"{HOME}/big.bin"])
     context.close()
 
 

@@ -135,7 +135,7 @@ def socket_path(svc: Services, member: str, app: str) -> Path:
         raise AppsUnavailable(
             N_("the app socket folder's path is too long for a unix socket: %(path)s"),
             values={"path": str(svc.settings.app_socket_dir())},
-            hint="set apps_socket_dir to a short path, e.g. /run/labgpu/apps",
+            hint="set apps_socket_dir to a short path on persistent storage, e.g. /var/lib/labgpu-apps",
         )
     return path
 

@@ -264,7 +264,8 @@ def serve(
     c.console.print(f"members' web apps on [bold]http://{bind_host}:{settings.apps_port}/[/]")
     _serve_both(
         uvicorn.Config(app, host=bind_host, port=bind_port, log_level="info"),
-        uvicorn.Config(apps_app, host=bind_host, port=settings.apps_port, log_level="info"),
+        # No access log here: the enter URL carries a one-time ticket, and members' app paths are theirs.
+        uvicorn.Config(apps_app, host=bind_host, port=settings.apps_port, log_level="info", access_log=False),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import re
 import time
@@ -205,21 +206,16 @@ def _not_found() -> Response:
     return PlainTextResponse("not found", status_code=404, headers=PAGE_HEADERS)
 
 
-def _denied(request: Request, member: str, app: str) -> Response:
-    portal_url = request.app.state.portal_url
-    where = "/me" if portal_url else ""
+def _denied(request: Request) -> Response:
+    """403: no (valid) app cookie. The page says where to open the app from, in English and Chinese."""
+    portal_url = html.escape(request.app.state.portal_url)
+    link = f'<a href="{portal_url}/me">{portal_url}</a>' if portal_url else "the portal"
     body = (
         "<!doctype html><meta charset=utf-8><title>labgpu</title>"
-        '<p>Open this app from the portal: <a href="'
-        + portal_url
-        + where
-        + '">'
-        + (portal_url or "portal")
-        + "</a>.</p><p>请从门户打开此应用。</p>"
+        f"<p>Open this app from {link}.</p><p>请从门户打开此应用。</p>"
     )
-    return HTMLResponse(
-        body, status_code=403, headers={**PAGE_HEADERS, "Content-Security-Policy": "default-src 'none'"}
-    )
+    headers = {**PAGE_HEADERS, "Content-Security-Policy": "default-src 'none'"}
+    return HTMLResponse(body, status_code=403, headers=headers)
 
 
 async def enter(request: Request) -> Response:
@@ -227,9 +223,9 @@ async def enter(request: Request) -> Response:
     proxy: AppsProxy = request.app.state.proxy
     grant = proxy.tickets.redeem(request.query_params.get("ticket", ""))
     if grant is None:
-        return _denied(request, "", "")
+        return _denied(request)
     if not await proxy.allowed_grant(grant):
-        return _denied(request, grant.member, grant.app)
+        return _denied(request)
     seconds = proxy.settings.session_max_hours * 3600
     value = proxy.tickets.cookie(grant, seconds=seconds)
     base = f"/m/{grant.member}/{grant.app}/"
@@ -254,7 +250,7 @@ async def proxy_http(request: Request) -> Response:
     member, app, _ = parsed
     grant = await proxy.allowed(dict(request.cookies), member, app)
     if grant is None:
-        return _denied(request, member, app)
+        return _denied(request)
     if not proxy.limiter.allow(f"{grant.session_id}:{member}:{app}"):
         return PlainTextResponse("too many requests", status_code=429, headers={"Retry-After": "60"})
     try:
@@ -380,7 +376,7 @@ async def proxy_ws(websocket: WebSocket) -> None:
 
 
 async def index(request: Request) -> Response:
-    return _denied(request, "", "")
+    return _denied(request)
 
 
 def create_apps_app(settings: Settings, services: Services) -> Starlette:

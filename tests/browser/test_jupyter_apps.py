@@ -249,7 +249,9 @@ def test_jupyterlab_runs_a_cell_vscode_loads_and_tensorboard_answers(lab: Lab, b
     screenshot(lab_tab, "apps-jupyterlab")
     # The app cookie is scoped to this app's path (the proxy keeps it and the portal's from the app).
     assert "labgpu_app" in {c["name"] for c in context.cookies(lab.apps_url + f"/m/{MEMBER}/jupyterlab/")}
-    assert "labgpu_app" not in {c["name"] for c in context.cookies(lab.apps_url + f"/m/{MEMBER}/tensorboard/")}
+    assert "labgpu_app" not in {
+        c["name"] for c in context.cookies(lab.apps_url + f"/m/{MEMBER}/tensorboard/")
+    }
 
     # VS Code: the workbench loads (its own WebSocket included).
     code_tab = _open_app(page, lab, "code-server")

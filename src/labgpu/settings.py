@@ -23,6 +23,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from labgpu.errors import ConfigError
+from labgpu.settings_apps import AppsSettings
+from labgpu.settings_signon import SignOnSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
 
@@ -42,7 +44,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, SignOnSettings, AppsSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)
@@ -491,38 +493,6 @@ class Settings(BaseSettings):
         30, ge=0, description="How long a fair-use violation may last before fair_use_stop acts."
     )
 
-    # Web apps and files in the browser (issue 16) ---------------------------------------------------------
-    apps_port: int = Field(
-        8001,
-        ge=0,
-        le=65535,
-        description="Port of the apps origin: `labgpu serve` serves members' web apps (JupyterLab, VS Code, "
-        "TensorBoard) there, on web_host, apart from the portal's own origin so that an app's pages cannot "
-        "use the portal's login. 0: no web apps.",
-    )
-    apps_url: str | None = Field(
-        None,
-        description="The apps origin as browsers reach it (e.g. https://apps.gpu.lab.edu/ behind a TLS proxy). "
-        "Empty: the portal's own scheme and host name with apps_port.",
-    )
-    apps_socket_dir: Path | None = Field(
-        None,
-        description="Folder of the unix sockets through which the portal reaches the apps in containers "
-        "(proxy devices; mode 0700, labgpu's only). Empty: state_dir/apps. Keep the path short (a socket "
-        "path has at most 107 bytes).",
-    )
-    apps_requests_per_minute: int = Field(
-        6000,
-        ge=10,
-        description="Requests one login may send to one app per minute through the portal; more get HTTP 429.",
-    )
-    apps_opens_per_minute: int = Field(
-        20, ge=1, description="App starts and opens one login may ask for per minute; more get HTTP 429."
-    )
-    upload_max_mb: int = Field(
-        2048, ge=1, description="Largest file a member may upload to their home in the browser, in MiB."
-    )
-
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.port_range_end < self.port_range_start:
@@ -562,10 +532,6 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'labgpu.db'}"
-
-    def app_socket_dir(self) -> Path:
-        """Where the web apps' proxy sockets are (apps_socket_dir, else state_dir/apps)."""
-        return self.apps_socket_dir or self.state_dir / "apps"
 
     def session_secret(self) -> str:
         """The secret key, generating and storing one in state_dir on first use."""
@@ -630,24 +596,3 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("invalid settings" + where + ": " + "; ".join(problems)) from None
     finally:
         _file_values.reset(token)
-
-
-def iter_settings_help() -> list[tuple[str, str, str]]:
-    """(name, default, help) for every setting, for docs and `labgpu config show`."""
-    rows = []
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        rows.append((name, "" if default is None else str(default), field.description or ""))
-    return rows
-
-
-def settings_reference_markdown() -> str:
-    """docs/configuration.md's reference table, generated from the settings model (a test keeps them equal)."""
-    lines = [
-        "| setting | environment variable | default | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, default, help_text in iter_settings_help():
-        shown = f"`{default}`" if default else "(empty)"
-        lines.append(f"| `{name}` | `LABGPU_{name.upper()}` | {shown} | {help_text.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"

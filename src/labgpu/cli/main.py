@@ -77,6 +77,7 @@ def _register() -> None:
     app.add_typer(portal.notice_app, name="notice")
     app.add_typer(ops.backup_app, name="backup")
     app.add_typer(notify.app, name="notify")
+    app.add_typer(portal.auth_app, name="auth")
     app.add_typer(apps.app, name="app")
 
 

@@ -1,6 +1,6 @@
 """The portal feature on the command line: `labgpu admin ...` (portal accounts; there are no default
 accounts: `admin create` makes the first admin), `labgpu notice ...` (messages to every member, at login
-and on the portal) and `labgpu serve` (the portal and JSON API). Mounted in :mod:`labgpu.cli.main`."""
+and on the portal), `labgpu auth test` (the log-in backends) and `labgpu serve` (the portal and JSON API). Mounted in :mod:`labgpu.cli.main`."""
 
 from __future__ import annotations
 
@@ -153,6 +153,39 @@ def list_(
             r.last_login_at.strftime("%Y-%m-%d %H:%M") if r.last_login_at else "never",
         )
     c.console.print(table)
+
+
+# Sign-on backends -------------------------------------------------------------------------------------
+
+
+auth_app = typer.Typer(help="Log-in backends: local passwords, LDAP/AD, OIDC and CAS.", no_args_is_help=True)
+
+
+@auth_app.command("test")
+def auth_test(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The name to log in with (a labgpu name or a directory name).")],
+    password_stdin: PasswordStdinOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Check a log-in against every configured backend: which accepted it, and why the others did not.
+
+    Asks for the password (hidden). Nothing is written: no session, no throttle count. OIDC and CAS need
+    a browser: their settings are shown. Exits 1 when no backend accepted the log-in."""
+    from labgpu.services import portal
+
+    c = get_context(ctx)
+    password = _read_password(True) if password_stdin else str(typer.prompt("Password", hide_input=True))
+    verdicts = portal.check_backends(c.store_services, name=name, password=password)
+    if json_:
+        print_json([{"backend": v.backend, "accepted": v.accepted, "detail": v.detail} for v in verdicts])
+    else:
+        table = Table("backend", "verdict", "why")
+        for v in verdicts:
+            table.add_row(v.backend, "[green]accepted[/]" if v.accepted else "refused", escape(v.detail))
+        c.console.print(table)
+    if not any(v.accepted for v in verdicts):
+        raise typer.Exit(1)
 
 
 # Notices ------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def create_app(
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
-    from labgpu.web.routes.portal import account, apply, auth, totp
+    from labgpu.web.routes.portal import account, apply, auth, signon, totp
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
 
@@ -196,6 +196,7 @@ def create_app(
         gpus_pages,
         members_guide,
         usage_pages,
+        signon,
         apps_pages,
     ):
         app.include_router(module.router)

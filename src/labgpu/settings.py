@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from labgpu.errors import ConfigError
 from labgpu.settings_apps import AppsSettings
+from labgpu.settings_network import NetworkSettings
 from labgpu.settings_signon import SignOnSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
@@ -44,7 +45,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings, SignOnSettings, AppsSettings):
+class Settings(BaseSettings, NetworkSettings, SignOnSettings, AppsSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)
@@ -95,27 +96,6 @@ class Settings(BaseSettings, SignOnSettings, AppsSettings):
         "auto",
         description="Driver for a pool that `host init` creates: auto picks btrfs, then zfs, then dir, "
         "as the host supports them.",
-    )
-    network_mode: Literal["none", "bridge", "macvlan"] = Field(
-        "bridge",
-        description="Container network made by `host init`: bridge (a managed bridge with IPv4 NAT, so "
-        "containers reach package mirrors; the default), none (no NIC; SSH through proxy devices only), or "
-        "macvlan on network_parent (containers get addresses on the campus network).",
-    )
-    network_isolation: bool = Field(
-        True,
-        description="On a bridge, members' containers cannot reach each other (the NIC is an isolated "
-        "bridge port, security.port_isolation); they still reach the host and, through NAT, the world. "
-        "false: containers on the bridge reach each other (e.g. training across members' containers).",
-    )
-    network_name: str = Field(
-        "labgpubr0", description="Name of the network `host init` creates (bridge or macvlan)."
-    )
-    network_subnet: str | None = Field(
-        None, description="IPv4 address/prefix of the bridge, e.g. 10.99.0.1/24. Empty: a free /24 is picked."
-    )
-    network_parent: str | None = Field(
-        None, description="Host interface for network_mode=macvlan (e.g. the campus NIC)."
     )
     profile_name: str = Field("labgpu", description="Name of the LXD/Incus profile labgpu manages.")
     default_template: str = Field(
@@ -261,6 +241,21 @@ class Settings(BaseSettings, SignOnSettings, AppsSettings):
         "X-Forwarded-Proto headers are believed (for the client address in the audit log and throttling, "
         "and for https). Empty: trust none; * trusts everyone (only behind a proxy that overwrites them).",
     )
+    # The portal's TLS (labgpu.system.tls; docs/admin/portal.md) ----------------------------------------
+    web_tls: Literal["auto", "on", "off", "proxy"] = Field(
+        "auto",
+        description="HTTPS for `labgpu serve`: auto (plain HTTP on a loopback web_host, HTTPS on any other "
+        "address with web_tls_cert or a self-signed certificate generated into state_dir/tls), on (HTTPS "
+        "everywhere), proxy (plain HTTP on any address: a reverse proxy in front terminates TLS; cookies "
+        "always Secure), off (plain HTTP, refused on an address other than loopback).",
+    )
+    web_tls_cert: Path | None = Field(
+        None,
+        description="The portal's certificate chain (PEM), e.g. from the campus CA or Let's Encrypt. "
+        "Empty: a self-signed one is generated when HTTPS is needed (its SHA-256 fingerprint is shown by "
+        "setup, serve and doctor).",
+    )
+    web_tls_key: Path | None = Field(None, description="The private key (PEM) of web_tls_cert.")
     session_idle_minutes: int = Field(
         120,
         ge=1,

@@ -852,6 +852,8 @@ NOT_A_PERSONS_CHANGE = {
     "host gateway sync": "rewrites the gateway's files from the store (no new state)",
     "template bootstrap": "builds and publishes an image (template.build is audited by template build)",
     "notify test": "sends test messages to the configured channels; nothing in the store changes",
+    # issue 15 (setup): the steps above, in a row, on a fresh host
+    "setup": "installs packages, starts the daemon, db upgrade, host init, template bootstrap, units",
 }
 # CLI command -> (service function, the action it audits).
 AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {

@@ -5,15 +5,18 @@ and on the portal), `labgpu auth test` (the log-in backends) and `labgpu serve` 
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labgpu.cli.context import get_context, print_json
+from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.cli.options import JsonOpt
 from labgpu.errors import BadInput
+
+if TYPE_CHECKING:
+    from labgpu.system.tls import PortalTls
 
 # Accounts -----------------------------------------------------------------------------------------
 
@@ -291,35 +294,64 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the web portal and JSON API (migrates the database first), and the apps origin beside it."""
+    """Run the web portal and JSON API (migrates the database first), and the apps origin beside it.
+
+    HTTPS on an address other than loopback (the web_tls settings: the admin's certificate or a generated
+    one, whose SHA-256 fingerprint is printed); plain HTTP there is refused unless web_tls is "proxy"."""
+    run_portal(get_context(ctx), host=host, port=port, apps_port=apps_port)
+
+
+def run_portal(
+    c: CliContext, *, host: str | None = None, port: int | None = None, apps_port: int | None = None
+) -> None:
+    """`labgpu serve` (and the end of `labgpu setup` without systemd): migrate, then serve until Ctrl-C. The apps
+    origin (members' web apps, apps_port) is served by the same process and event loop, with the same TLS."""
     import uvicorn
 
     from labgpu.store.migrate import upgrade
+    from labgpu.system.tls import portal_tls
     from labgpu.web.app import create_app
 
-    c = get_context(ctx)
     settings = c.settings
     if apps_port is not None:
         settings = settings.model_copy(update={"apps_port": apps_port})
+    bind_host = host or settings.web_host
+    bind_port = port or settings.web_port
+    tls = portal_tls(settings, bind_host)  # refused before anything else happens
     result = upgrade(settings)
     if result.changed:
         c.console.print(f"database migrated to revision {result.after}")
     settings.session_secret()  # create the key now rather than on the first request
     app = create_app(settings)
-    bind_host = host or settings.web_host
-    bind_port = port or settings.web_port
-    c.console.print(f"labgpu portal on [bold]http://{bind_host}:{bind_port}/[/] (Ctrl-C stops it)")
+    shown = f"[{bind_host}]" if ":" in bind_host else bind_host
+    c.console.print(f"labgpu portal on [bold]{tls.scheme}://{shown}:{bind_port}/[/] (Ctrl-C stops it)")
+    print_tls(c, tls)
+    https = tls.https and tls.certfile is not None and tls.keyfile is not None
+    certfile = str(tls.certfile) if https else None
+    keyfile = str(tls.keyfile) if https else None
     if not settings.apps_port:
-        uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+        uvicorn.run(
+            app, host=bind_host, port=bind_port, log_level="info", ssl_certfile=certfile, ssl_keyfile=keyfile
+        )
         return
     from labgpu.web.routes.apps.origin import create_apps_app
 
     apps_app = create_apps_app(settings, app.state.services)
-    c.console.print(f"members' web apps on [bold]http://{bind_host}:{settings.apps_port}/[/]")
+    c.console.print(f"members' web apps on [bold]{tls.scheme}://{shown}:{settings.apps_port}/[/]")
     _serve_both(
-        uvicorn.Config(app, host=bind_host, port=bind_port, log_level="info"),
+        uvicorn.Config(
+            app, host=bind_host, port=bind_port, log_level="info", ssl_certfile=certfile, ssl_keyfile=keyfile
+        ),
         # No access log here: the enter URL carries a one-time ticket, and members' app paths are theirs.
-        uvicorn.Config(apps_app, host=bind_host, port=settings.apps_port, log_level="info", access_log=False),
+        uvicorn.Config(
+            apps_app,
+            host=bind_host,
+            port=settings.apps_port,
+            log_level="info",
+            access_log=False,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        ),
     )
 
 
@@ -339,3 +371,24 @@ def _serve_both(portal: Any, apps: Any) -> None:
         await asyncio.gather(*pending, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def print_tls(c: CliContext, tls: PortalTls) -> None:
+    """The certificate the portal uses, and its fingerprint for members to compare."""
+    if tls.source == "generated":
+        made = "generated now" if tls.generated_now else "generated"
+        c.console.print(
+            f"TLS: self-signed certificate ({made}) {tls.certfile}\n"
+            f"  SHA-256 fingerprint: [bold]{tls.fingerprint}[/]\n"
+            "  Members' browsers warn once; they should accept it only when it shows this fingerprint "
+            "(or set web_tls_cert and web_tls_key to a certificate the browsers trust).",
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,  # a fingerprint's ":AB:" is not an emoji
+        )
+    elif tls.source == "admin":
+        c.console.print(
+            f"TLS: {tls.certfile} (SHA-256 {tls.fingerprint})", highlight=False, soft_wrap=True, emoji=False
+        )
+    elif tls.source == "proxy":
+        c.console.print("plain HTTP: a reverse proxy in front terminates TLS (web_tls = proxy)")

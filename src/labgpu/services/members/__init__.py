@@ -29,6 +29,7 @@ from labgpu.services.members._lifecycle import (
 )
 from labgpu.services.members._listing import get_member, list_members
 from labgpu.services.members._lookups import invoking_member
+from labgpu.services.members._mirrors import MirrorChange, apply_mirrors
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
 from labgpu.services.members._power import reset_password, set_container_password, set_power
@@ -62,6 +63,7 @@ __all__ = [
     "ContainerRow",
     "HostRow",
     "MemberInfo",
+    "MirrorChange",
     "ProvisionError",
     "Removal",
     "SnapshotInfo",
@@ -69,6 +71,7 @@ __all__ = [
     "add_member",
     "add_share",
     "allowed_roots",
+    "apply_mirrors",
     "checkpoint",
     "connection_sheet",
     "container_spec",

@@ -13,6 +13,7 @@ builder and any half-published image are deleted (the builder is kept with ``kee
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shlex
@@ -27,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from labgpu.domain import apps as app_rules
+from labgpu.domain import mirrors
 from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeConflict, RuntimeNotFound
 from labgpu.runtime.images import RemoteImage, split_image_fingerprint
+from labgpu.services.templates._build_bundles import run_bundle
 from labgpu.services.templates._build_report import BuildReporter, BuildResult, TemplateBuildError
 from labgpu.services.templates._catalog import (
     PROP_BUILT_AT,
@@ -65,7 +68,8 @@ from labgpu.services.templates._steps import (
     guess_os_release,
     plan_steps,
 )
-from labgpu.system import base_image, packages
+from labgpu.settings import Settings
+from labgpu.system import base_image
 
 if TYPE_CHECKING:
     from labgpu.services.context import Services
@@ -87,6 +91,35 @@ def base_recipe(spec: TemplateSpec, *, architecture: str | None = None) -> base_
         variant=deb.variant,
         architecture=architecture,
     )
+
+
+def lab_mirrors(loaded: LoadedSpec, settings: Settings) -> LoadedSpec:
+    """The spec with the lab's package mirrors where it names none of its own (settings apt_mirror,
+    pip_index_url): debootstrap's mirror when it is Debian's default, apt.mirror, and PIP_INDEX_URL in the
+    build's environment. The spec's hash changes with them (another mirror, another cache entry)."""
+    want = mirrors.Mirrors.from_settings(settings.apt_mirror, settings.pip_index_url, settings.conda_mirror)
+    spec = loaded.spec
+    update: dict[str, object] = {}
+    if want.apt:
+        family = guess_os_release(spec).family
+        deb = spec.base.debootstrap
+        if deb is not None and deb.mirror.rstrip("/") == base_image.DEFAULT_MIRROR:
+            update["base"] = spec.base.model_copy(
+                update={"debootstrap": deb.model_copy(update={"mirror": f"{want.apt}/debian"})}
+            )
+        if spec.apt.mirror is None and family in ("debian", "ubuntu"):
+            security = f"{want.apt}/debian-security" if family == "debian" else None
+            update["apt"] = spec.apt.model_copy(
+                update={
+                    "mirror": f"{want.apt}/{family}",
+                    "security_mirror": spec.apt.security_mirror or security,
+                }
+            )
+    if want.pip and "PIP_INDEX_URL" not in spec.environment:
+        update["environment"] = {**spec.environment, "PIP_INDEX_URL": want.pip}
+    if not update:
+        return loaded
+    return dataclasses.replace(loaded, spec=spec.model_copy(update=update))
 
 
 def builder_network(
@@ -133,6 +166,7 @@ def build_template(
     (leaving no builder unless ``keep_builder``, and no image), ImageBuildError when the base cannot
     be built, runtime errors."""
     settings = svc.settings
+    loaded = lab_mirrors(loaded, settings)
     net = builder_network(settings.network_mode, settings.network_name, network)
     builder = Builder(
         svc.runtime,
@@ -487,42 +521,12 @@ class Builder:
         self.runtime.instances.push_file(self.name, action.path, data, uid=uid, gid=gid, mode=action.mode)
 
     def _bundle(self, step: Step, number: int, action: HostBundle) -> None:
-        """Fetch the packages on the host (cached), push the tar into the builder, unpack it there."""
-        say = self.reporter.output if self.reporter.verbose else None
+        where = f"step {self._step_no}/{self._total} '{step.name}'"
         cache = base_image.resolve_cache_dir(self.cache_dir) / "packages"
-
-        def progress(line: str) -> None:
-            if say:
-                say(line.rstrip("\n") + "\n")
-
-        try:
-            if action.kind == "pip":
-                tar = packages.pip_bundle(
-                    action.packages,
-                    python=action.version,
-                    cache_dir=cache,
-                    index_url=action.index_url,
-                    progress=progress,
-                )
-            else:
-                tar = packages.npm_bundle(
-                    action.packages,
-                    node=action.version,
-                    cache_dir=cache,
-                    registry=action.index_url,
-                    progress=progress,
-                )
-        except packages.PackageFetchError as exc:
-            raise TemplateBuildError(
-                f"step {self._step_no}/{self._total} '{step.name}': {exc.message}",
-                step=step.name,
-                hint="check that this host reaches the package registry (or set index_url / registry to a "
-                "mirror)",
-            ) from None
-        inside = f"{WORK_DIR}/bundle-{action.kind}.tar"
-        self._push(Push(inside, source=tar))
-        self._run(step, number, Run(("tar", "-xf", inside, "-C", action.dest, "--no-same-owner")))
-        self._run(step, number, Run(("rm", "-f", inside)))
+        say = self.reporter.output if self.reporter.verbose else None
+        run_bundle(
+            action, step.name, where, cache, say, self._push, functools.partial(self._run, step, number)
+        )
 
     def _download(self, step: Step, action: Download) -> None:
         self.reporter.output(f"downloading {action.url} on the host\n") if self.reporter.verbose else None

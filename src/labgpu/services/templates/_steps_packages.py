@@ -25,7 +25,10 @@ def package_steps(spec: TemplateSpec, env: Mapping[str, str], work_dir: str) -> 
         wheels = f"{work_dir}/wheels"
         actions: list[Action] = [
             Run(("mkdir", "-p", wheels, posixpath.dirname(pip.venv) or "/")),
-            HostBundle("pip", wheels, tuple(pip.packages), pip.python, pip.index_url),
+            # The spec's own index, else the lab's (pip_index_url, put into the environment by lab_mirrors).
+            HostBundle(
+                "pip", wheels, tuple(pip.packages), pip.python, pip.index_url or env.get("PIP_INDEX_URL")
+            ),
             Run(("python3", "-m", "venv", pip.venv), env),
             Run(
                 (

@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from labgpu.errors import ConfigError
+from labgpu.settings_apps import AppsSettings
 from labgpu.settings_network import NetworkSettings
 from labgpu.settings_signon import SignOnSettings
 
@@ -44,7 +45,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings, NetworkSettings, SignOnSettings):
+class Settings(BaseSettings, NetworkSettings, SignOnSettings, AppsSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)

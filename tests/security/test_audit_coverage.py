@@ -33,6 +33,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from labgpu.cli.main import app as cli_app
+from labgpu.services.apps import _apps as app_services
+from labgpu.services.apps import _files as app_files
 from labgpu.services.gpus import _booking_requests as booking_requests
 from labgpu.services.gpus import _bookings as bookings
 from labgpu.services.gpus import _fair_use as gpu_fair_use
@@ -554,6 +556,7 @@ RUN.update(
 
 # Routes whose service needs the daemon: (service function, action it audits, the integration test that
 # checks the row against a real daemon).
+JUPYTER_TEST = "tests/browser/test_jupyter_apps.py"  # web apps and files (issue 16)
 NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
     ("POST", "/api/v1/applications/{application_id}/approve"): (
         applications.approve,
@@ -670,6 +673,10 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "share.rm",
         "tests/integration/test_shares.py",
     ),
+    # Web apps and files (issue 16).
+    ("POST", "/members/{name}/apps/{app}/open"): (app_services.start_app, "app.open", JUPYTER_TEST),
+    ("POST", "/members/{name}/apps/{app}/stop"): (app_services.stop_app, "app.stop", JUPYTER_TEST),
+    ("PUT", "/members/{name}/files/upload"): (app_files.upload, "files.upload", JUPYTER_TEST),
 }
 
 NOT_AUDITED = {
@@ -826,6 +833,7 @@ READ_ONLY_COMMANDS = {
     "gpu bookings", "gpu idle", "gpu list", "gpu top", "gpu usage", "host gateway status", "host list", "jobs status", "member key list",
     "member list", "member show", "member snapshots", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
+    "app list",
     "notify queue", "notify channels",
     "auth test",  # asks the log-in backends; writes nothing (no session, no throttle count)
 }  # fmt: skip
@@ -894,6 +902,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "template build": (template_build.build_template, "template.build"),
     "template import": (templates.import_template, "template.import"),
     "template rm": (templates.remove_template, "template.rm"),
+    "app stop": (app_services.stop_app, "app.stop"),
     "admin totp-reset": (totp_enrol.reset_totp, "account.totp.reset"),
 }
 # Commands whose options call further services (command -> [(service function, the action it audits)]).

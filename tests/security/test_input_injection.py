@@ -448,6 +448,46 @@ def test_cli_refuses_hostile_shares_snapshots_templates_and_keys(
     assert not (offline / "home").exists() or list((offline / "home").iterdir()) == []
 
 
+# Web apps and files (issue 16) ----------------------------------------------------------------------------
+
+HOSTILE_PATHS = ["..", "../x", "a/../../etc", "a/..", "a\nb", "a\\b", "x\x00y", "\x1b[2J", "x" * 300 + "/y"]
+HOSTILE_FILE_NAMES = ["..", ".", "a/b", "../x", "a\nb", "a\\b", "x\x00", ""]
+HOSTILE_APPS = ["../x", "A", "a b", "x;y", "$(id)", "jupyterlab/../x", "x" * 40]
+
+
+def test_hostile_file_paths_and_app_names_are_refused_before_the_daemon_is_asked(portal: Portal) -> None:
+    """Paths of the home's files never leave the home (no ``..``, control characters or backslashes), and app
+    names are one route segment: refused with a 4xx, nothing written, no audit row claims an upload."""
+    client, headers = _logged_in(portal, "alice")
+    before = {e.id for e in audit.list_events(portal.svc, limit=1000)}
+    for path in HOSTILE_PATHS:
+        for url in ("/members/alice/files", "/members/alice/files/download"):
+            r = client.get(url, params={"path": path})
+            assert r.status_code in (400, 422), (url, path, r.status_code)
+        r = client.put(
+            "/members/alice/files/upload",
+            params={"path": path, "filename": "ok.txt"},
+            content=b"data",
+            headers=headers,
+        )
+        assert r.status_code in (400, 422), (path, r.status_code)
+    for name in HOSTILE_FILE_NAMES:
+        r = client.put(
+            "/members/alice/files/upload",
+            params={"path": "", "filename": name},
+            content=b"x",
+            headers=headers,
+        )
+        assert r.status_code in (400, 422), (name, r.status_code)
+    for app in HOSTILE_APPS:
+        r = client.post(
+            f"/members/alice/apps/{quote(app, safe='')}/open", data={"csrf_token": headers["X-CSRF-Token"]}
+        )
+        assert r.status_code in (404, 405, 422), (app, r.status_code)
+    new = [e.action for e in audit.list_events(portal.svc, limit=1000) if e.id not in before]
+    assert not [a for a in new if a.startswith(("files.", "app."))], new
+
+
 # Two-factor log-in (TOTP) -----------------------------------------------------------------------------
 
 HOSTILE_CODES = [

@@ -64,8 +64,8 @@ def argvs(loaded: LoadedSpec, step: str, **kw: Any) -> list[tuple[str, ...]]:
 # The shipped specs ---------------------------------------------------------------------------------
 
 
-def test_three_example_specs_are_shipped() -> None:
-    assert [p.stem for p in SHIPPED] == ["cuda-dev", "desktop", "minimal"]
+def test_the_example_specs_are_shipped() -> None:
+    assert [p.stem for p in SHIPPED] == ["cuda-dev", "desktop", "jupyter", "minimal"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

@@ -128,6 +128,13 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/bookings/{booking_id}/extend"): SELF,
     ("POST", "/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/bookings/{booking_id}/reject"): ADMIN,
+    # Web apps and files (issue 16): the member and admins; the apps origin itself is tests/browser's.
+    ("GET", "/members/{name}/apps"): OBJECT,
+    ("POST", "/members/{name}/apps/{app}/open"): OBJECT,
+    ("POST", "/members/{name}/apps/{app}/stop"): OBJECT,
+    ("GET", "/members/{name}/files"): OBJECT,
+    ("GET", "/members/{name}/files/download"): OBJECT,
+    ("PUT", "/members/{name}/files/upload"): OBJECT,
     # The member's guide: for everyone logged in; visitors log in first (web/routes/members/guide.py).
     ("GET", "/help"): SELF,
     ("GET", "/help/{page}"): SELF,
@@ -191,6 +198,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{snapshot}", "snap-1")
         .replace("{share}", "datasets")
         .replace("{action}", "start")
+        .replace("{app}", "jupyterlab")
         .replace("/static", "/static/style.css")
         .replace("{page}", "connecting")
     )

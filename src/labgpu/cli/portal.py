@@ -5,7 +5,7 @@ and on the portal), `labgpu auth test` (the log-in backends) and `labgpu serve` 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -287,16 +287,25 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to listen on. Default: the web_port setting.")
     ] = None,
+    apps_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the apps origin (members' web apps). Default: the apps_port setting; 0: none."
+        ),
+    ] = None,
 ) -> None:
-    """Run the web portal and JSON API (migrates the database first).
+    """Run the web portal and JSON API (migrates the database first), and the apps origin beside it.
 
     HTTPS on an address other than loopback (the web_tls settings: the admin's certificate or a generated
     one, whose SHA-256 fingerprint is printed); plain HTTP there is refused unless web_tls is "proxy"."""
-    run_portal(get_context(ctx), host=host, port=port)
+    run_portal(get_context(ctx), host=host, port=port, apps_port=apps_port)
 
 
-def run_portal(c: CliContext, *, host: str | None = None, port: int | None = None) -> None:
-    """`labgpu serve` (and the end of `labgpu setup` without systemd): migrate, then serve until Ctrl-C."""
+def run_portal(
+    c: CliContext, *, host: str | None = None, port: int | None = None, apps_port: int | None = None
+) -> None:
+    """`labgpu serve` (and the end of `labgpu setup` without systemd): migrate, then serve until Ctrl-C. The apps
+    origin (members' web apps, apps_port) is served by the same process and event loop, with the same TLS."""
     import uvicorn
 
     from labgpu.store.migrate import upgrade
@@ -304,6 +313,8 @@ def run_portal(c: CliContext, *, host: str | None = None, port: int | None = Non
     from labgpu.web.app import create_app
 
     settings = c.settings
+    if apps_port is not None:
+        settings = settings.model_copy(update={"apps_port": apps_port})
     bind_host = host or settings.web_host
     bind_port = port or settings.web_port
     tls = portal_tls(settings, bind_host)  # refused before anything else happens
@@ -316,14 +327,50 @@ def run_portal(c: CliContext, *, host: str | None = None, port: int | None = Non
     c.console.print(f"labgpu portal on [bold]{tls.scheme}://{shown}:{bind_port}/[/] (Ctrl-C stops it)")
     print_tls(c, tls)
     https = tls.https and tls.certfile is not None and tls.keyfile is not None
-    uvicorn.run(
-        app,
-        host=bind_host,
-        port=bind_port,
-        log_level="info",
-        ssl_certfile=str(tls.certfile) if https else None,
-        ssl_keyfile=str(tls.keyfile) if https else None,
+    certfile = str(tls.certfile) if https else None
+    keyfile = str(tls.keyfile) if https else None
+    if not settings.apps_port:
+        uvicorn.run(
+            app, host=bind_host, port=bind_port, log_level="info", ssl_certfile=certfile, ssl_keyfile=keyfile
+        )
+        return
+    from labgpu.web.routes.apps.origin import create_apps_app
+
+    apps_app = create_apps_app(settings, app.state.services)
+    c.console.print(f"members' web apps on [bold]{tls.scheme}://{shown}:{settings.apps_port}/[/]")
+    _serve_both(
+        uvicorn.Config(
+            app, host=bind_host, port=bind_port, log_level="info", ssl_certfile=certfile, ssl_keyfile=keyfile
+        ),
+        # No access log here: the enter URL carries a one-time ticket, and members' app paths are theirs.
+        uvicorn.Config(
+            apps_app,
+            host=bind_host,
+            port=settings.apps_port,
+            log_level="info",
+            access_log=False,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        ),
     )
+
+
+def _serve_both(portal: Any, apps: Any) -> None:
+    """Run the portal and the apps origin in one process and one event loop; either ending ends both."""
+    import asyncio
+
+    import uvicorn
+
+    servers = [uvicorn.Server(portal), uvicorn.Server(apps)]
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    asyncio.run(main())
 
 
 def print_tls(c: CliContext, tls: PortalTls) -> None:

@@ -149,7 +149,11 @@ def _inside(path: str, roots: Iterable[str]) -> bool:
 
 
 def check_safe(
-    config: Mapping[str, str], devices: Mapping[str, Mapping[str, str]], *, allowed_roots: Iterable[str]
+    config: Mapping[str, str],
+    devices: Mapping[str, Mapping[str, str]],
+    *,
+    allowed_roots: Iterable[str],
+    app_socket_dir: str | None = None,
 ) -> None:
     """Refuse a container definition that would weaken isolation.
 
@@ -157,7 +161,9 @@ def check_safe(
     raw.idmap that maps anything but single member ids (never a host id below 1000), host devices of
     the unix-char/unix-block kind, disk devices whose host source lies outside ``allowed_roots`` (the
     homes base and the shares), and proxy devices other than host TCP/UDP ports forwarded into the
-    container."""
+    container. With ``app_socket_dir``, a proxy may also listen on a unix socket directly in that folder
+    (the web apps' sockets, which only labgpu can open) and connect to a TCP port on the container's
+    loopback."""
     roots = [posixpath.normpath(r) for r in allowed_roots]
     for key, value in config.items():
         if key == "security.privileged" and value.lower() in ("true", "1", "yes", "on"):
@@ -187,9 +193,29 @@ def check_safe(
             # host, so the container would reach the host's own loopback services (the daemon, the agent).
             if dev.get("bind", "host") != "host":
                 raise BadInput(f"refused: device {name} would let the container connect out from the host")
+            if _app_socket(dev, app_socket_dir):
+                continue
             for end in ("listen", "connect"):
                 if not dev.get(end, "").startswith(("tcp:", "udp:")):
                     raise BadInput(f"refused: device {name} {end}s on something other than a TCP/UDP port")
+
+
+def _app_socket(dev: Mapping[str, str], app_socket_dir: str | None) -> bool:
+    """A web app's proxy: a unix socket directly in ``app_socket_dir`` (no '..'), mode 0600, to a loopback
+    TCP port of the container. Raises BadInput for a unix listener anywhere else."""
+    listen = dev.get("listen", "")
+    if not listen.startswith("unix:"):
+        return False
+    path = listen[len("unix:") :]
+    if (
+        app_socket_dir is None
+        or posixpath.dirname(path) != posixpath.normpath(app_socket_dir)
+        or ".." in PurePosixPath(path).parts
+        or dev.get("mode") != "0600"
+        or not re.match(r"^tcp:127\.0\.0\.1:[0-9]{1,5}\Z", dev.get("connect", ""))
+    ):
+        raise BadInput("refused: a proxy that listens on a host socket outside labgpu's app socket folder")
+    return True
 
 
 def _check_idmap(value: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
+
+import httpx
 
 from labgpu.runtime.errors import RuntimeConflict, RuntimeError_, RuntimeNotFound, raise_for_response
 
@@ -363,13 +367,15 @@ class Instances:
         self,
         name: str,
         path: str,
-        data: bytes,
+        data: bytes | BinaryIO | Iterable[bytes],
         *,
         uid: int = 0,
         gid: int = 0,
         mode: int = 0o644,
+        timeout: float | None = None,
     ) -> None:
-        """Write a file inside the instance (files API; parent folders must exist)."""
+        """Write a file inside the instance (files API; parent folders must exist). ``data`` may be bytes, an
+        open file or an iterator of chunks: those are streamed, never read whole into memory."""
         p = self._c.header_prefix
         headers = {
             f"{p}uid": str(uid),
@@ -386,6 +392,7 @@ class Instances:
             params={"path": path},
             content=data,
             headers=headers,
+            timeout=timeout,
         )
 
     def make_dir(self, name: str, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
@@ -413,6 +420,22 @@ class Instances:
         if not response.is_success:
             raise_for_response(response, f"read {path} in {name}")
         return response.content
+
+    @contextmanager
+    def open_file(self, name: str, path: str, *, timeout: float | None = None) -> Iterator[httpx.Response]:
+        """Read a file from inside the instance as a stream: yields the response with its body unread
+        (``iter_bytes``). Raises RuntimeNotFound when it is missing, RuntimeError_ for a folder."""
+        with self._c.stream(
+            "GET",
+            _path(name) + "/files",
+            what=f"read {path} in {name}",
+            params={"path": path},
+            timeout=timeout,
+        ) as response:
+            kind = response.headers.get(f"{self._c.header_prefix}type", "file")
+            if kind != "file" or response.headers.get("content-type", "").startswith("application/json"):
+                raise RuntimeError_(f"read {path} in {name}: it is a {kind}, not a file")
+            yield response
 
     def delete_file(self, name: str, path: str) -> None:
         self._c.request(

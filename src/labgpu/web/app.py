@@ -90,9 +90,11 @@ def create_app(
     unfinished by an earlier run are resumed at start-up; without it they stay queued in the store.
     ``gpu_usage`` reads the hosts' GPUs (tests give one over recorded NVML readings); by default the real
     NVML of this machine and the hosts' agents."""
+    from labgpu.services import apps
     from labgpu.services.ops import start_job_runner
     from labgpu.services.portal import ProvisionWorker
     from labgpu.web.routes import hosts, notify, ops, templates
+    from labgpu.web.routes.apps import pages as apps_pages
     from labgpu.web.routes.gpus import api as gpus_api
     from labgpu.web.routes.gpus import pages as gpus_pages
     from labgpu.web.routes.gpus import usage_api, usage_pages
@@ -143,6 +145,9 @@ def create_app(
     app.state.secret_key = settings.session_secret()
     renderer = Renderer(csrf_token=csrf_token, identity=request_identity, notices=_active_notices)
     app.state.renderer = renderer
+    # Web apps and files (issue 16): tickets for the apps origin, and a limit on app starts and uploads.
+    app.state.tickets = apps.Tickets(app.state.secret_key)
+    app.state.app_opens = apps.RateLimiter(settings.apps_opens_per_minute)
 
     install_error_handler(app, renderer)
 
@@ -151,6 +156,13 @@ def create_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
+        if settings.apps_port:
+            # The app buttons' forms POST here and are redirected to the apps origin: form-action must allow it
+            # (browsers apply it to a form's redirects too).
+            csp = CONTENT_SECURITY_POLICY.replace(
+                "form-action 'self'", f"form-action 'self' {apps_pages.apps_origin(request)}"
+            )
+            response.headers.setdefault("Content-Security-Policy", csp)
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
         if not request.url.path.startswith("/static/"):
@@ -185,6 +197,7 @@ def create_app(
         members_guide,
         usage_pages,
         signon,
+        apps_pages,
     ):
         app.include_router(module.router)
     return app

@@ -107,6 +107,11 @@ def apply_spec(svc: Services, name: str) -> str:
     config_patch, device_patch = desired_patch(spec.config(), spec.devices(), inst.config, inst.devices)
     if not config_patch and not device_patch:
         return "unchanged"
-    check_safe(_merged(inst.config, config_patch), _merged(inst.devices, device_patch), allowed_roots=roots)
+    check_safe(
+        _merged(inst.config, config_patch),
+        _merged(inst.devices, device_patch),
+        allowed_roots=roots,
+        app_socket_dir=str(svc.settings.app_socket_dir()),  # web apps' proxies (app-*), added on demand
+    )
     svc.runtime.instances.update(spec.name, config=config_patch, devices=device_patch)
     return APPLIED_LIVE if inst.status == "Running" else APPLIED_NEXT_START

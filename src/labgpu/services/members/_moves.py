@@ -36,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from labgpu.domain.apps import DEVICE_PREFIX as APP_DEVICE_PREFIX
 from labgpu.domain.container import CONTAINER_PORTS, ContainerSpec, PortSpec, check_safe, missing_gpus
 from labgpu.domain.members import parse_gpu_request
 from labgpu.errors import BadInput, Conflict, LabgpuError
@@ -339,6 +340,7 @@ def _transfer(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
     if plan.how == CLUSTER:
         target = parse_host_url(plan.dest.url or "").target
         assert target is not None
+        _drop_app_devices(src.runtime, plan.container)
         move_in_cluster(src.runtime, plan.container, target, timeout=svc.settings.operation_timeout)
         put_spec(dst.runtime, plan.container, spec, roots=plan.roots)
         return CLUSTER
@@ -356,6 +358,17 @@ def _transfer(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
         started=lambda: checkpoint("move-copying"),
     )
     return f"{COPY} ({mode})"
+
+
+def _drop_app_devices(runtime: RuntimeClient, container: str) -> None:
+    """Web apps' proxy devices listen on a socket of THIS host's labgpu: on another cluster member the folder
+    is missing and the container would not start. They are made again when an app is next opened."""
+    inst = runtime.instances.get(container)
+    stale: dict[str, dict[str, str] | None] = {
+        n: None for n in inst.devices if n.startswith(APP_DEVICE_PREFIX)
+    }
+    if stale:
+        runtime.instances.update(container, devices=stale)
 
 
 def put_spec(runtime: RuntimeClient, container: str, spec: ContainerSpec, *, roots: list[str]) -> None:

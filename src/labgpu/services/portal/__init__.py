@@ -54,6 +54,7 @@ from labgpu.services.portal._logins import (
     end_session,
     list_sessions,
     resolve_session,
+    resolve_session_id,
     start_session,
 )
 from labgpu.services.portal._notices import (
@@ -181,6 +182,7 @@ __all__ = [
     "renew_recovery_codes",
     "reset_totp",
     "resolve_session",
+    "resolve_session_id",
     "resolve_token",
     "retry",
     "revoke_token",

@@ -296,7 +296,12 @@ def resolve_session(svc: Services, token: str) -> Identity | None:
     absolute timeout, or its account is disabled. Records the activity (at most once a minute)."""
     if not token or len(token) > 128:
         return None
-    session_id = token_digest(token)
+    return resolve_session_id(svc, token_digest(token))
+
+
+def resolve_session_id(svc: Services, session_id: str) -> Identity | None:
+    """:func:`resolve_session` for a session known by its id (the digest of its cookie), e.g. the one an app
+    cookie of the apps origin is bound to: None once that login has ended, timed out or been disabled."""
     now = utcnow()
     idle = timedelta(minutes=svc.settings.session_idle_minutes)
     with svc.session() as session:

@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from labgpu.domain import apps as app_rules
 from labgpu.domain import mirrors
 from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeConflict, RuntimeNotFound
 from labgpu.runtime.images import RemoteImage, split_image_fingerprint
+from labgpu.services.templates._build_bundles import run_bundle
 from labgpu.services.templates._build_report import BuildReporter, BuildResult, TemplateBuildError
 from labgpu.services.templates._catalog import (
     PROP_BUILT_AT,
@@ -58,6 +60,7 @@ from labgpu.services.templates._steps import (
     USER_SCRIPT_TEXT,
     WORK_DIR,
     Download,
+    HostBundle,
     OsRelease,
     Push,
     Run,
@@ -427,6 +430,8 @@ class Builder:
                 self._run(step, number, action)
             elif isinstance(action, Push):
                 self._push(action)
+            elif isinstance(action, HostBundle):
+                self._bundle(step, number, action)
             else:
                 self._download(step, action)
 
@@ -505,11 +510,23 @@ class Builder:
         return self._ids[user]
 
     def _push(self, action: Push) -> None:
-        data = (
-            action.data if action.data is not None else (action.source.read_bytes() if action.source else b"")
-        )
         uid, gid = self._owner(action.owner)
+        if action.data is None and action.source is not None:
+            with action.source.open("rb") as f:  # streamed: an installer or a bundle is not read into memory
+                self.runtime.instances.push_file(
+                    self.name, action.path, f, uid=uid, gid=gid, mode=action.mode
+                )
+            return
+        data = action.data if action.data is not None else b""
         self.runtime.instances.push_file(self.name, action.path, data, uid=uid, gid=gid, mode=action.mode)
+
+    def _bundle(self, step: Step, number: int, action: HostBundle) -> None:
+        where = f"step {self._step_no}/{self._total} '{step.name}'"
+        cache = base_image.resolve_cache_dir(self.cache_dir) / "packages"
+        say = self.reporter.output if self.reporter.verbose else None
+        run_bundle(
+            action, step.name, where, cache, say, self._push, functools.partial(self._run, step, number)
+        )
 
     def _download(self, step: Step, action: Download) -> None:
         self.reporter.output(f"downloading {action.url} on the host\n") if self.reporter.verbose else None
@@ -556,6 +573,8 @@ class Builder:
             "os": os_release.id,
             "release": os_release.codename,
         }
+        if self.spec.apps:
+            properties[app_rules.APPS_PROPERTY] = app_rules.encode_apps(self.spec.apps)
         fingerprint = self.runtime.images.publish(self.name, properties=properties, timeout=self.step_timeout)
         try:
             for _attempt in range(10):

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from labgpu.errors import BadInput
+from labgpu.services.templates._spec_packages import Npm, Pip, app_entry
 from labgpu.system import base_image
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]\Z")
@@ -442,6 +443,10 @@ class TemplateSpec(_Model):
     files: list[FileCopy] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict)
     commands: list[Command] = Field(default_factory=list)
+    # issue 16: offline Python and Node packages, and the web apps the portal opens.
+    pip: Pip | None = None
+    npm: Npm | None = None
+    apps: list[Annotated[Any, BeforeValidator(app_entry)]] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -477,6 +482,12 @@ class TemplateSpec(_Model):
                 f"miniconda.owner must be root or the template's user {self.user.name!r}, "
                 f"not {self.miniconda.owner!r}"
             )
+        names = [a.name for a in self.apps]
+        ports = [a.port for a in self.apps]
+        if len(set(names)) != len(names) or len(set(ports)) != len(ports):
+            raise ValueError("apps: two apps have the same name or the same port")
+        if self.pip is not None and self.pip.owner not in (None, "root", self.user.name):
+            raise ValueError(f"pip.owner must be root or the template's user {self.user.name!r}")
         for item in self.files:
             if item.owner not in ("root", self.user.name):
                 raise ValueError(

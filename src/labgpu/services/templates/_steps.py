@@ -9,16 +9,23 @@ spec. The few fixed shell scripts here take the spec's values as positional argu
 from __future__ import annotations
 
 import posixpath
-import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import yaml
 
 from labgpu.errors import BadInput
 from labgpu.services.templates._spec import Apt, Desktop, ScriptCommand, TemplateSpec
 from labgpu.services.templates._spec_loading import LoadedSpec
+
+# Re-exported: the build and the tests know these as the steps' own.
+from labgpu.services.templates._step_types import Action as Action
+from labgpu.services.templates._step_types import Download as Download
+from labgpu.services.templates._step_types import HostBundle as HostBundle
+from labgpu.services.templates._step_types import Push as Push
+from labgpu.services.templates._step_types import Run as Run
+from labgpu.services.templates._step_types import Step as Step
+from labgpu.services.templates._steps_packages import package_steps
 from labgpu.system import base_image
 
 WORK_DIR = "/run/labgpu-build"  # tmpfs in the builder: gone when it stops, never in the image
@@ -163,54 +170,6 @@ exec /bin/sh "$HOME/.xsession"
 
 
 # Steps ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    """Run a command in the builder (an argument list)."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
-class Push:
-    """Write a file in the builder, from bytes or from a file on the host; ``owner`` is a user name."""
-
-    path: str
-    data: bytes | None = None
-    source: Path | None = None
-    mode: int = 0o644
-    owner: str = "root"
-
-    def describe(self) -> str:
-        return f"write {self.path}"
-
-
-@dataclass(frozen=True)
-class Download:
-    """Download a file on the host (the builder may have no network) and write it in the builder."""
-
-    url: str
-    path: str
-    sha256: str | None = None
-
-    def describe(self) -> str:
-        return f"download {self.url}"
-
-
-Action = Run | Push | Download
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    title: str
-    actions: tuple[Action, ...]
-    needs_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -462,6 +421,7 @@ def plan_steps(loaded: LoadedSpec, *, os_release: OsRelease, network: bool) -> l
         if owner != "root":
             actions.append(Run(("chown", "-R", f"{owner}:{owner}", conda.prefix)))
         steps.append(Step("miniconda", f"Miniconda in {conda.prefix}", tuple(actions)))
+    steps += package_steps(spec, env, WORK_DIR)
     if spec.files:
         actions = []
         for item in spec.files:

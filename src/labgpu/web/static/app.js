@@ -23,3 +23,33 @@ document.addEventListener("click", function (event) {
     done();
   }
 });
+
+// Files page: uploads stream each chosen file as the request body (no form encoding), with the page's CSRF
+// token in a header; the page reloads when all are done.
+document.addEventListener("submit", function (event) {
+  const form = event.target.closest("form#upload-form");
+  if (!form) return;
+  event.preventDefault();
+  const input = form.querySelector("input[type=file]");
+  const status = form.querySelector("#upload-status");
+  const token = form.querySelector("input[name=csrf_token]").value;
+  const files = Array.from(input.files || []);
+  if (!files.length) return;
+  const sendNext = function (index) {
+    if (index >= files.length) {
+      status.textContent = form.dataset.done;
+      window.location.reload();
+      return;
+    }
+    const file = files[index];
+    status.textContent = file.name + " …";
+    const url = form.dataset.url + "&filename=" + encodeURIComponent(file.name);
+    fetch(url, { method: "PUT", body: file, headers: { "X-CSRF-Token": token }, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error(String(response.status));
+        sendNext(index + 1);
+      })
+      .catch(function (error) { status.textContent = form.dataset.failed + " (" + file.name + ": " + error.message + ")"; });
+  };
+  sendNext(0);
+});

@@ -1,0 +1,260 @@
+"""Web apps in a member's container: which the template has, whether they run, starting and stopping them, and
+the socket through which the portal reaches them.
+
+An app listens on the container's loopback only. The portal reaches it through a proxy device whose host side
+is a unix socket in ``apps_socket_dir`` (mode 0700 folder, the socket 0600 and owned by labgpu's own user):
+no host TCP port is opened, and nobody but labgpu (and root) can connect. The device is added when the app is
+first opened (``app-NAME``; the reconciler leaves it alone) and checked by ``check_safe`` like every change.
+An app runs as a transient systemd unit (``systemd-run``) as the container's user, with the base URL it needs
+and no token of its own: the portal authenticates every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from labgpu.domain import apps as rules
+from labgpu.domain.container import check_safe
+from labgpu.errors import N_, BadInput, Conflict, LabgpuError, NotFound
+from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.services import hosts, members
+from labgpu.services.context import Services
+
+log = logging.getLogger(__name__)
+
+SOCKET_PATH_MAX = 107
+START_TIMEOUT = 60.0
+_start_locks: dict[tuple[str, str], threading.Lock] = {}
+_start_guard = threading.Lock()
+
+
+class AppsUnavailable(LabgpuError):
+    """Web apps cannot be reached for this container (remote host, or apps switched off)."""
+
+    status = 409
+    reason = "apps-unavailable"
+
+
+@dataclass(frozen=True)
+class MemberApps:
+    """A member's container and the apps its template has."""
+
+    member: str
+    container: str | None
+    status: str  # Running, Stopped, missing, unreachable, none
+    apps: tuple[rules.AppDef, ...]
+    local: bool  # the container's daemon is on this machine (its sockets are reachable here)
+
+    def get(self, name: str) -> rules.AppDef:
+        for app in self.apps:
+            if app.name == name:
+                return app
+        raise NotFound(N_("this container has no app named %(app)s"), values={"app": name[:40]})
+
+
+@dataclass(frozen=True)
+class AppTarget:
+    """Where the proxy sends an app's requests."""
+
+    member: str
+    app: rules.AppDef
+    socket: Path
+
+    @property
+    def base_url(self) -> str:
+        return rules.base_url(self.member, self.app.name)
+
+
+def _lock(member: str, app: str) -> threading.Lock:
+    with _start_guard:
+        return _start_locks.setdefault((member, app), threading.Lock())
+
+
+def _runtime(svc: Services, name: str) -> tuple[str | None, RuntimeClient, bool]:
+    with svc.session() as session:
+        member = members.load_member(session, name)
+        container = member.container
+        runtime = hosts.runtime_for(svc, member.host)
+        local = hosts.is_local(member.host)
+    return container, runtime, local
+
+
+def member_apps(svc: Services, name: str) -> MemberApps:
+    """The apps of member ``name``'s container (from its image's ``labgpu.apps`` property, which the daemon
+    copies into the container's ``image.labgpu.apps`` key: trusted, unlike anything inside the container).
+    One request to the daemon. Raises NotFound for an unknown member."""
+    container, runtime, local = _runtime(svc, name)
+    if not container:
+        return MemberApps(name, None, "none", (), local)
+    try:
+        inst = runtime.instances.get(container)
+    except RuntimeNotFound:
+        return MemberApps(name, container, "missing", (), local)
+    except LabgpuError:
+        return MemberApps(name, container, "unreachable", (), local)
+    if inst.label("owner") != name:
+        return MemberApps(name, container, "missing", (), local)
+    apps = tuple(rules.decode_apps(inst.config.get(rules.APPS_CONFIG_KEY)))
+    return MemberApps(name, container, inst.status, apps, local)
+
+
+def app_states(svc: Services, name: str) -> dict[str, str]:
+    """Each app's state: running, starting, stopped (or failed), from ONE exec of systemctl in the
+    container; every app is "stopped" while the container is not running."""
+    view = member_apps(svc, name)
+    if not view.apps:
+        return {}
+    if view.status != "Running" or view.container is None:
+        return {a.name: "stopped" for a in view.apps}
+    _, runtime, _ = _runtime(svc, name)
+    units = [a.unit for a in view.apps]
+    try:
+        result = runtime.instances.exec(view.container, ["systemctl", "is-active", *units], timeout=15)
+    except LabgpuError as exc:
+        log.warning("cannot read the app states of %s: %s", name, exc.message)
+        return {a.name: "unknown" for a in view.apps}
+    lines = result.stdout.split()
+    names = {"active": "running", "activating": "starting", "reloading": "running", "failed": "failed"}
+    return {
+        app.name: names.get(lines[i] if i < len(lines) else "", "stopped") for i, app in enumerate(view.apps)
+    }
+
+
+def socket_path(svc: Services, member: str, app: str) -> Path:
+    """The host-side socket of ``member``'s ``app`` (a short hashed name: a socket path has at most 107 bytes).
+    Raises AppsUnavailable when the folder's path is too long."""
+    digest = hashlib.sha256(f"{member}\0{app}".encode()).hexdigest()[:20]
+    path = svc.settings.app_socket_dir() / f"{digest}.sock"
+    if len(str(path).encode()) > SOCKET_PATH_MAX:
+        raise AppsUnavailable(
+            N_("the app socket folder's path is too long for a unix socket: %(path)s"),
+            values={"path": str(svc.settings.app_socket_dir())},
+            hint="set apps_socket_dir to a short path on persistent storage, e.g. /var/lib/labgpu-apps",
+        )
+    return path
+
+
+def _socket_dir(svc: Services) -> Path:
+    folder = svc.settings.app_socket_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
+def app_target(svc: Services, member: str, app: str) -> AppTarget:
+    """Where ``member``'s ``app`` is reached, for the proxy (one daemon request; the app may not run).
+    Raises NotFound for an unknown member or app."""
+    if not rules.APP_NAME_RE.match(app) or svc.settings.apps_port == 0:
+        raise NotFound(N_("this container has no app named %(app)s"), values={"app": app[:40]})
+    spec = member_apps(svc, member).get(app)
+    return AppTarget(member, spec, socket_path(svc, member, app))
+
+
+def start_app(svc: Services, member: str, app: str) -> AppTarget:
+    """Make sure ``member``'s ``app`` runs and the portal can reach it: the proxy device (added if missing,
+    through check_safe), then the app's unit (started if not active, as the container's user, with its base
+    URL). Audited as ``app.open``. Waits for the start request, not for the app to answer.
+
+    Raises NotFound (no such app), Conflict (the container is not running), AppsUnavailable (a container on
+    another host, or apps switched off), runtime errors."""
+    if svc.settings.apps_port == 0:
+        raise AppsUnavailable(N_("web apps are switched off on this portal (apps_port = 0)"))
+    view = member_apps(svc, member)
+    spec = view.get(app)
+    if view.status != "Running" or view.container is None:
+        raise Conflict(N_("start your container first"))
+    if not view.local:
+        raise AppsUnavailable(
+            N_(
+                "web apps reach containers on this portal's own host only; %(member)s's container is elsewhere"
+            ),
+            values={"member": member},
+        )
+    container = view.container
+    _, runtime, _ = _runtime(svc, member)
+    sock = socket_path(svc, member, app)
+    with _lock(member, app):
+        _ensure_device(svc, runtime, container, spec, sock)
+        _ensure_running(svc, runtime, container, member, spec)
+    with svc.session() as session:
+        svc.audit(session, "app.open", member, app=app)
+    return AppTarget(member, spec, sock)
+
+
+def _ensure_device(
+    svc: Services, runtime: RuntimeClient, container: str, app: rules.AppDef, sock: Path
+) -> None:
+    folder = _socket_dir(svc)
+    device = {
+        "type": "proxy",
+        "listen": f"unix:{sock}",
+        "connect": f"tcp:127.0.0.1:{app.port}",
+        "bind": "host",
+        "mode": "0600",
+        "uid": str(os.getuid()),
+        "gid": str(os.getgid()),
+    }
+    inst = runtime.instances.get(container)
+    if inst.devices.get(app.device) == device and sock.exists():
+        return
+    # check_safe on the one device added (the rest of the container is the reconciler's, checked there).
+    check_safe({}, {app.device: device}, allowed_roots=[], app_socket_dir=str(folder))
+    if app.device in inst.devices:  # stale (the socket went away): make the daemon listen again
+        runtime.instances.remove_device(container, app.device)
+    runtime.instances.add_device(container, app.device, device)
+
+
+def _user_env(svc: Services, member: str) -> tuple[str, str]:
+    user = svc.settings.container_user
+    home = svc.settings.container_home.format(name=member)
+    return user, home
+
+
+def _ensure_running(
+    svc: Services, runtime: RuntimeClient, container: str, member: str, app: rules.AppDef
+) -> None:
+    state = runtime.instances.exec(container, ["systemctl", "is-active", app.unit], timeout=15).stdout.strip()
+    if state in ("active", "activating"):
+        return
+    user, home = _user_env(svc, member)
+    argv = app.argv(base_url=rules.base_url(member, app.name), home=home)
+    command = [
+        "systemd-run",
+        f"--unit={app.unit}",
+        f"--uid={user}",
+        f"--gid={user}",
+        f"--working-directory={home}",
+        f"--setenv=HOME={home}",
+        f"--setenv=USER={user}",
+        "--setenv=PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        "--setenv=SHELL=/bin/bash",
+        "--collect",
+        "--quiet",
+        "--",
+        *argv,
+    ]
+    if state == "failed":
+        runtime.instances.exec(container, ["systemctl", "reset-failed", app.unit], timeout=15)
+    result = runtime.instances.exec(container, command, timeout=START_TIMEOUT)
+    if not result.ok:
+        raise BadInput(
+            N_("%(app)s did not start: %(reason)s"),
+            values={"app": app.title, "reason": (result.stderr or result.stdout).strip()[-300:]},
+        )
+
+
+def stop_app(svc: Services, member: str, app: str) -> None:
+    """Stop ``member``'s ``app`` (its unit; the proxy device stays). Audited as ``app.stop``."""
+    view = member_apps(svc, member)
+    spec = view.get(app)
+    if view.status == "Running" and view.container is not None:
+        _, runtime, _ = _runtime(svc, member)
+        runtime.instances.exec(view.container, ["systemctl", "stop", spec.unit], timeout=60)
+    with svc.session() as session:
+        svc.audit(session, "app.stop", member, app=app)

@@ -387,6 +387,29 @@ class Settings(BaseSettings):
         description="How many backups `backup create` keeps in its folder; older ones are deleted after a "
         "new one succeeded. 0: keep every backup.",
     )
+    # The terminal in the browser (services/members/_terminal*.py, web/routes/members/terminal.py).
+    terminal_idle_minutes: float = Field(
+        30,
+        gt=0,
+        description="A terminal in the browser closes after this many minutes without a keystroke, paste or "
+        "resize from the browser (output alone does not count). Programs started in tmux or screen keep "
+        "running; the shell itself ends.",
+    )
+    terminal_max_open: int = Field(
+        10, ge=1, description="Terminals in the browser one account may have open at once; more are refused."
+    )
+    terminal_opens_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Terminals one account may open within a minute; more are refused (HTTP 429) until the "
+        "minute has passed.",
+    )
+    terminal_recheck_seconds: float = Field(
+        10,
+        gt=0,
+        description="How often an open terminal checks that its login is still good (not logged out elsewhere, "
+        "expired or disabled); a logout in the portal itself closes the terminal at once.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

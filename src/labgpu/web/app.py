@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from labgpu import __version__
+from labgpu.services import members
 from labgpu.services.context import Actor, Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.settings import Settings
@@ -98,6 +99,7 @@ def create_app(
     from labgpu.web.routes.members import admin as members_admin
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import me
+    from labgpu.web.routes.members import terminal as members_terminal
     from labgpu.web.routes.portal import account, apply, auth
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
@@ -115,6 +117,7 @@ def create_app(
         # Booking starts and ends, idle GPU checks, reconcile (labgpu.services.ops._jobs).
         stop_jobs = start_job_runner(svc) if owned and background and settings.jobs_in_serve else None
         yield
+        terminals.end_all()
         if stop_jobs is not None:
             await run_in_threadpool(stop_jobs)
         await run_in_threadpool(worker.stop)
@@ -141,6 +144,10 @@ def create_app(
     app.state.secret_key = settings.session_secret()
     renderer = Renderer(csrf_token=csrf_token, identity=request_identity, notices=_active_notices)
     app.state.renderer = renderer
+    terminals = members.Terminals(
+        max_open=settings.terminal_max_open, opens_per_minute=settings.terminal_opens_per_minute
+    )
+    app.state.terminals = terminals  # the terminals open in the browser (web/routes/members/terminal.py)
 
     install_error_handler(app, renderer)
 
@@ -177,6 +184,7 @@ def create_app(
         portal_admin,
         members_admin,
         gpus_pages,
+        members_terminal,
     ):
         app.include_router(module.router)
     return app

@@ -2,7 +2,8 @@
 
 Adding one (``add_member``, then the idempotent ``provision``), listing and showing them (``list_members``,
 ``get_member``), power, reset and removal (homes are kept unless purged), limits and GPUs (``set_member``),
-SSH keys, snapshots, shares of host folders, homes, and moving a container to another host. The public face
+SSH keys, snapshots, shares of host folders, homes, moving a container to another host, and terminals in the
+browser (``open_terminal``, the registry ``Terminals`` and the pump ``run_terminal``). The public face
 of ``services/members``: cli/, web/ and the other features import only this module.
 """
 
@@ -54,17 +55,33 @@ from labgpu.services.members._snapshots import (
     take_snapshot,
 )
 from labgpu.services.members._ssh import wait_member_ssh
+from labgpu.services.members._terminal import ContainerNotRunning, OpenedTerminal, open_terminal
+from labgpu.services.members._terminal_bridge import (
+    CLOSE_REASONS,
+    BrowserSocket,
+    LiveTerminal,
+    Terminals,
+    TooManyTerminals,
+    run_terminal,
+)
 
 __all__ = [
+    "CLOSE_REASONS",
     "HOME_NOTE",
+    "BrowserSocket",
     "Change",
     "ConnectionSheet",
+    "ContainerNotRunning",
     "ContainerRow",
     "HostRow",
+    "LiveTerminal",
     "MemberInfo",
+    "OpenedTerminal",
     "ProvisionError",
     "Removal",
     "SnapshotInfo",
+    "Terminals",
+    "TooManyTerminals",
     "add_keys",
     "add_member",
     "add_share",
@@ -90,6 +107,7 @@ __all__ = [
     "load_member",
     "move_member",
     "open_move",
+    "open_terminal",
     "owned_instance",
     "parse_set_request",
     "provision",
@@ -101,6 +119,7 @@ __all__ = [
     "reset_member",
     "reset_password",
     "restore_snapshot",
+    "run_terminal",
     "set_member",
     "set_power",
     "take_snapshot",

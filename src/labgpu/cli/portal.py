@@ -247,4 +247,9 @@ def serve(
     bind_host = host or settings.web_host
     bind_port = port or settings.web_port
     c.console.print(f"labgpu portal on [bold]http://{bind_host}:{bind_port}/[/] (Ctrl-C stops it)")
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+    # WebSockets (the terminal) through the `websockets` package's Sans-I/O protocol where this uvicorn has
+    # it; its older protocol is deprecated in recent websockets releases.
+    from uvicorn.config import WS_PROTOCOLS
+
+    ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info", ws=ws)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import HTMLResponse
@@ -32,6 +33,7 @@ from labgpu.web.security import SESSION_COOKIE, client_address, request_identity
 from labgpu.web.terminals import terminals_of
 
 router = APIRouter(include_in_schema=False)
+_DIGITS = re.compile(r"[0-9]{1,4}")
 log = logging.getLogger("labgpu.web.terminal")
 
 # xterm.js styles its rows with <style> elements it makes at run time (no nonce support), so this page alone
@@ -65,7 +67,8 @@ def _size(connection: HTTPConnection, key: str, default: int) -> int:
     raw = connection.query_params.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 4 or not 1 <= int(raw) <= 1000:
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits.
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= 1000:
         raise BadInput(N_("the terminal size is not valid"))
     return int(raw)
 

@@ -4,6 +4,9 @@
 (function () {
   const box = document.getElementById("terminal");
   if (!box || !window.Terminal || !window.FitAddon) return;
+  // xterm.js's own words for screen readers, in the page's language.
+  window.Terminal.strings.promptLabel = box.dataset.msgPrompt || "Terminal input";
+  window.Terminal.strings.tooMuchOutput = box.dataset.msgTooMuch || "";
   const term = new window.Terminal({
     cursorBlink: true,
     scrollback: 10000,

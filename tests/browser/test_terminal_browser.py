@@ -43,7 +43,7 @@ def other_origin() -> Iterator[str]:
     """An empty page on another port of 127.0.0.1: another origin on the portal's host (a member's own app)."""
 
     class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        def do_GET(self) -> None:
             body = b"<!doctype html><title>elsewhere</title>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html")

@@ -92,6 +92,7 @@ def test_a_members_terminal_through_the_portal(labgpu_env: LabgpuEnv) -> None:
 
         # An admin opens the member's terminal too; both opens are in the audit log, with who and from where.
         boss = login(url, admin, PASSWORD)
+        assert f'href="/terminal/{name}"' in boss.get(f"/admin/members/{name}").text  # its Terminal button
         ws_admin = stack.enter_context(open_ws(url, name, boss))
         ws_admin.send(b"echo admin-$(id -un)\n")
         read_until(ws_admin, b"admin-ubuntu")

@@ -23,7 +23,8 @@
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
   const encoder = new TextEncoder();
-  const reasons = { 1000: "exited", 4000: "idle", 4001: "logged-out", 4002: "shutdown", 4003: "failed" };
+  // 1012: the server restarts (uvicorn closes open WebSockets so when it stops).
+  const reasons = { 1000: "exited", 1012: "shutdown", 4000: "idle", 4001: "logged-out", 4002: "shutdown", 4003: "failed" };
   let opened = false;
   window.labgpuTerminal = { term: term, socket: socket };  // for the browser tests and the curious
 

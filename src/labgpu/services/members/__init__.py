@@ -55,7 +55,12 @@ from labgpu.services.members._snapshots import (
     take_snapshot,
 )
 from labgpu.services.members._ssh import wait_member_ssh
-from labgpu.services.members._terminal import ContainerNotRunning, OpenedTerminal, open_terminal
+from labgpu.services.members._terminal import (
+    ContainerNotRunning,
+    OpenedTerminal,
+    connect_terminal,
+    open_terminal,
+)
 from labgpu.services.members._terminal_bridge import (
     CLOSE_REASONS,
     BrowserSocket,
@@ -87,6 +92,7 @@ __all__ = [
     "add_share",
     "allowed_roots",
     "checkpoint",
+    "connect_terminal",
     "connection_sheet",
     "container_spec",
     "count_snapshots",

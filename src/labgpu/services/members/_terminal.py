@@ -9,11 +9,12 @@ the exec on the daemon of the member's host (unix socket or HTTPS) and writes th
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from labgpu.errors import N_, Conflict
 from labgpu.runtime.client import RuntimeClient
-from labgpu.runtime.terminal import InteractiveExec, cancel_interactive, start_interactive
+from labgpu.runtime.terminal import ExecStream, InteractiveExec, cancel_interactive, start_interactive
 from labgpu.services.context import Services
 from labgpu.services.hosts import runtime_for
 from labgpu.services.members._records import load_member
@@ -84,3 +85,14 @@ def open_terminal(svc: Services, name: str, *, cols: int = 80, rows: int = 24) -
         cancel_interactive(runtime, started)
         raise
     return OpenedTerminal(member=name, container=container, host=host, runtime=runtime, started=started)
+
+
+async def connect_terminal(opened: OpenedTerminal) -> ExecStream:
+    """Connect the shell's two WebSockets (the daemon starts it then); the exec is cancelled when that fails.
+
+    Raises RuntimeUnavailable (the daemon cannot be reached), RuntimeError_ (it refused)."""
+    try:
+        return await ExecStream.connect(opened.runtime, opened.started)
+    except BaseException:
+        await asyncio.to_thread(cancel_interactive, opened.runtime, opened.started)
+        raise

@@ -24,7 +24,6 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from labgpu.errors import N_, BadInput, LabgpuError
-from labgpu.runtime.terminal import ExecStream, cancel_interactive
 from labgpu.services import members, portal
 from labgpu.services.context import Actor, Services
 from labgpu.services.portal import Identity, Unauthenticated
@@ -124,11 +123,7 @@ async def terminal_socket(websocket: WebSocket, name: str) -> None:
     try:
         svc = _services(websocket, identity)
         opened = await run_in_threadpool(members.open_terminal, svc, name, cols=cols, rows=rows)
-        try:
-            stream = await ExecStream.connect(opened.runtime, opened.started)
-        except BaseException:
-            await run_in_threadpool(cancel_interactive, opened.runtime, opened.started)
-            raise
+        stream = await members.connect_terminal(opened)
         await websocket.accept()
 
         async def still_allowed(active: bool) -> bool:

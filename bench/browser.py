@@ -7,7 +7,8 @@ memory and CPU can be read from /proc).
 
 - keystroke round trip: one character typed into the terminal's WebSocket until the pty's echo of it comes
   back, against the same through `ssh -tt` to the same container's SSH port (median and p95 of R rounds,
-  and their ratio; targets: ratio <= 1.5, under 10 ms on loopback);
+  and their ratio; targets: ratio <= 1.5, under 10 ms on loopback), and straight on the daemon's exec
+  WebSockets without the portal (the floor of any bridge);
 - 50 idle terminals open at once: the portal's resident memory before and with them, and its CPU use while
   they sit idle.
 
@@ -54,6 +55,7 @@ class TerminalLab:
     key: Path
     portal_pid: int
     cookie: str
+    daemon: str = "lxd"
     cleanup: list[Any] = field(default_factory=list)
 
 
@@ -130,7 +132,13 @@ def terminal_lab(daemon: str, *, max_open: int) -> Iterator[TerminalLab]:
         url = f"http://127.0.0.1:{port}"
         cookie = _login(url, name, portal)
         yield TerminalLab(
-            url=url, name=name, ssh_port=sheet.ssh_port, key=key, portal_pid=portal.pid, cookie=cookie
+            url=url,
+            name=name,
+            ssh_port=sheet.ssh_port,
+            key=key,
+            portal_pid=portal.pid,
+            cookie=cookie,
+            daemon=daemon,
         )
     finally:
         if portal is not None:
@@ -255,6 +263,62 @@ def terminal_keystrokes_portal(lab: TerminalLab, rounds: int) -> list[float]:
     return asyncio.run(run())
 
 
+def terminal_keystrokes_direct(lab: TerminalLab, rounds: int) -> list[float]:
+    """The floor of any bridge: the same keystrokes straight on the daemon's exec WebSockets (no portal)."""
+    import asyncio
+
+    from labgpu.runtime.client import RuntimeClient
+    from labgpu.runtime.endpoint import Endpoint
+    from labgpu.runtime.terminal import ExecStream, start_interactive
+    from labgpu.services.members._terminal import TERMINAL_ENV, terminal_command
+
+    client = RuntimeClient(Endpoint.unix(Path(SOCKETS[lab.daemon])))
+
+    async def run() -> list[float]:
+        started = start_interactive(
+            client, lab.name, terminal_command("ubuntu"), environment=dict(TERMINAL_ENV)
+        )
+        stream = await ExecStream.connect(client, started)
+
+        async def recv(timeout: float) -> bytes:
+            data = await asyncio.wait_for(stream.recv(), timeout)
+            if data is None:
+                raise EOFError
+            return data
+
+        async def until(needle: bytes, timeout: float = 30) -> None:
+            seen = b""
+            while needle not in seen:
+                seen += await recv(timeout)
+
+        async def strokes(n: int) -> list[float]:
+            times = []
+            for i in range(n):
+                if i % 50 == 49:
+                    await stream.send(b"\x15")
+                    await asyncio.sleep(0.02)
+                    with contextlib.suppress(TimeoutError):
+                        while True:
+                            await recv(0.02)
+                start = time.perf_counter()
+                await stream.send(b"x")
+                await until(b"x", 10)
+                times.append(time.perf_counter() - start)
+            return times
+
+        try:
+            await until(b"$ ")
+            await strokes(20)
+            return await strokes(rounds)
+        finally:
+            await stream.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        client.close()
+
+
 def terminal_keystrokes_ssh(lab: TerminalLab, rounds: int) -> list[float]:
     import select
 
@@ -330,6 +394,7 @@ def terminal_bench(daemon: str, rounds: int, idle: int, window: float) -> dict[s
     with terminal_lab(daemon, max_open=idle + 5) as lab:
         portal = terminal_keystrokes_portal(lab, rounds)
         ssh = terminal_keystrokes_ssh(lab, rounds)
+        direct = terminal_keystrokes_direct(lab, rounds)
         idle_figures = terminal_idle(lab, idle, window)
 
     def ms(values: list[float], q: float) -> float:
@@ -341,6 +406,10 @@ def terminal_bench(daemon: str, rounds: int, idle: int, window: float) -> dict[s
         "rounds": rounds,
         "keystroke_portal_ms": {"median": round(portal_median, 2), "p95": ms(portal, 95)},
         "keystroke_ssh_ms": {"median": round(ssh_median, 2), "p95": ms(ssh, 95)},
+        "keystroke_daemon_direct_ms": {
+            "median": round(statistics.median(direct) * 1000, 2),
+            "p95": ms(direct, 95),
+        },
         "keystroke_ratio": round(portal_median / ssh_median, 2),
         "idle": idle_figures,
     }
@@ -351,7 +420,9 @@ def terminal_report(r: dict[str, Any]) -> str:
     return (
         f"{r['daemon']}: keystroke round trip, median (p95) of {r['rounds']}: portal terminal "
         f"{r['keystroke_portal_ms']['median']} ms ({r['keystroke_portal_ms']['p95']}), ssh -tt "
-        f"{r['keystroke_ssh_ms']['median']} ms ({r['keystroke_ssh_ms']['p95']}), ratio {r['keystroke_ratio']}\n"
+        f"{r['keystroke_ssh_ms']['median']} ms ({r['keystroke_ssh_ms']['p95']}), ratio {r['keystroke_ratio']}; "
+        f"the daemon's exec WebSockets without the portal {r['keystroke_daemon_direct_ms']['median']} ms "
+        f"({r['keystroke_daemon_direct_ms']['p95']})\n"
         f"{r['daemon']}: {i['terminals']} idle terminals (opened in {i['open_all_s']} s): portal RSS "
         f"{i['rss_before_mib']} -> {i['rss_with_mib']} MiB ({i['rss_per_terminal_kib']} KiB each), "
         f"CPU {i['idle_cpu_percent']} % while idle"

@@ -405,7 +405,7 @@ class Settings(BaseSettings):
         "minute has passed.",
     )
     terminal_recheck_seconds: float = Field(
-        10,
+        30,
         gt=0,
         description="How often an open terminal checks that its login is still good (not logged out elsewhere, "
         "expired or disabled); a logout in the portal itself closes the terminal at once.",

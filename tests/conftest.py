@@ -27,6 +27,7 @@ from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
 from tests import lanes
 from tests.postgres import postgres_url  # noqa: F401 - the fixture, for every test
+from tests.webhooks import webhook_server  # noqa: F401 - the fixture, for every test
 
 DAEMON_SOCKETS = {
     "lxd": Path(os.environ.get("LABGPU_TEST_LXD_SOCKET", "/var/lib/lxd/unix.socket")),
@@ -363,6 +364,8 @@ def labgpu_env(
         "profile_name": test_profile,
         "storage_pool": test_pool,
         "ssh_ready_timeout": "180",
+        # The test profile has no NIC (proxies on 127.0.0.1 only); tests of the bridge make their own.
+        "network_mode": "none",
     }
     env = LabgpuEnv(overrides=overrides, runtime=runtime)
     yield env
@@ -392,6 +395,16 @@ class MailBox:
 
     def to(self, address: str) -> list[Any]:
         return [m for m in self.messages if address in (m["To"] or "")]
+
+    def wait_for(self, address: str, count: int = 1, timeout: float = 30.0) -> list[Any]:
+        """The messages to ``address`` once there are ``count`` (notifications are delivered in the
+        background: an action returns before its mail is sent), or what came within ``timeout``."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.to(address)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.to(address)
 
     def settings(self) -> dict[str, str]:
         return {"smtp_host": self.host, "smtp_port": str(self.port), "mail_from": "labgpu@lab.test"}

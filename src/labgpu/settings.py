@@ -95,10 +95,16 @@ class Settings(BaseSettings):
         "as the host supports them.",
     )
     network_mode: Literal["none", "bridge", "macvlan"] = Field(
-        "none",
-        description="Container network made by `host init`: none (no NIC; SSH through proxy devices "
-        "only), bridge (a bridge with NAT, so containers reach apt mirrors), or macvlan on network_parent "
-        "(containers get addresses on the campus network).",
+        "bridge",
+        description="Container network made by `host init`: bridge (a managed bridge with IPv4 NAT, so "
+        "containers reach package mirrors; the default), none (no NIC; SSH through proxy devices only), or "
+        "macvlan on network_parent (containers get addresses on the campus network).",
+    )
+    network_isolation: bool = Field(
+        True,
+        description="On a bridge, members' containers cannot reach each other (the NIC is an isolated "
+        "bridge port, security.port_isolation); they still reach the host and, through NAT, the world. "
+        "false: containers on the bridge reach each other (e.g. training across members' containers).",
     )
     network_name: str = Field(
         "labgpubr0", description="Name of the network `host init` creates (bridge or macvlan)."
@@ -151,7 +157,15 @@ class Settings(BaseSettings):
         "/home/ubuntu/{name}",
         description="Where the home is mounted inside the container; {name} is the member.",
     )
-    container_user: str = Field("ubuntu", description="The login user inside containers.")
+    container_user: str = Field(
+        "ubuntu", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="The login user inside containers."
+    )
+    container_sudo_nopasswd: bool = Field(
+        True,
+        description="The container's user runs sudo without a password. The container is the member's own "
+        "and unprivileged; a key-only member never needs the admin's initial password. false: sudo asks "
+        "for the user's password.",
+    )
     snapshots_keep: int = Field(
         5,
         ge=0,
@@ -254,6 +268,14 @@ class Settings(BaseSettings):
         24,
         ge=1,
         description="A portal login ends this many hours after it began, however active (the absolute timeout).",
+    )
+    # Two-factor log-in (TOTP) -------------------------------------------------------------------------
+    require_totp_for_admins: bool = Field(
+        False,
+        description="Admins must log in to the portal with a second factor (a TOTP code from an "
+        "authenticator app). An admin without one is sent to set it up right after the password, before any "
+        "admin page; API tokens are not affected. Off by default so that an upgrade does not change how "
+        "existing admins log in: set up your own first (My account -> Two-factor log-in), then turn it on.",
     )
     login_throttle_minutes: int = Field(
         15, ge=1, description="Window in which failed logins are counted for throttling."
@@ -409,6 +431,87 @@ class Settings(BaseSettings):
         gt=0,
         description="How often an open terminal checks that its login is still good (not logged out elsewhere, "
         "expired or disabled); a logout in the portal itself closes the terminal at once.",
+    )
+    # Notifications (services/notify) ------------------------------------------------------------------
+    notify_urls: list[SecretStr] = Field(
+        [],
+        description="The lab's notification channels, for the admins: Apprise URLs such as "
+        "wecombot://KEY, dingtalk://TOKEN/, feishu://TOKEN, mailtos://USER:PASS@HOST?to=ADDR or "
+        "json://HOST/PATH. Prefix one with event kinds to send it only those: "
+        "'application,limit-reached=wecombot://KEY'. Secret: shown masked. Mail to the admins' own "
+        "addresses needs only smtp_host.",
+    )
+    notify_member_schemes: list[str] = Field(
+        ["wecombot", "dingtalk", "feishu", "lark", "slack", "tgram", "discord", "ntfys", "bark", "barks"],
+        description="Apprise URL schemes members may use for their own channels. Generic webhooks "
+        "(json, jsons, form, forms) let a member make the portal post to any address it can reach: "
+        "add them only where that is acceptable.",
+    )
+    notify_mail_kinds: list[str] = Field(
+        [
+            "application", "approval", "booking-start", "booking-end", "booking-reminder", "idle-gpu",
+            "limit-reached", "gpu-free", "weekly-report", "container", "test",
+        ],
+        description="Event kinds sent by mail to members' and admins' account addresses when smtp_host "
+        "is set (mail is the default channel). Members add other channels on the portal.",
+    )  # fmt: skip
+    notify_max_attempts: int = Field(
+        12,
+        ge=1,
+        description="Attempts to deliver one notification to one channel before it is given up; the wait "
+        "between attempts doubles from 1 minute up to 1 hour.",
+    )
+    notify_booking_reminder_minutes: int = Field(
+        15, ge=0, description="Remind a member this many minutes before their booking starts. 0: no reminder."
+    )
+    jobs_tick_seconds: float = Field(
+        15.0,
+        ge=0.5,
+        le=300,
+        description="How often the job runner inside `labgpu serve` looks for due jobs.",
+    )
+    # GPU usage history and fair use (services/gpus/_history.py, _fair_use.py) ---------------------
+    usage_samples_keep_days: int = Field(
+        14,
+        ge=1,
+        description="Raw GPU usage samples (one per member and GPU at every gpu_sample_seconds) older than "
+        "this many days are deleted, once rolled up into hours.",
+    )
+    usage_hourly_keep_days: int = Field(
+        400, ge=1, description="Hourly GPU usage rollups older than this many days are deleted."
+    )
+    usage_daily_keep_days: int = Field(
+        0, ge=0, description="Daily GPU usage rollups older than this many days are deleted. 0: keep them."
+    )
+    fair_use_max_gpus: int = Field(
+        0,
+        ge=0,
+        description="Shared mode: most GPUs a member may use at once (processes on them). 0: no limit. "
+        "`labgpu gpu limits MEMBER` sets one member's own.",
+    )
+    fair_use_max_gpu_hours_per_week: float = Field(
+        0,
+        ge=0,
+        description="Shared mode: most GPU-hours a member may use in any 7 days. 0: no limit.",
+    )
+    fair_use_booked: bool = Field(
+        True,
+        description="Booked mode: a member's process on a GPU they have not booked is a fair-use "
+        "violation (treated as fair_use_* says).",
+    )
+    fair_use_notify_member: bool = Field(
+        True, description="Tell a member when they break a fair-use limit (once per spell)."
+    )
+    fair_use_notify_admins: bool = Field(
+        True, description="Tell the admins when a member breaks a fair-use limit (once per spell)."
+    )
+    fair_use_stop: bool = Field(
+        False,
+        description="Stop (SIGTERM) the processes that break a fair-use limit once it has lasted "
+        "fair_use_grace_minutes. Off: labgpu never stops anything.",
+    )
+    fair_use_grace_minutes: int = Field(
+        30, ge=0, description="How long a fair-use violation may last before fair_use_stop acts."
     )
 
     @model_validator(mode="after")

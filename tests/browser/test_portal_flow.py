@@ -12,40 +12,12 @@ import pytest
 
 from tests.browser.conftest import ADMIN_PASSWORD, Served, screenshot
 from tests.conftest import MailBox, unique_name
-from tests.integration.sshutil import SSH_OPTS, ssh_password
+from tests.integration.sshutil import ssh_password
 from tests.web.test_i18n import untranslated
 
 pytestmark = pytest.mark.integration
 APPLICANT_PASSWORD = "quiet-walnut-58-harbor"
 NEW_CONTAINER_PASSWORD = "Lantern-Moss-9274"
-
-
-def first_login(command: list[str], old: str, new: str) -> str:
-    """Log in on a terminal with the command shown, as a person would, and go through the forced password
-    change (with a password, PAM changes it during the login and the shell opens)."""
-    import pexpect
-
-    child = pexpect.spawn(
-        command[0],
-        [*SSH_OPTS, "-o", "PubkeyAuthentication=no", "-tt", *command[1:]],
-        encoding="utf-8",
-        timeout=30,
-    )
-    try:
-        child.expect(r"[Pp]assword:")
-        child.sendline(old)
-        child.expect(r"[Cc]urrent password:|\(current\) UNIX password:")
-        child.sendline(old)
-        child.expect(r"[Nn]ew password:")
-        child.sendline(new)
-        child.expect(r"[Rr]etype new password:")
-        child.sendline(new)
-        if child.expect([pexpect.EOF, r"\$ $"]) == 1:
-            child.sendline("exit")
-            child.expect(pexpect.EOF)
-        return child.before or ""
-    finally:
-        child.close(force=True)
 
 
 def _login(page: Any, url: str, name: str, password: str) -> None:
@@ -122,16 +94,19 @@ def test_apply_approve_mail_login_and_ssh(served: Served, browser: Any, smtp_ser
     _login(page, url, name, APPLICANT_PASSWORD)
     command = page.inner_text("#ssh-command").strip()
     assert command in body  # the mail and the page show the same command
-    page.click("#set-initial-password")
-    first_password = page.inner_text("#new-password").strip()
+    # The member chooses the container's password on the page (nobody else ever knows it); it works at once.
+    page.fill("#container-password-new", NEW_CONTAINER_PASSWORD)
+    page.fill("#container-password-confirm", NEW_CONTAINER_PASSWORD)
+    page.click("#set-container-password")
+    assert "password was set" in page.content()
+    assert NEW_CONTAINER_PASSWORD not in page.content()
     screenshot(page, "en-me")
     member.close()
 
-    # A real ssh with the command shown: the forced password change, then a command.
+    # A real ssh with the command shown and that password.
     args = shlex.split(command)
     assert args[0] == "ssh" and args[1] == "-p"
     port, (user, host) = int(args[2]), args[3].split("@", 1)
-    first_login(args, first_password, NEW_CONTAINER_PASSWORD)
     result = ssh_password(NEW_CONTAINER_PASSWORD, port, "id -un; hostname", user=user, host=host)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [user, name]

@@ -148,3 +148,52 @@ def test_disable_enable_and_passwd(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no account named nobody" in missing.stderr
     table = labgpu(tmp_path, "admin", "list").stdout
     assert "boss" in table and "second" in table
+
+
+def test_totp_reset_lets_a_locked_out_admin_log_in_with_the_password(tmp_path: Path) -> None:
+    """An admin who lost their phone and their recovery codes: `labgpu admin totp-reset NAME`."""
+    from labgpu.services.portal import _audit as audit
+    from labgpu.services.portal import _totp_enrol as enrol
+    from labgpu.services.portal._accounts import Identity, get_account
+    from tests.web.test_totp import away_from_a_boundary, code
+
+    assert (
+        labgpu(tmp_path, "admin", "create", "boss", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    )
+    settings = load_settings(state_dir=str(tmp_path / "state"), runtime_url=f"unix://{tmp_path}/x.sock")
+    engine = create_engine_for(settings)
+    svc = Services(
+        settings=settings,
+        runtime=RuntimeClient(Endpoint.unix(tmp_path / "x.sock")),
+        sessions=session_factory(engine),
+        actor=Actor("test"),
+    )
+    try:
+        get_account(svc, "boss")
+        away_from_a_boundary()
+        boss = Identity(1, "boss", "admin", "session")
+        setup = enrol.start_totp_setup(svc, boss)
+        enrol.confirm_totp(svc, boss, code=code(setup.secret), source_address=None)
+        assert isinstance(
+            logins.authenticate(svc, name="boss", password=PASSWORD, source_address="x", user_agent=None),
+            logins.SecondStep,
+        )
+        assert enrol.totp_members(svc) == {"boss"}
+
+        r = labgpu(tmp_path, "admin", "totp-reset", "boss")
+        assert r.returncode == 0 and "removed" in r.stdout, r.stderr
+        assert json.loads(labgpu(tmp_path, "admin", "list", "--json").stdout)[0]["totp"] is False
+        # A session, with the password alone.
+        new = logins.authenticate(svc, name="boss", password=PASSWORD, source_address="x", user_agent=None)
+        assert isinstance(new, logins.NewLogin)
+        [row] = audit.list_events(svc, action="account.totp.reset", limit=5)
+        assert row.target == "boss" and row.actor.endswith("@cli")
+
+        missing = labgpu(tmp_path, "admin", "totp-reset", "nobody")
+        assert (
+            missing.returncode == 2
+            and missing.stderr.startswith("error:")
+            and "Traceback" not in missing.stderr
+        )
+    finally:
+        engine.dispose()

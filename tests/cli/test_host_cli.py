@@ -42,13 +42,16 @@ def host_env(
     monkeypatch.setenv("LABGPU_RUNTIME_URL", f"unix://{runtime.endpoint.describe()}")
     monkeypatch.setenv("LABGPU_STORAGE_POOL", cleanup.pool(unique_name("lgp")))
     monkeypatch.setenv("LABGPU_STORAGE_DRIVER", "dir")
+    # The default network (a bridge), on a name of its own; without NAT: tests send nothing off the machine.
+    # (Registered before the profile that uses it: cleanup deletes in reverse order.)
+    monkeypatch.setenv("LABGPU_NETWORK_NAME", cleanup.network(unique_name("lgn")))
     monkeypatch.setenv("LABGPU_PROFILE_NAME", cleanup.profile(unique_name("lgf")))
     for name in ("subuid", "subgid"):
         (tmp_path / name).write_text("root:100000:65536\n")
     fake_sysctl(tmp_path / "sysctl")  # the machine's own kernel limits are not the tests' to change
     return [
         "--subuid-file", str(tmp_path / "subuid"), "--subgid-file", str(tmp_path / "subgid"),
-        "--sysctl-root", str(tmp_path / "sysctl"),
+        "--sysctl-root", str(tmp_path / "sysctl"), "--no-nat",
     ]  # fmt: skip
 
 
@@ -87,7 +90,7 @@ def test_dry_run_and_json(
     steps = {s["step"]: s["status"] for s in report["steps"]}
     assert steps == {
         "storage pool": "would-create",
-        "network": "unchanged",  # network_mode none: nothing to make
+        "network": "would-create",  # the default: a bridge
         "profile": "would-create",
         "subuid": "would-create",
         "subgid": "would-create",

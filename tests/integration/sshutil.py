@@ -64,7 +64,12 @@ def change_expired_password(
         child.sendline(new)
         child.expect(r"[Rr]etype new password:")
         child.sendline(new)
-        child.expect(pexpect.EOF)
+        # After a key login sshd closes the connection once the password is changed; after a password login
+        # (PAM changes it while authenticating) the shell starts.
+        if child.expect([pexpect.EOF, r"\$ $"]) == 1:
+            transcript.append(child.before or "")
+            child.sendline("exit")
+            child.expect(pexpect.EOF)
         transcript.append(child.before or "")
     finally:
         child.close(force=True)

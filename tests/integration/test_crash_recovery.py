@@ -26,7 +26,7 @@ from labgpu.services.members._records import load_member
 from labgpu.services.members._ssh import wait_for_ssh
 from labgpu.store.models import MemberState, PortMap
 from tests.conftest import LabgpuEnv, unique_name
-from tests.integration.sshutil import change_expired_password, make_key, ssh_key
+from tests.integration.sshutil import make_key, ssh_key
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ LABGPU = [sys.executable, "-m", "labgpu.cli"]
 # Even steps are recovered by the same `member add`, odd ones by `reconcile`, so both ways
 # meet a crash early and late in provisioning.
 RECOVERY = {step: ("add" if i % 2 == 0 else "reconcile") for i, step in enumerate(PROVISION_STEPS)}
-# The step whose recovery is followed by a full login (password change, key, home file).
+# The step whose recovery is followed by a full login (key, home file).
 FULL_LOGIN_STEP = "password"
 
 
@@ -83,7 +83,7 @@ def test_killed_after_step_then_recovered(
             assert mine == []  # already complete: nothing to repair
         else:
             assert [(a["action"], a["done"]) for a in mine] == [("provision", True)]
-            assert f"labgpu member passwd {name}" in mine[0]["detail"]
+            assert "logs in with their SSH key" in mine[0]["detail"]
 
     # Exactly one container for the member, labgpu's, running.
     owned = [i for i in runtime.instances.all(with_state=False) if i.label("owner") == name]
@@ -108,12 +108,7 @@ def test_killed_after_step_then_recovered(
 
     wait_for_ssh("127.0.0.1", port, timeout=30)
     if step == FULL_LOGIN_STEP:
-        if password is None:
-            # reconcile set a password without showing it; the admin hands over a new one.
-            r = labgpu(labgpu_env, "member", "passwd", name, "--json")
-            assert r.returncode == 0, r.stderr
-            password = json.loads(r.stdout)["initial_password"]
-        change_expired_password(port, password, "Crash-safe-2026", key=key)
+        assert password is None  # a member with a key: no admin-known password; the key logs in at once
         r = ssh_key(key, port, f"cat /home/ubuntu/{name}/before-recovery.txt; hostname")
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines() == [f"written after a crash at {step}", name]

@@ -39,7 +39,12 @@ def subid_paths(tmp_path: Path) -> HostPaths:
 
 
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:
-    values: dict[str, Any] = {"state_dir": tmp_path / "state", "storage_driver": "dir", "uid_base": 200000}
+    values: dict[str, Any] = {
+        "state_dir": tmp_path / "state",
+        "storage_driver": "dir",
+        "uid_base": 200000,
+        "network_mode": "none",
+    }
     values.update(kw)
     return Settings(**values)
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import LabgpuEnv
-from tests.integration.sshutil import change_expired_password, make_key, ssh_key
+from tests.integration.sshutil import make_key, ssh_key
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_reset_rebuilds_the_container_keeping_home_ports_and_keys(
     assert r.returncode == 0, r.stderr
     sheet = json.loads(r.stdout)
     port, ports = sheet["ssh"]["port"], sheet["ports"]
-    change_expired_password(port, sheet["initial_password"], "First-pass-2026", key=key)
+    assert sheet["initial_password"] is None  # a member with a key: their key logs in at once
     r = ssh_key(
         key, port, "echo kept > /home/ubuntu/rita/data.txt && echo rootfs > /home/ubuntu/in-rootfs.txt"
     )
@@ -80,11 +80,10 @@ def test_reset_rebuilds_the_container_keeping_home_ports_and_keys(
     assert r.returncode == 0, r.stderr
     after = json.loads(r.stdout)
     assert after["ports"] == ports
-    assert after["initial_password"] and after["initial_password"] != sheet["initial_password"]
+    assert after["initial_password"] is None
     assert runtime.instances.get("rita").created_at != created
 
-    # The key still logs in once the new initial password is changed; home kept, rootfs new.
-    change_expired_password(port, after["initial_password"], "Second-pass-2026", key=key)
+    # The key still logs in at once; home kept, rootfs new.
     r = ssh_key(
         key,
         port,
@@ -108,7 +107,6 @@ def test_reset_rebuilds_the_container_keeping_home_ports_and_keys(
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout)
     assert again["ports"] == ports and member_row(env, "rita").state == "running"
-    change_expired_password(port, again["initial_password"], "Third-pass-2026", key=key)
     assert ssh_key(key, port, "cat /home/ubuntu/rita/data.txt").stdout == "kept\n"
 
 

@@ -35,6 +35,7 @@ from sqlalchemy import select, update
 from labgpu.cli.main import app as cli_app
 from labgpu.services.gpus import _booking_requests as booking_requests
 from labgpu.services.gpus import _bookings as bookings
+from labgpu.services.gpus import _fair_use as gpu_fair_use
 from labgpu.services.gpus import _modes as gpu_modes
 from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.services.hosts import _gateway as gateway
@@ -45,7 +46,7 @@ from labgpu.services.members import _shares as shares
 from labgpu.services.members import _snapshots as snapshots
 from labgpu.services.members._add import add_member
 from labgpu.services.members._keys import add_keys, remove_key
-from labgpu.services.members._power import reset_password, set_power
+from labgpu.services.members._power import reset_password, set_container_password, set_power
 from labgpu.services.members._records import load_member
 from labgpu.services.members._set import set_member
 from labgpu.services.ops import _backups as backups
@@ -54,12 +55,16 @@ from labgpu.services.portal import _accounts as accounts
 from labgpu.services.portal import _applications as applications
 from labgpu.services.portal import _audit as audit
 from labgpu.services.portal import _notices as notices
+from labgpu.services.portal import _totp_enrol as totp_enrol
 from labgpu.services.templates import _build as template_build
 from labgpu.services.templates import _catalog as templates
 from labgpu.store.models import Application, ApplicationStatus, Booking, BookingStatus, Member, Role
 from tests.web.conftest import PASSWORD, Portal, csrf_from, login, page_token
 from tests.web.gpus.helpers import PortalFactory, ServedAgent, add_host
 from tests.web.test_authorization import app_routes
+from tests.web.test_totp import _identity as totp_identity
+from tests.web.test_totp import code as totp_code
+from tests.web.test_totp import enable_totp, second_step
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 NEW_PASSWORD = "granite-lemon-58-harbour"
@@ -112,6 +117,12 @@ class Lab:
         r = self.alice.post("/api/v1/tokens", json={"name": "t"}, headers=self.csrf(self.alice))
         assert r.status_code == 201
         return int(r.json()["id"])
+
+    def alice_channel_id(self) -> int:
+        from labgpu.services import notify
+
+        url = "wecombot://0123456789abcdef0123456789abcdef"
+        return notify.add_channel(self.portal.svc, "alice", url=url, kinds=["test"]).id
 
     def alice_key(self) -> str:
         from labgpu.domain.members import parse_public_key
@@ -339,6 +350,27 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
             ),
         ),
     ),
+    ("POST", "/account/notifications"): (
+        "notify.channel.add",
+        "alice",
+        (
+            "alice",
+            lambda lab: lab.alice.post(
+                "/account/notifications",
+                data=lab.form(lab.alice, url="wecombot://0123456789abcdef0123456789abcdef", kind="test"),
+            ),
+        ),
+    ),
+    ("POST", "/account/notifications/{channel_id}/remove"): (
+        "notify.channel.remove",
+        "alice",
+        (
+            "alice",
+            lambda lab: lab.alice.post(
+                f"/account/notifications/{lab.alice_channel_id()}/remove", data=lab.form(lab.alice)
+            ),
+        ),
+    ),
     ("POST", "/api/v1/members/{name}/disable"): (
         "account.disable",
         "alice",
@@ -436,7 +468,66 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
         "alice",
         _on_booking("admin", "reject", api=False, pending=True, reason="GPU 1 is for the course"),
     ),
+    # GPU usage: a member's weekly-report choice
+    ("POST", "/usage/weekly-report"): (
+        "usage.settings",
+        "alice",
+        ("alice", lambda lab: lab.alice.post("/usage/weekly-report", data=lab.form(lab.alice, weekly="on"))),
+    ),
 }
+
+# Two-factor log-in (TOTP): alice's own account; the codes are real ones of her secret (tests/web/test_totp.py).
+
+
+def _alice_with_totp(lab: Lab) -> str:
+    return enable_totp(lab.portal, "alice")
+
+
+def _totp_login(lab: Lab) -> httpx.Response:
+    secret = _alice_with_totp(lab)
+    client = lab.portal.client(Lab.ALICE_ADDRESS)
+    assert login(client, "alice").status_code == 303
+    return second_step(client, totp_code(secret, 0))  # type: ignore[return-value]
+
+
+def _totp_form(path: str, *, enabled: bool, started: bool = False) -> Callable[[Lab], httpx.Response]:
+    def call(lab: Lab) -> httpx.Response:
+        data: dict[str, str] = {}
+        if enabled:
+            data["code"] = totp_code(_alice_with_totp(lab), 0)
+        elif started:
+            secret = totp_enrol.start_totp_setup(lab.portal.svc, totp_identity(lab.portal, "alice")).secret
+            data["code"] = totp_code(secret, 0)
+        return lab.alice.post(path, data=lab.form(lab.alice, **data))
+
+    return call
+
+
+RUN.update(
+    {
+        ("POST", "/login/totp"): ("account.login", "alice", ("alice", _totp_login)),
+        ("POST", "/account/totp/setup"): (
+            "account.totp.setup",
+            "alice",
+            ("alice", _totp_form("/account/totp/setup", enabled=False)),
+        ),
+        ("POST", "/account/totp/confirm"): (
+            "account.totp.enable",
+            "alice",
+            ("alice", _totp_form("/account/totp/confirm", enabled=False, started=True)),
+        ),
+        ("POST", "/account/totp/recovery-codes"): (
+            "account.totp.recovery_codes",
+            "alice",
+            ("alice", _totp_form("/account/totp/recovery-codes", enabled=True)),
+        ),
+        ("POST", "/account/totp/disable"): (
+            "account.totp.disable",
+            "alice",
+            ("alice", _totp_form("/account/totp/disable", enabled=True)),
+        ),
+    }
+)
 
 # Routes whose service needs the daemon: (service function, action it audits, the integration test that
 # checks the row against a real daemon).
@@ -472,9 +563,9 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "member.passwd",
         "tests/web/test_member_self_service.py",
     ),
-    ("POST", "/me/initial-password"): (
-        reset_password,
-        "member.passwd",
+    ("POST", "/me/container-password"): (
+        set_container_password,
+        "member.container_password",
         "tests/web/test_member_self_service.py",
     ),
     ("POST", "/api/v1/members/{name}/snapshots"): (
@@ -560,6 +651,10 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
 
 NOT_AUDITED = {
     ("POST", "/lang"): "sets the language cookie of this browser; nothing on the server changes",
+    (
+        "POST",
+        "/account/notifications/{channel_id}/test",
+    ): "sends a test message; nothing in the store changes",
 }
 
 
@@ -705,9 +800,10 @@ def _cli_commands() -> set[str]:
 
 READ_ONLY_COMMANDS = {
     "admin list", "backup list", "config reference", "config show", "container list", "db current", "doctor",
-    "gpu bookings", "gpu idle", "gpu list", "gpu top", "host gateway status", "host list", "jobs status", "member key list",
+    "gpu bookings", "gpu idle", "gpu list", "gpu top", "gpu usage", "host gateway status", "host list", "jobs status", "member key list",
     "member list", "member show", "member snapshots", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
+    "notify queue", "notify channels",
 }  # fmt: skip
 # Commands that run labgpu itself or its upkeep, not a person's change to the lab (their own changes, like
 # reconcile's repairs, are logged as what they are).
@@ -723,6 +819,7 @@ NOT_A_PERSONS_CHANGE = {
     "host install-services": "writes systemd units for labgpu itself",
     "host gateway sync": "rewrites the gateway's files from the store (no new state)",
     "template bootstrap": "builds and publishes an image (template.build is audited by template build)",
+    "notify test": "sends test messages to the configured channels; nothing in the store changes",
 }
 # CLI command -> (service function, the action it audits).
 AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
@@ -740,6 +837,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "gpu mode": (gpu_modes.set_mode, "gpu.mode"),
     "gpu reject": (bookings.reject, "booking.reject"),
     "gpu unassign": (gpu_modes.unassign, "gpu.unassign"),
+    "gpu limits": (gpu_fair_use.set_usage_settings, "usage.settings"),
     "host add": (remote_hosts.add_host, "host.add"),
     "host drain": (remote_hosts.set_drained, "host.drain"),
     "host undrain": (remote_hosts.set_drained, "host.undrain"),
@@ -770,6 +868,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "template build": (template_build.build_template, "template.build"),
     "template import": (templates.import_template, "template.import"),
     "template rm": (templates.remove_template, "template.rm"),
+    "admin totp-reset": (totp_enrol.reset_totp, "account.totp.reset"),
 }
 # Commands whose options call further services (command -> [(service function, the action it audits)]).
 ALSO_AUDITED: dict[str, list[tuple[Callable[..., Any], str]]] = {

@@ -44,6 +44,7 @@ from tests.web.test_authorization import (
     PUBLIC,
     SESSION_ENDING,
     TABLE,
+    _call,
     _denied,
     _member_id,
     _url,
@@ -240,3 +241,46 @@ def test_another_members_token_finds_no_booking_of_alices(
     assert as_("alice").get(f"/api/v1/bookings/{mine}").json()["status"] == "pending"
     assert as_("boss").post(f"/api/v1/bookings/{mine}/approve", json={}).json()["status"] == "approved"
     assert bookings.get_booking(portal.svc, mine).status == "approved"
+
+
+# Two-factor log-in required for admins (require_totp_for_admins) --------------------------------------
+
+
+def _expected_for_an_admin_without_totp(method: str, path: str, category: str) -> set[str | None]:
+    if category == ADMIN:
+        return {"totp"}
+    if category == OBJECT:
+        return {"hidden"}  # alice's objects: as for any member, no admin power left
+    return {None}
+
+
+def test_every_route_for_an_admin_whose_required_second_factor_is_missing(web_settings: Any) -> None:
+    """With require_totp_for_admins, an admin's password-only session is a member's: every admin route
+    leads to setting up TOTP (pages) or answers 403 totp-enrolment-required (API), another member's objects
+    are hidden, the rest works; the same admin's API token is not affected (tested in tests/web/test_totp)."""
+    from labgpu.web.app import create_app
+
+    settings = web_settings.model_copy(update={"require_totp_for_admins": True})
+    portal = Portal(create_app(settings), settings)
+    with TestClient(portal.app):
+        application_id, target_token = _setup(portal)
+        client = portal.client(address="198.51.100.45")
+        assert login(client, "boss").headers["location"] == "/account/totp?next=/me"
+        csrf = csrf_from(client.get("/account").text)
+
+        problems = []
+        for method, path in _routes(portal):
+            if path in SESSION_ENDING:
+                assert login(client, "boss").status_code == 303
+                csrf = csrf_from(client.get("/account").text)
+            response = _call(client, method, path, _url(path, application_id, target_token), csrf)
+            got = _classify(response, path)
+            location = response.headers.get("location", "") if response.status_code == 303 else ""
+            if got is None and location.startswith("/account/totp?next="):
+                got = "totp"  # a page: set it up first
+            if got is None and response.status_code == 403 and "totp-enrolment-required" in response.text:
+                got = "totp"  # the API says why
+            expected = _expected_for_an_admin_without_totp(method, path, TABLE[(method, path)])
+            if got not in expected:
+                problems.append(f"{method} {path}: {response.status_code} ({got}), expected {expected}")
+        assert problems == []

@@ -254,6 +254,37 @@ def test_hostile_ssh_keys_are_refused_and_nothing_is_stored(portal: Portal) -> N
     assert list_keys(portal.svc, "alice") == []
 
 
+# Names of the member's guide's pages (/help/{page}): looked up in the guide's own list, never joined to a
+# path. What a traversal, an encoded separator or a file of the package gets is the guide's 404.
+HOSTILE_GUIDE_PAGES = [
+    "..",
+    "../../pyproject.toml",
+    "..\\..\\etc\\passwd",
+    "/etc/passwd",
+    "zh/../../__init__.py",
+    "__init__.py",
+    "connecting.md",
+    "README",
+    "pages",
+    "connecting\x00",
+    "connecting\n",
+    "$(id)",
+    "<script>alert(1)</script>",
+    "x" * 70,
+]
+
+
+def test_hostile_guide_page_names_find_no_file(portal: Portal) -> None:
+    client, _ = _logged_in(portal, "alice")
+    for name in HOSTILE_GUIDE_PAGES:
+        # Every byte percent-encoded, so that no client folds a ".." away before the portal sees it.
+        r = client.get("/help/" + "".join(f"%{byte:02X}" for byte in name.encode()))
+        assert r.status_code in (404, 422), (name, r.status_code)
+        assert "<script>alert(1)" not in r.text and "[project]" not in r.text and "import" not in r.text
+        if r.status_code == 404:
+            assert "no such page" in r.text, name
+
+
 def test_hostile_templates_in_an_approval_are_refused(portal: Portal) -> None:
     admin, headers = _logged_in(portal, "boss", Role.ADMIN)
     app = applications.submit(portal.svc, name="dave", email="d@lab.test", password="quiet-walnut-58-harbor")
@@ -481,3 +512,71 @@ def test_cli_refuses_hostile_shares_snapshots_templates_and_keys(
     assert run(["share", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert not (offline / "home").exists() or list((offline / "home").iterdir()) == []
+
+
+# Two-factor log-in (TOTP) -----------------------------------------------------------------------------
+
+HOSTILE_CODES = [
+    "$(id)",
+    "123456; reboot",
+    "123456\n",
+    "12345\x00",
+    "\x1b[31m123456",
+    "' OR 1=1 --",
+    "١٢٣٤٥٦",  # Arabic-Indic digits: isdigit() says yes, a code they are not
+    "１２３４５６",  # full-width digits
+    "abcde-fghjk\r\n",
+    "%s%n",
+    "{{7*7}}",
+    "",
+    "9" * 64,
+    "9" * 65,  # longer than the field takes
+]
+HOSTILE_NEXT = ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"]
+
+
+def test_hostile_codes_and_redirects_in_two_factor_log_in_are_refused(portal: Portal) -> None:
+    from tests.web.test_totp import code, enable_totp, second_step
+
+    portal.add_account("alice")
+    secret = enable_totp(portal, "alice")
+    # Setting up (a set-up in progress on another member's account): nothing turns on.
+    bob, _ = _logged_in(portal, "bob")
+    started = bob.post("/account/totp/setup", data={"csrf_token": page_token(bob, "/account/totp")})
+    assert started.status_code == 200
+    for typed in HOSTILE_CODES:
+        r = bob.post("/account/totp/confirm", data={"code": typed, "csrf_token": page_token(bob)})
+        assert r.status_code in (401, 422, 429), (typed, r.status_code)  # 429: wrong codes are throttled
+        assert "Traceback" not in r.text
+    assert "totp-setup-card" in bob.get("/account/totp").text  # still waiting for a right code
+
+    # Logging in: every hostile code is refused by the code step, and no session is made. (Wrong codes
+    # count for the throttle; it is emptied before each try, so that each reaches the code check.)
+    from sqlalchemy import delete
+
+    from labgpu.store.models import LoginAttempt
+
+    for i, typed in enumerate(HOSTILE_CODES):
+        with portal.svc.session() as s:
+            s.execute(delete(LoginAttempt))
+        client = portal.client(f"198.51.100.{120 + i}")
+        assert login(client, "alice").status_code == 303
+        r = second_step(client, typed)
+        assert r.status_code in (401, 422), (typed, r.status_code)  # type: ignore[attr-defined]
+        assert client.get("/api/v1/me").status_code == 401
+    # A hostile `next`: the code logs in, the redirect stays on this site.
+    with portal.svc.session() as s:
+        s.execute(delete(LoginAttempt))
+    for target in HOSTILE_NEXT[:1]:  # one code per step: the first hostile target is enough here
+        client = portal.client("198.51.100.150")
+        assert login(client, "alice", next=target).headers["location"].startswith("/login/totp?next=")
+        page = client.get("/login/totp", params={"next": target})
+        r = client.post(
+            "/login/totp",
+            data={"code": code(secret, 0), "next": target, "csrf_token": csrf_from(page.text)},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/me", r.headers.get("location")
+    for target in HOSTILE_NEXT:
+        page = portal.client("198.51.100.160").get("/login/totp", params={"next": target})
+        assert page.status_code in (200, 303) and "evil.example" not in page.headers.get("location", "")

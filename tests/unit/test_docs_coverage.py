@@ -1,6 +1,6 @@
 """Every `labgpu` command and option is documented somewhere in the English docs.
 
-The rule, on the markdown of README.md and docs/**/*.md (docs/zh/ is a translation and is not searched):
+The rule, on the markdown of README.md and docs/**/*.md (the translations in zh/ folders are not searched):
 
 - Only code counts: inline code spans and the lines of fenced code blocks. Prose that merely uses the word
   "list" or "show" documents nothing.
@@ -178,12 +178,12 @@ def undocumented(commands: list[Command], pages: dict[str, str]) -> list[str]:
 
 
 def pages_in(root: Path) -> dict[str, str]:
-    """The English docs: README.md and docs/**/*.md without the translation in docs/zh/."""
+    """The English docs: README.md and docs/**/*.md without the translations (every zh/ folder)."""
     paths = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
     return {
         str(path.relative_to(root)): path.read_text()
         for path in paths
-        if (root / "docs" / "zh") not in path.parents
+        if "zh" not in path.relative_to(root).parts
     }
 
 
@@ -302,3 +302,166 @@ def test_the_real_docs_without_a_command_or_an_option_fail() -> None:
     assert undocumented(_real_tree(), without_db_current) == ["labgpu db current"]
     without_no_homes = {name: text.replace("--no-homes", "") for name, text in pages.items()}
     assert undocumented(_real_tree(), without_no_homes) == ["labgpu backup restore --no-homes"]
+
+
+# The admin guide in Chinese ---------------------------------------------------------------------------
+#
+# docs/admin/zh/ holds one page per English admin page (and docs/configuration.md's translation). A page
+# drifts when the English one gains or loses a section, or when the CLI changes under it: the tests below
+# say which. Their checker, :func:`unknown_in`, is pure and shown to catch what it is for.
+
+ZH_ADMIN = ROOT / "docs" / "admin" / "zh"
+
+
+def zh_pairs(root: Path = ROOT) -> dict[Path, Path]:
+    """Each English admin page and its Chinese page (which may be missing)."""
+    english = [*sorted((root / "docs" / "admin").glob("*.md")), root / "docs" / "configuration.md"]
+    return {page: root / "docs" / "admin" / "zh" / page.name for page in english}
+
+
+def heading_counts(markdown: str) -> tuple[int, ...]:
+    """How many headings of each level, h1 to h4, outside code blocks."""
+    levels = [len(m.group(1)) for s in sections(markdown) if (m := re.match(r" {0,3}(#{1,6})\s", s))]
+    return tuple(levels.count(level) for level in (1, 2, 3, 4))
+
+
+def all_options(command: Any) -> dict[tuple[str, ...], set[str]]:
+    """Every command's words (without `labgpu`) -> every long option name it takes, hidden ones and
+    --help included; the root's own options are valid after any command."""
+    found: dict[tuple[str, ...], set[str]] = {}
+
+    def walk(cmd: Any, words: tuple[str, ...]) -> None:
+        names = {name for p in cmd.params for name in (*p.opts, *p.secondary_opts) if name.startswith("--")}
+        found[words] = names | {"--help"}
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, (*words, name))
+
+    walk(command, ())
+    root = found[()]
+    return {words: names | root for words, names in found.items()}
+
+
+_COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
+# Where a command starts in a line of code: its beginning (after a prompt, sudo or env variables) or after a
+# shell separator; a comment ends it.
+_PIECES = re.compile(r"&&|\|\||[;|]|\$\(|\)|`")
+_LEAD = re.compile(r"^(?:sudo\s+)?(?:[A-Z_]+=\S*\s+)*")
+
+
+def _invocations(markdown: str) -> list[tuple[list[str], bool]]:
+    """The words of each `labgpu ...` command line in a text's code, and whether it is in a code block
+    (a span may quote a message that starts with "labgpu")."""
+    segments = [(line, True) for block in _FENCE.finditer(markdown) for line in block.group(2).splitlines()]
+    segments += [(span, False) for span in _SPAN.findall(_FENCE.sub("", markdown))]
+    found = []
+    for segment, in_block in segments:
+        line = re.sub(r"^[#$]\s+", "", segment.strip())
+        for piece in _PIECES.split(re.split(r"\s#(?:\s|$)", line, maxsplit=1)[0]):
+            words = _TOKEN.findall(_LEAD.sub("", piece.strip()))
+            if words[:1] == ["labgpu"]:
+                found.append((words[1:], in_block))
+    return found
+
+
+def unknown_in(options: dict[tuple[str, ...], set[str]], markdown: str) -> list[str]:
+    """The `labgpu ...` commands and options in a text's code that the CLI does not have: a word after a
+    group that is none of its commands (`labgpu member frob`), an option its command does not take. A span
+    whose first word is no command at all is taken for a quoted message, a code-block line is not."""
+    found: list[str] = []
+    for tokens, in_block in _invocations(markdown):
+        words: tuple[str, ...] = ()
+        i = 0
+        while i < len(tokens) and (*words, tokens[i]) in options:
+            words = (*words, tokens[i])
+            i += 1
+        is_group = any(len(w) == len(words) + 1 and w[: len(words)] == words for w in options)
+        if is_group and i < len(tokens) and _COMMAND_WORD.fullmatch(tokens[i]):
+            if words or in_block:
+                found.append(" ".join(("labgpu", *words, tokens[i])))
+            continue
+        for token in tokens[i:]:
+            option = token.split("=", 1)[0].rstrip(".:,")
+            if option.startswith("--") and len(option) > 2 and option not in options[words]:
+                found.append(" ".join(("labgpu", *words, option)))
+    return found
+
+
+def test_every_english_admin_page_has_its_chinese_page() -> None:
+    missing = [str(zh.relative_to(ROOT)) for zh in zh_pairs().values() if not zh.exists()]
+    assert not missing, "translate these pages (docs/admin/zh/README.md says how):\n" + "\n".join(missing)
+    extra = {p.name for p in ZH_ADMIN.glob("*.md")} - {zh.name for zh in zh_pairs().values()}
+    assert not extra, f"Chinese pages without an English page: {sorted(extra)}"
+
+
+def test_the_chinese_admin_pages_have_the_english_pages_sections() -> None:
+    drift = [
+        f"{zh.relative_to(ROOT)}: headings h1-h4 {heading_counts(zh.read_text())}, "
+        f"{en.relative_to(ROOT)}: {heading_counts(en.read_text())}"
+        for en, zh in zh_pairs().items()
+        if zh.exists() and heading_counts(zh.read_text()) != heading_counts(en.read_text())
+    ]
+    assert not drift, "the English page changed its sections: bring the Chinese page along\n" + "\n".join(
+        drift
+    )
+
+
+def test_the_admin_pages_name_only_commands_and_options_that_exist() -> None:
+    options = all_options(typer.main.get_command(app))
+    pages = [*zh_pairs(), *ZH_ADMIN.glob("*.md"), ROOT / "docs" / "zh" / "README.md"]
+    wrong = [
+        f"{page.relative_to(ROOT)}: {name}"
+        for page in pages
+        for name in unknown_in(options, page.read_text())
+    ]
+    assert not wrong, "no such command or option:\n" + "\n".join(wrong)
+
+
+def test_the_chinese_settings_table_is_the_generated_one() -> None:
+    from labgpu.settings import settings_reference_markdown
+
+    table = settings_reference_markdown().split("\n", 1)[1]
+    assert table in (ZH_ADMIN / "configuration.md").read_text(), "run scripts/gen-docs"
+
+
+def test_the_translation_checks_catch_drift() -> None:
+    root = {"--config", "--help"}
+    options = {(): root, ("member",): root, ("member", "add"): {"--disk", *root}}
+    text = (
+        "`labgpu member add x --disk 5GiB --config f`\n```\nlabgpu member frob\n"
+        "# labgpu member add --dsk 1    # a prompt, then --bad in a comment\nx && sudo labgpu frob\n```\n"
+    )
+    assert unknown_in(options, text) == ["labgpu member frob", "labgpu member add --dsk", "labgpu frob"]
+    quoted = "`labgpu member ...`, `labgpu member add|rm`, `labgpu member`, `labgpu said no`, `labgpu: x --y`"
+    assert unknown_in(options, quoted) == []
+    assert unknown_in(options, "`labgpu member frob`") == ["labgpu member frob"]
+    english = "# T\n\n## A\n\n```sh\n# a comment\n```\n\n## B\n\n### B.1\n"
+    assert heading_counts(english) == (1, 2, 1, 0)
+    assert heading_counts(english.replace("## B\n", "")) != heading_counts(english)
+
+
+def test_the_links_of_the_chinese_pages_lead_somewhere() -> None:
+    """A relative link of a Chinese page names a file that exists and, after `#`, one of its headings (as
+    GitHub and the portal's guide make their anchors)."""
+    from urllib.parse import unquote
+
+    from labgpu.web.guide import slug
+
+    pages = [
+        *ZH_ADMIN.glob("*.md"),
+        ROOT / "docs" / "zh" / "README.md",
+        *(ROOT / "docs" / "member").rglob("*.md"),
+    ]
+    broken = []
+    for page in pages:
+        for href in re.findall(r"\]\(([^)\s]+)\)", _FENCE.sub("", page.read_text())):
+            if re.match(r"[a-z]+:", href):
+                continue
+            path, _, anchor = href.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {href}")
+            elif anchor and target.is_file():
+                headings = [slug(m) for m in re.findall(r"^#{1,6} (.+)$", target.read_text(), re.M)]
+                if unquote(anchor) not in headings:
+                    broken.append(f"{page.relative_to(ROOT)}: {href}")
+    assert not broken, "links to nothing:\n" + "\n".join(broken)

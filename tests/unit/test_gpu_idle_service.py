@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from labgpu.gpu.fake import RecordedNvml
 from labgpu.gpu.nvml import NvmlReading
+from labgpu.services import notify
 from labgpu.services.gpus import _bookings as bookings
 from labgpu.services.gpus._holders import idle_gpus
 from labgpu.services.ops import _jobs as jobs
@@ -38,11 +39,14 @@ class Utilization(RecordedNvml):
 
 
 def minutes(svc, source: Utilization, start: datetime, count: int) -> list[jobs.JobRun]:  # type: ignore[no-untyped-def]
-    """Run the gpu-idle job once a minute for ``count`` minutes from ``start``."""
-    return [
+    """Run the gpu-idle job once a minute for ``count`` minutes from ``start``; then wait for the
+    notifications it queued to be delivered (they go out in the background)."""
+    runs = [
         jobs.run_job(svc, jobs.JOBS["gpu-idle"], now=start + i * MIN, force=True, gpu_source=lambda: source)
         for i in range(count)
     ]
+    assert notify.wait_for_deliveries()
+    return runs
 
 
 def mail_settings(box: MailBox, **more: object) -> dict[str, object]:
@@ -156,9 +160,18 @@ def test_a_mail_that_cannot_be_sent_is_tried_again(gpu_store: GpuStore, smtp_ser
     bookings.book(broken, member="alice", gpus="0,", start=T0, end=T0 + 5 * H, now=T0, gpus_on_host=GPUS)
     bookings.advance(broken, now=T0)
     runs = minutes(broken, source, T0, 11)
-    assert runs[-1].status == "failed" and "not sent; retried next run" in runs[-1].result.errors[0]
+    assert (
+        runs[-1].status == "ok" and "told alice: GPU 0" in runs[-1].result.lines
+    )  # queued: not the job's failure
+    (queued,) = notify.list_deliveries(broken)
+    assert queued.status == "pending" and queued.attempts == 1 and "127.0.0.1:1" in (queued.last_error or "")
     fixed = gpu_store.svc(**mail_settings(smtp_server, gpu_idle_minutes=10))
-    minutes(fixed, source, T0 + 11 * MIN, 3)
+    minutes(fixed, source, T0 + 11 * MIN, 3)  # the same spell: not queued again
+    assert smtp_server.to("alice@lab.test") == []
+    (run,) = jobs.run_once(fixed, job="notify", now=queued.next_attempt_at)
+    assert run.status == "ok" and run.result.lines == [
+        f"notification {queued.id} to mail:alice@lab.test: sent"
+    ]
     assert len(smtp_server.to("alice@lab.test")) == 1
 
 
@@ -175,4 +188,4 @@ def test_prune_deletes_old_samples(gpu_store: GpuStore) -> None:
     source = Utilization()
     minutes(svc, source, T0, 2)
     (run,) = jobs.run_once(svc, job="prune", now=T0 + timedelta(days=1, minutes=2))
-    assert run.result.lines == ["8 old GPU sample(s) and 0 booking slot(s) of ended bookings deleted"]
+    assert run.result.lines[0] == "8 old GPU sample(s) and 0 booking slot(s) of ended bookings deleted"

@@ -29,12 +29,29 @@ def test_root_disk_autostart_and_a_nic_only_with_a_network() -> None:
     assert "eth0" not in labgpu_profile(settings(network_mode="none"), pool="fast").devices
 
 
+def test_a_bridge_nic_is_an_isolated_port_where_the_daemon_can_and_the_setting_wants() -> None:
+    isolated = labgpu_profile(settings(), pool="p", port_isolation=True).devices["eth0"]
+    assert isolated == {
+        "type": "nic",
+        "name": "eth0",
+        "network": "labgpubr0",
+        "security.port_isolation": "true",
+    }
+    assert "security.port_isolation" not in labgpu_profile(settings(), pool="p").devices["eth0"]
+    shared = labgpu_profile(settings(network_isolation=False), pool="p", port_isolation=True)
+    assert "security.port_isolation" not in shared.devices["eth0"]
+    macvlan = labgpu_profile(
+        settings(network_mode="macvlan", network_parent="eth0"), pool="p", port_isolation=True
+    )
+    assert "security.port_isolation" not in macvlan.devices["eth0"]
+
+
 def existing(config: dict[str, str], devices: dict[str, dict[str, str]]) -> Profile:
     return Profile(name="labgpu", description="mine", config=config, devices=devices)
 
 
 def test_same_profile_no_diff_and_admin_additions_are_not_differences() -> None:
-    spec = labgpu_profile(settings(), pool="default")
+    spec = labgpu_profile(settings(network_mode="none"), pool="default")
     have = existing(
         {"boot.autostart": "true", "limits.cpu": "4"},
         {"root": {"type": "disk", "path": "/", "pool": "default", "size": "50GiB"}, "data": {"type": "disk"}},
@@ -56,7 +73,7 @@ def test_diff_names_each_difference() -> None:
 
 
 def test_merge_puts_labgpu_keys_right_keeps_the_rest_and_drops_privileged() -> None:
-    spec = labgpu_profile(settings(), pool="default")
+    spec = labgpu_profile(settings(network_mode="none"), pool="default")
     have = existing(
         {"boot.autostart": "false", "security.privileged": "true", "limits.cpu": "4"},
         {"root": {"type": "disk", "path": "/", "pool": "other", "size": "50GiB"}},

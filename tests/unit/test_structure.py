@@ -153,6 +153,6 @@ def _features(directory: Path) -> set[str]:
 def test_services_cli_and_web_routes_share_the_feature_names() -> None:
     """`labgpu member ...`, /api/v1/members/... and the member pages lead to one name: members."""
     features = {p.name for p in (SRC / "services").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert features == {"hosts", "members", "gpus", "templates", "portal", "ops"}
+    assert features == {"hosts", "members", "gpus", "templates", "portal", "ops", "notify"}
     assert features <= _features(SRC / "cli")
     assert features <= _features(SRC / "web" / "routes")

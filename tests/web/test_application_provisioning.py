@@ -38,7 +38,7 @@ def test_approve_provisions_in_the_background_and_resumes_after_a_restart(
         )
         assert r.status_code == 201, r.text
         app_id = r.json()["id"]
-        assert smtp_server.to("boss@lab.test"), "the admins were mailed"
+        assert smtp_server.wait_for("boss@lab.test"), "the admins were mailed"
         assert login(c, "boss").status_code == 303
         csrf = {"X-CSRF-Token": page_token(c, "/admin/applications")}
         r = c.post(
@@ -93,7 +93,7 @@ def test_approve_provisions_in_the_background_and_resumes_after_a_restart(
             session.scalars(select(Application.password_hash).where(Application.id == app_id)).one() is None
         )
 
-    (mail,) = smtp_server.to(f"{name}@lab.test")
+    (mail,) = smtp_server.wait_for(f"{name}@lab.test")
     body = mail.get_content()
     assert "ready" in mail["Subject"]
     assert "https://gpu.lab.test/login" in body

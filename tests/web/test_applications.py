@@ -45,7 +45,7 @@ def test_a_visitor_applies_and_the_admins_are_mailed(portal: Portal, smtp_server
         "Prof. Li",
         "192.0.2.7",
     )
-    (mail,) = smtp_server.to("boss@lab.test")
+    (mail,) = smtp_server.wait_for("boss@lab.test")  # notifications are delivered in the background
     assert "newbie" in mail["Subject"]
     body = mail.get_content()
     assert "deep learning for my thesis" in body and "/admin/applications" in body
@@ -137,7 +137,7 @@ def test_admin_rejects_with_a_reason_and_the_applicant_is_mailed(
         )
         assert again.status_code == 409
         assert admin.get(f"/api/v1/applications/{pending.id}").json()["status"] == "rejected"
-    (mail,) = smtp_server.to("newbie@lab.test")
+    (mail,) = smtp_server.wait_for("newbie@lab.test")
     assert "not approved" in mail["Subject"]
     assert "please ask your supervisor to write to us" in mail.get_content()
     # The name is free again.

@@ -96,7 +96,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("GET", "/me"): SELF,
     ("POST", "/me/power"): SELF,
     ("POST", "/me/reset"): SELF,
-    ("POST", "/me/initial-password"): SELF,
+    ("POST", "/me/container-password"): SELF,
     ("POST", "/me/snapshots"): SELF,
     ("POST", "/me/snapshots/restore"): SELF,
     ("POST", "/me/snapshots/delete"): SELF,
@@ -133,7 +133,33 @@ TABLE: dict[tuple[str, str], str] = {
     # The terminal in the browser: its page, and its WebSocket ("WS": the handshake, with the portal's Origin).
     ("GET", "/terminal/{name}"): OBJECT,
     ("WS", "/terminal/{name}/ws"): OBJECT,
+    # The member's guide: for everyone logged in; visitors log in first (web/routes/members/guide.py).
+    ("GET", "/help"): SELF,
+    ("GET", "/help/{page}"): SELF,
+    # Two-factor log-in (TOTP): the code step of a log-in, and setting it up on one's own account.
+    ("GET", "/login/totp"): PUBLIC,
+    ("POST", "/login/totp"): PUBLIC,
+    ("GET", "/account/totp"): SELF,
+    ("POST", "/account/totp/setup"): SELF,
+    ("POST", "/account/totp/confirm"): SELF,
+    ("POST", "/account/totp/recovery-codes"): SELF,
+    ("POST", "/account/totp/disable"): SELF,
+    # Notifications (web/routes/notify.py): a member's own channels only.
+    ("GET", "/account/notifications"): SELF,
+    ("POST", "/account/notifications"): SELF,
+    ("POST", "/account/notifications/{channel_id}/test"): SELF,
+    ("POST", "/account/notifications/{channel_id}/remove"): SELF,
+    # GPU usage history and fair use
+    ("GET", "/api/v1/usage"): SELF,
+    ("GET", "/api/v1/usage/events"): SELF,
+    ("GET", "/usage"): SELF,
+    ("GET", "/usage.csv"): SELF,
+    ("POST", "/usage/weekly-report"): SELF,
+    ("GET", "/admin/usage"): ADMIN,
+    ("GET", "/admin/usage.csv"): ADMIN,
 }
+# The log-in forms answer 401 to a failed log-in: that is their answer, not a request for one.
+LOGIN_FORMS = {"/login", "/login/totp"}
 # Routes that end the caller's session: called last in each role's run.
 SESSION_ENDING = {"/logout", "/account/logout-everywhere", "/api/v1/me/logout-everywhere"}
 OWNER, OTHER = "alice", "bob"
@@ -175,10 +201,12 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{application_id}", str(application_id))
         .replace("{token_id}", str(token_id))
         .replace("{booking_id}", "1")
+        .replace("{channel_id}", "1")
         .replace("{snapshot}", "snap-1")
         .replace("{share}", "datasets")
         .replace("{action}", "start")
         .replace("/static", "/static/style.css")
+        .replace("{page}", "connecting")
     )
 
 
@@ -201,7 +229,7 @@ def _call(client: TestClient, method: str, path: str, url: str, csrf: str) -> ht
 def _denied(response: httpx.Response, path: str) -> str | None:
     """How the request was refused ("login", "forbidden", "hidden"), or None when it was let through."""
     status = response.status_code
-    if status == 401 and path != "/login":
+    if status == 401 and path not in LOGIN_FORMS:
         return "login"
     if status == 303 and response.headers["location"].startswith("/login?next="):
         return "login"

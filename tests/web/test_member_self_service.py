@@ -4,7 +4,6 @@ password, reset with a typed confirmation; and an admin's limits, disable and re
 from __future__ import annotations
 
 import html
-import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +15,7 @@ from labgpu.services.portal import _accounts as accounts
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import LabgpuEnv, unique_name
-from tests.integration.sshutil import change_expired_password, make_key, ssh_key
+from tests.integration.sshutil import make_key, ssh_key, ssh_password
 from tests.web.conftest import PASSWORD, csrf_from, login, page_token
 
 pytestmark = pytest.mark.integration
@@ -35,10 +34,11 @@ def test_member_keys_snapshots_password_and_reset(labgpu_env: LabgpuEnv, tmp_pat
         page = c.get("/me")
         assert "Up for" in page.text and "Memory in use" in page.text
         token = csrf_from(page.text)
-        # An SSH key added on the page works at once.
+        # An SSH key added on the page works at once, without a terminal: the admin-known initial password
+        # nobody used is dropped (expired, it would stop key logins).
+        assert sheet.initial_password
         r = c.post("/me/keys", data={"key": (key.with_suffix(".pub")).read_text(), "csrf_token": token})
         assert r.status_code == 200 and "The SSH key was added." in r.text
-        change_expired_password(port, sheet.initial_password or "", "Fresh-Start-4417", key=key)
         result = ssh_key(key, port, "echo hello")
         assert result.stdout.strip() == "hello", result.stderr
         # Snapshots: take, list, restore (the root filesystem goes back; the home stays).
@@ -53,12 +53,19 @@ def test_member_keys_snapshots_password_and_reset(labgpu_env: LabgpuEnv, tmp_pat
         wait_for_ssh("127.0.0.1", port, timeout=60)
         assert ssh_key(key, port, "ls /home/ubuntu/after-snapshot").returncode != 0
         assert ssh_key(key, port, "ls /home/ubuntu/before-snapshot").returncode == 0
-        # A first-login password, shown once.
-        r = c.post("/me/initial-password", data={"csrf_token": token})
-        assert r.status_code == 200
-        shown = re.search(r'<pre id="new-password" class="password">([^<]+)</pre>', r.text)
-        assert shown and len(shown.group(1)) >= 12
-        assert shown.group(1) not in c.get("/me").text
+        # The container's password, chosen by the member: refused when weak or mistyped, then works at once.
+        form = {"password": "Fresh-Start-4417", "confirm_password": "Fresh-Start-4418", "csrf_token": token}
+        assert c.post("/me/container-password", data=form).status_code == 400
+        weak = {"password": "password", "confirm_password": "password", "csrf_token": token}
+        assert c.post("/me/container-password", data=weak).status_code == 400
+        form["confirm_password"] = form["password"]
+        r = c.post("/me/container-password", data=form)
+        assert r.status_code == 200 and "password was set" in r.text
+        assert "Fresh-Start-4417" not in r.text
+        assert ssh_password("Fresh-Start-4417", port, "id -un").stdout.strip() == "ubuntu"
+        # An admin-known password for a member with a key is refused (it would stop the key's logins).
+        r = c.post(f"/api/v1/members/{name}/initial-password", headers=csrf)
+        assert r.status_code == 409 and "SSH key" in r.json()["error"]["message"]
         # Reset needs the name typed again.
         r = c.post("/me/reset", data={"confirm": "nope", "csrf_token": token})
         assert r.status_code == 400 and "type your name" in r.text
@@ -66,9 +73,7 @@ def test_member_keys_snapshots_password_and_reset(labgpu_env: LabgpuEnv, tmp_pat
         assert r.status_code == 403  # another template: admins only
         r = c.post("/me/reset", data={"confirm": name, "csrf_token": token})
         assert r.status_code == 200, html.unescape(r.text)[-500:]
-        shown = re.search(r'<pre id="new-password" class="password">([^<]+)</pre>', r.text)
-        assert shown
-        change_expired_password(port, shown.group(1), "Fresh-Start-4418", key=key)
+        assert 'id="new-password"' not in r.text  # a member with a key gets no admin-known password
         assert (
             ssh_key(key, port, "ls /home/ubuntu/before-snapshot").returncode != 0
         )  # rebuilt from the template

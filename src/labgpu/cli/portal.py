@@ -19,7 +19,8 @@ from labgpu.errors import BadInput
 
 
 admin_app = typer.Typer(
-    help="Portal accounts: create admins, set passwords, disable and enable.", no_args_is_help=True
+    help="Portal accounts: create admins, set passwords, disable and enable, reset two-factor log-in.",
+    no_args_is_help=True,
 )
 
 PasswordStdinOpt = Annotated[
@@ -103,6 +104,24 @@ def enable(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Account
     _set_disabled(ctx, name, disabled=False)
 
 
+@admin_app.command("totp-reset")
+def totp_reset(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Account (member) name.")]
+) -> None:
+    """Turn off a member's two-factor log-in (TOTP) and recovery codes, e.g. for an admin who lost their
+    phone: they log in with the password alone (and set it up again when it is required for admins)."""
+    from labgpu.services import portal
+
+    c = get_context(ctx)
+    svc = c.store_services
+    if portal.reset_totp(svc, name):
+        c.console.print(
+            f"two-factor log-in of [bold]{name}[/] removed; their password alone logs them in now"
+        )
+    else:
+        c.console.print(f"{name} had no two-factor log-in")
+
+
 @admin_app.command("list")
 def list_(
     ctx: typer.Context,
@@ -115,19 +134,21 @@ def list_(
     c = get_context(ctx)
     svc = c.store_services
     rows = portal.list_accounts(svc, admins_only=not all_)
+    with_totp = portal.totp_members(svc)
     if json_:
-        print_json([r.as_dict() for r in rows])
+        print_json([{**r.as_dict(), "totp": r.name in with_totp} for r in rows])
         return
     if not rows:
         c.console.print("no accounts yet; create the first admin with `labgpu admin create NAME`")
         return
-    table = Table("name", "role", "e-mail", "password", "state", "last login")
+    table = Table("name", "role", "e-mail", "password", "2fa", "state", "last login")
     for r in rows:
         table.add_row(
             r.name,
             r.role,
             r.email or "",
             "set" if r.has_password else "none",
+            "totp" if r.name in with_totp else "-",
             "disabled" if r.disabled else "active",
             r.last_login_at.strftime("%Y-%m-%d %H:%M") if r.last_login_at else "never",
         )

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -77,14 +77,47 @@ class SharedSweep:
             return self._last
 
 
+# A gap between two sweeps longer than this is not counted as GPU time (the agent was not asked).
+MAX_COUNTED_GAP = 300.0
+
+
+class MemberSeconds:
+    """GPU time per member and GPU, counted by the agent since it started: at each new sweep, the time
+    since the previous one (at most :data:`MAX_COUNTED_GAP`) goes to every member with processes on the
+    GPU. A Prometheus counter: ``increase(...[7d]) / 3600`` is GPU-hours, ``rate(...)`` GPUs in use."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[str, str, str, str], float] = {}
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def count(self, inv: Inventory) -> dict[tuple[str, str, str, str], float]:
+        with self._lock:
+            if self._last is not None and inv.taken_at > self._last:
+                gap = min(inv.taken_at - self._last, MAX_COUNTED_GAP)
+                on = {
+                    (str(u.gpu.index), u.gpu.uuid, u.gpu.name, p.member)
+                    for u in inv.gpus
+                    for p in u.processes
+                    if p.member
+                }
+                for key in on:
+                    self.seconds[key] = self.seconds.get(key, 0.0) + gap
+            if self._last is None or inv.taken_at > self._last:
+                self._last = inv.taken_at
+            return dict(self.seconds)
+
+
 class InventoryCollector(Collector):
     """Prometheus metrics from one sweep per scrape."""
 
     def __init__(self, sweep: Sweep) -> None:
         self._sweep = sweep
+        self._member_seconds = MemberSeconds()
 
     def collect(self) -> Iterator[Metric]:
         inv = self._sweep()
+        yield from self._members(inv)
         up = GaugeMetricFamily("labgpu_nvml_up", "1 when NVML could be read on this host, else 0")
         up.add_metric([], 1.0 if inv.available else 0.0)
         yield up
@@ -151,6 +184,27 @@ class InventoryCollector(Collector):
             m_procs.add_metric(labels, float(row.processes))
         yield m_used
         yield m_procs
+
+    def _members(self, inv: Inventory) -> Iterator[Metric]:
+        """Usage per member: GPUs in use now, and GPU time counted since the agent started."""
+        in_use = GaugeMetricFamily(
+            "labgpu_member_gpus_in_use", "GPUs a member has processes on now", labels=["member"]
+        )
+        counts: dict[str, int] = {}
+        for usage in inv.gpus:
+            for member in {p.member for p in usage.processes if p.member}:
+                counts[member] = counts.get(member, 0) + 1
+        for member, n in sorted(counts.items()):
+            in_use.add_metric([member], float(n))
+        yield in_use
+        seconds = CounterMetricFamily(
+            "labgpu_member_gpu_seconds",
+            "Seconds a member had processes on a GPU, counted since the agent started",
+            labels=[*GPU_LABELS, "member"],
+        )
+        for (gpu, uuid, name, member), value in sorted(self._member_seconds.count(inv).items()):
+            seconds.add_metric([gpu, uuid, name, member], value)
+        yield seconds
 
 
 def create_agent_app(*, sweep: Sweep, token: str | None, min_interval: float = 1.0) -> FastAPI:

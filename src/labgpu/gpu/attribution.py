@@ -165,6 +165,20 @@ def command_of_pid(pid: int, proc_root: str | Path = "/proc") -> str:
         return ""
 
 
+def container_pid_of(pid: int, proc_root: str | Path = "/proc") -> int | None:
+    """The pid of host process ``pid`` inside its own PID namespace (the last ``NSpid`` of
+    ``/proc/PID/status``), what ``kill`` inside the container takes; None when it cannot be read."""
+    try:
+        text = _read(f"{proc_root}/{int(pid)}/status")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            parts = line.split()[1:]
+            return int(parts[-1]) if parts and parts[-1].isdigit() else None
+    return None
+
+
 def attribute_pids(pids: Iterable[int], proc_root: str | Path = "/proc") -> dict[int, ProcessOwner]:
     """:func:`container_of_pid` for each pid (each read once, however often it is listed)."""
     return {pid: container_of_pid(pid, proc_root) for pid in dict.fromkeys(pids)}

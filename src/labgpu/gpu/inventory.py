@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labgpu.gpu.attribution import OwnerKind, ProcessOwner, attribute_pids, command_of_pid
+from labgpu.gpu.attribution import (
+    OwnerKind,
+    ProcessOwner,
+    attribute_pids,
+    command_of_pid,
+    container_pid_of,
+)
 from labgpu.gpu.nvml import GpuProcessSample, GpuSample, GpuSource, NvmlReading, NvmlUnavailable
 
 DEFAULT_PROJECT = "default"
@@ -36,10 +42,12 @@ class ProcessUsage:
     owner: ProcessOwner
     member: str | None  # None: a host process, an unknown one, or a container labgpu does not own
     command: str
+    container_pid: int | None = None  # its pid inside the container (fair use stops it there)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pid": self.pid,
+            "container_pid": self.container_pid,
             "command": self.command,
             "used_memory": self.used_memory,
             "type": self.type,
@@ -248,7 +256,7 @@ def attribute_reading(
     where = attribute_pids(pids, proc_root)
     commands = {pid: command_of_pid(pid, proc_root) for pid in where}
     gpus = tuple(
-        GpuUsage(g, tuple(_usage(p, where[p.pid], commands[p.pid], owners) for p in g.processes))
+        GpuUsage(g, tuple(_usage(p, where[p.pid], commands[p.pid], owners, proc_root) for p in g.processes))
         for g in reading.gpus
     )
     warnings = cross_check(reading.gpus, resources)
@@ -266,10 +274,21 @@ def attribute_reading(
     )
 
 
-def _usage(p: GpuProcessSample, owner: ProcessOwner, command: str, owners: OwnerMap) -> ProcessUsage:
+def _usage(
+    p: GpuProcessSample, owner: ProcessOwner, command: str, owners: OwnerMap, proc_root: str | Path
+) -> ProcessUsage:
     member = None
+    container_pid = None
     if owner.in_container and owner.container is not None:
         member = owners.get((owner.project or DEFAULT_PROJECT, owner.container))
+        if member is not None:
+            container_pid = container_pid_of(p.pid, proc_root)
     return ProcessUsage(
-        pid=p.pid, used_memory=p.used_memory, type=p.type, owner=owner, member=member, command=command
+        pid=p.pid,
+        used_memory=p.used_memory,
+        type=p.type,
+        owner=owner,
+        member=member,
+        command=command,
+        container_pid=container_pid,
     )

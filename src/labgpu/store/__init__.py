@@ -9,6 +9,10 @@ Nothing is built at import. Typical use::
         session.add(Member(name="alice", uid=200001))
 """
 
+from labgpu.store import (
+    models_notify,  # noqa: F401 - registers its tables on Base.metadata
+    usage_models,  # noqa: F401  (its tables in Base.metadata)
+)
 from labgpu.store.db import (
     connect,
     create_engine_for,

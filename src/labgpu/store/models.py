@@ -561,3 +561,40 @@ class Notice(Base):
     ends_at: Mapped[datetime | None]  # None: until removed
     created_by: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+
+# Two-factor log-in: TOTP (revision 0004; services/portal/_totp.py) --------------------------------
+class TotpCredential(Base):
+    """TOTP secret (as is: codes need it), one being set up, the step of the last code taken (no replay)."""
+
+    __tablename__ = "totp_credentials"
+
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
+    secret: Mapped[str | None] = mapped_column(sa.String(64))  # base32
+    enabled_at: Mapped[datetime | None]
+    pending_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=sa.func.now())
+
+
+class TotpRecoveryCode(Base):
+    """A one-time recovery code: its argon2id hash only, like a password."""
+
+    __tablename__ = "totp_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(255))
+    used_at: Mapped[datetime | None]
+
+
+class PendingLogin(Base):
+    """A right password waiting for its code: NOT a login session (id: SHA-256 of the cookie's token)."""
+
+    __tablename__ = "pending_logins"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime]
+    failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    used_at: Mapped[datetime | None]

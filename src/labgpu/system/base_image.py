@@ -114,6 +114,11 @@ DEFAULT_INCLUDE = (
     "libpam-systemd",
     "ca-certificates",
     "procps",
+    # The NIC by DHCP in a container: udev marks links ready for systemd-networkd (without it they stay
+    # "pending"), systemd-resolved answers the resolver; rsync for members' copies (rsync needs it on both ends).
+    "udev",
+    "systemd-resolved",
+    "rsync",
 )
 DEFAULT_CACHE_DIR = Path("/var/cache/labgpu/images")
 DEFAULT_BUSYBOX = Path("/bin/busybox")

@@ -61,6 +61,20 @@ RemainAfterExit=yes
 WantedBy=multi-user.target ssh.service
 """
 
+#: The container's NIC (a bridge or macvlan network's eth0; none when network_mode is none) takes its address,
+#: route and resolver by DHCP: systemd-networkd, with systemd-resolved answering /etc/resolv.conf.
+NETWORK_NAME = "80-labgpu-eth0.network"
+NETWORK_TEXT = """\
+# labgpu: the container's NIC (network_mode bridge or macvlan) is configured by DHCP.
+[Match]
+Name=eth0
+
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+"""
+
 HOSTNAME_TEMPLATE = "{{ container.name }}\n"
 
 HOSTS_TEMPLATE = """\
@@ -163,6 +177,7 @@ def debootstrap_parts() -> tuple[Callable[..., Any] | str, ...]:
         image_metadata,
         SSHD_CONFIG,
         KEYGEN_UNIT_TEXT,
+        NETWORK_TEXT,
         HOSTNAME_TEMPLATE,
         HOSTS_TEMPLATE,
     )
@@ -261,7 +276,31 @@ def configure_ssh_rootfs(rootfs: Path, *, user: str, uid: int) -> None:
         dbus_id.symlink_to("/etc/machine-id")
     (etc / "hostname").write_text("localhost\n")
     (etc / "resolv.conf").unlink(missing_ok=True)
-    (etc / "resolv.conf").write_text("")
+    # The NIC by DHCP (systemd-networkd, not its wait-online: a container without a NIC must not wait), the
+    # resolver from DHCP through systemd-resolved's stub when the image has it.
+    (etc / "systemd" / "network").mkdir(parents=True, exist_ok=True)
+    (etc / "systemd" / "network" / NETWORK_NAME).write_text(NETWORK_TEXT)
+    lib = "/lib/systemd/system"
+    if (rootfs / lib.lstrip("/") / "systemd-networkd.service").exists():
+        _enable_unit(
+            etc,
+            "systemd-networkd.service",
+            f"{lib}/systemd-networkd.service",
+            wanted_by=("multi-user.target",),
+        )
+        _enable_unit(
+            etc, "systemd-networkd.socket", f"{lib}/systemd-networkd.socket", wanted_by=("sockets.target",)
+        )
+    if (rootfs / lib.lstrip("/") / "systemd-resolved.service").exists():
+        _enable_unit(
+            etc,
+            "systemd-resolved.service",
+            f"{lib}/systemd-resolved.service",
+            wanted_by=("multi-user.target",),
+        )
+        (etc / "resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    else:
+        (etc / "resolv.conf").write_text("")
 
     for pattern in ("var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*"):
         for path in rootfs.glob(pattern):

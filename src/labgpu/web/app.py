@@ -93,14 +93,16 @@ def create_app(
     NVML of this machine and the hosts' agents."""
     from labgpu.services.ops import start_job_runner
     from labgpu.services.portal import ProvisionWorker
-    from labgpu.web.routes import hosts, ops, templates
+    from labgpu.web.routes import hosts, notify, ops, templates
     from labgpu.web.routes.gpus import api as gpus_api
     from labgpu.web.routes.gpus import pages as gpus_pages
+    from labgpu.web.routes.gpus import usage_api, usage_pages
     from labgpu.web.routes.members import admin as members_admin
     from labgpu.web.routes.members import api as members_api
+    from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
     from labgpu.web.routes.members import terminal as members_terminal
-    from labgpu.web.routes.portal import account, apply, auth
+    from labgpu.web.routes.portal import account, apply, auth, totp
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
 
@@ -175,16 +177,21 @@ def create_app(
         portal_api,
         members_api,
         gpus_api,
+        usage_api,
         hosts,
         templates,
         auth,
+        totp,
         apply,
         account,
+        notify,
         me,
         portal_admin,
         members_admin,
         gpus_pages,
         members_terminal,
+        members_guide,
+        usage_pages,
     ):
         app.include_router(module.router)
     return app

@@ -23,7 +23,7 @@ from fastapi import Depends, Path, Request
 from labgpu.errors import N_, NotFound
 from labgpu.services.context import Actor, Services
 from labgpu.services.gpus import GpuUsageReader
-from labgpu.services.portal import Forbidden, Identity, Unauthenticated
+from labgpu.services.portal import Forbidden, Identity, Unauthenticated, enrolment_required_error
 from labgpu.web.security import client_address, request_identity
 from labgpu.web.templating import Renderer
 
@@ -47,6 +47,8 @@ CurrentMember = Annotated[Identity, Depends(require_member)]
 
 
 def require_admin(identity: CurrentMember) -> Identity:
+    if identity.totp_due:  # an admin whose required second factor is missing: set it up first
+        raise enrolment_required_error()
     if not identity.is_admin:
         raise Forbidden(N_("only an admin may do this"))
     return identity

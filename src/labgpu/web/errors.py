@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketState
 
 from labgpu.errors import N_, LabgpuError
-from labgpu.services.portal import Throttled
+from labgpu.services.portal import Throttled, TotpEnrolmentRequired
 from labgpu.web.templating import Renderer, translate
 
 log = logging.getLogger("labgpu.web")
@@ -120,9 +120,12 @@ def install_error_handler(app: FastAPI, renderer: Renderer) -> None:
         if _is_json(request):
             body: dict[str, Any] = {"error": {"reason": reason, "message": message}}
             return JSONResponse(body, status_code=status, headers=headers)
-        if status == 401:
+        if status == 401 or reason == TotpEnrolmentRequired.reason:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+            # A page that needs a login goes to the login form; an admin page whose required second
+            # factor is missing, to setting it up (web/routes/portal/totp.py).
+            where = "/login" if status == 401 else "/account/totp"
+            return RedirectResponse(f"{where}?next={quote(target, safe='/')}", status_code=303)
         gettext = renderer.gettext(request)
         response = await run_in_threadpool(
             renderer.render,

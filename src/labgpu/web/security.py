@@ -82,7 +82,8 @@ def request_identity(request: HTTPConnection) -> Identity | None:
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            identity = portal.resolve_session(services, cookie)
+            # An admin's session without a required second factor grants a member's rights only.
+            identity = portal.with_second_factor_rule(services, portal.resolve_session(services, cookie))
     request.state.identity = identity
     return identity
 

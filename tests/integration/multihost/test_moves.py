@@ -22,12 +22,11 @@ from labgpu.services.members._power import set_power
 from labgpu.services.members._set import parse_set_request, set_member
 from labgpu.store.models import AuditEvent
 from tests.integration.multihost.conftest import Daemon, HostsEnv, add_test_hosts
-from tests.integration.sshutil import change_expired_password, make_key, ssh_key
+from tests.integration.sshutil import make_key, ssh_key
 
 pytestmark = pytest.mark.integration
 
 LABGPU = [sys.executable, "-m", "labgpu.cli"]
-NEW_PASSWORD = "Lab-gpu-2026-moved"
 
 
 def labgpu(
@@ -55,7 +54,6 @@ def new_member(env: HostsEnv, svc: Any, name: str, host: str, key: Path, address
     sheet = add_member(
         svc, validate_request(svc, name=name, ssh_keys=[Path(f"{key}.pub").read_text()], host=host, **kw)
     )
-    change_expired_password(sheet.ssh_port, sheet.initial_password or "", NEW_PASSWORD, key=key, host=address)
     return sheet
 
 
@@ -124,7 +122,7 @@ def test_move_between_standalone_hosts_both_ways(
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["one"]
-    mails = smtp_server.to("mvsa@lab.test")
+    mails = smtp_server.wait_for("mvsa@lab.test")
     assert mails and f"{addresses['s2']}" in mails[-1]["Subject"]
     assert f"ssh -p {result.ports['ssh']} ubuntu@{addresses['s2']}" in mails[-1].get_content()
 

@@ -18,12 +18,11 @@ from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.members._listing import get_member, list_members
 from tests.conftest import TEST_IMAGE_ALIASES
 from tests.integration.multihost.conftest import HostsEnv, add_test_hosts, local_host_name
-from tests.integration.sshutil import change_expired_password, make_key, ssh_key
+from tests.integration.sshutil import make_key, ssh_key
 
 pytestmark = pytest.mark.integration
 
 LABGPU = [sys.executable, "-m", "labgpu.cli"]
-NEW_PASSWORD = "Lab-gpu-2026-moved"
 
 
 def labgpu(env: HostsEnv, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,7 +64,6 @@ def test_placed_by_policy_and_by_name_with_ssh_at_the_hosts_address(
     inst = d["c1"].client.instances.get("mhalice")  # any member answers for the cluster
     assert inst.location == "c2"
     port = sheet["ssh"]["port"]
-    change_expired_password(port, sheet["initial_password"], NEW_PASSWORD, key=key, host=addresses["c2"])
     r2 = ssh_key(key, port, "hostname; echo hi > ~/mhalice/hello.txt", host=addresses["c2"])
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout.split() == ["mhalice"]
@@ -77,9 +75,6 @@ def test_placed_by_policy_and_by_name_with_ssh_at_the_hosts_address(
     assert bob.host == "s1" and bob.address == addresses["s1"]
     assert any("named by the admin" in n for n in bob.notes)
     assert "mhbob" in d["s1"].instances()
-    change_expired_password(
-        bob.ssh_port, bob.initial_password or "", NEW_PASSWORD, key=key, host=addresses["s1"]
-    )
     assert ssh_key(key, bob.ssh_port, "hostname", host=addresses["s1"]).stdout.strip() == "mhbob"
 
     # Ports are per host address: the first port of the range on two hosts at once.

@@ -175,7 +175,7 @@ def test_admins_approve_and_reject_and_it_is_audited(
         "192.0.2.99",
         {"booking": second["id"], "reason": "GPU 1 is for the course"},
     )
-    subjects = [m["Subject"] for m in smtp_server.to("alice@lab.test")]
+    subjects = [m["Subject"] for m in smtp_server.wait_for("alice@lab.test", count=2)]
     assert f"GPU booking {first['id']} approved" in subjects
     assert f"GPU booking {second['id']} rejected" in subjects
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from labgpu.cli.gpus import _bookings  # noqa: F401  (mode ... idle, on the same `gpu` app)
+from labgpu.cli.gpus import (
+    _bookings,  # noqa: F401  (mode ... idle, on the same `gpu` app)
+    _usage_cli,  # noqa: F401  (usage, limits, on the same `gpu` app)
+)
 from labgpu.cli.gpus._inventory import agent, app
 
 __all__ = ["agent", "app"]

@@ -37,6 +37,12 @@ def print_sheet(c: CliContext, sheet: object) -> None:
             f"Initial password (shown once; must be changed at first login): [bold]{sheet.initial_password}[/]",
             "",
         ]
+    else:
+        lines += [
+            "Log in with the SSH key (no password is set; sudo needs none). A password for the remote "
+            "desktop: the portal's My container page.",
+            "",
+        ]
     lines += ["~/.ssh/config:", sheet.ssh_config().rstrip()]
     lines += ["", *(f"[dim]{escape(note)}[/]" for note in sheet.notes)] if sheet.notes else []
     c.console.print(Panel("\n".join(lines), title="connection sheet", expand=False), soft_wrap=True)
@@ -446,5 +452,7 @@ def member_move(
     for note in result.notes:
         c.console.print(f"  {escape(note)}", highlight=False)
     c.console.print(
-        "  the member was told by mail" if result.mailed else "  no mail sent (no address or no SMTP)"
+        "  the member was notified"
+        if result.mailed
+        else "  nobody notified (no address, no SMTP, no channel)"
     )

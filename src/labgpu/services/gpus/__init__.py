@@ -2,7 +2,7 @@
 
 The GPU inventory with each process attributed to its member (``GpuUsageReader``), GPU modes (shared,
 assigned, booked) and attaching GPUs to containers, bookings and their requests and board, the idle-GPU
-rule and its samples. The public face of ``services/gpus``: cli/, web/ and ops import only this module.
+rule and its samples, the usage history (samples, rollups, reports) and fair-use limits. The public face of ``services/gpus``: cli/, web/ and ops import only this module.
 """
 
 from __future__ import annotations
@@ -36,27 +36,54 @@ from labgpu.services.gpus._bookings import (
     extend,
     get_booking,
     list_bookings,
-    notify,
     reject,
+    tell_member,
 )
 from labgpu.services.gpus._cancel import DetachReport, detach_cancelled
+from labgpu.services.gpus._fair_use import (
+    FairUseEvent,
+    FairUseReport,
+    MemberUsageSettings,
+    check_fair_use,
+    fair_use_events,
+    set_usage_settings,
+    usage_settings,
+)
+from labgpu.services.gpus._history import marks as rollup_marks
+from labgpu.services.gpus._history import prune_usage, roll_up
 from labgpu.services.gpus._holders import idle_gpus
 from labgpu.services.gpus._idle import check_idle, prune_samples, sample_agents, sample_gpus
 from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
+from labgpu.services.gpus._notice import send_notice
+from labgpu.services.gpus._report import (
+    BY,
+    UsageLine,
+    UsageReport,
+    WeeklyReport,
+    usage_report,
+    weekly_reports,
+)
 from labgpu.services.gpus._sweep import make_sweep
 from labgpu.services.gpus._usage import GpuUsageReader
 
 __all__ = [
     "APPLIED_NEXT_START",
     "AS_BOOKED",
+    "BY",
     "NO_CONTAINER",
     "REFUSED",
     "UNCHANGED",
     "AttachOutcome",
     "BookingView",
     "DetachReport",
+    "FairUseEvent",
+    "FairUseReport",
     "GpuUsageReader",
     "MemberGpus",
+    "MemberUsageSettings",
+    "UsageLine",
+    "UsageReport",
+    "WeeklyReport",
     "active_gpus",
     "advance",
     "approve",
@@ -64,9 +91,11 @@ __all__ = [
     "book",
     "cancel",
     "cancel_booking",
+    "check_fair_use",
     "check_idle",
     "detach_cancelled",
     "extend",
+    "fair_use_events",
     "format_gpus",
     "get_booking",
     "get_mode",
@@ -77,17 +106,25 @@ __all__ = [
     "local_tz",
     "make_sweep",
     "member_host",
-    "notify",
     "prune_samples",
     "prune_slots",
+    "prune_usage",
     "read_board",
     "reject",
     "reject_booking",
     "request_booking",
     "request_extension",
+    "roll_up",
+    "rollup_marks",
     "sample_agents",
     "sample_gpus",
+    "send_notice",
     "set_mode",
+    "set_usage_settings",
     "sync_host",
+    "tell_member",
     "unassign",
+    "usage_report",
+    "usage_settings",
+    "weekly_reports",
 ]

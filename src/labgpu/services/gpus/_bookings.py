@@ -32,7 +32,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from labgpu.domain import bookings as rules
-from labgpu.errors import BadInput, Conflict, NotFound, Unavailable
+from labgpu.errors import BadInput, Conflict, NotFound
+from labgpu.services import notify as notifications
 from labgpu.services.context import Services
 from labgpu.services.gpus._attach import host_gpu_map
 from labgpu.services.gpus._booking_records import (
@@ -59,7 +60,6 @@ from labgpu.services.gpus._booking_records import (
     serialized,
     slot_length,
 )
-from labgpu.services.mail import send_mail
 from labgpu.store.models import Booking, BookingStatus, Host, Member, utcnow
 
 log = logging.getLogger(__name__)
@@ -286,8 +286,10 @@ def approve(svc: Services, booking_id: int, *, now: datetime | None = None) -> B
         row.status = BookingStatus.APPROVED
         svc.audit(session, "booking.approve", row.member.name, booking=row.id)
         view = _view(row, row.member.name, _host_names(session).get(row.host_id, "?"))
-        email = row.member.email
-    notify(svc, email, f"GPU booking {view.id} approved", _describe(view) + "\n\nIt was approved.")
+    tell_member(
+        svc, view.member, notifications.APPROVAL, f"GPU booking {view.id} approved",
+        _describe(view) + "\n\nIt was approved.",
+    )  # fmt: skip
     return view
 
 
@@ -305,9 +307,8 @@ def reject(
         _free_slots(session, row.id)
         svc.audit(session, "booking.reject", row.member.name, booking=row.id, reason=reason)
         view = _view(row, row.member.name, _host_names(session).get(row.host_id, "?"))
-        email = row.member.email
     body = _describe(view) + "\n\nIt was rejected" + (f": {reason}" if reason else ".")
-    notify(svc, email, f"GPU booking {view.id} rejected", body)
+    tell_member(svc, view.member, notifications.APPROVAL, f"GPU booking {view.id} rejected", body)
     return view
 
 
@@ -318,15 +319,12 @@ def _describe(view: BookingView) -> str:
     )
 
 
-def notify(svc: Services, email: str | None, subject: str, body: str) -> bool:
-    """Mail a member; a mail that cannot be sent is logged, never fails the change it reports."""
-    if not email:
-        return False
-    try:
-        return send_mail(svc.settings, to=[email], subject=subject, body=body)
-    except Unavailable as exc:
-        log.warning("%s (mail %r to %s not sent)", exc.message, subject, email)
-        return False
+def tell_member(
+    svc: Services, member: str, kind: str, subject: str, body: str, *, key: str | None = None
+) -> int:
+    """Notify a member on their channels (mail by default); queued, so a channel that fails is retried
+    and never fails or delays the change it reports. Returns how many deliveries were queued."""
+    return notifications.send(svc, kind, [member], subject, body, key=key)
 
 
 # Over time: the job runner's part -----------------------------------------------------------------

@@ -10,9 +10,10 @@ to the GPUs someone holds, on every host: those of active bookings (counted from
 only, so a GPU idle before it was booked does not count against the member) and, on hosts in assigned
 mode, the assigned ones.
 
-An idle spell ("episode") is reported ONCE: the member gets one mail per spell, however many runs
+An idle spell ("episode") is reported ONCE: the member gets one notification per spell, however many runs
 see it. The spell's state lives in the store (a :class:`~labgpu.store.models.JobState` row per host,
-GPU and member, named ``idle:HOST:GPU:MEMBER``) so that a restart does not mail again. A spell goes
+GPU and member, named ``idle:HOST:GPU:MEMBER``) so that a restart does not notify again; the
+notification itself is queued (:mod:`labgpu.services.notify`) and retried there. A spell goes
 on while the job keeps seeing the GPU idle; any busy sample or a hole in the samples ends it.
 
 With ``gpu_idle_action = "release"`` a booking ALL of whose GPUs are idle is ended early and its GPUs
@@ -32,12 +33,15 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from labgpu.errors import LabgpuError, Unavailable
+from labgpu.domain.fairuse import OnGpu
+from labgpu.errors import LabgpuError
 from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventory
 from labgpu.gpu.nvml import GpuSource
+from labgpu.services import notify
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
 from labgpu.services.gpus._bookings import release as release_booking
+from labgpu.services.gpus._history import store_usage, usage_rows, usage_rows_of_status
 from labgpu.services.gpus._holders import (
     EPISODE_PREFIX,
     Held,
@@ -51,8 +55,7 @@ from labgpu.services.gpus._holders import (
 )
 from labgpu.services.gpus._usage import SOURCE_AGENT, GpuStatus, GpuUsageReader
 from labgpu.services.hosts import ask_all, recorded_local_host
-from labgpu.services.mail import send_mail
-from labgpu.store.models import GpuSample, Host, JobState, utcnow
+from labgpu.store.models import GpuSample, Host, JobState, Member, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 class SampleResult:
     samples: int
     note: str = ""
+    seen: tuple[OnGpu, ...] = ()  # each member's processes per GPU, for fair use
 
 
 def sample_gpus(
@@ -72,13 +76,14 @@ def sample_gpus(
     """Read the local host's GPUs once and store a sample per GPU (utilization, memory used, and the
     member with the most GPU memory on it). A host without NVML stores nothing and says why."""
     now = now or utcnow()
+    project = svc.settings.runtime_project
+    with svc.session() as session:
+        owners = members_of_host(session, recorded_local_host(session), project)
     try:
-        owners = owners_from_instances(
-            svc.runtime.instances.all(with_state=False), svc.settings.runtime_project
-        )
+        owners.update(owners_from_instances(svc.runtime.instances.all(with_state=False), project))
         notes: list[str] = []
     except LabgpuError as exc:
-        owners, notes = {}, [f"members unknown: {exc.message}"]
+        notes = [f"members known from the store only: {exc.message}"]
     inv = take_inventory(source, owners=owners, proc_root=proc_root, notes=notes)
     if not inv.available:
         return SampleResult(0, inv.headline)
@@ -88,7 +93,20 @@ def sample_gpus(
             return SampleResult(0, "no host in the store yet")
         for row in _sample_rows(inv, host.id, now):
             session.add(row)
-    return SampleResult(len(inv.gpus), "; ".join(inv.warnings))
+        usage, seen = usage_rows(inv, host=host.name, now=now, seconds=svc.settings.gpu_sample_seconds)
+        store_usage(session, usage)
+    return SampleResult(len(inv.gpus), "; ".join(inv.warnings), tuple(seen))
+
+
+def members_of_host(session: Session, host: Host | None, project: str) -> dict[tuple[str, str], str]:
+    """The owner map the store knows for ``host``: each member's container. The daemon's own labels
+    (``user.labgpu.owner``) are added on top when it answers."""
+    if host is None:
+        return {}
+    rows = session.execute(
+        select(Member.container, Member.name).where(Member.host_id == host.id, Member.container.is_not(None))
+    )
+    return {(project, str(container)): name for container, name in rows}
 
 
 def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[GpuSample]:
@@ -141,6 +159,7 @@ class AgentSamples:
 
     samples: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    seen: list[OnGpu] = field(default_factory=list)  # each member's processes per GPU, for fair use
 
 
 def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None = None) -> AgentSamples:
@@ -157,6 +176,7 @@ def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None
         {h.id: partial(reader.inventory, svc, h) for h in with_agent}, timeout=svc.settings.host_timeout + 1
     )
     rows: list[GpuSample] = []
+    usage: list[dict[str, object]] = []
     for h in with_agent:
         answer = answers[h.id]
         found = answer.value
@@ -166,10 +186,16 @@ def sample_agents(svc: Services, *, reader: GpuUsageReader, now: datetime | None
             out.notes.append(f"{h.name}: not sampled: {found.message}")
         else:
             rows += _status_rows(found.gpus, h.id, now)
+            more, seen = usage_rows_of_status(
+                found.gpus, host=h.name, now=now, seconds=svc.settings.gpu_sample_seconds
+            )
+            usage += more
+            out.seen += seen
             out.samples[h.name] = len(found.gpus)
     if rows:
         with svc.session() as session:
             session.add_all(rows)
+            store_usage(session, usage)
     if without:
         out.notes.append(
             f"not sampled (no GPU agent set; `labgpu host set NAME --agent-url URL`): {', '.join(without)}"
@@ -204,7 +230,7 @@ def check_idle(
     """Apply the idle rule to every held GPU of every host: mail the member once per idle spell and,
     when policy says release, end bookings whose GPUs are all idle and detach them through their
     host's daemon (``reader`` finds a remote host's GPUs through its agent when its daemon lists none).
-    A mail that cannot be sent is retried at the next run (the spell is not marked as told); a host
+    Notifications are queued and retried by the notify job; a host
     whose daemon does not answer keeps its released GPUs until the bookings job detaches them (an
     error naming the host)."""
     now = now or utcnow()
@@ -213,6 +239,7 @@ def check_idle(
     release = svc.settings.gpu_idle_action == "release"
     to_release: list[tuple[Held, list[IdleGpu]]] = []
     hosts: dict[int, Host] = {}
+    to_tell: list[tuple[Held, list[IdleGpu]]] = []
     with svc.session() as session:
         for host in _hosts(session):
             hosts[host.id] = host
@@ -225,14 +252,12 @@ def check_idle(
                     to_release.append((held, idle))
                     continue
                 if new:
-                    sent = _tell(svc, held, new, released=False)
-                    if sent is None:
-                        report.errors.append(
-                            f"mail to {held.member} about idle GPU(s) not sent; retried next run"
-                        )
-                        continue
-                    _mark(session, held, new, now, "notified" if sent else "not mailed")
+                    # Queued after this transaction: the queue writes to the store too.
+                    to_tell.append((held, new))
+                    _mark(session, held, new, now, "notified")
                     report.notified.append(f"{held.member}: GPU {', '.join(str(g.gpu) for g in new)}")
+    for held, new in to_tell:
+        _tell(svc, held, new, released=False)
     released: dict[int, set[str]] = defaultdict(set)  # host id -> members whose booking was released
     for held, idle in to_release:
         assert held.booking is not None
@@ -245,8 +270,7 @@ def check_idle(
         released[held.host_id].add(held.member)
         with svc.session() as session:
             _mark(session, held, idle, now, "released")
-        if _tell(svc, held, idle, released=True) is None:
-            report.errors.append(f"mail to {held.member} about the released booking {view.id} not sent")
+        _tell(svc, held, idle, released=True)
         report.notified.append(f"{held.member}: booking {view.id} released")
     for host_id, members in sorted(released.items()):
         host = hosts[host_id]
@@ -287,9 +311,9 @@ def _mark(session: Session, held: Held, gpus: list[IdleGpu], now: datetime, stat
         session.flush()
 
 
-def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> bool | None:
-    """Mail the member. True: sent; False: nothing to send to (no address, mail not configured);
-    None: the SMTP server could not be reached."""
+def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> bool:
+    """Notify the member (queued: a channel that fails is retried by the job runner). False: the
+    member has no channel for idle GPUs (no address, mail not configured, none of their own)."""
     which = ", ".join(str(g.gpu) for g in gpus)
     minutes = min(g.minutes for g in gpus)
     what = f"booking {held.booking}" if held.booking is not None else "your assigned GPUs"
@@ -314,11 +338,4 @@ def _tell(svc: Services, held: Held, gpus: list[IdleGpu], *, released: bool) -> 
         body += "\n"
     if svc.settings.portal_url:
         body += f"\n{svc.settings.portal_url}\n"
-    if not held.email:
-        log.info("idle GPU %s of %s: member has no e-mail address", which, held.member)
-        return False
-    try:
-        return send_mail(svc.settings, to=[held.email], subject=subject, body=body)
-    except Unavailable as exc:
-        log.warning("%s", exc.message)
-        return None
+    return notify.send(svc, notify.IDLE_GPU, [held.member], subject, body) > 0

@@ -59,6 +59,7 @@ class GpuProcess:
     container: str | None  # project/name outside the default project
     member: str | None  # None: a host process, or a container labgpu does not own
     memory: int | None  # bytes of GPU memory; None when NVML does not say
+    container_pid: int | None = None  # its pid inside the container, when the agent could read it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -226,6 +227,7 @@ def _process(data: Mapping[str, Any]) -> GpuProcess:
         container=str(container) if container else None,
         member=str(data["member"]) if data.get("member") else None,
         memory=_optional_int(data.get("used_memory")),
+        container_pid=_optional_int(data.get("container_pid")),
     )
 
 

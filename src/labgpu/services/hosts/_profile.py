@@ -24,12 +24,22 @@ class ProfileSpec:
     description: str
 
 
-def labgpu_profile(settings: Settings, *, pool: str) -> ProfileSpec:
+#: The daemon's API extension for ``security.port_isolation`` on bridged NICs (LXD 5.0 and Incus 6.0 have it).
+PORT_ISOLATION_EXTENSION = "instance_nic_bridged_port_isolation"
+
+
+def labgpu_profile(settings: Settings, *, pool: str, port_isolation: bool = False) -> ProfileSpec:
     """The profile labgpu's containers use: root disk on the pool, autostart, a NIC when the
-    network mode gives one. Never privileged: security.privileged and security.nesting are not set."""
+    network mode gives one. Never privileged: security.privileged and security.nesting are not set.
+
+    ``port_isolation`` (the daemon can isolate bridge ports): on a bridge, with setting network_isolation, the
+    NIC is an isolated bridge port: containers reach the host and, through NAT, the world, but not each
+    other's services."""
     devices: dict[str, dict[str, str]] = {"root": {"type": "disk", "path": "/", "pool": pool}}
     if settings.network_mode in ("bridge", "macvlan"):
         devices[NIC_DEVICE] = {"type": "nic", "name": NIC_DEVICE, "network": settings.network_name}
+    if settings.network_mode == "bridge" and settings.network_isolation and port_isolation:
+        devices[NIC_DEVICE]["security.port_isolation"] = "true"
     return ProfileSpec(config={"boot.autostart": "true"}, devices=devices, description=PROFILE_DESCRIPTION)
 
 

@@ -31,6 +31,7 @@ from labgpu.runtime.client import RuntimeClient, ServerInfo
 from labgpu.runtime.errors import OperationFailed, RuntimeBadRequest, RuntimeError_
 from labgpu.services.hosts._profile import (
     NIC_DEVICE,
+    PORT_ISOLATION_EXTENSION,
     ProfileSpec,
     labgpu_profile,
     merged_profile,
@@ -360,7 +361,11 @@ def _step_macvlan(run: _Run, parent: str) -> None:
 
 def _step_profile(run: _Run) -> None:
     name = run.settings.profile_name
-    desired = labgpu_profile(run.settings, pool=run.settings.storage_pool)
+    desired = labgpu_profile(
+        run.settings,
+        pool=run.settings.storage_pool,
+        port_isolation=run.server.has(PORT_ISOLATION_EXTENSION),
+    )
     existing = run.runtime.profiles.find(name)
     if existing is None:
         if run.dry_run:

@@ -32,7 +32,7 @@ from labgpu.services.members._listing import get_member, list_members
 from labgpu.services.members._lookups import invoking_member
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
-from labgpu.services.members._power import reset_password, set_power
+from labgpu.services.members._power import reset_password, set_container_password, set_power
 from labgpu.services.members._provision import checkpoint, ensure_running, provision
 from labgpu.services.members._records import (
     ConnectionSheet,
@@ -126,6 +126,7 @@ __all__ = [
     "reset_password",
     "restore_snapshot",
     "run_terminal",
+    "set_container_password",
     "set_member",
     "set_power",
     "take_snapshot",

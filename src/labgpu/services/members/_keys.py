@@ -68,23 +68,37 @@ def merged_authorized_keys(current: str | None, keys: Sequence[str]) -> str:
     return "\n".join([*own, *block]) + "\n"
 
 
+# $1 user, $2 "1" to drop an initial password nobody has used yet (still expired: its last change is day 0).
+# Prints the user's uid, then the size of authorized_keys ("-" when there is none).
+PREPARE_KEYS_SCRIPT = r"""
+user="$1"; drop="$2"; dir="/home/$user/.ssh"
+install -d -m 700 -o "$user" -g "$user" "$dir" || exit 1
+if [ "$drop" = 1 ] && [ "$(getent shadow "$user" | cut -d: -f3)" = 0 ]; then
+  usermod -p '!' "$user" && chage -d "$(($(date +%s) / 86400))" "$user" || exit 1
+fi
+id -u "$user" || exit 1
+stat -L -c %s "$dir/authorized_keys" 2>/dev/null || echo -
+"""
+
+
 def install_keys(svc: Services, container: str, keys: Sequence[str]) -> None:
     """Write the member's SSH keys into the container user's authorized_keys, keeping the lines the member
-    added there themselves (see :func:`merged_authorized_keys`). The container must be running."""
+    added there themselves (see :func:`merged_authorized_keys`). The container must be running.
+
+    With a key, an initial password nobody has used yet is dropped: expired, it would hold up the key's
+    logins ("Password change required but no TTY available"), and a member with a key needs no admin-known
+    password (members._login)."""
     user = svc.settings.container_user
     runtime = svc.runtime
-    ssh_dir = f"/home/{user}/.ssh"
-    path = f"{ssh_dir}/authorized_keys"
-    result = runtime.instances.exec(
-        container, ["install", "-d", "-m", "700", "-o", user, "-g", user, ssh_dir]
-    )
-    if not result.ok:
-        raise ProvisionError(f"creating {ssh_dir} in {container} failed: {result.stderr.strip()[:200]}")
-    ids = runtime.instances.exec(container, ["id", "-u", user])
-    uid = int(ids.stdout.strip() or 1000)
+    path = f"/home/{user}/.ssh/authorized_keys"
+    drop = "1" if any(k.strip() for k in keys) else "0"
+    prepared = runtime.instances.exec(container, ["sh", "-c", PREPARE_KEYS_SCRIPT, "sh", user, drop])
+    lines = prepared.stdout.split()
+    if not prepared.ok or len(lines) != 2 or not lines[0].isdigit():
+        raise ProvisionError(f"preparing {path} in {container} failed: {prepared.stderr.strip()[:200]}")
+    uid, size = int(lines[0]), lines[1]
     current = None
-    size = runtime.instances.exec(container, ["stat", "-L", "-c", "%s", path])
-    if size.ok and size.stdout.strip().isdigit() and int(size.stdout.strip()) <= MAX_AUTHORIZED_KEYS:
+    if size.isdigit() and int(size) <= MAX_AUTHORIZED_KEYS:
         try:
             current = runtime.instances.pull_file(container, path).decode("utf-8", errors="replace")
         except RuntimeNotFound:

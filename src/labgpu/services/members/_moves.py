@@ -14,7 +14,7 @@
    ``homes_shared``);
 5. starts it there (when the member's container should run) and waits for sshd;
 6. COMMITS in one transaction (``member.moved``): the member's host and ports change;
-7. only then deletes the source container (``member.move.done``), and tells the member by mail.
+7. only then deletes the source container (``member.move.done``), and tells the member (mail, or their own channels).
 
 A failure before the commit puts everything back (the copy deleted, the container moved back, the
 source started). A process killed on the way leaves the move recorded but not committed or not
@@ -42,7 +42,7 @@ from labgpu.errors import BadInput, Conflict, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.runtime.migration import Peer, copy_instance, move_in_cluster
-from labgpu.services import mail
+from labgpu.services import notify
 from labgpu.services.clients import parse_host_url, server_cert_path
 from labgpu.services.context import Services
 from labgpu.services.hosts import public_address, services_for
@@ -471,8 +471,6 @@ def roll_back(svc: Services, plan: MovePlan, src: Services, dst: Services) -> st
 def _tell_member(
     svc: Services, plan: MovePlan, address: str, ports: dict[str, int], notes: list[str]
 ) -> bool:
-    if not plan.email:
-        return False
     user = svc.settings.container_user
     lines = [
         f"Hello {plan.name},",
@@ -494,13 +492,6 @@ def _tell_member(
         if purpose in ports:
             lines.append(f"{purpose.upper()}: {address}:{ports[purpose]}")
     lines.append("SSH will warn that the host key changed for the new address: that is expected this once.")
-    try:
-        return mail.send_mail(
-            svc.settings,
-            to=[plan.email],
-            subject=f"[labgpu] your container moved to {plan.dest.name}: new address {address}:{ports.get('ssh')}",
-            body="\n".join(lines) + "\n",
-        )
-    except LabgpuError as exc:
-        notes.append(f"the mail to {plan.email} was not sent: {exc.message}")
-        return False
+    # Queued and retried (services/notify): a mail server that is down does not fail the move.
+    subject = f"[labgpu] your container moved to {plan.dest.name}: new address {address}:{ports.get('ssh')}"
+    return notify.send(svc, notify.CONTAINER, [plan.name], subject, "\n".join(lines) + "\n") > 0

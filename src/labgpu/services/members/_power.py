@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from labgpu.errors import BadInput, Conflict, LabgpuError
+from labgpu.errors import N_, BadInput, Conflict, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeError_
 from labgpu.services.context import Services
 from labgpu.services.hosts import runtime_for, services_for
 from labgpu.services.members._keys import install_keys
+from labgpu.services.members._login import set_login
 from labgpu.services.members._provision import set_initial_password
 from labgpu.services.members._records import load_member
 from labgpu.store.models import MemberState
@@ -101,9 +102,41 @@ def reset_password(svc: Services, name: str) -> str:
         member = load_member(session, name)
         container = member.container or name
         host_svc = services_for(svc, member.host)
+        has_keys = bool(member.ssh_keys)
+    if has_keys:
+        # Expired, it would hold up the member's key logins (members._login).
+        raise Conflict(
+            N_(
+                "%(name)s logs in with an SSH key: an admin-known password would stop those logins until it is "
+                "changed. The member sets a password of their own on the portal (My container, Password)."
+            ),
+            values={"name": name},
+        )
     if host_svc.runtime.instances.state(container).status != "Running":
         raise Conflict(f"{name}'s container is not running; start it first (labgpu member start {name})")
     password = set_initial_password(host_svc, container)
     with svc.session() as session:
         svc.audit(session, "member.passwd", name)
     return password
+
+
+def set_container_password(svc: Services, name: str, password: str) -> None:
+    """Set the container user's password to one the member chose (not expired: RDP, VNC and password SSH
+    take it as it is). The caller checks its strength. Raises NotFound, Conflict when the container is not
+    running, ProvisionError. Audited without the password."""
+    with svc.session() as session:
+        member = load_member(session, name)
+        container = member.container or name
+        host_svc = services_for(svc, member.host)
+    if host_svc.runtime.instances.state(container).status != "Running":
+        raise Conflict(N_("%(name)s's container is not running; start it first"), values={"name": name})
+    set_login(
+        host_svc.runtime,
+        container,
+        user=svc.settings.container_user,
+        sudo_nopasswd=svc.settings.container_sudo_nopasswd,
+        password=password,
+        expire=False,
+    )
+    with svc.session() as session:
+        svc.audit(session, "member.container_password", name)

@@ -7,9 +7,7 @@ process there.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
-import string
 import time
 from pathlib import Path
 
@@ -21,10 +19,10 @@ from labgpu.services.context import Services
 from labgpu.services.hosts import public_address, services_for
 from labgpu.services.members._homes import ensure_home_on
 from labgpu.services.members._keys import install_keys
+from labgpu.services.members._login import generate_password, set_login
 from labgpu.services.members._placement import place_unplaced
 from labgpu.services.members._records import (
     ConnectionSheet,
-    ProvisionError,
     allowed_roots,
     container_spec,
     home_dir,
@@ -32,13 +30,6 @@ from labgpu.services.members._records import (
 )
 from labgpu.services.members._ssh import wait_ssh_on
 from labgpu.store.models import MemberState
-
-PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "lIO0o1")
-PASSWORD_LENGTH = 16
-
-
-def generate_password() -> str:
-    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
 
 
 def ensure_container(svc: Services, spec: ContainerSpec, roots: list[str]) -> bool:
@@ -84,20 +75,17 @@ def ensure_running(runtime: RuntimeClient, name: str) -> bool:
 
 
 def set_initial_password(svc: Services, container: str) -> str:
-    """Set a random password for the container user, expired so that the first login must change it."""
+    """Set a random password for the container user, expired so that the first PASSWORD login must change
+    it (key logins are not held up by it), with the login policy (members._login). Returns the password."""
     password = generate_password()
-    user = svc.settings.container_user
-    runtime = svc.runtime
-    tmp = f"/root/.labgpu-passwd-{secrets.token_hex(4)}"
-    runtime.instances.push_file(container, tmp, f"{user}:{password}\n".encode(), mode=0o600)
-    # The script is a constant; the file name is passed as an argument, never spliced in.
-    script = 'chpasswd < "$1"; rc=$?; rm -f "$1"; exit $rc'
-    result = runtime.instances.exec(container, ["sh", "-c", script, "sh", tmp])
-    if not result.ok:
-        raise ProvisionError(f"setting the password in {container} failed: {result.stderr.strip()[:200]}")
-    result = runtime.instances.exec(container, ["chage", "-d", "0", user])
-    if not result.ok:
-        raise ProvisionError(f"expiring the password in {container} failed: {result.stderr.strip()[:200]}")
+    set_login(
+        svc.runtime,
+        container,
+        user=svc.settings.container_user,
+        sudo_nopasswd=svc.settings.container_sudo_nopasswd,
+        password=password,
+        expire=True,
+    )
     return password
 
 
@@ -149,7 +137,18 @@ def provision(
     if wait_ssh:
         wait_ssh_on(svc, host, ssh.listen_address, ssh.host_port, spec.name)
     checkpoint("ssh")
-    password = set_initial_password(svc, spec.name) if set_password else None
+    # A member with a key logs in with it from the first second: no admin-known password, which, expired,
+    # would hold up their key logins too (members._login).
+    if set_password and not keys:
+        password: str | None = set_initial_password(svc, spec.name)
+    else:
+        password = None
+        set_login(
+            svc.runtime,
+            spec.name,
+            user=svc.settings.container_user,
+            sudo_nopasswd=svc.settings.container_sudo_nopasswd,
+        )
     checkpoint("password")
     install_keys(svc, spec.name, keys)
     checkpoint("keys")

@@ -13,21 +13,34 @@ from labgpu.services.ops._backups import create_backup
 from labgpu.services.ops._boot import boot, ensure_gpu_devices
 from labgpu.services.ops._health import Health, health
 from labgpu.services.ops._invariants import check_invariants
-from labgpu.services.ops._jobs import FAILED, NOT_DUE, OK, job_status, run_once, start_job_runner
+from labgpu.services.ops._jobs import (
+    FAILED,
+    JOBS,
+    NOT_DUE,
+    OK,
+    JobRunInfo,
+    job_runs,
+    job_status,
+    run_once,
+    start_job_runner,
+)
 from labgpu.services.ops._reconcile import ReconcileReport, reconcile
 from labgpu.services.ops._restore import restore_backup
 
 __all__ = [
     "FAILED",
+    "JOBS",
     "NOT_DUE",
     "OK",
     "Health",
+    "JobRunInfo",
     "ReconcileReport",
     "boot",
     "check_invariants",
     "create_backup",
     "ensure_gpu_devices",
     "health",
+    "job_runs",
     "job_status",
     "list_backups",
     "reconcile",

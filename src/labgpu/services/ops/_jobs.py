@@ -7,11 +7,15 @@ Jobs (:data:`JOBS`):
   (:func:`labgpu.services.gpus._bookings.advance`, then :func:`labgpu.services.gpus._attach.sync_host` on every
   host where GPUs may be booked (:func:`booking_hosts`), each through its own daemon; it also puts back
   whatever drifted). A host whose daemon does not answer is an error naming it; the others go on.
-- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU (the local host's from NVML,
-  other hosts' from their GPU agents), then the idle rule on every host: mail once per idle spell,
-  release idle bookings when policy says so.
+- ``gpu-idle`` (every ``gpu_sample_seconds``): one GPU sample per GPU and one usage sample per GPU and
+  member (the local host's from NVML, other hosts' from their GPU agents), then the fair-use limits on
+  what it saw, then the idle rule on every host: mail once per idle spell, release idle bookings when
+  policy says so.
 - ``reconcile`` (every ``reconcile_interval_minutes``): :func:`labgpu.services.ops._reconcile.reconcile`.
-- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, slots of long-ended bookings.
+- ``usage-rollup`` (every 10 minutes): complete hours of GPU usage samples into hourly rows, complete days
+  into daily rows (:func:`labgpu.services.gpus._history.roll_up`).
+- ``prune`` (daily): GPU samples older than ``gpu_samples_keep_days``, usage history past its keep days,
+  slots of long-ended bookings.
 
 Each job has a :class:`~labgpu.store.models.JobState` row: when it last ran and how, when it is due
 next, and a LEASE (owner and expiry). A runner works on a job only after taking its lease in ONE
@@ -34,17 +38,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from labgpu.errors import BadInput, LabgpuError
 from labgpu.gpu.nvml import GpuSource, NvmlSource
-from labgpu.services import gpus
+from labgpu.services import gpus, notify
 from labgpu.services.context import SYSTEM, Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.services.members import checkpoint
 from labgpu.services.ops._reconcile import reconcile
-from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobState, Member, utcnow
+from labgpu.store.models import Booking, BookingStatus, GpuMode, Host, JobState, utcnow
+from labgpu.store.models_notify import JobRunRecord
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ class JobContext:
     now: datetime
     gpu_source: Callable[[], GpuSource] | None = None  # None: the real NVML on this host
     agent_transport: httpx.BaseTransport | None = None  # None: the agents over the network
+    proc_root: str = "/proc"  # where GPU processes are looked up (a FAKE /proc with a FAKE GPU source)
 
     def source(self) -> GpuSource:
         if self.gpu_source is not None:
@@ -123,14 +129,16 @@ def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
     where GPUs may be booked (each through its own daemon). A host whose daemon cannot be reached is
     an error naming it; the other hosts are synced all the same."""
     result = JobResult()
-    started: set[str] = set()
+    started: list[gpus.BookingView] = []
     for t in gpus.advance(svc, now=ctx.now):
         b = t.booking
         result.lines.append(
             f"booking {b.id} ({b.member}, GPU {gpus.format_gpus(b.gpus)}): {t.old} -> {t.new}"
         )
         if t.new == BookingStatus.ACTIVE:
-            started.add(b.member)
+            started.append(b)
+        elif t.new == BookingStatus.ENDED:
+            _tell_ended(svc, b)
     # Fault injection (tests/reliability): killed here, the store has the new statuses but the GPUs
     # are not attached or detached yet; the next run (once this run's lease expires) does it.
     checkpoint("booking-advanced")
@@ -146,39 +154,83 @@ def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
             log.exception("bookings: syncing %s failed", host.name)
             result.errors.append(f"GPUs on {host.name} not attached or detached: {type(exc).__name__}: {exc}")
     checkpoint("booking-attached")
+    notes: dict[str, str] = {}
     for o in outcomes:
         if o.applied == gpus.UNCHANGED and o.message == gpus.AS_BOOKED:
             continue
         line = f"{o.member} ({o.container or 'no container'}): {o.message}"
         (result.errors if o.failed else result.lines).append(line)
-        if o.member in started:
-            _tell_member(svc, o)
+        notes[o.member] = _attach_note(o)
+    for b in started:
+        _tell_started(svc, b, notes.get(b.member, ""))
+    result.lines += _remind(svc, now=ctx.now)
     result.data["attach"] = [o.as_dict() for o in outcomes]
     if not result.lines and not result.errors:
         result.lines.append("nothing to start, end, attach or detach")
     return result
 
 
-def _tell_member(svc: Services, outcome: gpus.AttachOutcome) -> None:
-    """Mail a member whose booking just started when its GPUs are NOT in the running container yet
-    (the container is stopped, or the daemon refused): they would otherwise look for them in vain."""
+def _attach_note(outcome: gpus.AttachOutcome) -> str:
+    """What a member whose booking just started must know when its GPUs are NOT in the running
+    container yet (the container is stopped, or the daemon refused): they would otherwise look for
+    them in vain."""
     if outcome.applied == gpus.APPLIED_NEXT_START and outcome.attached:
-        body = (
-            f"Hello {outcome.member},\n\nYour booking has started. Its GPU(s) "
-            f"{', '.join(map(str, outcome.attached))} were added to {outcome.container}, which is stopped: "
-            "they are there once you start it.\n"
+        return (
+            f"Its GPU(s) {', '.join(map(str, outcome.attached))} were added to {outcome.container}, which is "
+            "stopped: they are there once you start it.\n"
         )
-    elif outcome.applied in (gpus.REFUSED, gpus.NO_CONTAINER) and outcome.wanted:
-        body = (
-            f"Hello {outcome.member},\n\nYour booking has started, but its GPU(s) could not be attached "
-            f"yet: {outcome.message}.\nlabgpu keeps trying every minute; the admins see this in "
-            "`labgpu jobs status`.\n"
+    if outcome.applied in (gpus.REFUSED, gpus.NO_CONTAINER) and outcome.wanted:
+        return (
+            f"Its GPU(s) could not be attached yet: {outcome.message}.\nlabgpu keeps trying every minute; "
+            "the admins see this in `labgpu jobs status`.\n"
         )
-    else:
-        return
-    with svc.session() as session:
-        email = session.scalars(select(Member.email).where(Member.name == outcome.member)).first()
-    gpus.notify(svc, email, "Your GPU booking has started", body)
+    return ""
+
+
+def _when(t: datetime) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _tell_started(svc: Services, b: gpus.BookingView, note: str) -> None:
+    body = (
+        f"Hello {b.member},\n\nYour booking {b.id} has started: GPU {gpus.format_gpus(b.gpus)} on {b.host} "
+        f"until {_when(b.end)}.\n" + (f"\n{note}" if note else "")
+    )
+    gpus.tell_member(
+        svc, b.member, notify.BOOKING_START, "Your GPU booking has started", body, key=f"booking-start:{b.id}"
+    )
+
+
+def _tell_ended(svc: Services, b: gpus.BookingView) -> None:
+    body = (
+        f"Hello {b.member},\n\nYour booking {b.id} (GPU {gpus.format_gpus(b.gpus)} on {b.host}) has ended: "
+        "its GPUs were taken from your container. Your files are where they were.\n"
+    )
+    gpus.tell_member(
+        svc, b.member, notify.BOOKING_END, "Your GPU booking has ended", body, key=f"booking-end:{b.id}"
+    )
+
+
+def _remind(svc: Services, *, now: datetime) -> list[str]:
+    """Remind the members whose approved bookings start within notify_booking_reminder_minutes (once
+    per booking: the notification's key)."""
+    minutes = svc.settings.notify_booking_reminder_minutes
+    if minutes <= 0:
+        return []
+    lines = []
+    for b in gpus.list_bookings(svc, now=now):
+        if b.status != BookingStatus.APPROVED or not now < b.start <= now + timedelta(minutes=minutes):
+            continue
+        body = (
+            f"Hello {b.member},\n\nYour booking {b.id} starts at {_when(b.start)}: GPU "
+            f"{gpus.format_gpus(b.gpus)} on {b.host}, until {_when(b.end)}.\n"
+        )
+        subject = f"Your GPU booking starts in {max(1, round((b.start - now).total_seconds() / 60))} min"
+        if gpus.tell_member(
+            svc, b.member, notify.BOOKING_REMINDER, subject, body, key=f"booking-reminder:{b.id}"
+        ):
+            lines.append(f"reminded {b.member} of booking {b.id}")
+    return lines
 
 
 def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
@@ -186,12 +238,15 @@ def run_gpu_idle(svc: Services, ctx: JobContext) -> JobResult:
     (or release) whoever holds an idle one, on every host. A host whose agent does not answer is a
     note, not a failure."""
     result = JobResult()
-    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now)
+    sampled = gpus.sample_gpus(svc, source=ctx.source(), now=ctx.now, proc_root=ctx.proc_root)
     result.lines.append(f"{sampled.samples} GPU sample(s)" + (f" ({sampled.note})" if sampled.note else ""))
     reader = ctx.reader()
     agents = gpus.sample_agents(svc, reader=reader, now=ctx.now)
     result.lines += [f"{host}: {n} GPU sample(s) from its GPU agent" for host, n in agents.samples.items()]
     result.lines += agents.notes
+    fair = gpus.check_fair_use(svc, [*sampled.seen, *agents.seen], now=ctx.now)
+    result.lines += fair.lines()
+    result.errors += fair.errors
     report = gpus.check_idle(svc, now=ctx.now, reader=reader)
     for g in report.idle:
         result.lines.append(f"idle: GPU {g.gpu} on {g.host} of {g.member} for {g.minutes} min")
@@ -214,13 +269,61 @@ def run_reconcile(svc: Services, ctx: JobContext) -> JobResult:
     return result
 
 
+def run_usage_rollup(svc: Services, ctx: JobContext) -> JobResult:
+    """Roll complete hours of GPU usage samples into hourly rows, and complete days into daily ones."""
+    hours, days = gpus.roll_up(svc, now=ctx.now, tz=gpus.local_tz())
+    return JobResult(lines=[f"{hours} hourly and {days} daily GPU usage row(s) written"])
+
+
+def run_weekly_report(svc: Services, ctx: JobContext) -> JobResult:
+    """Send the week's GPU usage reports: the lab's to the admins, each opted-in member's to them. Queued
+    (notify): a channel that fails is retried, and a week is sent once (the key names it)."""
+    week = ctx.now.astimezone(gpus.local_tz()).strftime("%G-W%V")
+    queued = 0
+    for report in gpus.weekly_reports(svc, now=ctx.now, tz=gpus.local_tz()):
+        for who in report.recipients:
+            to = notify.ADMINS if who == "admins" else who
+            queued += notify.send(
+                svc,
+                notify.WEEKLY_REPORT,
+                [to],
+                report.subject,
+                report.body,
+                key=f"weekly-report:{week}:{who}",
+            )
+    return JobResult(lines=[f"{queued} weekly usage report delivery(ies) queued for {week}"])
+
+
 def run_prune(svc: Services, ctx: JobContext) -> JobResult:
-    """Delete GPU samples past their keep time and the slots of bookings that ended a day ago."""
+    """Delete GPU samples past their keep time, usage history past its keep time (once rolled up), the
+    slots of bookings that ended a day ago, and notifications and job runs older than :data:`HISTORY_DAYS`."""
     samples = gpus.prune_samples(svc, before=ctx.now - timedelta(days=svc.settings.gpu_samples_keep_days))
     slots = gpus.prune_slots(svc, before=ctx.now - timedelta(days=1))
-    return JobResult(
-        lines=[f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted"]
-    )
+    raw, hourly, daily = gpus.prune_usage(svc, now=ctx.now)
+    old = ctx.now - timedelta(days=HISTORY_DAYS)
+    deliveries = notify.prune_deliveries(svc, before=old)
+    with svc.session() as session:
+        runs = session.execute(delete(JobRunRecord).where(JobRunRecord.started_at < old))
+    lines = [
+        f"{samples} old GPU sample(s) and {slots} booking slot(s) of ended bookings deleted",
+        f"{deliveries} old notification(s) and {getattr(runs, 'rowcount', 0)} job run(s) deleted",
+    ]
+    if raw or hourly or daily:
+        lines.append(
+            f"{raw} raw, {hourly} hourly and {daily} daily GPU usage row(s) past their keep time deleted"
+        )
+    return JobResult(lines=lines)
+
+
+def run_notify(svc: Services, ctx: JobContext) -> JobResult:
+    """Send the queued notifications that are due: those whose first attempt failed (or whose portal
+    stopped before it sent them), with a doubling wait between attempts. A channel that fails is a
+    line, not the job's failure: it only delays its own messages."""
+    report = notify.deliver_due(svc, now=ctx.now)
+    return JobResult(lines=report.lines() or ["nothing to send"])
+
+
+HISTORY_DAYS = 30
 
 
 JOBS: dict[str, Job] = {
@@ -228,12 +331,18 @@ JOBS: dict[str, Job] = {
     for job in (
         Job("bookings", "start and end bookings; attach and detach their GPUs", lambda s: timedelta(minutes=1),
             timedelta(minutes=10), run_bookings),
-        Job("gpu-idle", "sample GPU use; mail about (or release) idle GPUs",
+        Job("gpu-idle", "sample GPU use per member; fair-use limits; mail about (or release) idle GPUs",
             lambda s: timedelta(seconds=s.settings.gpu_sample_seconds), timedelta(minutes=10), run_gpu_idle),
         Job("reconcile", "repair drift between the store and the daemon",
             lambda s: timedelta(minutes=s.settings.reconcile_interval_minutes), timedelta(minutes=30), run_reconcile),
-        Job("prune", "delete old GPU samples and booking slots", lambda s: timedelta(days=1),
-            timedelta(minutes=30), run_prune),
+        Job("usage-rollup", "roll GPU usage samples up into hours and days", lambda s: timedelta(minutes=10),
+            timedelta(minutes=30), run_usage_rollup),
+        Job("weekly-report", "send the week's GPU usage reports (admins; members who asked)",
+            lambda s: timedelta(days=7), timedelta(minutes=30), run_weekly_report),
+        Job("prune", "delete old GPU samples, usage history, booking slots, notifications and job runs",
+            lambda s: timedelta(days=1), timedelta(minutes=30), run_prune),
+        Job("notify", "send queued notifications again that could not be sent", lambda s: timedelta(seconds=30),
+            timedelta(minutes=10), run_notify),
     )
 }  # fmt: skip
 
@@ -320,6 +429,55 @@ class JobRun:
         }
 
 
+def _record_start(svc: Services, job: Job, *, owner: str, started: datetime) -> int | None:
+    """A history row for this run (the lease is this runner's). None when it cannot be written: the
+    history must never stop a job."""
+    try:
+        with svc.session() as session:
+            row = JobRunRecord(job=job.name, owner=owner[:128], started_at=started)
+            session.add(row)
+            session.flush()
+            return int(row.id)
+    except LabgpuError as exc:
+        log.warning("job %s: its run is not recorded: %s", job.name, exc.message)
+        return None
+
+
+def _record_end(svc: Services, run_id: int | None, *, finished: datetime, status: str) -> None:
+    if run_id is None:
+        return
+    try:
+        with svc.session() as session:
+            session.execute(
+                update(JobRunRecord)
+                .where(JobRunRecord.id == run_id)
+                .values(finished_at=finished, status=status)
+            )
+    except LabgpuError as exc:
+        log.warning("job run %s: its end is not recorded: %s", run_id, exc.message)
+
+
+@dataclass(frozen=True)
+class JobRunInfo:
+    """One recorded run of a job."""
+
+    job: str
+    owner: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str | None
+
+
+def job_runs(svc: Services, *, job: str | None = None, limit: int = 100) -> list[JobRunInfo]:
+    """The latest recorded runs (of ``job``), oldest first."""
+    query = select(JobRunRecord).order_by(JobRunRecord.started_at.desc(), JobRunRecord.id.desc()).limit(limit)
+    if job is not None:
+        query = query.where(JobRunRecord.job == job)
+    with svc.session() as session:
+        rows = list(session.scalars(query))
+    return [JobRunInfo(r.job, r.owner, r.started_at, r.finished_at, r.status) for r in reversed(rows)]
+
+
 def run_job(
     svc: Services,
     job: Job,
@@ -329,10 +487,12 @@ def run_job(
     force: bool = False,
     gpu_source: Callable[[], GpuSource] | None = None,
     agent_transport: httpx.BaseTransport | None = None,
+    proc_root: str = "/proc",
 ) -> JobRun:
     """Run ``job`` if it is due (or ``force``) and its lease is free. Never raises for the job's own
-    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``
-    and ``agent_transport`` replace NVML and the network to the GPU agents (tests and demos)."""
+    failure: that is recorded (status failed, the error in its state) and returned. ``gpu_source``,
+    ``proc_root`` and ``agent_transport`` replace NVML, /proc and the network to the GPU agents (tests
+    and demos)."""
     # An injected clock (tests, `run-once --now`) is used throughout; otherwise the real one.
     started = now or utcnow()
     owner = owner or runner_id()
@@ -342,9 +502,12 @@ def run_job(
             state = session.get(JobState, job.name)
             busy = state is not None and state.lease_until is not None and state.lease_until > started
         return JobRun(job.name, BUSY if busy else NOT_DUE)
+    run_id = _record_start(svc, job, owner=owner, started=started)
     error: str | None = None
     try:
-        context = JobContext(now=started, gpu_source=gpu_source, agent_transport=agent_transport)
+        context = JobContext(
+            now=started, gpu_source=gpu_source, agent_transport=agent_transport, proc_root=proc_root
+        )
         result = job.run(svc, context)
         if result.errors:
             error = "; ".join(result.errors)[:4000]
@@ -356,6 +519,7 @@ def run_job(
     finished = now if now is not None else utcnow()
     if not finish(svc, job, owner=owner, now=finished, started=started, error=error):
         result.errors.append("the lease expired while the job ran; another runner may have run it too")
+    _record_end(svc, run_id, finished=finished, status=FAILED if error else OK)
     return JobRun(job.name, FAILED if error else OK, result)
 
 
@@ -437,9 +601,12 @@ def job_status(svc: Services) -> list[JobStatus]:
 TICK_SECONDS = 15.0
 
 
-def start_job_runner(services: Services, *, tick: float = TICK_SECONDS) -> Callable[[], None]:
-    """Start a daemon thread that runs due jobs every ``tick`` seconds; return a function that stops
-    it (and waits for a running job to finish). Used by ``labgpu serve`` when ``jobs_in_serve`` is on."""
+def start_job_runner(services: Services, *, tick: float | None = None) -> Callable[[], None]:
+    """Start a daemon thread that runs due jobs every ``tick`` seconds (default: the
+    ``jobs_tick_seconds`` setting); return a function that stops it (and waits for a running job to
+    finish). Used by ``labgpu serve`` when ``jobs_in_serve`` is on. Several portals on one store may
+    each run one: the leases let exactly one of them run a due job."""
+    tick = services.settings.jobs_tick_seconds if tick is None else tick
     stop = threading.Event()
     owner = runner_id()
 

@@ -368,7 +368,7 @@ def _reconcile_member(
         home = spec.home_source
         detail = (
             f"container {spec.name} is missing: recreate it from {spec.template}, "
-            f"home {home} kept; {_password_note(name)}"
+            f"home {home} kept; {_password_note(svc, name)}"
         )
         if want.state == MemberState.STOPPED:
             detail += "; left stopped afterwards"
@@ -513,10 +513,12 @@ def _provisioning_detail(svc: Services, spec: ContainerSpec, inst: Instance | No
     if inst is None or inst.status != "Running":
         todo.append("start it")
     todo.append("wait for sshd, set a password, install the SSH keys")
-    return f"finish provisioning ({', '.join(todo)}); {_password_note(spec.owner)}"
+    return f"finish provisioning ({', '.join(todo)}); {_password_note(svc, spec.owner)}"
 
 
-def _password_note(name: str) -> str:
+def _password_note(svc: Services, name: str) -> str:
+    if members_svc.list_keys(svc, name):
+        return "the member logs in with their SSH key (no password is set)"
     return f"a new initial password is set but not shown: hand one over with `labgpu member passwd {name}`"
 
 

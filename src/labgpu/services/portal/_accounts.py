@@ -51,6 +51,9 @@ class Identity:
     via: Literal["session", "token"]
     session_id: str | None = None
     token_id: int | None = None
+    # An admin's login session without the second factor that require_totp_for_admins asks for: the role
+    # above is then "member" until they set it up (services/portal/_totp.py: with_second_factor_rule).
+    totp_due: bool = False
 
     @property
     def is_admin(self) -> bool:

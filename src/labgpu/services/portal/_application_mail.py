@@ -1,18 +1,17 @@
-"""Mail about applications: to the admins for a new one, to the applicant for the decision (the approval
-mail holds the portal's address and the connection sheet, never a container password).
+"""Notices about applications: to the admins for a new one, to the applicant for the decision (the
+approval notice holds the portal's address and the connection sheet, never a container password). They go
+through :mod:`labgpu.services.notify`: mail by default, the lab's and the admins' own channels too,
+queued and retried.
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
-
-from labgpu.errors import LabgpuError
-from labgpu.services import mail, members
+from labgpu.services import members, notify
 from labgpu.services.context import Services
 from labgpu.services.portal._applications import ApplicationInfo
-from labgpu.store.models import ApplicationStatus, Member, Role
+from labgpu.store.models import ApplicationStatus
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +24,13 @@ def _portal(svc: Services, path: str = "") -> str:
     return base + path
 
 
-def _send(svc: Services, *, to: list[str], subject: str, body: str) -> bool:
-    try:
-        return mail.send_mail(svc.settings, to=to, subject=subject, body=body)
-    except LabgpuError as exc:
-        log.warning("mail %r to %s not sent: %s", subject, ", ".join(to), exc.message)
-        return False
-
-
-def admin_addresses(svc: Services) -> list[str]:
-    with svc.session() as session:
-        return [
-            e
-            for e in session.scalars(
-                select(Member.email).where(Member.role == Role.ADMIN).order_by(Member.name)
-            )
-            if e
-        ]
+def _send(svc: Services, kind: str, *, to: list[str], subject: str, body: str) -> bool:
+    return notify.send(svc, kind, to, subject, body) > 0
 
 
 def notify_admins(svc: Services, app: ApplicationInfo) -> bool:
-    """Mail every admin with an e-mail address about a new application. Never raises (logs failures)."""
-    to = admin_addresses(svc)
-    if not to:
-        return False
+    """Notify the admins (the lab's channels, each admin's address and own channels) about a new
+    application. Queued: never raises, never waits for a channel."""
     lines = [
         f"{app.name} <{app.email}> applied for an account and a container.",
         "",
@@ -61,12 +43,19 @@ def notify_admins(svc: Services, app: ApplicationInfo) -> bool:
         "",
         f"Approve or reject it: {_portal(svc, '/admin/applications')}",
     ]
-    return _send(svc, to=to, subject=f"[labgpu] new application: {app.name}", body="\n".join(lines))
+    return _send(
+        svc,
+        notify.APPLICATION,
+        to=[notify.ADMINS],
+        subject=f"[labgpu] new application: {app.name}",
+        body="\n".join(lines),
+    )
 
 
 def notify_applicant(svc: Services, app: ApplicationInfo) -> bool:
-    """Mail the applicant the decision: the portal's address and the connection sheet (approved and
-    done), or the reason (rejected). Never a password. Never raises (logs failures)."""
+    """Notify the applicant of the decision: the portal's address and the connection sheet (approved and
+    done; on the new member's channels), or the reason (rejected; by mail to the address they gave).
+    Never a password. Queued: never raises."""
     if app.status == ApplicationStatus.REJECTED:
         body = "\n".join(
             [
@@ -80,7 +69,13 @@ def notify_applicant(svc: Services, app: ApplicationInfo) -> bool:
                 "Reply to your lab's admins if you have questions.",
             ]
         )
-        return _send(svc, to=[app.email], subject="[labgpu] your application was not approved", body=body)
+        return _send(
+            svc,
+            notify.APPROVAL,
+            to=[app.email],
+            subject="[labgpu] your application was not approved",
+            body=body,
+        )
     if app.status != ApplicationStatus.DONE:
         return False
     sheet = members.connection_sheet(svc, members.get_member(svc, app.name, live=False))
@@ -107,4 +102,6 @@ def notify_applicant(svc: Services, app: ApplicationInfo) -> bool:
             "",
             f"Your home folder {sheet.container_home} is kept when the container is rebuilt.",
         ]
-    return _send(svc, to=[app.email], subject="[labgpu] your container is ready", body="\n".join(lines))
+    return _send(
+        svc, notify.APPROVAL, to=[app.name], subject="[labgpu] your container is ready", body="\n".join(lines)
+    )

@@ -33,6 +33,7 @@ from labgpu.services.portal._passwords import (
     password_hasher,
     verify_password,
 )
+from labgpu.services.portal._totp import SecondStep, open_pending_login, totp_enabled
 from labgpu.settings import Settings
 from labgpu.store.models import Account, LoginAttempt, LoginSession, Member, Role, utcnow
 
@@ -123,8 +124,10 @@ def change_password(
 
 def authenticate(
     svc: Services, *, name: str, password: str, source_address: str | None, user_agent: str | None
-) -> NewLogin:
-    """Check a name and password and start a login session (a new session id every time: no fixation).
+) -> NewLogin | SecondStep:
+    """Check a name and password and start a login session (a new session id every time: no fixation),
+    or, for a member with two-factor log-in, a pending log-in that waits for the code
+    (:class:`SecondStep`; the session comes from ``_totp_login.finish_login``).
 
     Refused logins are counted per account and per address; past the limits (settings) this raises
     Throttled before the password is even checked. Raises LoginFailed for a wrong name or password or a
@@ -134,7 +137,7 @@ def authenticate(
     address = address_key(source_address)
     now = utcnow()
     failure: str | None = None
-    result: NewLogin | None = None
+    result: NewLogin | SecondStep | None = None
     with svc.session() as session:
         session.execute(
             delete(LoginAttempt).where(LoginAttempt.at < now - max(ATTEMPT_RETENTION, _window(settings) * 2))
@@ -149,13 +152,27 @@ def authenticate(
             ok, failure = False, N_("this account is disabled; ask an admin to enable it")
         elif not ok:
             failure = N_("wrong name or password")
-        session.add(LoginAttempt(at=now, account=tried, source_address=address, succeeded=ok))
+        # With a second factor, the password opens a pending log-in and only the code's outcome counts for
+        # the throttle (a right password alone must not clear the count of wrong codes).
+        second_step = ok and member is not None and totp_enabled(session, member.id)
+        if not second_step:
+            session.add(LoginAttempt(at=now, account=tried, source_address=address, succeeded=ok))
         if not ok or member is None or account is None:
             svc.audit(session, "account.login.failed", tried, reason=failure)
         else:
             assert account.password_hash is not None
             if password_hasher().check_needs_rehash(account.password_hash):
                 account.password_hash = hash_password(password)
+            if second_step:
+                result = open_pending_login(
+                    svc,
+                    session,
+                    member_id=member.id,
+                    name=member.name,
+                    is_admin=member.role == Role.ADMIN,
+                    now=now,
+                )
+                return result
             account.last_login_at = now
             token = _start_session(session, settings, member.id, address, user_agent, now)
             # The actor is the member who just proved who they are, not the anonymous visitor.

@@ -1,5 +1,5 @@
-"""Pages: my container (state, limits, uptime, connection sheet, start/stop/restart, reset, first-login
-password, snapshots, SSH keys) and its downloads. Every action is on the logged-in member's own
+"""Pages: my container (state, limits, uptime, connection sheet, start/stop/restart, reset, the
+container's password, snapshots, SSH keys) and its downloads. Every action is on the logged-in member's own
 container: there is no name in these forms to tamper with."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from labgpu.errors import N_, BadInput, LabgpuError, NotFound
-from labgpu.services import members
+from labgpu.services import members, portal
 from labgpu.services.context import Services
 from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
@@ -107,13 +107,23 @@ def reset(
     return out.show(_me(request, renderer, svc, identity))
 
 
-@router.post("/me/initial-password")
-def initial_password(
-    request: Request, identity: CurrentMember, svc: ServicesDep, renderer: RendererDep
+@router.post("/me/container-password")
+def container_password(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    password: Annotated[str, Form(max_length=1024)] = "",
+    confirm_password: Annotated[str, Form(max_length=1024)] = "",
 ) -> HTMLResponse:
+    """The container user's password, chosen by the member (for a remote desktop, sudo or password SSH):
+    nobody else ever sees it, and it works at once, with no forced change."""
     with Outcome(request, renderer) as out:
-        password = members.reset_password(svc, identity.name)
-        out.done(N_("A new first-login password was set for your container."), new_password=password)
+        if password != confirm_password:
+            raise BadInput(N_("The two passwords differ."))
+        portal.check_password_strength(password, name=identity.name)
+        members.set_container_password(svc, identity.name, password)
+        out.done(N_("Your container's password was set. Use it for the remote desktop and password logins."))
     return out.show(_me(request, renderer, svc, identity))
 
 

@@ -41,6 +41,7 @@ def _page(
         sessions=portal.list_sessions(svc, identity),
         current_session=(identity.session_id or "")[:8],
         lifetimes=TOKEN_LIFETIMES,
+        totp_enabled=portal.totp_status(svc, identity).enabled,
         **extra,
     )
 

@@ -11,6 +11,7 @@ from labgpu.errors import N_
 from labgpu.services import portal
 from labgpu.web import i18n
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
+from labgpu.web.routes.portal import totp
 from labgpu.web.security import (
     clear_session_cookie,
     client_address,
@@ -74,10 +75,12 @@ def login(
         return renderer.render(
             request, "login.html", 401, error=translate(gettext, exc), name=name, next=target
         )
+    if isinstance(new, portal.SecondStep):  # two-factor log-in: the code comes next, then the session
+        return totp.ask_for_code(request, new, target)
     if identity is not None:
         # Logging in again in the same browser: the previous session ends (one browser, one session).
         portal.end_session(svc, identity)
-    redirect = RedirectResponse(target, status_code=303)
+    redirect = RedirectResponse(totp.after_login(svc, new.identity, target), status_code=303)
     set_session_cookie(request, redirect, new.token)
     forget_identity(request, new.identity)
     return redirect

@@ -27,6 +27,7 @@ from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
 from tests import lanes
 from tests.postgres import postgres_url  # noqa: F401 - the fixture, for every test
+from tests.servers.fixtures import idp_server, ldap_server  # noqa: F401 - sign-on servers, started when asked for
 from tests.webhooks import webhook_server  # noqa: F401 - the fixture, for every test
 
 DAEMON_SOCKETS = {

@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from labgpu.errors import ConfigError
+from labgpu.settings_signon import SignOnSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
 
@@ -42,7 +43,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, SignOnSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)
@@ -259,6 +260,21 @@ class Settings(BaseSettings):
         "X-Forwarded-Proto headers are believed (for the client address in the audit log and throttling, "
         "and for https). Empty: trust none; * trusts everyone (only behind a proxy that overwrites them).",
     )
+    # The portal's TLS (labgpu.system.tls; docs/admin/portal.md) ----------------------------------------
+    web_tls: Literal["auto", "on", "off", "proxy"] = Field(
+        "auto",
+        description="HTTPS for `labgpu serve`: auto (plain HTTP on a loopback web_host, HTTPS on any other "
+        "address with web_tls_cert or a self-signed certificate generated into state_dir/tls), on (HTTPS "
+        "everywhere), proxy (plain HTTP on any address: a reverse proxy in front terminates TLS; cookies "
+        "always Secure), off (plain HTTP, refused on an address other than loopback).",
+    )
+    web_tls_cert: Path | None = Field(
+        None,
+        description="The portal's certificate chain (PEM), e.g. from the campus CA or Let's Encrypt. "
+        "Empty: a self-signed one is generated when HTTPS is needed (its SHA-256 fingerprint is shown by "
+        "setup, serve and doctor).",
+    )
+    web_tls_key: Path | None = Field(None, description="The private key (PEM) of web_tls_cert.")
     session_idle_minutes: int = Field(
         120,
         ge=1,
@@ -617,24 +633,3 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("invalid settings" + where + ": " + "; ".join(problems)) from None
     finally:
         _file_values.reset(token)
-
-
-def iter_settings_help() -> list[tuple[str, str, str]]:
-    """(name, default, help) for every setting, for docs and `labgpu config show`."""
-    rows = []
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        rows.append((name, "" if default is None else str(default), field.description or ""))
-    return rows
-
-
-def settings_reference_markdown() -> str:
-    """docs/configuration.md's reference table, generated from the settings model (a test keeps them equal)."""
-    lines = [
-        "| setting | environment variable | default | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, default, help_text in iter_settings_help():
-        shown = f"`{default}`" if default else "(empty)"
-        lines.append(f"| `{name}` | `LABGPU_{name.upper()}` | {shown} | {help_text.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"

@@ -59,7 +59,8 @@ from labgpu.services.portal import _totp_enrol as totp_enrol
 from labgpu.services.templates import _build as template_build
 from labgpu.services.templates import _catalog as templates
 from labgpu.store.models import Application, ApplicationStatus, Booking, BookingStatus, Member, Role
-from tests.web.conftest import PASSWORD, Portal, csrf_from, login, page_token
+from labgpu.web.routes.portal.signon import CLAIMS_COOKIE
+from tests.web.conftest import PASSWORD, Portal, csrf_from, login, page_token, signed_claims
 from tests.web.gpus.helpers import PortalFactory, ServedAgent, add_host
 from tests.web.test_authorization import app_routes
 from tests.web.test_totp import _identity as totp_identity
@@ -180,6 +181,26 @@ def _apply_form(lab: Lab) -> httpx.Response:
     return client.post("/apply", data={**data, "confirm_password": data["password"], "csrf_token": token})
 
 
+def _signon_apply_form(lab: Lab) -> httpx.Response:
+    """Someone who signed on without an account (LDAP, OIDC, CAS) applies: the prefilled form."""
+    client = _visitor(lab)
+    client.cookies.set(CLAIMS_COOKIE, signed_claims(lab.portal.app, name="frank"), domain="testserver.local")
+    token = csrf_from(client.get("/signon/apply").text)
+    return client.post("/signon/apply", data={"name": "frank", "email": "f@lab.test", "csrf_token": token})
+
+
+def _signon_link_form(lab: Lab) -> httpx.Response:
+    """alice links a sign-on identity to her account with her password (and is logged in)."""
+    client = lab.portal.client(Lab.ALICE_ADDRESS)
+    client.cookies.set(CLAIMS_COOKIE, signed_claims(lab.portal.app, name="alice"), domain="testserver.local")
+    token = csrf_from(client.get("/signon/apply").text)
+    return client.post(
+        "/signon/link",
+        data={"name": "alice", "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+    )
+
+
 def _login_form(lab: Lab) -> httpx.Response:
     return login(lab.portal.client(Lab.ALICE_ADDRESS), "alice")
 
@@ -221,6 +242,8 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
     ("POST", "/login"): ("account.login", "alice", ("alice", _login_form)),
     ("POST", "/logout"): ("account.logout", "alice", ("alice", _logout_form)),
     ("POST", "/apply"): ("application.submit", "erin", ("anonymous", _apply_form)),
+    ("POST", "/signon/apply"): ("application.submit", "frank", ("anonymous", _signon_apply_form)),
+    ("POST", "/signon/link"): ("account.identity.link", "alice", ("alice", _signon_link_form)),
     ("POST", "/api/v1/applications"): (
         "application.submit",
         "erin",
@@ -804,6 +827,7 @@ READ_ONLY_COMMANDS = {
     "member list", "member show", "member snapshots", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
     "notify queue", "notify channels",
+    "auth test",  # asks the log-in backends; writes nothing (no session, no throttle count)
 }  # fmt: skip
 # Commands that run labgpu itself or its upkeep, not a person's change to the lab (their own changes, like
 # reconcile's repairs, are logged as what they are).
@@ -820,6 +844,8 @@ NOT_A_PERSONS_CHANGE = {
     "host gateway sync": "rewrites the gateway's files from the store (no new state)",
     "template bootstrap": "builds and publishes an image (template.build is audited by template build)",
     "notify test": "sends test messages to the configured channels; nothing in the store changes",
+    # issue 15 (setup): the steps above, in a row, on a fresh host
+    "setup": "installs packages, starts the daemon, db upgrade, host init, template bootstrap, units",
 }
 # CLI command -> (service function, the action it audits).
 AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {

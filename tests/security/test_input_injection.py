@@ -580,3 +580,58 @@ def test_hostile_codes_and_redirects_in_two_factor_log_in_are_refused(portal: Po
     for target in HOSTILE_NEXT:
         page = portal.client("198.51.100.160").get("/login/totp", params={"next": target})
         assert page.status_code in (200, 303) and "evil.example" not in page.headers.get("location", "")
+
+
+# Sign-on --------------------------------------------------------------------------------------------------
+
+
+def test_hostile_input_at_sign_on_is_refused_and_nothing_is_stored(make_portal: Any) -> None:
+    """Hostile names in the sign-on application, hostile provider names in the paths, hostile CAS tickets
+    and OIDC answers: a 4xx, no application, no identity, no session. (LDAP filter injection in the
+    log-in name is refused against a real directory in tests/web/test_signon.py.)"""
+    from sqlalchemy import func, select
+
+    from labgpu.store.models import Application
+    from labgpu.store.models_signon import SignOnIdentity
+    from labgpu.web.routes.portal.signon import CLAIMS_COOKIE
+    from labgpu.web.security import SESSION_COOKIE
+    from tests.web.conftest import signed_claims
+
+    p = make_portal(cas_url="http://127.0.0.1:9/cas")
+    client = p.client()
+    client.cookies.set(CLAIMS_COOKIE, signed_claims(p.app, name="alice"), domain="testserver.local")
+    token = csrf_from(client.get("/signon/apply").text)
+    for name in HOSTILE_NAMES:
+        r = client.post("/signon/apply", data={"name": name, "email": "a@lab.test", "csrf_token": token})
+        assert 400 <= r.status_code < 500, (name, r.status_code)
+    for email in ("a@lab.test\x00", "a@lab.test\nBcc: x@evil.test"):
+        r = client.post("/signon/apply", data={"name": "alice", "email": email, "csrf_token": token})
+        assert 400 <= r.status_code < 500, (email, r.status_code)
+    # Claims the browser changed: the seal breaks, the form is not even shown.
+    forged = client.cookies.get(CLAIMS_COOKIE, domain="testserver.local") or ""
+    evil = p.client()
+    evil.cookies.set(CLAIMS_COOKIE, "e30" + forged[3:], domain="testserver.local")
+    assert evil.get("/signon/apply", follow_redirects=False).headers["location"] == "/login"
+    for provider in ("%2e%2e", "%2e%2e%2fetc", "x;id", "a%0ab", "$(id)", "x" * 200):
+        r = client.get(f"/login/oidc/{provider}", follow_redirects=False)
+        assert r.status_code == 404, (provider, r.status_code)
+        r = client.get(f"/login/oidc/{provider}/callback?state=x&code=y", follow_redirects=False)
+        assert 400 <= r.status_code < 500, (provider, r.status_code)
+    # Malformed tickets are refused before the (unreachable) CAS server is asked: 401, not 503.
+    start = client.get("/login/cas", follow_redirects=False)
+    state = start.headers["location"].split("state%3D", 1)[1]
+    for ticket in ("", "../x", "ST-\n1<x>é", "ST-" + "x" * 300, "PGT-1"):
+        r = client.get(
+            "/login/cas/callback", params={"state": state, "ticket": ticket}, follow_redirects=False
+        )
+        assert r.status_code == 401, (ticket, r.status_code)
+        client.cookies.set(
+            "labgpu_signon_flow", start.cookies["labgpu_signon_flow"], domain="testserver.local"
+        )
+    # Refused answers count like failed log-ins: the address is throttled (login_max_failures_per_account).
+    r = client.get("/login/cas/callback", params={"state": state, "ticket": "ST-1"}, follow_redirects=False)
+    assert r.status_code == 429 and "Retry-After" in r.headers
+    assert SESSION_COOKIE not in client.cookies
+    with p.svc.session() as session:
+        assert session.scalar(select(func.count()).select_from(Application)) == 0
+        assert session.scalar(select(func.count()).select_from(SignOnIdentity)) == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from labgpu.settings import Settings, settings_reference_markdown
+from labgpu.cli.settings_reference import settings_reference_markdown
+from labgpu.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -417,7 +417,7 @@ def test_the_admin_pages_name_only_commands_and_options_that_exist() -> None:
 
 
 def test_the_chinese_settings_table_is_the_generated_one() -> None:
-    from labgpu.settings import settings_reference_markdown
+    from labgpu.cli.settings_reference import settings_reference_markdown
 
     table = settings_reference_markdown().split("\n", 1)[1]
     assert table in (ZH_ADMIN / "configuration.md").read_text(), "run scripts/gen-docs"

@@ -9,7 +9,7 @@ that ask the daemon show it as unreachable. Tests with a real daemon use ``labgp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +102,46 @@ def page_token(client: TestClient, path: str = "/account") -> str:
     response = client.get(path)
     assert response.status_code == 200, response.text[:300]
     return csrf_from(response.text)
+
+
+# Sign-on (tests/web/test_signon.py, tests/security) ---------------------------------------------------------
+
+
+@pytest.fixture
+def make_portal(web_settings: Settings) -> Iterator[Callable[..., Portal]]:
+    """Portals on the test's store with extra settings (LDAP, OIDC, CAS; several may be made in one test).
+    No background worker: approved applications stay queued."""
+    clients: list[TestClient] = []
+
+    def make(**extra: object) -> Portal:
+        settings = load_settings(
+            state_dir=str(web_settings.state_dir),
+            database_url=web_settings.database_url,
+            runtime_url=web_settings.runtime_url,
+            trusted_proxies="",
+            **extra,
+        )
+        app = create_app(settings, background=False)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return Portal(app, settings)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def signed_claims(
+    app: FastAPI, *, name: str, provider: str = "ldap", subject: str | None = None, **more: object
+) -> str:
+    """The cookie a browser holds after signing on as someone without an account (as the portal seals it)."""
+    from labgpu.web.routes.portal.signon import seal
+
+    class _Request:  # what seal() reads: the app (for its secret key)
+        pass
+
+    request = _Request()
+    request.app = app  # type: ignore[attr-defined]
+    data = {"provider": provider, "subject": subject or f"subject-{name}", "name": name, "groups": [], **more}
+    return seal(request, "claims", data, 600)  # type: ignore[arg-type]

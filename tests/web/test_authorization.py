@@ -157,6 +157,14 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/usage/weekly-report"): SELF,
     ("GET", "/admin/usage"): ADMIN,
     ("GET", "/admin/usage.csv"): ADMIN,
+    # Sign-on (LDAP goes through POST /login; OIDC and CAS leave for the provider and come back).
+    ("GET", "/login/oidc/{provider}"): PUBLIC,
+    ("GET", "/login/oidc/{provider}/callback"): PUBLIC,
+    ("GET", "/login/cas"): PUBLIC,
+    ("GET", "/login/cas/callback"): PUBLIC,
+    ("GET", "/signon/apply"): PUBLIC,
+    ("POST", "/signon/apply"): PUBLIC,
+    ("POST", "/signon/link"): PUBLIC,
 }
 # The log-in forms answer 401 to a failed log-in: that is their answer, not a request for one.
 LOGIN_FORMS = {"/login", "/login/totp"}
@@ -229,7 +237,9 @@ def _call(client: TestClient, method: str, path: str, url: str, csrf: str) -> ht
 def _denied(response: httpx.Response, path: str) -> str | None:
     """How the request was refused ("login", "forbidden", "hidden"), or None when it was let through."""
     status = response.status_code
-    if status == 401 and path not in LOGIN_FORMS:
+    # A refused log-in (the form, the code step, or a sign-on coming back refused) answers 401 too: that is no
+    # login wall.
+    if status == 401 and path not in LOGIN_FORMS and not path.startswith("/login/"):
         return "login"
     if status == 303 and response.headers["location"].startswith("/login?next="):
         return "login"

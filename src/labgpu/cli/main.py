@@ -54,8 +54,9 @@ def _register() -> None:
     """The whole command tree, in one place: each feature's commands come from the cli module named like
     the feature in services/ (members, hosts, gpus, templates, portal, ops). The order here is the order
     `labgpu --help` lists them in (commands first, then groups)."""
-    from labgpu.cli import gpus, hosts, members, notify, ops, portal, templates
+    from labgpu.cli import gpus, hosts, members, notify, ops, portal, setup, templates
 
+    app.command("setup")(setup.setup)
     app.command("doctor")(hosts.doctor)
     app.command("serve")(portal.serve)
     app.command("agent")(gpus.agent)
@@ -77,6 +78,7 @@ def _register() -> None:
     app.add_typer(portal.notice_app, name="notice")
     app.add_typer(ops.backup_app, name="backup")
     app.add_typer(notify.app, name="notify")
+    app.add_typer(portal.auth_app, name="auth")
 
 
 _register()

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.cli.options import JsonOpt, NowOpt, ReplayOpt, clock, show_time
-from labgpu.settings import iter_settings_help, settings_reference_markdown
+from labgpu.cli.settings_reference import iter_settings_help, settings_reference_markdown
 
 # Reconcile and boot -------------------------------------------------------------------------------
 

@@ -1,19 +1,22 @@
 """The portal feature on the command line: `labgpu admin ...` (portal accounts; there are no default
 accounts: `admin create` makes the first admin), `labgpu notice ...` (messages to every member, at login
-and on the portal) and `labgpu serve` (the portal and JSON API). Mounted in :mod:`labgpu.cli.main`."""
+and on the portal), `labgpu auth test` (the log-in backends) and `labgpu serve` (the portal and JSON API). Mounted in :mod:`labgpu.cli.main`."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labgpu.cli.context import get_context, print_json
+from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.cli.options import JsonOpt
 from labgpu.errors import BadInput
+
+if TYPE_CHECKING:
+    from labgpu.system.tls import PortalTls
 
 # Accounts -----------------------------------------------------------------------------------------
 
@@ -155,6 +158,39 @@ def list_(
     c.console.print(table)
 
 
+# Sign-on backends -------------------------------------------------------------------------------------
+
+
+auth_app = typer.Typer(help="Log-in backends: local passwords, LDAP/AD, OIDC and CAS.", no_args_is_help=True)
+
+
+@auth_app.command("test")
+def auth_test(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The name to log in with (a labgpu name or a directory name).")],
+    password_stdin: PasswordStdinOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Check a log-in against every configured backend: which accepted it, and why the others did not.
+
+    Asks for the password (hidden). Nothing is written: no session, no throttle count. OIDC and CAS need
+    a browser: their settings are shown. Exits 1 when no backend accepted the log-in."""
+    from labgpu.services import portal
+
+    c = get_context(ctx)
+    password = _read_password(True) if password_stdin else str(typer.prompt("Password", hide_input=True))
+    verdicts = portal.check_backends(c.store_services, name=name, password=password)
+    if json_:
+        print_json([{"backend": v.backend, "accepted": v.accepted, "detail": v.detail} for v in verdicts])
+    else:
+        table = Table("backend", "verdict", "why")
+        for v in verdicts:
+            table.add_row(v.backend, "[green]accepted[/]" if v.accepted else "refused", escape(v.detail))
+        c.console.print(table)
+    if not any(v.accepted for v in verdicts):
+        raise typer.Exit(1)
+
+
 # Notices ------------------------------------------------------------------------------------------
 
 
@@ -252,25 +288,66 @@ def serve(
         int | None, typer.Option(help="Port to listen on. Default: the web_port setting.")
     ] = None,
 ) -> None:
-    """Run the web portal and JSON API (migrates the database first)."""
+    """Run the web portal and JSON API (migrates the database first).
+
+    HTTPS on an address other than loopback (the web_tls settings: the admin's certificate or a generated
+    one, whose SHA-256 fingerprint is printed); plain HTTP there is refused unless web_tls is "proxy"."""
+    run_portal(get_context(ctx), host=host, port=port)
+
+
+def run_portal(c: CliContext, *, host: str | None = None, port: int | None = None) -> None:
+    """`labgpu serve` (and the end of `labgpu setup` without systemd): migrate, then serve until Ctrl-C."""
     import uvicorn
 
     from labgpu.store.migrate import upgrade
+    from labgpu.system.tls import portal_tls
     from labgpu.web.app import create_app
 
-    c = get_context(ctx)
     settings = c.settings
+    bind_host = host or settings.web_host
+    bind_port = port or settings.web_port
+    tls = portal_tls(settings, bind_host)  # refused before anything else happens
     result = upgrade(settings)
     if result.changed:
         c.console.print(f"database migrated to revision {result.after}")
     settings.session_secret()  # create the key now rather than on the first request
     app = create_app(settings)
-    bind_host = host or settings.web_host
-    bind_port = port or settings.web_port
-    c.console.print(f"labgpu portal on [bold]http://{bind_host}:{bind_port}/[/] (Ctrl-C stops it)")
+    shown = f"[{bind_host}]" if ":" in bind_host else bind_host
+    c.console.print(f"labgpu portal on [bold]{tls.scheme}://{shown}:{bind_port}/[/] (Ctrl-C stops it)")
+    print_tls(c, tls)
     # WebSockets (the terminal) through the `websockets` package's Sans-I/O protocol where this uvicorn has
     # it; its older protocol is deprecated in recent websockets releases.
     from uvicorn.config import WS_PROTOCOLS
 
     ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info", ws=ws)
+    https = tls.https and tls.certfile is not None and tls.keyfile is not None
+    uvicorn.run(
+        app,
+        host=bind_host,
+        port=bind_port,
+        log_level="info",
+        ws=ws,
+        ssl_certfile=str(tls.certfile) if https else None,
+        ssl_keyfile=str(tls.keyfile) if https else None,
+    )
+
+
+def print_tls(c: CliContext, tls: PortalTls) -> None:
+    """The certificate the portal uses, and its fingerprint for members to compare."""
+    if tls.source == "generated":
+        made = "generated now" if tls.generated_now else "generated"
+        c.console.print(
+            f"TLS: self-signed certificate ({made}) {tls.certfile}\n"
+            f"  SHA-256 fingerprint: [bold]{tls.fingerprint}[/]\n"
+            "  Members' browsers warn once; they should accept it only when it shows this fingerprint "
+            "(or set web_tls_cert and web_tls_key to a certificate the browsers trust).",
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,  # a fingerprint's ":AB:" is not an emoji
+        )
+    elif tls.source == "admin":
+        c.console.print(
+            f"TLS: {tls.certfile} (SHA-256 {tls.fingerprint})", highlight=False, soft_wrap=True, emoji=False
+        )
+    elif tls.source == "proxy":
+        c.console.print("plain HTTP: a reverse proxy in front terminates TLS (web_tls = proxy)")

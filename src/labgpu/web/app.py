@@ -102,7 +102,7 @@ def create_app(
     from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
     from labgpu.web.routes.members import terminal as members_terminal
-    from labgpu.web.routes.portal import account, apply, auth, totp
+    from labgpu.web.routes.portal import account, apply, auth, signon, totp
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
 
@@ -192,6 +192,7 @@ def create_app(
         members_terminal,
         members_guide,
         usage_pages,
+        signon,
     ):
         app.include_router(module.router)
     return app

@@ -194,7 +194,7 @@ def _cookie_options(request: Request) -> dict[str, Any]:
     return {
         "httponly": True,
         "samesite": "lax",
-        "secure": bool(settings.secure_cookies or is_https(request)),
+        "secure": bool(settings.secure_cookies or settings.web_tls == "proxy" or is_https(request)),
         "path": "/",
     }
 

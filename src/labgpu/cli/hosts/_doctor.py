@@ -49,7 +49,10 @@ def doctor(
             status = "[yellow]fail[/]"
         pad = " " * (4 - len(str(check.status).replace("n-a", "n/a")))
         out.print(
-            f"  {status}{pad}  {check.name:<{width}}  {escape(check.detail)}", highlight=False, soft_wrap=True
+            f"  {status}{pad}  {check.name:<{width}}  {escape(check.detail)}",
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,  # details hold fingerprints (":AB:") and paths, never emoji codes
         )
         if check.fix:
             out.print(

@@ -58,6 +58,14 @@ def init(
     pool_size: Annotated[
         str, typer.Option("--pool-size", help="Size of a new btrfs/zfs pool's sparse loop file.")
     ] = "20GiB",
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart/--no-restart",
+            help="Restart the LXD/Incus daemon (its instances keep running) when /etc/subuid or /etc/subgid "
+            "changed: it reads them at start only.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     subuid_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
     subgid_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
@@ -77,7 +85,14 @@ def init(
     paths = HostPaths(subuid_file=subuid_file, subgid_file=subgid_file, sysctl_root=sysctl_root)
     try:
         report = init_host(
-            cli.runtime, settings, force=force, dry_run=dry_run, nat=nat, pool_size=pool_size, paths=paths
+            cli.runtime,
+            settings,
+            force=force,
+            dry_run=dry_run,
+            nat=nat,
+            pool_size=pool_size,
+            paths=paths,
+            restart_daemon=restart,
         )
     except Unavailable as exc:
         fail_unavailable(exc)

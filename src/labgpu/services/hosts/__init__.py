@@ -43,7 +43,7 @@ from labgpu.services.hosts._remote import (
     set_public_address,
     validate_host_name,
 )
-from labgpu.services.hosts._setup import HostPaths, StepStatus, init_host
+from labgpu.services.hosts._setup import HostPaths, StepStatus, init_host, runtime_label
 from labgpu.system.systemd import install_units
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "remove_host",
     "run_doctor",
     "runtime_for",
+    "runtime_label",
     "services_for",
     "set_agent_url",
     "set_drained",

@@ -21,7 +21,14 @@ from labgpu.domain.subid import clash_with_container_map, missing_ranges, parse_
 from labgpu.errors import LabgpuError
 from labgpu.gpu import nvml
 from labgpu.runtime.client import RuntimeClient, ServerInfo
-from labgpu.services.hosts._doctor_checks import Check, CheckStatus, host_tool_checks, which_anywhere
+from labgpu.services.hosts._daemon import daemon_restart_hint
+from labgpu.services.hosts._doctor_checks import (
+    Check,
+    CheckStatus,
+    host_tool_checks,
+    portal_tls_check,
+    which_anywhere,
+)
 from labgpu.services.hosts._doctor_checks import fail as _fail
 from labgpu.services.hosts._doctor_checks import na as _na
 from labgpu.services.hosts._doctor_checks import ok as _ok
@@ -30,7 +37,6 @@ from labgpu.services.hosts._profile import FORBIDDEN_PROFILE_CONFIG
 from labgpu.services.hosts._setup import (
     HostPaths,
     clash_advice,
-    daemon_restart_hint,
     runtime_label,
 )
 from labgpu.settings import Settings
@@ -532,4 +538,5 @@ def run_doctor(
     report.checks.append(database_check(settings))
     report.checks += gpu_checks(paths, probe=probe, which=which)
     report.checks += host_tool_checks(which)
+    report.checks.append(portal_tls_check(settings))
     return report

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from labgpu.errors import LabgpuError
+from labgpu.settings import Settings
 from labgpu.system.commands import which as system_which
+from labgpu.system.tls import portal_tls
 
 
 class CheckStatus(StrEnum):
@@ -82,3 +85,36 @@ def host_tool_checks(which: Callable[[str], str | None]) -> list[Check]:
 def which_anywhere(tool: str) -> str | None:
     """On the caller's PATH, else in the system folders (debootstrap is in /usr/sbin, off a user's PATH)."""
     return shutil.which(tool) or system_which(tool)
+
+
+def portal_tls_check(settings: Settings) -> Check:
+    """How the portal is reached: HTTPS with which certificate (and its fingerprint, for members to compare),
+    plain HTTP on loopback, behind a TLS proxy, or refused. Looks only: a missing generated certificate is
+    made by `labgpu serve` or `labgpu setup`."""
+    where = f"{settings.web_host}:{settings.web_port}"
+    try:
+        tls = portal_tls(settings, settings.web_host, create=False)
+    except LabgpuError as exc:
+        return fail("portal-tls", exc.message, exc.hint or "see docs/admin/portal.md", critical=False)
+    if tls.source == "proxy":
+        return ok(
+            "portal-tls",
+            f"plain HTTP on {where}; a reverse proxy terminates TLS (web_tls = proxy)",
+            critical=False,
+        )
+    if not tls.https:
+        return ok(
+            "portal-tls",
+            f"plain HTTP on {where}, loopback only (for members: web_host = 0.0.0.0, HTTPS)",
+            critical=False,
+        )
+    if not tls.fingerprint:
+        return warn(
+            "portal-tls",
+            f"HTTPS on {where} with a self-signed certificate not generated yet ({tls.certfile})",
+            "labgpu setup or labgpu serve generates it",
+        )
+    kind = "self-signed certificate" if tls.source == "generated" else "certificate"
+    return ok(
+        "portal-tls", f"HTTPS on {where}, {kind} {tls.certfile}, SHA-256 {tls.fingerprint}", critical=False
+    )

@@ -29,6 +29,7 @@ from labgpu.domain.subid import SubidRange
 from labgpu.errors import BadInput
 from labgpu.runtime.client import RuntimeClient, ServerInfo
 from labgpu.runtime.errors import OperationFailed, RuntimeBadRequest, RuntimeError_
+from labgpu.services.hosts._daemon import daemon_restart_hint, reads_files, restart_for_subid
 from labgpu.services.hosts._profile import (
     NIC_DEVICE,
     PORT_ISOLATION_EXTENSION,
@@ -164,12 +165,6 @@ def runtime_label(runtime: RuntimeClient, server: ServerInfo | None = None) -> s
     """How the daemon is named to people: "LXD 5.0.2 at /var/lib/lxd/unix.socket"."""
     server = server or runtime.server()
     return f"{server.label} {server.version} at {runtime.endpoint.describe()}"
-
-
-def daemon_restart_hint(server: ServerInfo) -> str:
-    if server.kind == "incus":
-        return "systemctl restart incus, or `incus admin shutdown` and start incusd again"
-    return "systemctl restart lxd (snap: snap restart lxd), or `lxd shutdown` and start lxd again"
 
 
 # subuid / subgid -----------------------------------------------------------------
@@ -478,6 +473,7 @@ def init_host(
     pool_size: str = DEFAULT_POOL_SIZE,
     subnet_search: Sequence[IPv4Network] = DEFAULT_SUBNET_SEARCH,
     paths: HostPaths | None = None,
+    restart_daemon: bool = True,
 ) -> HostInitReport:
     """Create what labgpu needs on the host and is missing: storage pool, network, profile,
     subuid/subgid ranges, and raise the kernel limits (inotify, map count). Idempotent: a second run reports every step unchanged.
@@ -485,7 +481,9 @@ def init_host(
     ``force`` updates a labgpu profile that differs from the settings (keeping keys the admin
     added); pools and networks that exist are never changed. ``dry_run`` changes nothing and
     reports what would be done. ``nat`` turns IPv4 NAT on for a new bridge. ``subnet_search`` is
-    where a free bridge subnet is looked for when network_subnet is empty.
+    where a free bridge subnet is looked for when network_subnet is empty. When /etc/subuid or
+    /etc/subgid changed, the daemon is restarted (``restart_daemon``; its instances keep running) and
+    waited for, since it reads them at start only; where it cannot be, a step needs attention and says why.
 
     Raises BadInput for unusable settings (before anything is changed), LabgpuError when a subuid
     file cannot be written, RuntimeUnavailable when the daemon cannot be reached, and the runtime's
@@ -538,10 +536,28 @@ def init_host(
     subid_changed = [_step_subid(run, plan) for plan in plans]
     _step_kernel_limits(run, paths)
     if any(subid_changed):
-        daemon = "incusd" if server.kind == "incus" else "lxd"
-        when = "after this runs, " if dry_run else ""
-        report.notes.append(
-            f"{when}restart the daemon ({daemon}) for the new subuid/subgid range to take effect: "
-            f"{daemon_restart_hint(server)}"
+        _step_daemon_restart(
+            run,
+            [p.path for p, changed in zip(plans, subid_changed, strict=True) if changed],
+            restart=restart_daemon,
         )
     return report
+
+
+def _step_daemon_restart(run: _Run, written: list[Path], *, restart: bool) -> None:
+    """The daemon reads /etc/subuid and /etc/subgid at start only: restart it (keeping its instances) so
+    that members' homes can be mapped at once, or say why not and how."""
+    server, report = run.server, run.report
+    daemon = "incusd" if server.kind == "incus" else "lxd"
+    target = runtime_label(run.runtime, server)
+    if run.dry_run or not restart or not reads_files(written):
+        when = "after this runs, " if run.dry_run else ""
+        why = "" if run.dry_run or restart else " (not done: --no-restart)"
+        report.notes.append(
+            f"{when}restart the daemon ({daemon}) for the new subuid/subgid range to take effect{why}: "
+            f"{daemon_restart_hint(server)}"
+        )
+        return
+    outcome = restart_for_subid(run.runtime, server)
+    status = StepStatus.CHANGED if outcome.restarted else StepStatus.NEEDS_ATTENTION
+    run.add("daemon restart", target, status, outcome.detail)

@@ -2,7 +2,7 @@
 
 ``reconcile`` (bring the daemons to the store's desired state, repair interrupted work), invariants, the
 job runner (bookings, idle GPUs, reconcile on a schedule), ``boot`` (after a host restart), backups and
-restores, and ``health`` for ``/healthz``. The public face of ``services/ops``; it may use every other
+restores, ``health`` for ``/healthz``, and ``setup`` (a fresh host, from an installed package). The public face of ``services/ops``; it may use every other
 feature, and none uses it.
 """
 
@@ -26,6 +26,7 @@ from labgpu.services.ops._jobs import (
 )
 from labgpu.services.ops._reconcile import ReconcileReport, reconcile
 from labgpu.services.ops._restore import restore_backup
+from labgpu.services.ops._setup import SetupReport, SetupStep, setup
 
 __all__ = [
     "FAILED",
@@ -35,6 +36,8 @@ __all__ = [
     "Health",
     "JobRunInfo",
     "ReconcileReport",
+    "SetupReport",
+    "SetupStep",
     "boot",
     "check_invariants",
     "create_backup",
@@ -46,5 +49,6 @@ __all__ = [
     "reconcile",
     "restore_backup",
     "run_once",
+    "setup",
     "start_job_runner",
 ]

@@ -1,8 +1,9 @@
 """portal: the people side of the web portal.
 
-Accounts and roles, log-in sessions and their throttling, passwords (argon2id), personal API tokens,
-applications for an account and their provisioning, notices, and the audit log of every admin action;
-two-factor log-in (TOTP: ``_totp``, ``_totp_enrol``, ``_totp_login``). The public face of ``services/portal``: cli/, web/ and ops import only this module.
+Accounts and roles, sign-on (LDAP, OIDC, CAS) and its identities, log-in sessions and their throttling,
+passwords (argon2id), two-factor log-in (TOTP: ``_totp``, ``_totp_enrol``, ``_totp_login``), personal API
+tokens, applications for an account and their provisioning, notices, and the audit log of every admin action.
+The public face of ``services/portal``: cli/, web/ and ops import only this module.
 """
 
 from __future__ import annotations
@@ -30,8 +31,22 @@ from labgpu.services.portal._applications import (
     submit,
 )
 from labgpu.services.portal._audit import MAX_PAGE, AuditEntry, list_events
+from labgpu.services.portal._authtest import BackendVerdict, check_backends
+from labgpu.services.portal._cas import cas_enabled, cas_login_url, cas_validate
+from labgpu.services.portal._claims import BackendDown, Claims, SignOnFailed
+from labgpu.services.portal._complete import Proof, complete_login
+from labgpu.services.portal._identities import (
+    Unlinked,
+    Waiting,
+    apply_with_identity,
+    group_verdict,
+    name_problem,
+    suggest_name,
+)
+from labgpu.services.portal._ldap import ldap_enabled
 from labgpu.services.portal._logins import (
     LoginFailed,
+    NewLogin,
     Throttled,
     authenticate,
     change_password,
@@ -48,8 +63,16 @@ from labgpu.services.portal._notices import (
     parse_when,
     remove_notice,
 )
+from labgpu.services.portal._oidc import OidcFlow, oidc_begin, oidc_finish, oidc_provider
 from labgpu.services.portal._passwords import WeakPassword, check_password_strength
 from labgpu.services.portal._provisioning import ProvisionWorker, provision_application
+from labgpu.services.portal._signon import (
+    check_signon_throttle,
+    link_with_password,
+    password_login,
+    record_signon_failure,
+    signon_login,
+)
 from labgpu.services.portal._tokens import TokenInfo, create_token, list_tokens, resolve_token, revoke_token
 
 # Two-factor log-in (TOTP) -------------------------------------------------------------------------------
@@ -84,28 +107,44 @@ __all__ = [
     "AccountInfo",
     "ApplicationInfo",
     "AuditEntry",
+    "BackendDown",
+    "BackendVerdict",
+    "Claims",
     "Forbidden",
     "Identity",
     "LoginExpired",
     "LoginFailed",
+    "NewLogin",
+    "OidcFlow",
     "PendingInfo",
+    "Proof",
     "ProvisionWorker",
     "SecondStep",
     "SecondStepDone",
+    "SignOnFailed",
     "Throttled",
     "TokenInfo",
     "TotpEnrolmentRequired",
     "TotpSetup",
     "TotpStatus",
     "Unauthenticated",
+    "Unlinked",
+    "Waiting",
     "WeakPassword",
     "WrongCode",
     "active_notices",
     "add_notice",
+    "apply_with_identity",
     "approve",
     "authenticate",
+    "cas_enabled",
+    "cas_login_url",
+    "cas_validate",
     "change_password",
+    "check_backends",
     "check_password_strength",
+    "check_signon_throttle",
+    "complete_login",
     "confirm_totp",
     "create_account",
     "create_token",
@@ -116,18 +155,27 @@ __all__ = [
     "finish_login",
     "get_account",
     "get_application",
+    "group_verdict",
+    "ldap_enabled",
+    "link_with_password",
     "list_accounts",
     "list_applications",
     "list_events",
     "list_notices",
     "list_sessions",
     "list_tokens",
+    "name_problem",
     "notify_admins",
     "notify_applicant",
+    "oidc_begin",
+    "oidc_finish",
+    "oidc_provider",
     "parse_overrides",
     "parse_when",
+    "password_login",
     "pending_login",
     "provision_application",
+    "record_signon_failure",
     "reject",
     "remove_notice",
     "renew_recovery_codes",
@@ -138,9 +186,11 @@ __all__ = [
     "revoke_token",
     "set_disabled",
     "set_password",
+    "signon_login",
     "start_session",
     "start_totp_setup",
     "submit",
+    "suggest_name",
     "totp_members",
     "totp_status",
     "with_second_factor_rule",

@@ -10,7 +10,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from labgpu.store import models_notify  # noqa: F401 - its tables, on Base.metadata
+from labgpu.store import (
+    models_notify,  # noqa: F401 - its tables, on Base.metadata
+    models_signon,  # noqa: F401 - its table, on Base.metadata
+)
 from labgpu.store.models import Base
 
 target_metadata = Base.metadata

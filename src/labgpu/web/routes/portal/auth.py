@@ -11,7 +11,7 @@ from labgpu.errors import N_
 from labgpu.services import portal
 from labgpu.web import i18n
 from labgpu.web.deps import RendererDep, ServicesDep, SessionDep
-from labgpu.web.routes.portal import totp
+from labgpu.web.routes.portal import signon, totp
 from labgpu.web.security import (
     clear_session_cookie,
     client_address,
@@ -55,12 +55,17 @@ def login(
     gettext = renderer.gettext(request)
     target = safe_next(next, "/me")
     try:
-        new = portal.authenticate(
+        # A local account's password, else the directory's (LDAP/AD): services/portal/_signon.py.
+        new = portal.password_login(
             svc,
             name=name,
             password=password,
             source_address=client_address(request),
             user_agent=request.headers.get("user-agent"),
+        )
+    except portal.BackendDown as exc:
+        return renderer.render(
+            request, "login.html", exc.status, error=translate(gettext, exc), name=name, next=target
         )
     except portal.Throttled as exc:
         message = gettext(N_("Too many failed logins. Try again in %(minutes)s minutes.")) % {
@@ -77,6 +82,8 @@ def login(
         )
     if isinstance(new, portal.SecondStep):  # two-factor log-in: the code comes next, then the session
         return totp.ask_for_code(request, new, target)
+    if isinstance(new, portal.Unlinked | portal.Waiting):  # a directory user without an account yet
+        return signon.land(request, renderer, svc, identity, new, target)
     if identity is not None:
         # Logging in again in the same browser: the previous session ends (one browser, one session).
         portal.end_session(svc, identity)

@@ -23,7 +23,9 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from labgpu.errors import ConfigError
+from labgpu.settings_network import NetworkSettings
 from labgpu.settings_signon import SignOnSettings
+from labgpu.settings_terminal import TerminalSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
 
@@ -43,7 +45,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings, SignOnSettings):
+class Settings(BaseSettings, NetworkSettings, SignOnSettings, TerminalSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)
@@ -94,27 +96,6 @@ class Settings(BaseSettings, SignOnSettings):
         "auto",
         description="Driver for a pool that `host init` creates: auto picks btrfs, then zfs, then dir, "
         "as the host supports them.",
-    )
-    network_mode: Literal["none", "bridge", "macvlan"] = Field(
-        "bridge",
-        description="Container network made by `host init`: bridge (a managed bridge with IPv4 NAT, so "
-        "containers reach package mirrors; the default), none (no NIC; SSH through proxy devices only), or "
-        "macvlan on network_parent (containers get addresses on the campus network).",
-    )
-    network_isolation: bool = Field(
-        True,
-        description="On a bridge, members' containers cannot reach each other (the NIC is an isolated "
-        "bridge port, security.port_isolation); they still reach the host and, through NAT, the world. "
-        "false: containers on the bridge reach each other (e.g. training across members' containers).",
-    )
-    network_name: str = Field(
-        "labgpubr0", description="Name of the network `host init` creates (bridge or macvlan)."
-    )
-    network_subnet: str | None = Field(
-        None, description="IPv4 address/prefix of the bridge, e.g. 10.99.0.1/24. Empty: a free /24 is picked."
-    )
-    network_parent: str | None = Field(
-        None, description="Host interface for network_mode=macvlan (e.g. the campus NIC)."
     )
     profile_name: str = Field("labgpu", description="Name of the LXD/Incus profile labgpu manages.")
     default_template: str = Field(
@@ -424,29 +405,6 @@ class Settings(BaseSettings, SignOnSettings):
         ge=0,
         description="How many backups `backup create` keeps in its folder; older ones are deleted after a "
         "new one succeeded. 0: keep every backup.",
-    )
-    # The terminal in the browser (services/members/_terminal*.py, web/routes/members/terminal.py).
-    terminal_idle_minutes: float = Field(
-        30,
-        gt=0,
-        description="A terminal in the browser closes after this many minutes without a keystroke, paste or "
-        "resize from the browser (output alone does not count). Programs started in tmux or screen keep "
-        "running; the shell itself ends.",
-    )
-    terminal_max_open: int = Field(
-        10, ge=1, description="Terminals in the browser one account may have open at once; more are refused."
-    )
-    terminal_opens_per_minute: int = Field(
-        30,
-        ge=1,
-        description="Terminals one account may open within a minute; more are refused (HTTP 429) until the "
-        "minute has passed.",
-    )
-    terminal_recheck_seconds: float = Field(
-        30,
-        gt=0,
-        description="How often an open terminal checks that its login is still good (not logged out elsewhere, "
-        "expired or disabled); a logout in the portal itself closes the terminal at once.",
     )
     # Notifications (services/notify) ------------------------------------------------------------------
     notify_urls: list[SecretStr] = Field(

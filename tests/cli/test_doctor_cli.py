@@ -89,6 +89,7 @@ def test_doctor_table_names_the_runtime_and_fixes(
 ) -> None:
     monkeypatch.setenv("LABGPU_RUNTIME_URL", f"unix://{runtime.endpoint.describe()}")
     monkeypatch.setenv("LABGPU_PROFILE_NAME", "labgpu-no-such-profile")
+    monkeypatch.setenv("LABGPU_NETWORK_MODE", "none")  # no bridge here: only the profile is missing
     code = run(["doctor"])
     out = capsys.readouterr().out
     assert code == 1

@@ -65,14 +65,22 @@ def wait_for_route(env: LabgpuEnv, container: str, timeout: float = 60) -> str:
 
 
 def test_a_member_on_the_default_bridge_reaches_the_host_and_not_another_member(
-    labgpu_env: LabgpuEnv, cleanup: Cleanup, tmp_path: Path, mirror: tuple[Path, dict[str, object]]
+    labgpu_env: LabgpuEnv,
+    cleanup: Cleanup,
+    tmp_path: Path,
+    mirror: tuple[Path, dict[str, object]],
+    daemon_kind: str,
 ) -> None:
     from labgpu.services.members._add import add_member, validate_request
 
     # The network first: cleanup runs backwards, and the profile (deleted before it) uses it.
     net = cleanup.network(unique_name("lgn"))
     profile = cleanup.profile(unique_name("lgf"))
-    labgpu_env.overrides.update(network_mode="bridge", network_name=net, profile_name=profile)
+    # A subnet of its own per daemon: the LXD and Incus runs may make their bridges at the same moment.
+    subnet = f"10.123.{1 if daemon_kind == 'lxd' else 2}.1/24"
+    labgpu_env.overrides.update(
+        network_mode="bridge", network_name=net, profile_name=profile, network_subnet=subnet
+    )
     for name in ("subuid", "subgid"):
         (tmp_path / name).write_text("root:100000:65536\n")
     paths = HostPaths(
@@ -92,6 +100,11 @@ def test_a_member_on_the_default_bridge_reaches_the_host_and_not_another_member(
     folder, state = mirror
     port = serve_on(gateway, folder, state)
 
+    # The stand-in mirror for apt, pip and conda.
+    root = f"http://{gateway}:{port}"
+    labgpu_env.overrides.update(
+        apt_mirror=root, pip_index_url=f"{root}/simple", conda_mirror=f"{root}/anaconda"
+    )
     svc = labgpu_env.services()
     key = make_key(tmp_path, "net")
     pub = Path(f"{key}.pub").read_text()
@@ -117,3 +130,41 @@ def test_a_member_on_the_default_bridge_reaches_the_host_and_not_another_member(
         key, alice.ports["ssh"], f"timeout 5 bash -c 'exec 3<>/dev/tcp/{ben_addresses[0]}/22' && echo open"
     )
     assert "open" not in probe.stdout
+
+    # The mirror files are in place in the new container, the conda one the user's own.
+    files = ssh_key(
+        key, alice.ports["ssh"], "cat /etc/apt/sources.list /etc/pip.conf ~/.condarc; stat -c %U ~/.condarc"
+    ).stdout
+    assert f"deb {root}/debian bookworm main" in files
+    assert f"index-url = {root}/simple" in files and f"trusted-host = {gateway}" in files
+    assert f"{root}/anaconda/pkgs/main" in files
+    assert files.splitlines()[-1] == "ubuntu"
+
+    # The admin moves to another index; reconcile brings the running containers along, but a file the member
+    # made their own (the marker line deleted) stays as they left it.
+    assert (
+        ssh_key(key, alice.ports["ssh"], "sed -i 1d ~/.condarc && echo '# mine' >> ~/.condarc").returncode
+        == 0
+    )
+    labgpu_env.overrides.update(pip_index_url=f"{root}/other/simple", conda_mirror="tuna")
+    from labgpu.services.ops import reconcile
+
+    report = reconcile(labgpu_env.services())
+    mine = [a for a in report.actions if a.member == alice.name and a.action == "mirrors"]
+    assert [a.detail for a in mine] == ["package mirrors: /etc/pip.conf written"], report.actions
+    after = ssh_key(key, alice.ports["ssh"], "cat /etc/pip.conf ~/.condarc").stdout
+    assert f"index-url = {root}/other/simple" in after
+    assert "# mine" in after and "tuna" not in after
+
+    # doctor asks a container: the route, the bridge address, each mirror; a mirror that does not answer is
+    # named, with the fix.
+    from labgpu.services.hosts import run_doctor
+
+    labgpu_env.overrides.update(conda_mirror=f"http://{gateway}:9")  # nothing listens on port 9
+    report = run_doctor(labgpu_env.settings(), connect=lambda: labgpu_env.runtime)
+    checks = {c.name: c for c in report.checks}
+    assert checks["container-network"].ok, checks["container-network"]
+    assert f"via {gateway}" in checks["container-network"].detail
+    assert checks["mirror-apt"].ok and checks["mirror-pip"].ok
+    assert not checks["mirror-conda"].ok
+    assert f"{gateway}:9" in checks["mirror-conda"].detail and "ipv4.nat" in checks["mirror-conda"].fix

@@ -33,6 +33,7 @@ from labgpu.services.hosts._doctor_checks import fail as _fail
 from labgpu.services.hosts._doctor_checks import na as _na
 from labgpu.services.hosts._doctor_checks import ok as _ok
 from labgpu.services.hosts._doctor_checks import warn as _warn
+from labgpu.services.hosts._doctor_network import container_network_checks, profile_nic_check
 from labgpu.services.hosts._profile import FORBIDDEN_PROFILE_CONFIG
 from labgpu.services.hosts._setup import (
     HostPaths,
@@ -524,6 +525,8 @@ def run_doctor(
         if server.trusted:
             try:
                 report.checks += resource_checks(runtime, settings)
+                nic = profile_nic_check(runtime, settings)
+                report.checks += [nic] if nic is not None else container_network_checks(runtime, settings)
             except LabgpuError as exc:
                 report.checks.append(_fail("resources", exc.message, exc.hint or "see the daemon's log"))
     if server is None or not server.trusted:

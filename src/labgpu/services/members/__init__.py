@@ -30,6 +30,7 @@ from labgpu.services.members._lifecycle import (
 )
 from labgpu.services.members._listing import get_member, list_members
 from labgpu.services.members._lookups import invoking_member
+from labgpu.services.members._mirrors import MirrorChange, apply_mirrors
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
 from labgpu.services.members._power import reset_password, set_container_password, set_power
@@ -81,6 +82,7 @@ __all__ = [
     "HostRow",
     "LiveTerminal",
     "MemberInfo",
+    "MirrorChange",
     "OpenedTerminal",
     "ProvisionError",
     "Removal",
@@ -91,6 +93,7 @@ __all__ = [
     "add_member",
     "add_share",
     "allowed_roots",
+    "apply_mirrors",
     "checkpoint",
     "connect_terminal",
     "connection_sheet",

@@ -20,6 +20,7 @@ from labgpu.services.hosts import public_address, services_for
 from labgpu.services.members._homes import ensure_home_on
 from labgpu.services.members._keys import install_keys
 from labgpu.services.members._login import generate_password, set_login
+from labgpu.services.members._mirrors import apply_mirrors
 from labgpu.services.members._placement import place_unplaced
 from labgpu.services.members._records import (
     ConnectionSheet,
@@ -129,10 +130,11 @@ def provision(
     assert member.uid is not None and member.container is not None
     ensure_home_on(svc, host, name, member.uid)
     checkpoint("home")
-    ensure_container(svc, spec, roots)
+    created = ensure_container(svc, spec, roots)
     checkpoint("container")
     ensure_running(svc.runtime, spec.name)
     checkpoint("running")
+    apply_mirrors(svc, spec.name, new_container=created)
     ssh = next(p for p in spec.ports if p.purpose == "ssh")
     if wait_ssh:
         wait_ssh_on(svc, host, ssh.listen_address, ssh.host_port, spec.name)

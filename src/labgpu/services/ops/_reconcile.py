@@ -24,7 +24,7 @@ over with ``labgpu member passwd NAME``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +52,7 @@ START = "start"
 FINISH_REMOVAL = "finish-removal"
 MOVE = "move"  # an interrupted `member move` finished or rolled back
 APPLICATION = "application"  # an approved application provisioned (the portal was down or died)
+MIRRORS = "mirrors"  # package mirror files brought to the settings (apt_mirror, pip_index_url, conda_mirror)
 CHANGING_ACTIONS = frozenset(
     {PROVISION, RECREATE, DEVICE, REMOVE_DEVICE, CONFIG, START, FINISH_REMOVAL, MOVE, APPLICATION}
 )
@@ -244,6 +245,8 @@ def _reconcile_host(
             _reconcile_member(svc, report, want, instances, roots, dry_run, provisioning_grace)
         except LabgpuError as exc:
             report.actions.append(Action(want.name, NOTE, "could not be checked", error=exc.message))
+    if not dry_run:
+        _sync_mirrors(svc, report, desired, instances)
 
     with svc.session() as session:
         member_names = set(session.scalars(select(Member.name)))
@@ -520,6 +523,24 @@ def _password_note(svc: Services, name: str) -> str:
     if members_svc.list_keys(svc, name):
         return "the member logs in with their SSH key (no password is set)"
     return f"a new initial password is set but not shown: hand one over with `labgpu member passwd {name}`"
+
+
+def _sync_mirrors(
+    svc: Services, report: ReconcileReport, desired: Sequence[Any], instances: Mapping[str, Instance]
+) -> None:
+    """Running containers' package mirror files follow the settings; the member's own edits stay."""
+    for want in desired:
+        inst = instances.get(want.spec.name) if want.spec is not None else None
+        if inst is None or inst.status != "Running" or inst.label("owner") != want.name:
+            continue
+        try:
+            changes = members_svc.apply_mirrors(svc, inst.name)
+        except LabgpuError as exc:
+            report.actions.append(Action(want.name, NOTE, "package mirrors not checked", error=exc.message))
+            continue
+        if changes:
+            done = ", ".join(f"{c.path} {c.action}" for c in changes)
+            report.actions.append(Action(want.name, MIRRORS, f"package mirrors: {done}", done=True))
 
 
 def _run(

@@ -13,6 +13,7 @@ builder and any half-published image are deleted (the builder is kept with ``kee
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shlex
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from labgpu.domain import mirrors
 from labgpu.errors import BadInput, LabgpuError
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeConflict, RuntimeNotFound
@@ -63,6 +65,7 @@ from labgpu.services.templates._steps import (
     guess_os_release,
     plan_steps,
 )
+from labgpu.settings import Settings
 from labgpu.system import base_image
 
 if TYPE_CHECKING:
@@ -85,6 +88,35 @@ def base_recipe(spec: TemplateSpec, *, architecture: str | None = None) -> base_
         variant=deb.variant,
         architecture=architecture,
     )
+
+
+def lab_mirrors(loaded: LoadedSpec, settings: Settings) -> LoadedSpec:
+    """The spec with the lab's package mirrors where it names none of its own (settings apt_mirror,
+    pip_index_url): debootstrap's mirror when it is Debian's default, apt.mirror, and PIP_INDEX_URL in the
+    build's environment. The spec's hash changes with them (another mirror, another cache entry)."""
+    want = mirrors.Mirrors.from_settings(settings.apt_mirror, settings.pip_index_url, settings.conda_mirror)
+    spec = loaded.spec
+    update: dict[str, object] = {}
+    if want.apt:
+        family = guess_os_release(spec).family
+        deb = spec.base.debootstrap
+        if deb is not None and deb.mirror.rstrip("/") == base_image.DEFAULT_MIRROR:
+            update["base"] = spec.base.model_copy(
+                update={"debootstrap": deb.model_copy(update={"mirror": f"{want.apt}/debian"})}
+            )
+        if spec.apt.mirror is None and family in ("debian", "ubuntu"):
+            security = f"{want.apt}/debian-security" if family == "debian" else None
+            update["apt"] = spec.apt.model_copy(
+                update={
+                    "mirror": f"{want.apt}/{family}",
+                    "security_mirror": spec.apt.security_mirror or security,
+                }
+            )
+    if want.pip and "PIP_INDEX_URL" not in spec.environment:
+        update["environment"] = {**spec.environment, "PIP_INDEX_URL": want.pip}
+    if not update:
+        return loaded
+    return dataclasses.replace(loaded, spec=spec.model_copy(update=update))
 
 
 def builder_network(
@@ -131,6 +163,7 @@ def build_template(
     (leaving no builder unless ``keep_builder``, and no image), ImageBuildError when the base cannot
     be built, runtime errors."""
     settings = svc.settings
+    loaded = lab_mirrors(loaded, settings)
     net = builder_network(settings.network_mode, settings.network_name, network)
     builder = Builder(
         svc.runtime,

@@ -26,6 +26,7 @@ from labgpu.errors import ConfigError
 from labgpu.settings_apps import AppsSettings
 from labgpu.settings_network import NetworkSettings
 from labgpu.settings_signon import SignOnSettings
+from labgpu.settings_terminal import TerminalSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/labgpu/labgpu.toml")
 
@@ -45,7 +46,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings, NetworkSettings, SignOnSettings, AppsSettings):
+class Settings(BaseSettings, NetworkSettings, SignOnSettings, AppsSettings, TerminalSettings):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)

@@ -1,7 +1,9 @@
-"""The runtime client over HTTPS with a client certificate and the daemon's certificate pinned."""
+"""The runtime client over HTTPS with a client certificate and the daemon's certificate pinned, its requests
+and the WebSockets of a terminal (interactive exec)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from labgpu.runtime.certs import (
 from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.endpoint import Endpoint
 from labgpu.runtime.errors import RuntimeForbidden, RuntimeUnavailable
-from tests.conftest import unique_name
+from labgpu.runtime.terminal import ExecStream, InteractiveExec, start_interactive
+from tests.conftest import Cleanup, unique_name
 
 # serial: it changes the daemon's core.https_address and compares two listings of all its instances.
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
@@ -27,7 +30,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_https_with_client_certificate_and_pinned_server(runtime: RuntimeClient, tmp_path: Path) -> None:
+async def _terminal_over(client: RuntimeClient, started: InteractiveExec) -> bytes:
+    stream = await ExecStream.connect(client, started)
+    try:
+        await stream.send(b"stty size; echo done-$((6*7))\n")
+        seen = b""
+        while b"done-42" not in seen:
+            data = await asyncio.wait_for(stream.recv(), 30)
+            assert data is not None, seen
+            seen += data
+        return seen
+    finally:
+        await stream.close()
+
+
+def test_https_with_client_certificate_and_pinned_server(
+    runtime: RuntimeClient, tmp_path: Path, busybox_image: str, test_profile: str, cleanup: Cleanup
+) -> None:
     port = _free_port()
     before = runtime.get("/1.0", what="config", project=False)["config"].get("core.https_address")
     runtime.update_server_config({"core.https_address": f"127.0.0.1:{port}"})
@@ -58,6 +77,14 @@ def test_https_with_client_certificate_and_pinned_server(runtime: RuntimeClient,
             assert info.trusted and info.kind == runtime.server().kind
             names = {i.name for i in client.instances.all()}
             assert names == {i.name for i in runtime.instances.all()}
+
+            # A terminal's WebSockets go over HTTPS too (wss, with the same client certificate).
+            box = cleanup.instance(unique_name("tls"))
+            runtime.instances.create(box, image=busybox_image, profiles=[test_profile], start=True)
+            shown = asyncio.run(
+                _terminal_over(client, start_interactive(client, box, ["sh"], cols=91, rows=27))
+            )
+            assert b"27 91" in shown
 
         # A different server certificate pinned: the connection is refused.
         other = tmp_path / "other.crt"

@@ -49,6 +49,7 @@ from tests.web.test_authorization import (
     _member_id,
     _url,
     app_routes,
+    ws_handshake,
 )
 
 TOKEN_ROLES = ("token-owner", "token-other", "token-admin")
@@ -90,6 +91,8 @@ def _routes(portal: Portal) -> list[tuple[str, str]]:
 def _send(client: TestClient, method: str, path: str, url: str, headers: dict[str, str]) -> httpx.Response:
     if method == "MOUNT":
         return client.get(url, follow_redirects=False)
+    if method == "WS":
+        return ws_handshake(client, url, headers)  # type: ignore[no-any-return]
     kwargs: dict[str, Any] = {"follow_redirects": False, "headers": headers}
     if method in STATE_CHANGING and method != "DELETE" and path.startswith("/api/"):
         kwargs["json"] = {}

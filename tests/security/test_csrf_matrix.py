@@ -60,3 +60,48 @@ def test_every_state_changing_route_needs_the_sessions_csrf_token(portal: Portal
     # Nothing happened: no audit row, and the session still works (not even /logout went through).
     assert [e.id for e in audit.list_events(portal.svc, limit=1000)] == before
     assert victim.get("/api/v1/me").status_code == 200
+
+
+# WebSockets: a browser sends the member's cookies with a handshake that any page may start, so every
+# WebSocket route checks the handshake's Origin (web/security.py: check_origin). SameSite does not tell the
+# ports of one host apart: a page served on another port of the portal's host is another origin.
+FOREIGN_ORIGINS = [
+    None,
+    "null",
+    "http://testserver:8081",
+    "http://testserver.evil.test",
+    "https://testserver",
+    "http://127.0.0.1",
+    "http://testserver/",
+]
+
+
+def test_every_websocket_refuses_a_handshake_from_another_origin(portal: Portal) -> None:
+    from starlette.testclient import WebSocketDenialResponse
+
+    portal.add_account(OWNER)
+    client = portal.client("198.51.100.72")
+    assert login(client, OWNER).status_code == 303
+    routes = sorted(p for m, p in app_routes(portal.app) if m == "WS")
+    assert routes, "no WebSocket route found"
+    before = [e.id for e in audit.list_events(portal.svc, limit=1000)]
+    problems = []
+    for path in routes:
+        url = _url(path, 1, 1)
+        for origin in FOREIGN_ORIGINS:
+            headers = {} if origin is None else {"origin": origin}
+            try:
+                with client.websocket_connect(url, headers=headers):
+                    problems.append(f"{path} from {origin}: opened")
+            except WebSocketDenialResponse as denial:
+                if denial.status_code != 403 or denial.json()["error"]["reason"] != "bad-origin":
+                    problems.append(f"{path} from {origin}: {denial.status_code} {denial.text[:100]}")
+        # The portal's own origin gets past this check (to the next: here, alice has no container).
+        try:
+            with client.websocket_connect(url, headers={"origin": "http://testserver"}):
+                pass
+        except WebSocketDenialResponse as denial:
+            if denial.json()["error"]["reason"] == "bad-origin":
+                problems.append(f"{path} from the portal itself: refused as another origin")
+    assert problems == []
+    assert [e.id for e in audit.list_events(portal.svc, limit=1000)] == before

@@ -367,6 +367,72 @@ def test_hostile_rejection_reasons_are_refused(gpu_portal: PortalFactory, gpu_ag
     assert event.detail["reason"] == "course\nweek 3"
 
 
+# The terminal in the browser: a name in its URL, the window size in its query, and what the browser sends
+# on the open WebSocket (keystrokes go to the pty as they are: that is the point; controls are parsed).
+HOSTILE_SIZES = ["0", "-1", "1e3", "80;reboot", "$(id)", "99999", "1001", "", " 80", "8\n0", "0x50", "٨٠"]
+
+
+def test_hostile_names_and_sizes_on_the_terminal_are_refused_before_the_daemon_is_asked(
+    portal: Portal,
+) -> None:
+    from starlette.testclient import WebSocketDenialResponse
+    from starlette.websockets import WebSocketDisconnect
+
+    admin, _ = _logged_in(portal, "boss", Role.ADMIN)
+    origin = {"origin": "http://testserver"}
+    for name in HOSTILE_NAMES:
+        segment = quote(name, safe="")
+        page = admin.get(f"/terminal/{segment}", follow_redirects=False)
+        assert page.status_code in (404, 422) or name == "..", (
+            name,
+            page.status_code,
+        )  # "/terminal/.." is "/"
+        # An admin passes the access check, so the name reaches the service, which finds no such member;
+        # a name with a slash matches no route at all (closed before the handshake completes).
+        with pytest.raises((WebSocketDenialResponse, WebSocketDisconnect)) as refused:
+            admin.websocket_connect(f"/terminal/{segment}/ws", headers=origin).__enter__()
+        if isinstance(refused.value, WebSocketDenialResponse):
+            assert refused.value.status_code == 404, (name, refused.value.status_code)
+            assert refused.value.json()["error"]["reason"] == "not-found"
+        else:
+            assert "/" in name or name == "..", name
+    portal.add_account("alice")
+    for size in HOSTILE_SIZES:
+        with pytest.raises(WebSocketDenialResponse) as refused:
+            admin.websocket_connect(
+                f"/terminal/alice/ws?cols={quote(size)}&rows=24", headers=origin
+            ).__enter__()
+        assert refused.value.status_code == 400, (size, refused.value.status_code)
+        assert refused.value.json()["error"]["message"] == "the terminal size is not valid"
+    assert audit.list_events(portal.svc, action="member.terminal", limit=10) == []  # nothing was opened
+
+
+def test_hostile_terminal_controls_are_ignored() -> None:
+    from labgpu.services.members._terminal_bridge import _control
+
+    assert _control('{"type": "resize", "cols": 120, "rows": 40}') == (120, 40)
+    for text in [
+        "",
+        "resize",
+        "[]",
+        '{"type": "resize"}',
+        '{"type": "resize", "cols": "120", "rows": 40}',
+        '{"type": "resize", "cols": 1.5, "rows": 40}',
+        '{"type": "resize", "cols": true, "rows": 40}',
+        '{"type": "resize", "cols": -1, "rows": 40}',
+        '{"type": "resize", "cols": 0, "rows": 0}',
+        '{"type": "signal", "signal": 9}',
+        '{"command": "window-resize", "args": {"width": "1", "height": "1"}}',
+        '{"type": "resize", "cols": 1e400, "rows": 40}',
+        "\x00",
+    ]:
+        assert _control(text) is None, text
+    # Sizes past the pty's bounds are clamped before the daemon sees them, never refused there.
+    from labgpu.runtime.terminal import clamp_size
+
+    assert clamp_size(10**9, 10**9) == (1000, 500)
+
+
 def test_names_reach_the_daemon_as_one_escaped_path_segment() -> None:
     """What a validator might let through still cannot walk the daemon's REST API: every name is quoted."""
     seen: list[str] = []

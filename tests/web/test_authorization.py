@@ -14,6 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.routing import WebSocketRoute
+from starlette.testclient import WebSocketDenialResponse
 
 from labgpu.services.portal import _applications as applications
 from labgpu.services.portal import _tokens as api_tokens
@@ -135,6 +137,9 @@ TABLE: dict[tuple[str, str], str] = {
     ("GET", "/members/{name}/files"): OBJECT,
     ("GET", "/members/{name}/files/download"): OBJECT,
     ("PUT", "/members/{name}/files/upload"): OBJECT,
+    # The terminal in the browser: its page, and its WebSocket ("WS": the handshake, with the portal's Origin).
+    ("GET", "/terminal/{name}"): OBJECT,
+    ("WS", "/terminal/{name}/ws"): OBJECT,
     # The member's guide: for everyone logged in; visitors log in first (web/routes/members/guide.py).
     ("GET", "/help"): SELF,
     ("GET", "/help/{page}"): SELF,
@@ -176,12 +181,29 @@ OWNER, OTHER = "alice", "bob"
 
 
 def app_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
-    """(method, path) of every route, routers included (old and new FastAPI layouts)."""
+    """(method, path) of every route, routers included (old and new FastAPI layouts); a WebSocket route's
+    method is "WS", a mount's "MOUNT"."""
     for route in app.routes:
         candidates = route.effective_candidates() if hasattr(route, "effective_candidates") else [route]
         for candidate in candidates:
+            # FastAPI's newer layout wraps each route of a router; a WebSocket route's wrapper has no path.
+            original = getattr(candidate, "starlette_route", None) or candidate
+            if isinstance(original, WebSocketRoute):
+                yield "WS", original.path
+                continue
             for method in sorted(getattr(candidate, "methods", None) or ["MOUNT"]):
                 yield method, candidate.path
+
+
+def ws_handshake(client: TestClient, url: str, headers: dict[str, str] | None = None) -> Any:
+    """A WebSocket handshake as a page of the portal starts it (its Origin): the refusal as an HTTP response,
+    or a 101 response when the WebSocket opened (then closed at once)."""
+    try:
+        with client.websocket_connect(url, headers={"origin": "http://testserver", **(headers or {})}) as ws:
+            ws.close()
+    except WebSocketDenialResponse as denial:
+        return denial
+    return httpx.Response(101)
 
 
 def test_the_table_names_every_route(portal: Portal) -> None:
@@ -207,6 +229,8 @@ def _url(path: str, application_id: int, token_id: int) -> str:
 def _call(client: TestClient, method: str, path: str, url: str, csrf: str) -> httpx.Response:
     if method == "MOUNT":
         return client.get(url, follow_redirects=False)
+    if method == "WS":
+        return ws_handshake(client, url)  # type: ignore[no-any-return]
     kwargs: dict[str, Any] = {"follow_redirects": False}
     if method in ("POST", "PUT", "PATCH", "DELETE"):
         if path.startswith("/api/"):

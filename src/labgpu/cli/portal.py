@@ -326,12 +326,17 @@ def run_portal(
     shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     c.console.print(f"labgpu portal on [bold]{tls.scheme}://{shown}:{bind_port}/[/] (Ctrl-C stops it)")
     print_tls(c, tls)
+    # WebSockets (the terminal) through the `websockets` package's Sans-I/O protocol where this uvicorn has
+    # it; its older protocol is deprecated in recent websockets releases.
+    from uvicorn.config import WS_PROTOCOLS
+
+    ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
     https = tls.https and tls.certfile is not None and tls.keyfile is not None
     certfile = str(tls.certfile) if https else None
     keyfile = str(tls.keyfile) if https else None
     if not settings.apps_port:
         uvicorn.run(
-            app, host=bind_host, port=bind_port, log_level="info", ssl_certfile=certfile, ssl_keyfile=keyfile
+            app, host=bind_host, port=bind_port, log_level="info", ws=ws, ssl_certfile=certfile, ssl_keyfile=keyfile
         )
         return
     from labgpu.web.routes.apps.origin import create_apps_app
@@ -340,7 +345,7 @@ def run_portal(
     c.console.print(f"members' web apps on [bold]{tls.scheme}://{shown}:{settings.apps_port}/[/]")
     _serve_both(
         uvicorn.Config(
-            app, host=bind_host, port=bind_port, log_level="info", ssl_certfile=certfile, ssl_keyfile=keyfile
+            app, host=bind_host, port=bind_port, log_level="info", ws=ws, ssl_certfile=certfile, ssl_keyfile=keyfile
         ),
         # No access log here: the enter URL carries a one-time ticket, and members' app paths are theirs.
         uvicorn.Config(
@@ -348,6 +353,7 @@ def run_portal(
             host=bind_host,
             port=settings.apps_port,
             log_level="info",
+            ws=ws,
             access_log=False,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,

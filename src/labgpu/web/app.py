@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from labgpu import __version__
+from labgpu.services import members
 from labgpu.services.context import Actor, Services
 from labgpu.services.gpus import GpuUsageReader
 from labgpu.settings import Settings
@@ -102,6 +103,7 @@ def create_app(
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
+    from labgpu.web.routes.members import terminal as members_terminal
     from labgpu.web.routes.portal import account, apply, auth, signon, totp
     from labgpu.web.routes.portal import admin as portal_admin
     from labgpu.web.routes.portal import api as portal_api
@@ -119,6 +121,7 @@ def create_app(
         # Booking starts and ends, idle GPU checks, reconcile (labgpu.services.ops._jobs).
         stop_jobs = start_job_runner(svc) if owned and background and settings.jobs_in_serve else None
         yield
+        terminals.end_all()
         if stop_jobs is not None:
             await run_in_threadpool(stop_jobs)
         await run_in_threadpool(worker.stop)
@@ -148,6 +151,10 @@ def create_app(
     # Web apps and files (issue 16): tickets for the apps origin, and a limit on app starts and uploads.
     app.state.tickets = apps.Tickets(app.state.secret_key)
     app.state.app_opens = apps.RateLimiter(settings.apps_opens_per_minute)
+    terminals = members.Terminals(
+        max_open=settings.terminal_max_open, opens_per_minute=settings.terminal_opens_per_minute
+    )
+    app.state.terminals = terminals  # the terminals open in the browser (web/routes/members/terminal.py)
 
     install_error_handler(app, renderer)
 
@@ -194,6 +201,7 @@ def create_app(
         portal_admin,
         members_admin,
         gpus_pages,
+        members_terminal,
         members_guide,
         usage_pages,
         signon,

@@ -1,4 +1,5 @@
-"""The ONE exception handler: JSON under /api (and /healthz), an HTML page elsewhere.
+"""The ONE exception handler: JSON under /api (and /healthz), an HTML page elsewhere, and for a WebSocket
+handshake an HTTP refusal with the JSON body.
 
 Every error becomes ``{"error": {"reason": ..., "message": ...}}`` with its status: the project's
 :class:`~labgpu.errors.LabgpuError` (its status and reason), Starlette's HTTP errors (404, 405, ...) and
@@ -12,11 +13,12 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocketState
 
 from labgpu.errors import N_, LabgpuError
 from labgpu.services.portal import Throttled, TotpEnrolmentRequired
@@ -80,8 +82,32 @@ def describe(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
     return 500, "internal", N_("internal error; the server log has the details"), {}
 
 
+async def deny_websocket(websocket: WebSocket, exc: Exception) -> None:
+    """Refuse a WebSocket handshake with ``exc``'s status and the API's JSON error body (the WebSocket denial
+    response; a server without it closes with 1008, which a browser sees as a failed handshake)."""
+    status, reason, message, headers = describe(exc)
+    if status >= 500:
+        log.error(
+            "WebSocket %s failed: %s",
+            websocket.url.path,
+            exc.log_message if isinstance(exc, LabgpuError) else repr(exc),
+            exc_info=not isinstance(exc, LabgpuError),
+        )
+    if websocket.application_state != WebSocketState.CONNECTING:
+        return  # accepted already: the route closes it with its own code
+    body = {"error": {"reason": reason, "message": message}}
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
+    else:
+        await websocket.close(code=1008)
+
+
 def install_error_handler(app: FastAPI, renderer: Renderer) -> None:
     async def handle(request: Request, exc: Exception) -> Response:
+        if request.scope["type"] == "websocket":
+            # Starlette hands the WebSocket and ignores what is returned (nothing is to be sent after this).
+            await deny_websocket(request, exc)  # type: ignore[arg-type]
+            return None  # type: ignore[return-value]
         status, reason, message, headers = describe(exc)
         if status >= 500:
             log.error(

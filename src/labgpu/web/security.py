@@ -4,7 +4,8 @@ Identity: under ``/api`` a request is authenticated by ``Authorization: Bearer l
 token; cookies are then ignored) or else by the session cookie; everywhere else by the session cookie only,
 so a token cannot drive the cookie-based forms.
 
-CSRF (:func:`csrf_protect`, the ONE place it is checked, installed as an app-wide dependency): every
+CSRF (:func:`csrf_protect`, the ONE place it is checked, installed as an app-wide dependency, which also
+checks the Origin of every WebSocket handshake): every
 POST/PUT/PATCH/DELETE must carry a token, in the ``csrf_token`` form field or the ``X-CSRF-Token`` header,
 that is bound to the caller's login session (an HMAC of its id with the secret key). Requests with a bearer
 token are exempt (no cookie, nothing ambient to abuse). A visitor who is not logged in (the login form)
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from labgpu.errors import N_, LabgpuError
 from labgpu.services import portal
@@ -45,11 +47,11 @@ class CsrfFailed(LabgpuError):
 CSRF_MESSAGE = N_("the form has expired or did not come from this site; reload the page and try again")
 
 
-def is_api(request: Request) -> bool:
+def is_api(request: HTTPConnection) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def client_address(request: Request) -> str | None:
+def client_address(request: HTTPConnection) -> str | None:
     """The client's address (the proxy's X-Forwarded-For is applied by the middleware when trusted)."""
     return request.client.host if request.client else None
 
@@ -58,7 +60,7 @@ def is_https(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     """The value of ``Authorization: Bearer ...``, "" for another scheme, None without the header."""
     header = request.headers.get("authorization")
     if header is None:
@@ -67,7 +69,7 @@ def bearer_token(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def request_identity(request: Request) -> Identity | None:
+def request_identity(request: HTTPConnection) -> Identity | None:
     """Who the request comes from (resolved once per request, then cached on it). Does database I/O."""
     cached = getattr(request.state, "identity", False)
     if cached is None or isinstance(cached, Identity):
@@ -128,8 +130,45 @@ async def _given_token(request: Request) -> str | None:
     return None
 
 
-async def csrf_protect(request: Request) -> None:
-    """Refuse a state-changing request that lacks the CSRF token bound to its session (see the module)."""
+class BadOrigin(LabgpuError):
+    """A WebSocket handshake from a page that is not the portal's own."""
+
+    status = 403
+    reason = "bad-origin"
+
+
+def portal_origins(connection: HTTPConnection) -> set[str]:
+    """The origins of the portal's own pages: the address this request came to, and portal_url's."""
+    origins = set()
+    host = connection.headers.get("host")
+    if host:
+        scheme = "https" if connection.url.scheme in ("wss", "https") else "http"
+        origins.add(f"{scheme}://{host}".lower())
+    configured = connection.app.state.settings.portal_url
+    if configured:
+        parts = urlsplit(str(configured))
+        if parts.scheme and parts.netloc:
+            origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return origins
+
+
+def check_origin(connection: HTTPConnection) -> None:
+    """Refuse a WebSocket handshake whose Origin is missing or not the portal's. A browser sends the
+    member's cookies with a handshake that any page may start (cross-site WebSocket hijacking), and
+    SameSite does not tell the ports of one host apart: a page on another port of the same host would
+    otherwise open a terminal with a victim's cookies."""
+    origin = (connection.headers.get("origin") or "").lower()
+    if not origin or origin not in portal_origins(connection):
+        raise BadOrigin(N_("this connection did not come from the portal's own pages"))
+
+
+async def csrf_protect(request: HTTPConnection) -> None:
+    """Refuse a state-changing request that lacks the CSRF token bound to its session (see the module),
+    and every WebSocket handshake whose Origin is not the portal's (:func:`check_origin`)."""
+    if request.scope["type"] == "websocket":
+        check_origin(request)
+        return
+    assert isinstance(request, Request)
     if request.method in SAFE_METHODS:
         return
     if is_api(request) and bearer_token(request) is not None:

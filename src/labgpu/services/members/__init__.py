@@ -2,7 +2,8 @@
 
 Adding one (``add_member``, then the idempotent ``provision``), listing and showing them (``list_members``,
 ``get_member``), power, reset and removal (homes are kept unless purged), limits and GPUs (``set_member``),
-SSH keys, snapshots, shares of host folders, homes, and moving a container to another host. The public face
+SSH keys, snapshots, shares of host folders, homes, moving a container to another host, and terminals in the
+browser (``open_terminal``, the registry ``Terminals`` and the pump ``run_terminal``). The public face
 of ``services/members``: cli/, web/ and the other features import only this module.
 """
 
@@ -55,24 +56,46 @@ from labgpu.services.members._snapshots import (
     take_snapshot,
 )
 from labgpu.services.members._ssh import wait_member_ssh
+from labgpu.services.members._terminal import (
+    ContainerNotRunning,
+    OpenedTerminal,
+    connect_terminal,
+    open_terminal,
+)
+from labgpu.services.members._terminal_bridge import (
+    CLOSE_REASONS,
+    BrowserSocket,
+    LiveTerminal,
+    Terminals,
+    TooManyTerminals,
+    run_terminal,
+)
 
 __all__ = [
+    "CLOSE_REASONS",
     "HOME_NOTE",
+    "BrowserSocket",
     "Change",
     "ConnectionSheet",
+    "ContainerNotRunning",
     "ContainerRow",
     "HostRow",
+    "LiveTerminal",
     "MemberInfo",
     "MirrorChange",
+    "OpenedTerminal",
     "ProvisionError",
     "Removal",
     "SnapshotInfo",
+    "Terminals",
+    "TooManyTerminals",
     "add_keys",
     "add_member",
     "add_share",
     "allowed_roots",
     "apply_mirrors",
     "checkpoint",
+    "connect_terminal",
     "connection_sheet",
     "container_spec",
     "count_snapshots",
@@ -93,6 +116,7 @@ __all__ = [
     "load_member",
     "move_member",
     "open_move",
+    "open_terminal",
     "owned_instance",
     "parse_set_request",
     "provision",
@@ -104,6 +128,7 @@ __all__ = [
     "reset_member",
     "reset_password",
     "restore_snapshot",
+    "run_terminal",
     "set_container_password",
     "set_member",
     "set_power",

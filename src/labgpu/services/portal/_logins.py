@@ -291,15 +291,16 @@ def start_session(
     return NewLogin(token=token, identity=new)
 
 
-def resolve_session(svc: Services, token: str) -> Identity | None:
+def resolve_session(svc: Services, token: str, *, touch: bool = True) -> Identity | None:
     """The member a session cookie belongs to; None when it is unknown, revoked, past its idle or
-    absolute timeout, or its account is disabled. Records the activity (at most once a minute)."""
+    absolute timeout, or its account is disabled. Records the activity (at most once a minute) unless
+    ``touch`` is False (an open terminal asking whether its login still holds, with no keystroke since)."""
     if not token or len(token) > 128:
         return None
-    return resolve_session_id(svc, token_digest(token))
+    return resolve_session_id(svc, token_digest(token), touch=touch)
 
 
-def resolve_session_id(svc: Services, session_id: str) -> Identity | None:
+def resolve_session_id(svc: Services, session_id: str, *, touch: bool = True) -> Identity | None:
     """:func:`resolve_session` for a session known by its id (the digest of its cookie), e.g. the one an app
     cookie of the apps origin is bound to: None once that login has ended, timed out or been disabled."""
     now = utcnow()
@@ -321,7 +322,7 @@ def resolve_session_id(svc: Services, session_id: str) -> Identity | None:
             or (account is not None and account.disabled_at is not None)
         ):
             return None
-        if now - login.last_seen_at >= TOUCH_INTERVAL:
+        if touch and now - login.last_seen_at >= TOUCH_INTERVAL:
             login.last_seen_at = now
         return Identity(member.id, member.name, str(member.role), "session", session_id=session_id)
 

@@ -15,6 +15,7 @@ from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
 from labgpu.web.outcome import Outcome, Page
 from labgpu.web.templating import Renderer
+from labgpu.web.terminals import end_terminals
 
 router = APIRouter(include_in_schema=False)
 
@@ -82,6 +83,7 @@ def disable(
 ) -> HTMLResponse:
     with Outcome(request, renderer) as out:
         portal.set_disabled(svc, name, disabled=True)
+        end_terminals(request, account=name)
         out.done(N_("The account is disabled; its sessions and tokens have ended."))
     return out.show(_member(request, renderer, svc, name))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from labgpu.errors import N_, BadInput, NotFound
 from labgpu.services import members, portal
@@ -34,6 +34,7 @@ from labgpu.web.schemas import (
     SnapshotOut,
     SnapshotTaken,
 )
+from labgpu.web.terminals import end_terminals
 from labgpu.web.views import connection_sheet
 
 router = APIRouter(prefix="/api/v1", tags=["members"], responses=ERROR_RESPONSES)
@@ -137,9 +138,10 @@ def show_connection(name: VisibleMember, svc: ServicesDep) -> ConnectionOut:
 
 
 @router.post("/members/{name}/disable", response_model=AccountOut)
-def disable_member(name: str, _: AdminRequired, svc: ServicesDep) -> AccountOut:
+def disable_member(name: str, request: Request, _: AdminRequired, svc: ServicesDep) -> AccountOut:
     """Disable a member's account: ends their login sessions and revokes their API tokens. Admins only."""
     portal.set_disabled(svc, name, disabled=True)
+    end_terminals(request, account=name)
     return AccountOut(**portal.get_account(svc, name).as_dict())
 
 

@@ -16,6 +16,7 @@ from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
 from labgpu.web.outcome import Outcome, Page
 from labgpu.web.security import clear_session_cookie, client_address, forget_identity, set_session_cookie
 from labgpu.web.templating import Renderer
+from labgpu.web.terminals import end_terminals
 
 router = APIRouter(include_in_schema=False)
 
@@ -117,6 +118,7 @@ def revoke_token(
 @router.post("/account/logout-everywhere")
 def logout_everywhere(request: Request, identity: CurrentMember, svc: ServicesDep) -> RedirectResponse:
     portal.end_all_sessions(svc, identity)
+    end_terminals(request, account=identity.name)
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(request, response)
     forget_identity(request, None)

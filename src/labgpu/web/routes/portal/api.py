@@ -27,6 +27,7 @@ from labgpu.web.schemas import (
     TokenOut,
 )
 from labgpu.web.security import clear_session_cookie, client_address, set_session_cookie
+from labgpu.web.terminals import end_terminals
 
 router = APIRouter(prefix="/api/v1", tags=["portal"], responses=ERROR_RESPONSES)
 
@@ -68,6 +69,7 @@ def logout_everywhere(
 ) -> CountOut:
     """End every login session of the caller (this one too). API tokens are not affected."""
     count = portal.end_all_sessions(svc, identity)
+    end_terminals(request, account=identity.name)
     if identity.via == "session":
         clear_session_cookie(request, response)
     return CountOut(count=count)

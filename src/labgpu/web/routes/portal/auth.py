@@ -21,6 +21,7 @@ from labgpu.web.security import (
     set_session_cookie,
 )
 from labgpu.web.templating import translate
+from labgpu.web.terminals import end_terminals
 
 router = APIRouter(include_in_schema=False)
 
@@ -96,6 +97,8 @@ def login(
 def logout(request: Request, identity: SessionDep, svc: ServicesDep) -> RedirectResponse:
     if identity is not None:
         portal.end_session(svc, identity)
+        if identity.session_id is not None:
+            end_terminals(request, session_id=identity.session_id)
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(request, response)
     forget_identity(request, None)

@@ -336,7 +336,13 @@ def run_portal(
     keyfile = str(tls.keyfile) if https else None
     if not settings.apps_port:
         uvicorn.run(
-            app, host=bind_host, port=bind_port, log_level="info", ws=ws, ssl_certfile=certfile, ssl_keyfile=keyfile
+            app,
+            host=bind_host,
+            port=bind_port,
+            log_level="info",
+            ws=ws,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
         )
         return
     from labgpu.web.routes.apps.origin import create_apps_app
@@ -345,7 +351,13 @@ def run_portal(
     c.console.print(f"members' web apps on [bold]{tls.scheme}://{shown}:{settings.apps_port}/[/]")
     _serve_both(
         uvicorn.Config(
-            app, host=bind_host, port=bind_port, log_level="info", ws=ws, ssl_certfile=certfile, ssl_keyfile=keyfile
+            app,
+            host=bind_host,
+            port=bind_port,
+            log_level="info",
+            ws=ws,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
         ),
         # No access log here: the enter URL carries a one-time ticket, and members' app paths are theirs.
         uvicorn.Config(

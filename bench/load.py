@@ -293,7 +293,7 @@ class Lab:
         self.url = f"http://127.0.0.1:{port}"
         with self.log.open("w") as out:
             proc = subprocess.Popen(
-                [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", "0"],
                 env=self.env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -64,7 +64,7 @@ def served(labgpu_env: LabgpuEnv, smtp_server: MailBox, tmp_path: Path) -> Itera
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", "0"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

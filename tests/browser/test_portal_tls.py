@@ -65,7 +65,7 @@ def served_tls(labgpu_env: LabgpuEnv, tmp_path: Path) -> Iterator[tuple[str, dic
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [labgpu, "serve", "--host", address, "--port", str(port)],
+            [labgpu, "serve", "--host", address, "--port", str(port), "--apps-port", "0"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

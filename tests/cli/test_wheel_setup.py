@@ -119,7 +119,7 @@ def test_setup_from_the_installed_wheel(
         port = _free_port()
         log = (tmp_path / "serve.log").open("w")
         proc = subprocess.Popen(
-            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", "0"],
             env=env,
             cwd=tmp_path,
             stdout=log,

@@ -194,9 +194,12 @@ def test_approval_pending_bookings_hold_their_gpus(gpu_store: GpuStore, smtp_ser
     second = book(gpu_store, "alice", "1,", 1, 2, svc=alice)
     assert bookings.reject(admin, second.id, reason="GPU 1 is under repair").status == "rejected"
     book(gpu_store, "bob", "1,", 1, 2, svc=admin)  # freed
-    subjects = [m["Subject"] for m in smtp_server.to("alice@lab.test")]
-    assert subjects == [f"GPU booking {first.id} approved", f"GPU booking {second.id} rejected"]
-    assert "GPU 1 is under repair" in smtp_server.to("alice@lab.test")[1].get_content()
+    subjects = [
+        m["Subject"] for m in smtp_server.wait_for("alice@lab.test", count=2)
+    ]  # sent in the background
+    assert sorted(subjects) == [f"GPU booking {first.id} approved", f"GPU booking {second.id} rejected"]
+    (rejected,) = [m for m in smtp_server.to("alice@lab.test") if "rejected" in m["Subject"]]
+    assert "GPU 1 is under repair" in rejected.get_content()
 
 
 def test_members_act_only_for_themselves(gpu_store: GpuStore) -> None:

@@ -47,7 +47,7 @@ def _serve_both(envs: list[dict[str, str]], tmp_path: Path) -> list[subprocess.P
         log = tmp_path / f"serve-{i}.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", "0"],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

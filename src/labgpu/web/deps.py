@@ -81,6 +81,9 @@ RendererDep = Annotated[Renderer, Depends(get_renderer)]
 def check_member_access(identity: Identity, name: str) -> str:
     """Object-level check for anything that belongs to member ``name``: admins may, the member may,
     others get the same NotFound as for a member that does not exist (existence is not leaked)."""
+    # A name with a control character (NUL among them, which PostgreSQL refuses) names nobody.
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise NotFound(f"no member named {name!r}")
     if identity.is_admin or identity.name == name:
         return name
     raise NotFound(f"no member named {name}")

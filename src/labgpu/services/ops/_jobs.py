@@ -110,6 +110,8 @@ def run_weekly_report(svc: Services, ctx: JobContext) -> JobResult:
     week = ctx.now.astimezone(gpus.local_tz()).strftime("%G-W%V")
     queued = 0
     for report in gpus.weekly_reports(svc, now=ctx.now, tz=gpus.local_tz()):
+        if report.report.total.gpu_hours <= 0:
+            continue  # a week without GPU use (a new lab, a portal just started): nothing to report
         for who in report.recipients:
             to = notify.ADMINS if who == "admins" else who
             queued += notify.send(

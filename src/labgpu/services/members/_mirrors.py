@@ -43,6 +43,8 @@ def apply_mirrors(svc: Services, container: str, *, new_container: bool = False)
     """Bring the container's mirror files to the settings (see the module). Returns what changed. Raises
     runtime errors when the daemon refuses a request."""
     want = configured(svc)
+    if new_container and not (want.apt or want.pip or want.conda):
+        return []  # a new container holds no file of labgpu's to take back: nothing to read (member add's path)
     user = svc.settings.container_user
     changes: list[MirrorChange] = []
     runtime = svc.runtime

@@ -31,6 +31,14 @@ VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
 PROGRAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
+def _programs(names: list[str]) -> list[str]:
+    """``expose``: program names put on PATH (pip's and npm's alike)."""
+    for program in names:
+        if not PROGRAM_RE.match(program):
+            raise ValueError(f"invalid program name {program!r}")
+    return names
+
+
 class Pip(_Model):
     """A Python virtual environment made in the builder from wheels that ``pip download`` fetched on the host
     (the builder needs no network). ``python`` is the builder's Python version (bookworm: 3.11)."""
@@ -79,10 +87,7 @@ class Pip(_Model):
     @field_validator("expose")
     @classmethod
     def _expose(cls, v: list[str]) -> list[str]:
-        for program in v:
-            if not PROGRAM_RE.match(program):
-                raise ValueError(f"invalid program name {program!r}")
-        return v
+        return _programs(v)
 
 
 class Npm(_Model):
@@ -125,10 +130,7 @@ class Npm(_Model):
     @field_validator("expose")
     @classmethod
     def _expose(cls, v: list[str]) -> list[str]:
-        for program in v:
-            if not PROGRAM_RE.match(program):
-                raise ValueError(f"invalid program name {program!r}")
-        return v
+        return _programs(v)
 
 
 def app_entry(value: Any) -> Any:

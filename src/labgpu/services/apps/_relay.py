@@ -56,6 +56,7 @@ class AppRelays:
     def __init__(self) -> None:
         self._servers: dict[Path, tuple[tuple[int, str, int], asyncio.Server]] = {}
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.opened = 0  # connections relayed so far (read by tests and benchmarks)
 
     async def ensure(self, socket: Path, relay: Relay) -> None:
@@ -78,6 +79,20 @@ class AppRelays:
             self._servers[socket] = (relay.key, server)
 
     async def _serve(self, relay: Relay, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._relay(relay, reader, writer)
+        except asyncio.CancelledError:
+            # The portal stops (close). Ending quietly: asyncio's streams log a connection handler that ends
+            # cancelled as an error.
+            with contextlib.suppress(OSError):
+                writer.close()
+        finally:
+            self._tasks.discard(task)
+
+    async def _relay(self, relay: Relay, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.opened += 1
         try:
             started = await asyncio.to_thread(start_relay, relay.runtime, relay.container, relay.port)
@@ -99,6 +114,10 @@ class AppRelays:
                 server.close()
                 socket.unlink(missing_ok=True)
             self._servers.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _pump(

@@ -269,3 +269,26 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
     with svc.session() as session:
         opens = session.scalars(select(AuditEvent.target).where(AuditEvent.action == "app.open")).all()
     assert opens == [MEMBER]
+
+
+def test_an_app_on_another_host_without_python3_is_refused_clearly(hosts_env: HostsEnv) -> None:
+    """The ssh test image has no python3: opening an app there says what is missing (409), and adds nothing."""
+    from labgpu.services import apps
+    from tests.conftest import TEST_IMAGE_ALIASES
+
+    d = hosts_env.daemons
+    svc = hosts_env.services()
+    add_host(svc, "s1", d["s1"].url, token=d["s1"].token())
+    set_drained(svc, local_host_name(svc), True)
+    request = validate_request(svc, name=MEMBER, template=TEST_IMAGE_ALIASES["ssh"], host="s1")
+    container = add_member(svc, request, wait_ssh=False).container
+    hosts_env.instances.append(("s1", container))
+    runtime = d["s1"].client
+    runtime.instances.update(container, config={rules.APPS_CONFIG_KEY: rules.encode_apps([APP])})
+    with pytest.raises(apps.AppsUnavailable) as refused:
+        apps.start_app(svc, MEMBER, APP.name)
+    assert refused.value.status == 409
+    assert "need python3 in the container" in refused.value.message
+    assert not [k for k in runtime.instances.get(container).devices if k.startswith(rules.DEVICE_PREFIX)]
+    with svc.session() as session:
+        assert not session.scalars(select(AuditEvent).where(AuditEvent.action == "app.open")).all()

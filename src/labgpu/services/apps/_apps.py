@@ -27,7 +27,7 @@ from labgpu.domain import apps as rules
 from labgpu.domain.container import check_safe
 from labgpu.errors import N_, BadInput, Conflict, LabgpuError, NotFound
 from labgpu.runtime.client import RuntimeClient
-from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
 from labgpu.runtime.relay import FORWARDER_USER
 from labgpu.services import hosts, members
 from labgpu.services.apps._relay import Relay, relay_socket_name
@@ -230,7 +230,10 @@ def _check_forwarder(runtime: RuntimeClient, container: str, member: str) -> Non
         )
     except RuntimeNotFound:
         raise Conflict(N_("start your container first")) from None
-    if not result.ok:
+    except RuntimeBadRequest as exc:  # Incus: "Command not found" (LXD runs it: exit status 127)
+        log.info("no python3 for the app relay in %s: %s", container, exc)
+        result = None
+    if result is None or not result.ok:
         raise AppsUnavailable(
             N_(
                 "web apps of a container on another host need python3 in the container; "

@@ -33,13 +33,13 @@ from labgpu.services.portal._accounts import create_account, set_password
 from labgpu.store.models import AuditEvent, Role
 from labgpu.web.app import create_app
 from labgpu.web.routes.apps.origin import create_apps_app
-from tests.conftest import TOOLS_IMAGE, _ensure_test_image
+from tests.conftest import TOOLS_IMAGE, _ensure_test_image, unique_name
 from tests.integration.multihost.conftest import HostsEnv, local_host_name
 from tests.web.conftest import csrf_from, login
 
-pytestmark = [pytest.mark.integration, pytest.mark.lane("multihost"), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-MEMBER, OTHER, PASSWORD = "rapana", "rapben", "quiet-walnut-58-harbor"
+PASSWORD = "quiet-walnut-58-harbor"
 APP = rules.AppDef(
     name="web",
     title="Test web app",
@@ -47,7 +47,6 @@ APP = rules.AppDef(
     base_path="prefix",
     command=("python3", "/opt/labgpu-test-app.py", "{port}", "{base_url}"),
 )
-BASE = rules.base_url(MEMBER, APP.name)
 PORTAL, APPS = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
 WS_ORIGIN = "http://testserver"  # the test client's WebSockets go to Host: testserver
 BIG = 20 * 1024 * 1024
@@ -151,7 +150,7 @@ def _wait_booted(runtime: RuntimeClient, container: str) -> None:
         time.sleep(1)
 
 
-def _open(portal: TestClient, apps: TestClient, member: str) -> TestClient:
+def _open(portal: TestClient, apps: TestClient, member: str) -> None:
     """Press the app's open button on the portal (a POST with the CSRF token) and follow it to the apps origin,
     which trades the one-time ticket for the app cookie."""
     token = csrf_from(portal.get("/me").text)
@@ -162,8 +161,7 @@ def _open(portal: TestClient, apps: TestClient, member: str) -> TestClient:
     location = opened.headers["location"]
     assert location.startswith(APPS + "/_labgpu/enter?ticket=")
     entered = apps.get(location.removeprefix(APPS), follow_redirects=False)
-    assert entered.status_code == 303 and entered.headers["location"] == BASE
-    return apps
+    assert entered.status_code == 303 and entered.headers["location"] == rules.base_url(member, APP.name)
 
 
 def _cookies(client: TestClient) -> str:
@@ -175,6 +173,8 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
     hosts_env: HostsEnv, socket_dir: Path, host: str
 ) -> None:
     d = hosts_env.daemons
+    member, other_member = unique_name("ra"), unique_name("rb")
+    base = rules.base_url(member, APP.name)
     hosts_env.overrides.update({"apps_socket_dir": str(socket_dir), "jobs_in_serve": "false"})
     svc = hosts_env.services()
     daemon = d["s1"] if host == "s1" else d["c1"]  # c1 answers for the cluster
@@ -186,7 +186,7 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
     set_drained(svc, local_host_name(svc), True)
 
     sheet = add_member(
-        svc, validate_request(svc, name=MEMBER, template=TOOLS_IMAGE, host=host), wait_ssh=False
+        svc, validate_request(svc, name=member, template=TOOLS_IMAGE, host=host), wait_ssh=False
     )
     container = sheet.container
     hosts_env.instances.append((daemon.name, container))
@@ -196,8 +196,8 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
     runtime.instances.update(container, config={rules.APPS_CONFIG_KEY: rules.encode_apps([APP])})
     runtime.instances.push_file(container, "/opt/labgpu-test-app.py", APP_SOURCE.encode(), mode=0o644)
     _wait_booted(runtime, container)
-    set_password(svc, name=MEMBER, password=PASSWORD)
-    create_account(svc, name=OTHER, password=PASSWORD, role=Role.MEMBER)
+    set_password(svc, name=member, password=PASSWORD)
+    create_account(svc, name=other_member, password=PASSWORD, role=Role.MEMBER)
 
     settings = hosts_env.settings()
     portal_app = create_app(settings)
@@ -207,38 +207,37 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
         TestClient(portal_app, base_url=PORTAL) as portal,
         TestClient(apps_app, base_url=APPS) as apps,
         TestClient(portal_app, base_url=PORTAL) as other,
-        TestClient(apps_app, base_url=APPS) as stranger,
     ):
-        assert apps.get(BASE).status_code == 403  # no app cookie yet
-        assert login(portal, MEMBER, PASSWORD).status_code == 303
-        _open(portal, apps, MEMBER)
+        assert apps.get(base).status_code == 403  # no app cookie yet
+        assert login(portal, member, PASSWORD).status_code == 303
+        _open(portal, apps, member)
 
         # HTTP: the page comes from the app in the container, over its loopback, as the container's user.
         deadline = time.monotonic() + 60
-        while (page := apps.get(BASE)).status_code == 502 and time.monotonic() < deadline:
+        while (page := apps.get(base)).status_code == 502 and time.monotonic() < deadline:
             time.sleep(0.5)  # the app is starting
         assert page.status_code == 200, page.text[:500]
         seen = page.json()
-        assert seen["host"] == container and seen["path"] == BASE and seen["peer"] == "127.0.0.1"
+        assert seen["host"] == container and seen["path"] == base and seen["peer"] == "127.0.0.1"
         assert seen["user"] == 1000 and "labgpu" not in (seen["cookie"] or "")
         body = secrets.token_bytes(3_000_000)
-        posted = apps.post(BASE + "upload", content=body)
+        posted = apps.post(base + "upload", content=body)
         assert posted.status_code == 200 and posted.json() == {
             "size": len(body),
             "sha256": hashlib.sha256(body).hexdigest(),
         }
-        big = apps.get(BASE + "big")
+        big = apps.get(base + "big")
         assert big.status_code == 200 and len(big.content) == BIG and big.content.count(b"z") == BIG
 
         # Kept-alive connections are reused: ten more requests, hardly any new relay.
         before = proxy.relays.opened
         for _ in range(10):
-            assert apps.get(BASE).status_code == 200
+            assert apps.get(base).status_code == 200
         assert proxy.relays.opened - before <= 2
 
         # A WebSocket, both ways.
         headers = {"origin": WS_ORIGIN, "cookie": _cookies(apps)}
-        with apps.websocket_connect(BASE + "ws", headers=headers) as ws:
+        with apps.websocket_connect(base + "ws", headers=headers) as ws:
             ws.send_text("你好 over the relay")
             assert ws.receive_text() == "echo:你好 over the relay"
             ws.send_bytes(b"\x00\xff" * 1000)
@@ -253,22 +252,22 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
 
         # The checks hold: another member cannot open it, nor use it without the app cookie; a page of
         # another origin cannot open its WebSocket.
-        assert login(other, OTHER, PASSWORD).status_code == 303
+        assert login(other, other_member, PASSWORD).status_code == 303
         token = csrf_from(other.get("/me").text)
         refused = other.post(
-            f"/members/{MEMBER}/apps/{APP.name}/open", data={"csrf_token": token}, follow_redirects=False
+            f"/members/{member}/apps/{APP.name}/open", data={"csrf_token": token}, follow_redirects=False
         )
         assert refused.status_code == 404
-        assert stranger.get(BASE).status_code == 403
+        assert TestClient(apps_app, base_url=APPS).get(base).status_code == 403  # no cookie
         with (
             pytest.raises(WebSocketDisconnect),
-            apps.websocket_connect(BASE + "ws", headers={**headers, "origin": "http://evil.example"}) as ws,
+            apps.websocket_connect(base + "ws", headers={**headers, "origin": "http://evil.example"}) as ws,
         ):
             ws.receive_text()
 
     with svc.session() as session:
         opens = session.scalars(select(AuditEvent.target).where(AuditEvent.action == "app.open")).all()
-    assert opens == [MEMBER]
+    assert opens == [member]
 
 
 def test_an_app_on_another_host_without_python3_is_refused_clearly(hosts_env: HostsEnv) -> None:
@@ -277,16 +276,17 @@ def test_an_app_on_another_host_without_python3_is_refused_clearly(hosts_env: Ho
     from tests.conftest import TEST_IMAGE_ALIASES
 
     d = hosts_env.daemons
+    member = unique_name("ra")
     svc = hosts_env.services()
     add_host(svc, "s1", d["s1"].url, token=d["s1"].token())
     set_drained(svc, local_host_name(svc), True)
-    request = validate_request(svc, name=MEMBER, template=TEST_IMAGE_ALIASES["ssh"], host="s1")
+    request = validate_request(svc, name=member, template=TEST_IMAGE_ALIASES["ssh"], host="s1")
     container = add_member(svc, request, wait_ssh=False).container
     hosts_env.instances.append(("s1", container))
     runtime = d["s1"].client
     runtime.instances.update(container, config={rules.APPS_CONFIG_KEY: rules.encode_apps([APP])})
     with pytest.raises(apps.AppsUnavailable) as refused:
-        apps.start_app(svc, MEMBER, APP.name)
+        apps.start_app(svc, member, APP.name)
     assert refused.value.status == 409
     assert "need python3 in the container" in refused.value.message
     assert not [k for k in runtime.instances.get(container).devices if k.startswith(rules.DEVICE_PREFIX)]

@@ -114,7 +114,8 @@ class AppRelays:
                 server.close()
                 socket.unlink(missing_ok=True)
             self._servers.clear()
-        tasks = list(self._tasks)
+        loop = asyncio.get_running_loop()
+        tasks = [t for t in self._tasks if t.get_loop() is loop]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

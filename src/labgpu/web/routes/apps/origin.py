@@ -1,5 +1,7 @@
 """The apps origin: a second listener of `labgpu serve` (apps_port, or apps_url behind a proxy) that reverse-
-proxies ``/m/MEMBER/APP/...`` to the app in MEMBER's container, HTTP and WebSocket, streamed both ways.
+proxies ``/m/MEMBER/APP/...`` to the app in MEMBER's container, HTTP and WebSocket, streamed both ways, over a
+unix socket: the proxy device's for a container on this host, the portal's own relay (services/apps/_relay.py,
+each connection an exec through the daemon) for a container on another host.
 
 Why another origin: an app's pages run whatever the member (or a notebook they opened) put there. On the
 portal's origin that script could read the portal's pages and call its API as whoever looks at the app (an

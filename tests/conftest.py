@@ -35,6 +35,11 @@ DAEMON_SOCKETS = {
     "incus": Path(os.environ.get("LABGPU_TEST_INCUS_SOCKET", "/var/lib/incus/unix.socket")),
 }
 TEST_IMAGE_ALIASES = {"busybox": "labgpu-test-busybox", "ssh": "labgpu-test-ssh"}
+# The ssh image plus what a few tests need inside a container: python3 (a small app for the apps proxy),
+# vim, htop and tmux (full-screen programs in the browser terminal). Its own alias, built on first use only
+# by the tests that ask for it (tools_image, ensure_tools_image), so the other images and runs are unchanged.
+TOOLS_IMAGE = "labgpu-test-tools"
+TOOLS_PACKAGES = ("python3", "vim-tiny", "htop", "tmux")
 
 
 def _require(what: str) -> None:
@@ -221,8 +226,13 @@ def _ensure_test_image(runtime: RuntimeClient, kind: str) -> str:
     """Import the cached test image under its alias unless the same recipe is already there."""
     from labgpu.system import base_image
 
-    recipe = base_image.busybox_recipe() if kind == "busybox" else base_image.debootstrap_recipe()
-    alias = TEST_IMAGE_ALIASES[kind]
+    if kind == "busybox":
+        recipe = base_image.busybox_recipe()
+    elif kind == "tools":
+        recipe = base_image.debootstrap_recipe(include=(*base_image.DEFAULT_INCLUDE, *TOOLS_PACKAGES))
+    else:
+        recipe = base_image.debootstrap_recipe()
+    alias = TOOLS_IMAGE if kind == "tools" else TEST_IMAGE_ALIASES[kind]
     built = base_image.build_image(recipe, cache_dir=base_image.resolve_cache_dir())  # locked by itself
     with daemon_lock(runtime):
         current = runtime.images.get_by_alias(alias)
@@ -244,6 +254,12 @@ def busybox_image(runtime: RuntimeClient) -> str:
 def ssh_image(runtime: RuntimeClient) -> str:
     """Alias of the offline-built Debian image with sshd and the `ubuntu` user."""
     return _ensure_test_image(runtime, "ssh")
+
+
+@pytest.fixture(scope="session")
+def tools_image(runtime: RuntimeClient) -> str:
+    """Alias of the ssh image with python3, vim, htop and tmux (TOOLS_PACKAGES)."""
+    return _ensure_test_image(runtime, "tools")
 
 
 # Members: services wired to a real daemon, a private store and private host folders --------------

@@ -29,7 +29,8 @@ class AppsSettings(BaseModel):
     apps_socket_dir: Path | None = Field(
         None,
         description="Folder of the unix sockets through which the portal reaches the apps in containers "
-        "(proxy devices; mode 0700, labgpu's only). Empty: state_dir/apps. Keep the path short (a socket "
+        "(proxy devices on this host; the portal's own relays to containers on other hosts; mode 0700, "
+        "labgpu's only). Empty: state_dir/apps. Keep the path short (a socket "
         "path has at most 107 bytes).",
     )
     apps_requests_per_minute: int = Field(

@@ -2,7 +2,9 @@
 and members' files in the browser.
 
 Which apps a container has, their states, starting and stopping them (``start_app``: the proxy device whose
-host side is a unix socket only labgpu opens, then the app as a systemd unit), one-time tickets and app cookies
+host side is a unix socket only labgpu opens, then the app as a systemd unit), the relays to apps in containers
+on other hosts (``AppRelays``: the portal's own socket, each connection an exec through the daemon's API),
+one-time tickets and app cookies
 for the apps origin (``Tickets``), rate limits, and the home's files (``list_folder``, ``download``,
 ``upload``: streamed). The public face of ``services/apps``: web/ imports only this module.
 """
@@ -30,8 +32,10 @@ from labgpu.services.apps._files import (
     upload,
 )
 from labgpu.services.apps._grants import Grant, RateLimited, RateLimiter, Tickets
+from labgpu.services.apps._relay import AppRelays, Relay
 
 __all__ = [
+    "AppRelays",
     "AppTarget",
     "AppsUnavailable",
     "Download",
@@ -41,6 +45,7 @@ __all__ = [
     "MemberApps",
     "RateLimited",
     "RateLimiter",
+    "Relay",
     "Tickets",
     "UploadTooLarge",
     "app_states",

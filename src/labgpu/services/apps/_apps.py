@@ -7,6 +7,11 @@ no host TCP port is opened, and nobody but labgpu (and root) can connect. The de
 first opened (``app-NAME``; the reconciler leaves it alone) and checked by ``check_safe`` like every change.
 An app runs as a transient systemd unit (``systemd-run``) as the container's user, with the base URL it needs
 and no token of its own: the portal authenticates every request.
+
+A container on another host (a standalone daemon over HTTPS, a member of a cluster) gets no device: its socket
+would lie on that machine. The portal relays instead (``_relay``): a socket of its own per app, each
+connection an exec of a small python3 forwarder in the container through the daemon's API. Such a container
+needs python3 (``start_app`` checks).
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from labgpu.domain import apps as rules
 from labgpu.domain.container import check_safe
 from labgpu.errors import N_, BadInput, Conflict, LabgpuError, NotFound
 from labgpu.runtime.client import RuntimeClient
-from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.runtime.errors import RuntimeBadRequest, RuntimeNotFound
+from labgpu.runtime.relay import FORWARDER_USER
 from labgpu.services import hosts, members
+from labgpu.services.apps._relay import Relay, relay_socket_name
+from labgpu.services.clients import parse_host_url
 from labgpu.services.context import Services
 
 log = logging.getLogger(__name__)
@@ -35,7 +43,7 @@ _start_guard = threading.Lock()
 
 
 class AppsUnavailable(LabgpuError):
-    """Web apps cannot be reached for this container (remote host, or apps switched off)."""
+    """Web apps cannot be reached for this container (apps switched off, no python3 for the relay)."""
 
     status = 409
     reason = "apps-unavailable"
@@ -49,7 +57,7 @@ class MemberApps:
     container: str | None
     status: str  # Running, Stopped, missing, unreachable, none
     apps: tuple[rules.AppDef, ...]
-    local: bool  # the container's daemon is on this machine (its sockets are reachable here)
+    local: bool  # the container's daemon is on this machine (its sockets are reachable here); else relayed
 
     def get(self, name: str) -> rules.AppDef:
         for app in self.apps:
@@ -60,11 +68,14 @@ class MemberApps:
 
 @dataclass(frozen=True)
 class AppTarget:
-    """Where the proxy sends an app's requests."""
+    """Where the proxy sends an app's requests: ``socket``, the proxy device's (a container on this host) or,
+    with ``relay``, the portal's own relay socket (a container on another host: listen on it first, with
+    ``AppRelays.ensure``)."""
 
     member: str
     app: rules.AppDef
     socket: Path
+    relay: Relay | None = None
 
     @property
     def base_url(self) -> str:
@@ -81,8 +92,17 @@ def _runtime(svc: Services, name: str) -> tuple[str | None, RuntimeClient, bool]
         member = members.load_member(session, name)
         container = member.container
         runtime = hosts.runtime_for(svc, member.host)
-        local = hosts.is_local(member.host)
+        # A daemon on this machine, and not a cluster member reached through it (whose sockets are elsewhere).
+        local = hosts.is_local(member.host) and (
+            member.host is None or member.host.url is None or parse_host_url(member.host.url).target is None
+        )
     return container, runtime, local
+
+
+def _host_name(svc: Services, name: str) -> str:
+    with svc.session() as session:
+        member = members.load_member(session, name)
+        return member.host.name if member.host is not None else "local"
 
 
 def member_apps(svc: Services, name: str) -> MemberApps:
@@ -152,8 +172,20 @@ def app_target(svc: Services, member: str, app: str) -> AppTarget:
     Raises NotFound for an unknown member or app."""
     if not rules.APP_NAME_RE.match(app) or svc.settings.apps_port == 0:
         raise NotFound(N_("this container has no app named %(app)s"), values={"app": app[:40]})
-    spec = member_apps(svc, member).get(app)
-    return AppTarget(member, spec, socket_path(svc, member, app))
+    view = member_apps(svc, member)
+    spec = view.get(app)
+    if view.local or view.container is None:
+        return AppTarget(member, spec, socket_path(svc, member, app))
+    return _relay_target(svc, member, view.container, spec)
+
+
+def _relay_target(svc: Services, member: str, container: str, app: rules.AppDef) -> AppTarget:
+    _, runtime, _ = _runtime(svc, member)
+    relay = Relay(runtime=runtime, container=container, port=app.port, where=_host_name(svc, member))
+    path = svc.settings.app_socket_dir() / relay_socket_name(member, app.name)
+    if len(str(path).encode()) > SOCKET_PATH_MAX:
+        socket_path(svc, member, app.name)  # raises the same clear error
+    return AppTarget(member, app, path, relay)
 
 
 def start_app(svc: Services, member: str, app: str) -> AppTarget:
@@ -161,30 +193,55 @@ def start_app(svc: Services, member: str, app: str) -> AppTarget:
     through check_safe), then the app's unit (started if not active, as the container's user, with its base
     URL). Audited as ``app.open``. Waits for the start request, not for the app to answer.
 
-    Raises NotFound (no such app), Conflict (the container is not running), AppsUnavailable (a container on
-    another host, or apps switched off), runtime errors."""
+    A container on another host gets no device: the portal relays through its daemon (see the module); its
+    python3 is checked instead. Raises NotFound (no such app), Conflict (the container is not running),
+    AppsUnavailable (apps switched off, no python3 in a container on another host), runtime errors."""
     if svc.settings.apps_port == 0:
         raise AppsUnavailable(N_("web apps are switched off on this portal (apps_port = 0)"))
     view = member_apps(svc, member)
     spec = view.get(app)
     if view.status != "Running" or view.container is None:
         raise Conflict(N_("start your container first"))
-    if not view.local:
-        raise AppsUnavailable(
-            N_(
-                "web apps reach containers on this portal's own host only; %(member)s's container is elsewhere"
-            ),
-            values={"member": member},
-        )
     container = view.container
     _, runtime, _ = _runtime(svc, member)
-    sock = socket_path(svc, member, app)
     with _lock(member, app):
-        _ensure_device(svc, runtime, container, spec, sock)
+        if view.local:
+            target = AppTarget(member, spec, socket_path(svc, member, app))
+            _ensure_device(svc, runtime, container, spec, target.socket)
+        else:
+            target = _relay_target(svc, member, container, spec)
+            _check_forwarder(runtime, container, member)
         _ensure_running(svc, runtime, container, member, spec)
     with svc.session() as session:
         svc.audit(session, "app.open", member, app=app)
-    return AppTarget(member, spec, sock)
+    return target
+
+
+def _check_forwarder(runtime: RuntimeClient, container: str, member: str) -> None:
+    """The relay's forwarder needs python3 in the container (as nobody, isolated, with its sockets)."""
+    try:
+        result = runtime.instances.exec(
+            container,
+            ["python3", "-I", "-S", "-c", "import os, select, socket, sys"],
+            user=FORWARDER_USER,
+            group=FORWARDER_USER,
+            cwd="/",
+            timeout=15,
+        )
+    except RuntimeNotFound:
+        raise Conflict(N_("start your container first")) from None
+    except RuntimeBadRequest as exc:  # Incus: "Command not found" (LXD runs it: exit status 127)
+        log.info("no python3 for the app relay in %s: %s", container, exc)
+        result = None
+    if result is None or not result.ok:
+        raise AppsUnavailable(
+            N_(
+                "web apps of a container on another host need python3 in the container; "
+                "%(member)s's container has none that works"
+            ),
+            values={"member": member},
+            hint="install python3 in the container (apt install python3-minimal), or build its template with it",
+        )
 
 
 def _ensure_device(

@@ -1,5 +1,7 @@
 """The apps origin: a second listener of `labgpu serve` (apps_port, or apps_url behind a proxy) that reverse-
-proxies ``/m/MEMBER/APP/...`` to the app in MEMBER's container, HTTP and WebSocket, streamed both ways.
+proxies ``/m/MEMBER/APP/...`` to the app in MEMBER's container, HTTP and WebSocket, streamed both ways, over a
+unix socket: the proxy device's for a container on this host, the portal's own relay (services/apps/_relay.py,
+each connection an exec through the daemon) for a container on another host.
 
 Why another origin: an app's pages run whatever the member (or a notebook they opened) put there. On the
 portal's origin that script could read the portal's pages and call its API as whoever looks at the app (an
@@ -68,6 +70,9 @@ WS_SKIP_HEADERS = HOP_HEADERS | {
     "origin",
 }
 SESSION_CHECK_SECONDS = 5.0
+# Connections to an app in a container on another host: each new one is an exec through its daemon (tens of
+# milliseconds), so idle ones are kept for a while and reused; a browser opens about six at once.
+RELAY_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=120)
 TARGET_SECONDS = 30.0
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -93,6 +98,7 @@ class AppsProxy:
         self._sessions: dict[str, _Cached] = {}
         self._targets: dict[tuple[str, str], _Cached] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self.relays = apps.AppRelays()
 
     # Who ------------------------------------------------------------------------------------------------
 
@@ -130,13 +136,18 @@ class AppsProxy:
         if cached is not None and now - cached.at < TARGET_SECONDS:
             return cached.value  # type: ignore[no-any-return]
         target = await asyncio.to_thread(apps.app_target, self.svc, member, app)
+        if target.relay is not None:  # a container on another host: the portal's own socket, relayed
+            await self.relays.ensure(target.socket, target.relay)
         self._targets[(member, app)] = _Cached(target, now)
         return target
 
-    def client(self, socket: str) -> httpx.AsyncClient:
+    def client(self, target: apps.AppTarget) -> httpx.AsyncClient:
+        socket = str(target.socket)
         client = self._clients.get(socket)
         if client is None:
-            transport = httpx.AsyncHTTPTransport(uds=socket)
+            # A relayed connection costs an exec on the daemon: keep idle ones longer (an app's page polls).
+            limits = RELAY_LIMITS if target.relay is not None else httpx.Limits()
+            transport = httpx.AsyncHTTPTransport(uds=socket, limits=limits)
             client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60, read=None))
             self._clients[socket] = client
         return client
@@ -145,6 +156,7 @@ class AppsProxy:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        await self.relays.close()
 
 
 def _parse(path: str) -> tuple[str, str, str] | None:
@@ -265,7 +277,7 @@ async def proxy_http(request: Request) -> Response:
     headers = _forward_headers(request.headers, dict(request.cookies), REQUEST_SKIP)
     headers.append(("host", request.headers.get("host", "app")))
     has_body = request.method not in ("GET", "HEAD", "OPTIONS")
-    client = proxy.client(str(target.socket))
+    client = proxy.client(target)
     upstream = client.build_request(
         request.method, url, headers=headers, content=request.stream() if has_body else None
     )

@@ -94,25 +94,39 @@ def _store(tmp: Path, url: str | None) -> Services:
     )
 
 
-def _ms(samples: list[float]) -> str:
+class Timings(list[float]):
+    """Wall-clock milliseconds of each round, with the process's own CPU milliseconds beside them
+    (``cpu``): on a shared machine the wall clock also counts the time other processes held the cores;
+    the CPU time is what the round itself computed (it leaves out waits for the disk and, on PostgreSQL,
+    the server's own work)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu: list[float] = []
+
+
+def _ms(samples: Timings) -> str:
+    p90 = sorted(samples)[int(len(samples) * 0.9)]
     return (
-        f"median {statistics.median(samples):6.2f} ms, p90 {sorted(samples)[int(len(samples) * 0.9)]:6.2f} ms"
+        f"median {statistics.median(samples):7.2f} ms, p90 {p90:7.2f} ms"
+        f" (CPU median {statistics.median(samples.cpu):7.2f} ms)"
     )
 
 
-def _timed(rounds: int, step: Callable[[int], object]) -> list[float]:
-    out = []
+def _timed(rounds: int, step: Callable[[int], object]) -> Timings:
+    out = Timings()
     for i in range(rounds):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step(i)
         out.append((time.perf_counter() - t) * 1000)
+        out.cpu.append((time.process_time() - c) * 1000)
     return out
 
 
 # 1. The sampling tick -----------------------------------------------------------------------------
 
 
-def tick(tmp: Path, url: str | None, rounds: int, per_gpu: int) -> dict[str, list[float]]:
+def tick(tmp: Path, url: str | None, rounds: int, per_gpu: int) -> dict[str, Timings]:
     day = ReplayedDay(RecordedNvml.from_file(FIXTURE).read(), gpus=GPUS, members=MEMBERS)
     reading = day.read()
     procs: dict[int, str] = {}
@@ -295,8 +309,10 @@ def main() -> None:
             print(f"  labgpu sample_gpus (with its commit): {_ms(t['labgpu'])}")
             print(f"  raw: the same rows, executemany + commit: {_ms(t['raw'])}")
             print(f"  the whole gpu-idle job (for information): {_ms(t['job'])}")
-            met = statistics.median(t["labgpu"]) < 20
-            print(f"  target: tick under 20 ms: {'met' if met else 'NOT met'}")
+            wall, cpu = statistics.median(t["labgpu"]), statistics.median(t["labgpu"].cpu)
+            print(
+                f"  target: tick under 20 ms: wall {'met' if wall < 20 else 'NOT met'}, CPU {'met' if cpu < 20 else 'NOT met'}"
+            )
         with tempfile.TemporaryDirectory() as tmp, _database(backend, Path(tmp)) as url:
             m = month(Path(tmp) / "month", url, args.days, max(5, args.rounds // 3))
         print(
@@ -308,8 +324,11 @@ def main() -> None:
             print(f"  30-day report by {by:<6}: {_ms(m[f'report_{by}'])}")
         print(f"  every rollup row into Python (before): {_ms(m['report_every_row'])}")
         print(f"  raw: GROUP BY member over the raw samples: {_ms(m['report_raw'])}")
-        worst = max(statistics.median(m[f"report_{by}"]) for by in report.BY)
-        print(f"  target: report under 200 ms: {'met' if worst < 200 else 'NOT met'}")
+        wall = max(statistics.median(m[f"report_{by}"]) for by in report.BY)
+        cpu = max(statistics.median(m[f"report_{by}"].cpu) for by in report.BY)
+        print(
+            f"  target: report under 200 ms: wall {'met' if wall < 200 else 'NOT met'}, CPU {'met' if cpu < 200 else 'NOT met'}"
+        )
         print(f"[{backend}] store growth per GPU-month (table and its indexes):")
         for name, (rows, size) in m["sizes"].items():
             print(

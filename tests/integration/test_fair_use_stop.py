@@ -148,7 +148,8 @@ def lab(
     init = runtime.instances.state(member).pid
     # Two "training jobs" of the member, started the way a member starts one, left running in the background.
     started = runtime.instances.exec(
-        member, ["sh", "-c", "sleep 3601 </dev/null >/dev/null 2>&1 & sleep 3602 </dev/null >/dev/null 2>&1 &"]
+        member,
+        ["sh", "-c", "sleep 3601 </dev/null >/dev/null 2>&1 & sleep 3602 </dev/null >/dev/null 2>&1 &"],
     )
     assert started.ok
     sleeps = _sleeps_under(init)
@@ -169,9 +170,7 @@ def lab(
     svc = Services(
         settings=settings, runtime=runtime, sessions=session_factory(engine), actor=Actor("root@cli")
     )
-    accounts.create_account(
-        svc, name=member, password=PASSWORD, role=Role.MEMBER, email=f"{member}@lab.test"
-    )
+    accounts.create_account(svc, name=member, password=PASSWORD, role=Role.MEMBER, email=f"{member}@lab.test")
     with svc.session() as session:
         host = Host(name="gpu1", url=None, kind=HostKind(daemon_kind), gpu_mode="shared")
         session.add(host)

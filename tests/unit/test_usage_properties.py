@@ -131,9 +131,7 @@ def test_reports_grouped_in_sql_equal_the_reports_of_every_row(
     history.roll_up(svc, now=T0 + timedelta(minutes=cut), tz=SHANGHAI)
     at = T0 + timedelta(minutes=now, seconds=17)
     for by in report.BY:
-        got = report.usage_report(
-            svc, since=span, by=by, member=member or None, now=at, tz=SHANGHAI
-        )
+        got = report.usage_report(svc, since=span, by=by, member=member or None, now=at, tz=SHANGHAI)
         start, end = got.since, got.until
         with svc.session() as session:
             every = report.collect(session, start, end, SHANGHAI)

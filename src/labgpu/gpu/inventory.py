@@ -257,10 +257,7 @@ def attribute_reading(
     owners = owners or {}
     pids = [p.pid for g in reading.gpus for p in g.processes]
     where = attribute_pids(pids, proc_root)
-    if commands:
-        names = {pid: command_of_pid(pid, proc_root) for pid in where}
-    else:
-        names = dict.fromkeys(where, "")
+    names = {pid: command_of_pid(pid, proc_root) if commands else "" for pid in where}
     gpus = tuple(
         GpuUsage(g, tuple(_usage(p, where[p.pid], names[p.pid], owners, proc_root) for p in g.processes))
         for g in reading.gpus

@@ -210,9 +210,7 @@ def build_report(
         (UsageLine(label, u) for label, u in totals.items()),
         key=lambda line: (-line.usage.seconds, line.label),
     )
-    series = {
-        line.label: [s / 3600 for s in seconds.get(line.label, [0] * len(buckets))] for line in lines
-    }
+    series = {line.label: [s / 3600 for s in seconds.get(line.label, [0] * len(buckets))] for line in lines}
     return UsageReport(
         since=since,
         until=until,

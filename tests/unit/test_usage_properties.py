@@ -97,6 +97,50 @@ def test_store_rollups_and_reports_preserve_sums(
     assert history.roll_up(svc, now=end, tz=SHANGHAI) == (0, 0)
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=samples,
+    cut=st.integers(60, 4 * 24 * 60),
+    now=st.integers(3 * 60, 5 * 24 * 60),
+    span=st.sampled_from(("6h", "2d", "3d", "7d")),
+    member=st.sampled_from((None, "alice", "")),
+)
+def test_reports_grouped_in_sql_equal_the_reports_of_every_row(
+    gpu_store: GpuStore,
+    rows: list[tuple[int, str, int, str, int, int, int | None]],
+    cut: int,
+    now: int,
+    span: str,
+    member: str | None,
+) -> None:
+    """The reports group their sums in SQL (by bucket and label); they must equal, exactly, the report
+    built from every raw, hourly and daily row, whatever was rolled up and however the span falls."""
+    svc = gpu_store.svc()
+    with svc.session() as session:
+        for table in (UsageSample, UsageHourly, UsageDaily):
+            session.execute(delete(table))
+        session.execute(delete(JobState).where(JobState.name.startswith("usage:")))
+        history.store_usage(
+            session,
+            [
+                {"at": T0 + timedelta(minutes=m), "host": h, "gpu_index": g, "member": who, "seconds": s,
+                 "memory_mib": mem, "utilization": util, "processes": 1}
+                for m, h, g, who, s, mem, util in rows
+            ],
+        )  # fmt: skip
+    history.roll_up(svc, now=T0 + timedelta(minutes=cut), tz=SHANGHAI)
+    at = T0 + timedelta(minutes=now, seconds=17)
+    for by in report.BY:
+        got = report.usage_report(svc, since=span, by=by, member=member or None, now=at, tz=SHANGHAI)
+        start, end = got.since, got.until
+        with svc.session() as session:
+            every = report.collect(session, start, end, SHANGHAI)
+        if member:
+            every = [(k, u) for k, u in every if k.member == member]
+        want = report.build_report(every, since=start, until=end, by=by, member=member or None, tz=SHANGHAI)
+        assert got == want
+
+
 # Fair use ---------------------------------------------------------------------------------------------
 
 GPUS_ = [("h1", g) for g in range(4)] + [("h2", g) for g in range(4)]

@@ -247,16 +247,19 @@ def attribute_reading(
     notes: Iterable[str] = (),
     now: float | None = None,
     started: float | None = None,
+    commands: bool = True,
 ) -> Inventory:
     """The inventory of one reading: each GPU process attributed through ``proc_root`` (each pid's
-    cgroup and comm read once) and its container's owner looked up in ``owners``."""
+    cgroup and comm read once) and its container's owner looked up in ``owners``. ``commands=False``
+    leaves each process's command empty (the sampling job does not show them: one file fewer per
+    process)."""
     started = time.perf_counter() if started is None else started
     owners = owners or {}
     pids = [p.pid for g in reading.gpus for p in g.processes]
     where = attribute_pids(pids, proc_root)
-    commands = {pid: command_of_pid(pid, proc_root) for pid in where}
+    names = {pid: command_of_pid(pid, proc_root) if commands else "" for pid in where}
     gpus = tuple(
-        GpuUsage(g, tuple(_usage(p, where[p.pid], commands[p.pid], owners, proc_root) for p in g.processes))
+        GpuUsage(g, tuple(_usage(p, where[p.pid], names[p.pid], owners, proc_root) for p in g.processes))
         for g in reading.gpus
     )
     warnings = cross_check(reading.gpus, resources)

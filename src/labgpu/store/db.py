@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labgpu.errors import ConfigError, Unavailable
@@ -105,6 +105,42 @@ def connect(engine: Engine) -> Iterator[Connection]:
         raise unavailable(exc, engine.url) from exc
     with conn:
         yield conn
+
+
+@contextmanager
+def replaceable_writes(engine: Engine) -> Iterator[Connection]:
+    """One transaction (committed when the block ends) for frequent writes that the next ones make
+    good, such as the GPU samples written every minute: its commit does not wait for the disk.
+
+    SQLite (WAL): ``synchronous=NORMAL`` for this transaction only (the connection gets its own level
+    back before it returns to the pool). PostgreSQL: ``SET LOCAL synchronous_commit TO OFF``. Either
+    way a crash of labgpu loses nothing and the database is never corrupted; only a power cut or an
+    operating-system crash within about a second of the commit may lose this transaction (and, on
+    SQLite, whatever other transaction the same WAL sync would have carried). Every other write of the
+    store keeps waiting for the disk. Raises Unavailable when the store cannot be reached or written."""
+    with connect(engine) as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        level = None
+        try:
+            if sqlite:
+                # A PRAGMA outside a transaction (pysqlite begins one only before a write): SQLite
+                # refuses to change the level inside one.
+                level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                conn.commit()
+            with conn.begin():
+                if not sqlite:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                yield conn
+        except OperationalError as exc:
+            raise unavailable(exc, engine.url, doing="write") from exc
+        finally:
+            if level is not None:
+                try:
+                    conn.exec_driver_sql(f"PRAGMA synchronous={int(level)}")
+                    conn.commit()
+                except DBAPIError:
+                    conn.invalidate()  # never hand a less durable connection to the next writer
 
 
 def unavailable(exc: BaseException, url: URL | str, *, doing: str = "open") -> Unavailable:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, cast
 
-from sqlalchemy import case, delete, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, delete, func, insert, literal, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from labgpu.domain.fairuse import OnGpu
 from labgpu.domain.usage import DAY, NO_MEMBER, Usage, UsageKey, floor_day, floor_hour, next_day
@@ -137,50 +138,112 @@ def marks(svc: Services) -> tuple[datetime | None, datetime | None]:
         return _mark(session, HOURLY_MARK), _mark(session, DAILY_MARK)
 
 
-_SUMS = (
-    func.sum(UsageSample.seconds),
-    func.sum(UsageSample.memory_mib * UsageSample.seconds),
-    func.sum(func.coalesce(UsageSample.utilization, 0) * UsageSample.seconds),
-    func.sum(case((UsageSample.utilization.is_not(None), UsageSample.seconds), else_=0)),
-    func.count(),
-)
-
-
-def raw_usage(session: Session, since: datetime, until: datetime) -> list[tuple[UsageKey, Usage]]:
-    """Raw samples in ``[since, until)`` summed per hour, host, GPU and member."""
-    rows = session.execute(
-        select(UsageSample.at, UsageSample.host, UsageSample.gpu_index, UsageSample.member, *_SUMS)
-        .where(UsageSample.at >= since, UsageSample.at < until)
-        .group_by(UsageSample.at, UsageSample.host, UsageSample.gpu_index, UsageSample.member)
+def _sums(table: type[UsageSample] | type[UsageHourly] | type[UsageDaily]) -> tuple[Any, ...]:
+    if table is UsageSample:
+        return (
+            func.sum(UsageSample.seconds),
+            func.sum(UsageSample.memory_mib * UsageSample.seconds),
+            func.sum(func.coalesce(UsageSample.utilization, 0) * UsageSample.seconds),
+            func.sum(case((UsageSample.utilization.is_not(None), UsageSample.seconds), else_=0)),
+            func.count(),
+        )
+    rollup = cast(type[UsageHourly], table)
+    return (
+        func.sum(rollup.seconds),
+        func.sum(rollup.memory_mib_seconds),
+        func.sum(rollup.util_seconds),
+        func.sum(rollup.util_known_seconds),
+        func.sum(rollup.samples),
     )
+
+
+# What a report groups by: the columns its lines are labelled with (the others come back empty).
+GROUPS = ("member", "gpu", "host")
+
+
+def _group_columns(
+    table: type[UsageSample] | type[UsageHourly] | type[UsageDaily], by: str | None
+) -> tuple[Any, Any, Any]:
+    """(host, gpu_index, member) to select and group by: the real columns ``by`` needs, constants for
+    the others (None: all three)."""
+    host = table.host if by in (None, "gpu", "host") else literal("")
+    gpu = table.gpu_index if by in (None, "gpu") else literal(-1)
+    member = table.member if by in (None, "member") else literal("")
+    return host, gpu, member
+
+
+def _hour_of(session: Session, column: Any) -> Any:
+    """``column``'s UTC hour, as SQL both backends group by: SQLite keeps times as text
+    (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), PostgreSQL as timestamptz (truncated in UTC, whatever the
+    session's zone)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.substr(column, 1, 13)
+    return func.date_trunc("hour", func.timezone("UTC", column))
+
+
+def raw_usage(
+    session: Session,
+    since: datetime,
+    until: datetime,
+    *,
+    by: str | None = None,
+    member: str | None = None,
+) -> list[tuple[UsageKey, Usage]]:
+    """Raw samples in ``[since, until)`` summed per hour, host, GPU and member (in SQL; only the
+    columns ``by`` groups by, and only ``member``'s samples, when given)."""
+    host, gpu, who = _group_columns(UsageSample, by)
+    hour = _hour_of(session, UsageSample.at)
+    query = (
+        select(func.min(UsageSample.at), host, gpu, who, *_sums(UsageSample))
+        .where(UsageSample.at >= since, UsageSample.at < until)
+        .group_by(hour, *_real(host, gpu, who))
+    )
+    if member is not None:
+        query = query.where(UsageSample.member == member)
     out: dict[UsageKey, Usage] = {}
-    for at, host, gpu, member, s, mem, util, known, n in rows:
-        key = UsageKey(floor_hour(at), host, gpu, member)
+    for at, h, g, m, s, mem, util, known, n in session.execute(query):
+        key = UsageKey(floor_hour(at), h, g, m)
+        # One group per hour, but the key's hour is taken from the group's first sample: add, in case a
+        # backend splits an hour.
         out[key] = out.get(key, Usage()) + Usage(int(s), int(mem), int(util), int(known or 0), int(n))
     return list(out.items())
 
 
+def _real(*columns: Any) -> list[Any]:
+    return [c for c in columns if isinstance(c, InstrumentedAttribute)]
+
+
 def rollup_usage(
-    session: Session, table: type[UsageHourly] | type[UsageDaily], since: datetime, until: datetime
+    session: Session,
+    table: type[UsageHourly] | type[UsageDaily],
+    since: datetime,
+    until: datetime,
+    *,
+    by: str | None = None,
+    member: str | None = None,
 ) -> list[tuple[UsageKey, Usage]]:
-    """Rows of ``table`` whose bucket lies in ``[since, until)`` (plain rows, no ORM objects: a 30-day
-    report reads thousands)."""
-    rows = session.execute(
-        select(
-            table.bucket,
-            table.host,
-            table.gpu_index,
-            table.member,
+    """Rows of ``table`` whose bucket lies in ``[since, until)``: each row (plain rows, no ORM
+    objects), or with ``by``, summed in SQL per bucket and the columns ``by`` groups by; only
+    ``member``'s, when given."""
+    host, gpu, who = _group_columns(table, by)
+    if by is None:
+        figures: tuple[Any, ...] = (
             table.seconds,
             table.memory_mib_seconds,
             table.util_seconds,
             table.util_known_seconds,
             table.samples,
-        ).where(table.bucket >= since, table.bucket < until)
-    )
+        )
+    else:
+        figures = _sums(table)
+    query = select(table.bucket, host, gpu, who, *figures).where(table.bucket >= since, table.bucket < until)
+    if by is not None:
+        query = query.group_by(table.bucket, *_real(host, gpu, who))
+    if member is not None:
+        query = query.where(table.member == member)
     return [
-        (UsageKey(bucket, host, gpu, member), Usage(s, mem, util, known, n))
-        for bucket, host, gpu, member, s, mem, util, known, n in rows
+        (UsageKey(bucket, h, g, m), Usage(int(s), int(mem), int(util), int(known), int(n)))
+        for bucket, h, g, m, s, mem, util, known, n in session.execute(query)
     ]
 
 

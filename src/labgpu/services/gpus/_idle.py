@@ -23,6 +23,7 @@ detached; assigned GPUs are only ever notified.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,13 +31,13 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from labgpu.domain.fairuse import OnGpu
 from labgpu.errors import LabgpuError
-from labgpu.gpu.inventory import Inventory, owners_from_instances, take_inventory
-from labgpu.gpu.nvml import GpuSource
+from labgpu.gpu.inventory import Inventory, attribute_reading, owners_from_instances, unavailable_inventory
+from labgpu.gpu.nvml import GpuSource, NvmlUnavailable
 from labgpu.services import notify
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
@@ -55,7 +56,9 @@ from labgpu.services.gpus._holders import (
 )
 from labgpu.services.gpus._usage import SOURCE_AGENT, GpuStatus, GpuUsageReader
 from labgpu.services.hosts import ask_all, recorded_local_host
+from labgpu.store import replaceable_writes
 from labgpu.store.models import GpuSample, Host, JobState, Member, utcnow
+from labgpu.store.usage_models import UsageSample
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +77,53 @@ def sample_gpus(
     svc: Services, *, source: GpuSource, now: datetime | None = None, proc_root: str | Path = "/proc"
 ) -> SampleResult:
     """Read the local host's GPUs once and store a sample per GPU (utilization, memory used, and the
-    member with the most GPU memory on it). A host without NVML stores nothing and says why."""
+    member with the most GPU memory on it) and a usage sample per GPU and member. A host without NVML
+    stores nothing and says why.
+
+    Members come from the store (each member's container on this host); the daemon's instance
+    listing (``user.labgpu.owner``) is asked only when a GPU process runs in a container the store
+    names no member for, so a run costs no daemon request in the usual case. The rows are written in
+    one transaction whose commit does not wait for the disk (:func:`~labgpu.store.replaceable_writes`:
+    a power cut may lose the last minute of samples, nothing else)."""
     now = now or utcnow()
     project = svc.settings.runtime_project
     with svc.session() as session:
-        owners = members_of_host(session, recorded_local_host(session), project)
+        host = recorded_local_host(session)
+        where = (host.id, host.name) if host is not None else None
+        owners = members_of_host(session, host, project)
+    started = time.perf_counter()
     try:
-        owners.update(owners_from_instances(svc.runtime.instances.all(with_state=False), project))
-        notes: list[str] = []
-    except LabgpuError as exc:
-        notes = [f"members known from the store only: {exc.message}"]
-    inv = take_inventory(source, owners=owners, proc_root=proc_root, notes=notes)
+        reading = source.read()
+    except NvmlUnavailable as exc:
+        return SampleResult(0, unavailable_inventory(exc).headline)
+    inv = attribute_reading(reading, owners=owners, proc_root=proc_root, started=started, commands=False)
+    if _unnamed_containers(inv):
+        try:
+            listed = owners_from_instances(svc.runtime.instances.all(with_state=False), project)
+            notes: list[str] = []
+        except LabgpuError as exc:
+            listed, notes = {}, [f"members known from the store only: {exc.message}"]
+        # The store names its members' containers; the daemon's labels name the others.
+        owners = {**listed, **owners}
+        inv = attribute_reading(
+            reading, owners=owners, proc_root=proc_root, notes=notes, started=started, commands=False
+        )
     if not inv.available:
         return SampleResult(0, inv.headline)
-    with svc.session() as session:
-        host = recorded_local_host(session)
-        if host is None:
-            return SampleResult(0, "no host in the store yet")
-        for row in _sample_rows(inv, host.id, now):
-            session.add(row)
-        usage, seen = usage_rows(inv, host=host.name, now=now, seconds=svc.settings.gpu_sample_seconds)
-        store_usage(session, usage)
+    if where is None:
+        return SampleResult(0, "no host in the store yet")
+    host_id, host_name = where
+    usage, seen = usage_rows(inv, host=host_name, now=now, seconds=svc.settings.gpu_sample_seconds)
+    with replaceable_writes(svc.engine) as conn:
+        conn.execute(insert(GpuSample), _sample_rows(inv, host_id, now))
+        if usage:
+            conn.execute(insert(UsageSample), usage)
     return SampleResult(len(inv.gpus), "; ".join(inv.warnings), tuple(seen))
+
+
+def _unnamed_containers(inv: Inventory) -> bool:
+    """Whether a GPU process runs in a container without a known member."""
+    return any(p.owner.in_container and p.member is None for g in inv.gpus for p in g.processes)
 
 
 def members_of_host(session: Session, host: Host | None, project: str) -> dict[tuple[str, str], str]:
@@ -109,21 +137,19 @@ def members_of_host(session: Session, host: Host | None, project: str) -> dict[t
     return {(project, str(container)): name for container, name in rows}
 
 
-def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[GpuSample]:
-    rows = []
+def _sample_rows(inv: Inventory, host_id: int, now: datetime) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
     for usage in inv.gpus:
         g = usage.gpu
-        top = _top_member((p.member, p.used_memory) for p in usage.processes)
-        utilization = None if g.error or g.mig_enabled else g.utilization
         rows.append(
-            GpuSample(
-                host_id=host_id,
-                gpu_index=g.index,
-                at=now,
-                utilization=utilization,
-                memory_used=g.memory_used,
-                member=top,
-            )
+            {
+                "host_id": host_id,
+                "gpu_index": g.index,
+                "at": now,
+                "utilization": None if g.error or g.mig_enabled else g.utilization,
+                "memory_used": g.memory_used,
+                "member": _top_member((p.member, p.used_memory) for p in usage.processes),
+            }
         )
     return rows
 

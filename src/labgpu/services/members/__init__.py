@@ -19,6 +19,7 @@ from labgpu.services.members._containers import (
     list_hosts,
     uptime_seconds,
 )
+from labgpu.services.members._desktop import VNC_PASSWORD_LENGTH, set_vnc_password
 from labgpu.services.members._homes import reachable_here
 from labgpu.services.members._keys import add_keys, list_keys, remove_key
 from labgpu.services.members._lifecycle import (
@@ -130,6 +131,8 @@ __all__ = [
     "restore_snapshot",
     "run_terminal",
     "set_container_password",
+    "set_vnc_password",
+    "VNC_PASSWORD_LENGTH",
     "set_member",
     "set_power",
     "take_snapshot",

@@ -1,0 +1,232 @@
+"""The shipped desktop template (templates/desktop.yaml) on a test daemon, built at most once per recipe, and
+the real remote-desktop clients the desktop tests log in with (FreeRDP under Xvfb, vncsnapshot).
+
+The template is looked for in this order: an image of the same spec hash already on the daemon; an export of
+it in the image cache (``$LABGPU_IMAGE_CACHE/templates``, shared by LXD and Incus, and by later runs);
+else it is built (apt in the builder: about five minutes here) and exported to the cache. The builder gets
+the network of a NAT bridge this module makes for the build (a unique name, deleted afterwards): apt fetches
+from the spec's Debian mirror through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from labgpu.runtime.client import RuntimeClient
+from labgpu.services.templates._build import build_template
+from labgpu.services.templates._catalog import PROP_SPEC_HASH, PROP_TEMPLATE, export_template, import_template
+from labgpu.services.templates._spec_loading import load_spec
+from labgpu.system.base_image import resolve_cache_dir
+from tests.conftest import LabgpuEnv, machine_lock
+
+ROOT = Path(__file__).resolve().parents[2]
+DESKTOP_TEMPLATE = "labgpu-test-desktop"
+# Where the build's NAT bridges get their /24 (one free block is picked each time).
+BRIDGE_SUPERNET = ipaddress.IPv4Network("10.214.0.0/16")
+
+
+def desktop_spec(folder: Path) -> Path:
+    """templates/desktop.yaml under the test's template name (the name is part of the recipe hash)."""
+    lines = [
+        f"name: {DESKTOP_TEMPLATE}" if line.startswith("name:") else line
+        for line in (ROOT / "templates" / "desktop.yaml").read_text().splitlines()
+    ]
+    path = folder / f"{DESKTOP_TEMPLATE}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _routes_in_use() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    nets = []
+    for route in json.loads(out or "[]"):
+        dst = route.get("dst", "")
+        if dst and dst != "default":
+            nets.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
+    return nets
+
+
+@contextlib.contextmanager
+def nat_bridge(runtime: RuntimeClient) -> Iterator[str]:
+    """A NAT bridge of the daemon's own, on a /24 no route of the host uses; deleted afterwards."""
+    name = f"lgdt{secrets.token_hex(3)}"
+    used = _routes_in_use()
+    free = [n for n in BRIDGE_SUPERNET.subnets(new_prefix=24) if not any(n.overlaps(u) for u in used)]
+    subnet = secrets.choice(free)
+    runtime.networks.create(
+        name,
+        type="bridge",
+        config={
+            "ipv4.address": f"{subnet.network_address + 1}/24",
+            "ipv4.nat": "true",
+            "ipv6.address": "none",
+        },
+        description="labgpu tests: the desktop template's builder",
+    )
+    try:
+        yield name
+    finally:
+        runtime.networks.delete(name)
+
+
+def ensure_desktop_template(runtime: RuntimeClient, env: LabgpuEnv, folder: Path) -> tuple[str, float | None]:
+    """The desktop template on the daemon (see the module), and the seconds a build took (None: no build)."""
+    loaded = load_spec(desktop_spec(folder))
+    spec_hash = loaded.spec_hash()
+    cached = resolve_cache_dir() / "templates" / f"{DESKTOP_TEMPLATE}-{spec_hash}.tar"
+    # One build per machine at a time: LXD's and Incus's runs (xdist workers) wait for each other's export.
+    with machine_lock(f"desktop-template-{spec_hash[:16]}"):
+        for image in runtime.images.all():
+            if (
+                image.properties.get(PROP_TEMPLATE) == DESKTOP_TEMPLATE
+                and image.properties.get(PROP_SPEC_HASH) == spec_hash
+            ):
+                runtime.images.set_alias(DESKTOP_TEMPLATE, image.fingerprint)
+                return DESKTOP_TEMPLATE, None
+        svc = env.services()
+        if cached.is_file():
+            import_template(svc, [cached])
+            return DESKTOP_TEMPLATE, None
+        began = time.monotonic()
+        with nat_bridge(runtime) as bridge:
+            build_template(svc, loaded, network=bridge)
+        seconds = time.monotonic() - began
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(cached.name + ".part")
+        partial.unlink(missing_ok=True)
+        export_template(runtime, DESKTOP_TEMPLATE, partial, overwrite=True)
+        partial.replace(cached)
+        return DESKTOP_TEMPLATE, seconds
+
+
+# Clients -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Display:
+    """A private X server for a real client's window."""
+
+    number: int
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DISPLAY": f":{self.number}"}
+
+
+@contextlib.contextmanager
+def xvfb() -> Iterator[Display]:
+    """Xvfb on a display number it picks itself (``-displayfd``), stopped afterwards."""
+    if shutil.which("Xvfb") is None:
+        raise AssertionError("Xvfb is missing: scripts/install-deps --test installs it (Debian's xvfb)")
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    try:
+        with os.fdopen(read) as f:
+            number = f.readline().strip()
+        if not number.isdigit():
+            raise AssertionError("Xvfb did not start")
+        yield Display(int(number))
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class RdpClient:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@contextlib.contextmanager
+def rdp_login(display: Display, port: int, user: str, password: str, log: Path) -> Iterator[RdpClient]:
+    """FreeRDP's X11 client (``xfreerdp``) connected to 127.0.0.1:``port`` as ``user`` with ``password``,
+    its window on ``display``, until the block ends. The server's certificate is xrdp's own self-signed
+    one: accepted as it is (``/cert:ignore``)."""
+    if shutil.which("xfreerdp") is None:
+        raise AssertionError("xfreerdp is missing: scripts/install-deps --test installs it (freerdp2-x11)")
+    argv = [
+        "xfreerdp", f"/v:127.0.0.1:{port}", f"/u:{user}", f"/p:{password}", "/cert:ignore",
+        "/size:1280x800", "-grab-keyboard", "/log-level:INFO",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=display.env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield RdpClient(proc, log)
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class Picture:
+    path: Path
+    width: int
+    height: int
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's start-of-frame segment."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            raise AssertionError("not a JPEG")
+        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            return int.from_bytes(data[i + 7 : i + 9], "big"), height
+        i += 2 + length
+    raise AssertionError("no frame in the JPEG")
+
+
+def vnc_snapshot(port: int, password: str, dest: Path, *, timeout: float = 90) -> Picture:
+    """Log in to the VNC server on 127.0.0.1:``port`` with a real VNC client (``vncsnapshot``, given the
+    password the way VNC viewers store it: ``vncpasswd -f``) and save the screen as a JPEG. vncsnapshot waits
+    for a screen that is not all black. Raises AssertionError with the client's words when it fails."""
+    for tool, package in (("vncsnapshot", "vncsnapshot"), ("vncpasswd", "tigervnc-tools")):
+        if shutil.which(tool) is None:
+            raise AssertionError(f"{tool} is missing: scripts/install-deps --test installs it ({package})")
+    secret = dest.with_suffix(".passwd")
+    obfuscated = subprocess.run(["vncpasswd", "-f"], input=password.encode() + b"\n", capture_output=True, check=True)
+    secret.write_bytes(obfuscated.stdout)
+    secret.chmod(0o600)
+    try:
+        result = subprocess.run(
+            ["vncsnapshot", "-passwd", str(secret), f"127.0.0.1::{port}", str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"vncsnapshot got no picture within {timeout:.0f} s: {exc.stderr!r}") from None
+    if result.returncode != 0 or not dest.is_file():
+        raise AssertionError(f"vncsnapshot failed ({result.returncode}): {result.stdout}{result.stderr}")
+    width, height = jpeg_size(dest.read_bytes())
+    return Picture(dest, width, height)

@@ -11,6 +11,7 @@ from the spec's Debian mirror through it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.templates._build import build_template
-from labgpu.services.templates._catalog import PROP_SPEC_HASH, PROP_TEMPLATE, export_template, import_template
-from labgpu.services.templates._spec_loading import load_spec
+from labgpu.services.templates._catalog import export_template, import_template
+from labgpu.services.templates._spec_loading import LoadedSpec, load_spec
+from labgpu.services.templates._steps import guess_os_release, plan_steps
 from labgpu.system.base_image import resolve_cache_dir
 from tests.conftest import LabgpuEnv, machine_lock
 
@@ -79,33 +81,41 @@ def nat_bridge(runtime: RuntimeClient) -> Iterator[str]:
         runtime.networks.delete(name)
 
 
+def recipe_key(loaded: LoadedSpec) -> str:
+    """The spec's hash and labgpu's plan for it (the steps and the files they write: a change to how labgpu
+    builds a desktop makes a new template, where the spec hash alone would not change)."""
+    steps = plan_steps(loaded, os_release=guess_os_release(loaded.spec), network=True)
+    return hashlib.sha256(f"{loaded.spec_hash()}:{steps!r}".encode()).hexdigest()[:16]
+
+
 def ensure_desktop_template(runtime: RuntimeClient, env: LabgpuEnv, folder: Path) -> tuple[str, float | None]:
-    """The desktop template on the daemon (see the module), and the seconds a build took (None: no build)."""
+    """The desktop template on the daemon (see the module), and the seconds a build took (None: no build).
+    The image of a recipe carries the alias ``labgpu-test-desktop-<recipe key>``."""
     loaded = load_spec(desktop_spec(folder))
-    spec_hash = loaded.spec_hash()
-    cached = resolve_cache_dir() / "templates" / f"{DESKTOP_TEMPLATE}-{spec_hash}.tar"
+    key = recipe_key(loaded)
+    recipe_alias = f"{DESKTOP_TEMPLATE}-{key}"
+    cached = resolve_cache_dir() / "templates" / f"{recipe_alias}.tar"
     # One build per machine at a time: LXD's and Incus's runs (xdist workers) wait for each other's export.
-    with machine_lock(f"desktop-template-{spec_hash[:16]}"):
-        for image in runtime.images.all():
-            if (
-                image.properties.get(PROP_TEMPLATE) == DESKTOP_TEMPLATE
-                and image.properties.get(PROP_SPEC_HASH) == spec_hash
-            ):
-                runtime.images.set_alias(DESKTOP_TEMPLATE, image.fingerprint)
-                return DESKTOP_TEMPLATE, None
-        svc = env.services()
-        if cached.is_file():
-            import_template(svc, [cached])
-            return DESKTOP_TEMPLATE, None
-        began = time.monotonic()
-        with nat_bridge(runtime) as bridge:
-            build_template(svc, loaded, network=bridge)
-        seconds = time.monotonic() - began
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(cached.name + ".part")
-        partial.unlink(missing_ok=True)
-        export_template(runtime, DESKTOP_TEMPLATE, partial, overwrite=True)
-        partial.replace(cached)
+    with machine_lock(f"desktop-template-{key}"):
+        image = runtime.images.get_by_alias(recipe_alias)
+        seconds = None
+        if image is None:
+            svc = env.services()
+            if cached.is_file():
+                image_fp = import_template(svc, [cached]).fingerprint
+            else:
+                began = time.monotonic()
+                with nat_bridge(runtime) as bridge:
+                    image_fp = build_template(svc, loaded, network=bridge).fingerprint
+                seconds = time.monotonic() - began
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                partial = cached.with_name(cached.name + ".part")
+                partial.unlink(missing_ok=True)
+                export_template(runtime, f"{DESKTOP_TEMPLATE}", partial, overwrite=True)
+                partial.replace(cached)
+            runtime.images.set_alias(recipe_alias, image_fp)
+            image = runtime.images.get(image_fp)
+        runtime.images.set_alias(DESKTOP_TEMPLATE, image.fingerprint)
         return DESKTOP_TEMPLATE, seconds
 
 

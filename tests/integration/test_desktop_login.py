@@ -191,3 +191,25 @@ def test_member_without_a_key_sets_a_password_on_the_portal_instead_of_the_expir
 
 def _sesman_log(runtime: RuntimeClient, container: str) -> str:
     return exec_out(runtime, container, ["cat", "/var/log/xrdp-sesman.log"])
+
+
+def test_a_vnc_password_for_a_container_without_vnc_is_refused_saying_why(labgpu_env: LabgpuEnv) -> None:
+    """The test SSH image has no TigerVNC: with a VNC port the portal says the template has no VNC server;
+    without one, that an admin adds the port. Nothing is written in either case (409, no audit row)."""
+    from labgpu.services.portal import _audit as audit
+
+    svc = labgpu_env.services()
+    with_port, without = unique_name("dv"), unique_name("dw")
+    for name, vnc in ((with_port, True), (without, False)):
+        add_member(svc, validate_request(svc, name=name, vnc=vnc))
+        accounts.set_password(svc, name=name, password=PASSWORD)
+    app = create_app(svc.settings, services=svc, background=False)
+    for name, why in ((with_port, "no VNC server"), (without, "no VNC port")):
+        with TestClient(app, client=("192.0.2.72", 1)) as client:
+            assert login(client, name).status_code == 303
+            page = client.get("/me").text
+            assert ('id="vnc-password"' in page) is (name == with_port)
+            form = {"password": VNC_PASSWORD, "confirm_password": VNC_PASSWORD, "csrf_token": csrf_from(page)}
+            r = client.post("/me/vnc-password", data=form)
+            assert r.status_code == 409 and why in r.text, r.text[-600:]
+    assert not [e for e in audit.list_events(svc, limit=1000) if e.action == "member.vnc_password"]

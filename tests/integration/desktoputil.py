@@ -200,6 +200,7 @@ class Picture:
     path: Path
     width: int
     height: int
+    size: int  # bytes: a blank 1920x1080 screen makes a JPEG of about 8 KB, the XFCE desktop one of 900 KB
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -218,8 +219,8 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
 
 def vnc_snapshot(port: int, password: str, dest: Path, *, timeout: float = 90) -> Picture:
     """Log in to the VNC server on 127.0.0.1:``port`` with a real VNC client (``vncsnapshot``, given the
-    password the way VNC viewers store it: ``vncpasswd -f``) and save the screen as a JPEG. vncsnapshot waits
-    for a screen that is not all black. Raises AssertionError with the client's words when it fails."""
+    password the way VNC viewers store it: ``vncpasswd -f``) and save the screen as a JPEG (``-allowblank``:
+    its wait for a screen that is not all black never ends against TigerVNC 1.12). Raises AssertionError with the client's words when it fails."""
     for tool, package in (("vncsnapshot", "vncsnapshot"), ("vncpasswd", "tigervnc-tools")):
         if shutil.which(tool) is None:
             raise AssertionError(f"{tool} is missing: scripts/install-deps --test installs it ({package})")
@@ -229,7 +230,7 @@ def vnc_snapshot(port: int, password: str, dest: Path, *, timeout: float = 90) -
     secret.chmod(0o600)
     try:
         result = subprocess.run(
-            ["vncsnapshot", "-passwd", str(secret), f"127.0.0.1::{port}", str(dest)],
+            ["vncsnapshot", "-allowblank", "-passwd", str(secret), f"127.0.0.1::{port}", str(dest)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -238,5 +239,6 @@ def vnc_snapshot(port: int, password: str, dest: Path, *, timeout: float = 90) -
         raise AssertionError(f"vncsnapshot got no picture within {timeout:.0f} s: {exc.stderr!r}") from None
     if result.returncode != 0 or not dest.is_file():
         raise AssertionError(f"vncsnapshot failed ({result.returncode}): {result.stdout}{result.stderr}")
-    width, height = jpeg_size(dest.read_bytes())
-    return Picture(dest, width, height)
+    data = dest.read_bytes()
+    width, height = jpeg_size(data)
+    return Picture(dest, width, height, len(data))

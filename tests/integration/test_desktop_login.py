@@ -89,8 +89,8 @@ def exec_out(runtime: RuntimeClient, container: str, argv: list[str]) -> str:
 
 def desktop_sessions(runtime: RuntimeClient, container: str) -> list[str]:
     """The XFCE sessions of the container's user, as ``ps`` in the container shows them."""
-    out = exec_out(runtime, container, ["ps", "-u", USER, "-o", "pid=,args="])
-    return [line.strip() for line in out.splitlines() if "xfce4-session" in line]
+    out = exec_out(runtime, container, ["ps", "-u", USER, "-o", "pid=,comm="])
+    return [line.strip() for line in out.splitlines() if line.split()[-1:] == ["xfce4-session"]]
 
 
 def wait_for(what: str, check, timeout: float = 180):  # type: ignore[no-untyped-def]
@@ -145,9 +145,11 @@ def test_member_with_a_key_sets_passwords_on_the_portal_and_logs_in_with_rdp_and
         r = client.post("/me/vnc-password", data=form)
         assert r.status_code == 200 and "VNC desktop is running" in r.text, r.text[-600:]
         assert VNC_PASSWORD not in r.text
-    picture = vnc_snapshot(vnc_port, VNC_PASSWORD, tmp_path / "vnc.jpg")
-    assert (picture.width, picture.height) == (1920, 1080)  # the template's vnc_geometry
+    # A second XFCE session (display :1), then its picture through a real VNC client.
     wait_for("the VNC desktop's XFCE session", lambda: len(desktop_sessions(desk.runtime, name)) == 2)
+    picture = vnc_snapshot(vnc_port, VNC_PASSWORD, tmp_path / "vnc.jpg", timeout=180)
+    assert (picture.width, picture.height) == (1920, 1080)  # the template's vnc_geometry
+    assert picture.size > 100_000, "the VNC screen is blank"  # the desktop's wallpaper, panels and icons
     with pytest.raises(AssertionError, match=r"[Aa]uthentication"):
         vnc_snapshot(vnc_port, "Wrong-pw", tmp_path / "wrong.jpg")
     # The VNC desktop comes back by itself after a restart (the member's lingering systemd starts it).

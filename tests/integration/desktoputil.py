@@ -1,5 +1,5 @@
 """The shipped desktop template (templates/desktop.yaml) on a test daemon, built at most once per recipe, and
-the real remote-desktop clients the desktop tests log in with (FreeRDP under Xvfb, vncsnapshot).
+the real remote-desktop clients the desktop tests log in with (FreeRDP under Xvfb, gtk-vnc's gvnccapture).
 
 The template is looked for in this order: an image of the same spec hash already on the daemon; an export of
 it in the image cache (``$LABGPU_IMAGE_CACHE/templates``, shared by LXD and Incus, and by later runs);
@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pexpect
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.templates._build import build_template
@@ -200,45 +203,39 @@ class Picture:
     path: Path
     width: int
     height: int
-    size: int  # bytes: a blank 1920x1080 screen makes a JPEG of about 8 KB, the XFCE desktop one of 900 KB
+    size: int  # bytes: a blank 1920x1080 screen makes a PNG of about 500 bytes, the XFCE desktop one of 500 KB
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's start-of-frame segment."""
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            raise AssertionError("not a JPEG")
-        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            return int.from_bytes(data[i + 7 : i + 9], "big"), height
-        i += 2 + length
-    raise AssertionError("no frame in the JPEG")
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise AssertionError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def vnc_snapshot(port: int, password: str, dest: Path, *, timeout: float = 90) -> Picture:
-    """Log in to the VNC server on 127.0.0.1:``port`` with a real VNC client (``vncsnapshot``, given the
-    password the way VNC viewers store it: ``vncpasswd -f``) and save the screen as a JPEG (``-allowblank``:
-    its wait for a screen that is not all black never ends against TigerVNC 1.12). Raises AssertionError with the client's words when it fails."""
-    for tool, package in (("vncsnapshot", "vncsnapshot"), ("vncpasswd", "tigervnc-tools")):
-        if shutil.which(tool) is None:
-            raise AssertionError(f"{tool} is missing: scripts/install-deps --test installs it ({package})")
-    secret = dest.with_suffix(".passwd")
-    obfuscated = subprocess.run(["vncpasswd", "-f"], input=password.encode() + b"\n", capture_output=True, check=True)
-    secret.write_bytes(obfuscated.stdout)
-    secret.chmod(0o600)
+def vnc_capture(port: int, password: str, dest: Path, *, timeout: float = 90) -> Picture:
+    """Log in to the VNC server on 127.0.0.1:``port`` with a real VNC client (gtk-vnc's ``gvnccapture``, the
+    library of virt-manager's and GNOME's viewers; it asks for the password on a terminal, so pexpect gives
+    it one) and save the screen as a PNG. Raises AssertionError with the client's words (``--debug``: the
+    reason, such as "Authentication failure") when it fails."""
+    if shutil.which("gvnccapture") is None:
+        raise AssertionError("gvnccapture is missing: scripts/install-deps --test installs it (gvncviewer)")
+    # gvnccapture takes HOST:DISPLAY and connects to port 5900 + DISPLAY.
+    child = pexpect.spawn(
+        "gvnccapture", ["--debug", f"127.0.0.1:{port - 5900}", str(dest)], encoding="utf-8", timeout=timeout
+    )
     try:
-        result = subprocess.run(
-            ["vncsnapshot", "-allowblank", "-passwd", str(secret), f"127.0.0.1::{port}", str(dest)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"vncsnapshot got no picture within {timeout:.0f} s: {exc.stderr!r}") from None
-    if result.returncode != 0 or not dest.is_file():
-        raise AssertionError(f"vncsnapshot failed ({result.returncode}): {result.stdout}{result.stderr}")
+        child.expect("Password:")
+        child.sendline(password)
+        child.expect(pexpect.EOF)
+    except pexpect.ExceptionPexpect as exc:
+        raise AssertionError(f"gvnccapture: {type(exc).__name__}: {(child.before or '')[-1500:]}") from None
+    finally:
+        child.close(force=True)
+    words = re.sub(r"\x1b\[[0-9;]*m", "", child.before or "")
+    if child.exitstatus != 0 or not dest.is_file():
+        reasons = [line for line in words.splitlines() if "Error:" in line or "Unable" in line]
+        raise AssertionError(f"gvnccapture failed ({child.exitstatus}): {' / '.join(reasons)[-1500:]}")
     data = dest.read_bytes()
-    width, height = jpeg_size(data)
+    width, height = png_size(data)
     return Picture(dest, width, height, len(data))

@@ -5,8 +5,8 @@ real clients and no SSH detour, on LXD and on Incus.
   (My container, Password, as the member, through the real web app) and a real RDP client (FreeRDP's
   ``xfreerdp`` under Xvfb) logs in with it through the connection sheet's RDP port: an XFCE session of the
   container's user runs in the container. They set a VNC password on the same page, which starts the VNC
-  desktop; a real VNC client (``vncsnapshot``) logs in with it and brings back the desktop's picture, and a
-  wrong VNC password is refused.
+  desktop; a real VNC client (gtk-vnc's ``gvnccapture``) logs in with it and brings back the desktop's
+  picture, and a wrong VNC password is refused.
 - A member without a key gets an expired initial password, which xrdp refuses (PAM: "You are required to
   change your password immediately"): no session starts, and the reason is in xrdp's log. Once the member
   sets a password on the portal, RDP logs in.
@@ -32,7 +32,7 @@ from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.portal import _accounts as accounts
 from labgpu.web.app import create_app
 from tests.conftest import Cleanup, LabgpuEnv, port_block, unique_name
-from tests.integration.desktoputil import ensure_desktop_template, rdp_login, vnc_snapshot, xvfb
+from tests.integration.desktoputil import ensure_desktop_template, rdp_login, vnc_capture, xvfb
 from tests.integration.sshutil import make_key
 from tests.web.conftest import PASSWORD, csrf_from, login
 
@@ -147,20 +147,20 @@ def test_member_with_a_key_sets_passwords_on_the_portal_and_logs_in_with_rdp_and
         assert VNC_PASSWORD not in r.text
     # A second XFCE session (display :1), then its picture through a real VNC client.
     wait_for("the VNC desktop's XFCE session", lambda: len(desktop_sessions(desk.runtime, name)) == 2)
-    picture = vnc_snapshot(vnc_port, VNC_PASSWORD, tmp_path / "vnc.jpg", timeout=180)
+    picture = vnc_capture(vnc_port, VNC_PASSWORD, tmp_path / "vnc.png", timeout=180)
     assert (picture.width, picture.height) == (1920, 1080)  # the template's vnc_geometry
-    assert picture.size > 100_000, "the VNC screen is blank"  # the desktop's wallpaper, panels and icons
-    with pytest.raises(AssertionError, match=r"[Aa]uthentication"):
-        vnc_snapshot(vnc_port, "Wrong-pw", tmp_path / "wrong.jpg")
+    assert picture.size > 100_000, "the VNC screen is blank"  # the wallpaper, the panels, the icons
+    with pytest.raises(AssertionError, match="Authentication failure"):
+        vnc_capture(vnc_port, "Wrong-pw", tmp_path / "wrong.png")
     # The VNC desktop comes back by itself after a restart (the member's lingering systemd starts it).
     desk.runtime.instances.restart(name, force=True)
-    picture = wait_for("the VNC desktop after a restart", lambda: _try_snapshot(vnc_port, tmp_path / "again.jpg"))
+    picture = wait_for("the VNC desktop after a restart", lambda: _try_capture(vnc_port, tmp_path / "again.png"))
     assert picture.width == 1920
 
 
-def _try_snapshot(port: int, dest: Path):  # type: ignore[no-untyped-def]
+def _try_capture(port: int, dest: Path):  # type: ignore[no-untyped-def]
     with contextlib.suppress(AssertionError):
-        return vnc_snapshot(port, VNC_PASSWORD, dest)
+        return vnc_capture(port, VNC_PASSWORD, dest)
     return None
 
 

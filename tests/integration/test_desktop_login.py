@@ -80,7 +80,9 @@ def desk(
 
 
 def portal(desk: Desk) -> TestClient:
-    return TestClient(create_app(desk.svc.settings, services=desk.svc, background=False), client=("192.0.2.71", 1))
+    return TestClient(
+        create_app(desk.svc.settings, services=desk.svc, background=False), client=("192.0.2.71", 1)
+    )
 
 
 def exec_out(runtime: RuntimeClient, container: str, argv: list[str]) -> str:
@@ -131,7 +133,9 @@ def test_member_with_a_key_sets_passwords_on_the_portal_and_logs_in_with_rdp_and
         set_container_password(client, name, RDP_PASSWORD)
         # RDP: a real client, the password from the portal, a desktop session in the container.
         with rdp_login(display, rdp_port, USER, RDP_PASSWORD, tmp_path / "rdp.log") as rdp:
-            sessions = wait_for("an XFCE session after the RDP login", lambda: desktop_sessions(desk.runtime, name))
+            sessions = wait_for(
+                "an XFCE session after the RDP login", lambda: desktop_sessions(desk.runtime, name)
+            )
             assert rdp.running(), rdp.output()
         assert len(sessions) == 1, sessions
         # VNC: its own password, set on the same page; the VNC desktop starts without SSH.
@@ -150,12 +154,17 @@ def test_member_with_a_key_sets_passwords_on_the_portal_and_logs_in_with_rdp_and
     wait_for("the VNC desktop's XFCE session", lambda: len(desktop_sessions(desk.runtime, name)) == 2)
     picture = vnc_capture(vnc_port, VNC_PASSWORD, tmp_path / "vnc.png")
     assert (picture.width, picture.height) == (1920, 1080)  # the template's vnc_geometry
-    wait_for("the desktop on the VNC screen", lambda: _try_capture(vnc_port, tmp_path / "vnc.png", desktop=True))
+    wait_for(
+        "the desktop on the VNC screen", lambda: _try_capture(vnc_port, tmp_path / "vnc.png", desktop=True)
+    )
     with pytest.raises(AssertionError, match="Authentication failure"):
         vnc_capture(vnc_port, "Wrong-pw", tmp_path / "wrong.png")
     # The VNC desktop comes back by itself after a restart (the member's lingering systemd starts it).
     desk.runtime.instances.restart(name, force=True)
-    wait_for("the VNC desktop after a restart", lambda: _try_capture(vnc_port, tmp_path / "again.png", desktop=True))
+    wait_for(
+        "the VNC desktop after a restart",
+        lambda: _try_capture(vnc_port, tmp_path / "again.png", desktop=True),
+    )
 
 
 def _try_capture(port: int, dest: Path, *, desktop: bool) -> bool:
@@ -177,7 +186,10 @@ def test_member_without_a_key_sets_a_password_on_the_portal_instead_of_the_expir
         with rdp_login(display, rdp_port, USER, sheet.initial_password, tmp_path / "expired.log"):
             log = wait_for(
                 "xrdp's refusal of the expired password",
-                lambda: "change your password" in _sesman_log(desk.runtime, name) and _sesman_log(desk.runtime, name),
+                lambda: (
+                    "change your password" in _sesman_log(desk.runtime, name)
+                    and _sesman_log(desk.runtime, name)
+                ),
                 timeout=120,
             )
         assert "required to change your password" in log, log[-1500:]

@@ -74,8 +74,10 @@ def check_vnc_password(password: str) -> None:
         )
     if not all(" " <= c <= "~" for c in password):
         raise BadInput(
-            N_("a VNC password uses only letters, digits and the punctuation of an English keyboard "
-               "(VNC clients send other characters differently)")
+            N_(
+                "a VNC password uses only letters, digits and the punctuation of an English keyboard "
+                "(VNC clients send other characters differently)"
+            )
         )
 
 
@@ -94,8 +96,10 @@ def write_vnc_password(runtime: RuntimeClient, container: str, *, user: str, pas
     words = (result.stderr or result.stdout).strip()
     if words.startswith("no-vnc:"):
         raise Conflict(
-            N_("your container has no VNC server: its template has no VNC desktop. Use the remote desktop "
-               "(RDP) instead, or ask an admin for a template with VNC.")
+            N_(
+                "your container has no VNC server: its template has no VNC desktop. Use the remote desktop "
+                "(RDP) instead, or ask an admin for a template with VNC."
+            )
         )
     raise ProvisionError(f"setting up VNC in {container} failed: {words[-300:]}")
 
@@ -112,8 +116,10 @@ def set_vnc_password(svc: Services, name: str, password: str) -> None:
         has_port = any(p.purpose == PortPurpose.VNC for p in member.port_maps)
     if not has_port:
         raise Conflict(
-            N_("%(name)s's container has no VNC port; an admin adds one with `labgpu member set %(name)s "
-               "--vnc`"),
+            N_(
+                "%(name)s's container has no VNC port; an admin adds one with `labgpu member set %(name)s "
+                "--vnc`"
+            ),
             values={"name": name},
         )
     if host_svc.runtime.instances.state(container).status != "Running":

@@ -143,7 +143,11 @@ def vnc_password(
             raise BadInput(N_("The two passwords differ."))
         portal.check_password_strength(password, name=identity.name)
         members.set_vnc_password(svc, identity.name, password)
-        out.done(N_("Your VNC password was set and your VNC desktop is running. Connect a VNC client to the VNC port."))
+        out.done(
+            N_(
+                "Your VNC password was set and your VNC desktop is running. Connect a VNC client to the VNC port."
+            )
+        )
     return out.show(_me(request, renderer, svc, identity))
 
 

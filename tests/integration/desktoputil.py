@@ -1,11 +1,14 @@
 """The shipped desktop template (templates/desktop.yaml) on a test daemon, built at most once per recipe, and
 the real remote-desktop clients the desktop tests log in with (FreeRDP under Xvfb, gtk-vnc's gvnccapture).
 
-The template is looked for in this order: an image of the same spec hash already on the daemon; an export of
-it in the image cache (``$LABGPU_IMAGE_CACHE/templates``, shared by LXD and Incus, and by later runs);
-else it is built (apt in the builder: about five minutes here) and exported to the cache. The builder gets
-the network of a NAT bridge this module makes for the build (a unique name, deleted afterwards): apt fetches
-from the spec's Debian mirror through it.
+The recipe is the spec's hash and labgpu's build plan for it (:func:`recipe_key`). Its image is looked for in
+this order: on the daemon (alias ``labgpu-test-desktop-<recipe>``); an export of it in the image cache
+(``$LABGPU_IMAGE_CACHE/templates``, default /var/cache/labgpu/images/templates: shared by LXD and Incus and by
+later runs), imported; else it is built (apt in the builder: about 5 minutes on an idle 2-core machine, 19
+under a loaded one) and exported to the cache. A new recipe's image replaces the older ones. The builder gets
+a NAT bridge this module makes for the build (a unique name, deleted afterwards): apt fetches from the spec's
+Debian mirror through it. Without a way to that mirror the build fails, naming its step and apt's words: the
+tests then fail (never skip).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from pathlib import Path
 import pexpect
 
 from labgpu.runtime.client import RuntimeClient
+from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.templates._build import build_template
-from labgpu.services.templates._catalog import export_template, import_template
+from labgpu.services.templates._catalog import PROP_TEMPLATE, export_template, import_template
 from labgpu.services.templates._spec_loading import LoadedSpec, load_spec
 from labgpu.services.templates._steps import guess_os_release, plan_steps
 from labgpu.system.base_image import resolve_cache_dir
@@ -118,8 +122,20 @@ def ensure_desktop_template(runtime: RuntimeClient, env: LabgpuEnv, folder: Path
                 partial.replace(cached)
             runtime.images.set_alias(recipe_alias, image_fp)
             image = runtime.images.get(image_fp)
+            _prune_older(runtime, keep=image_fp, cached=cached)
         runtime.images.set_alias(DESKTOP_TEMPLATE, image.fingerprint)
         return DESKTOP_TEMPLATE, seconds
+
+
+def _prune_older(runtime: RuntimeClient, *, keep: str, cached: Path) -> None:
+    """A new recipe's image replaces the older ones (about 1 GB each) on the daemon and in the cache."""
+    for image in runtime.images.all():
+        if image.properties.get(PROP_TEMPLATE) == DESKTOP_TEMPLATE and image.fingerprint != keep:
+            with contextlib.suppress(RuntimeNotFound):
+                runtime.images.delete(image.fingerprint)
+    for old in cached.parent.glob(f"{DESKTOP_TEMPLATE}-*.tar"):
+        if old != cached:
+            old.unlink(missing_ok=True)
 
 
 # Clients -------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from labgpu.services.members import _moves as moves
 from labgpu.services.members import _shares as shares
 from labgpu.services.members import _snapshots as snapshots
 from labgpu.services.members._add import add_member
+from labgpu.services.members._desktop import set_vnc_password
 from labgpu.services.members._keys import add_keys, remove_key
 from labgpu.services.members._power import reset_password, set_container_password, set_power
 from labgpu.services.members._records import load_member
@@ -593,6 +594,11 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         set_container_password,
         "member.container_password",
         "tests/web/test_member_self_service.py",
+    ),
+    ("POST", "/me/vnc-password"): (
+        set_vnc_password,
+        "member.vnc_password",
+        "tests/integration/test_desktop_login.py",
     ),
     ("POST", "/api/v1/members/{name}/snapshots"): (
         snapshots.take_snapshot,

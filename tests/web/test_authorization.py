@@ -97,6 +97,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/me/power"): SELF,
     ("POST", "/me/reset"): SELF,
     ("POST", "/me/container-password"): SELF,
+    ("POST", "/me/vnc-password"): SELF,
     ("POST", "/me/snapshots"): SELF,
     ("POST", "/me/snapshots/restore"): SELF,
     ("POST", "/me/snapshots/delete"): SELF,

@@ -37,10 +37,16 @@ def print_sheet(c: CliContext, sheet: object) -> None:
             f"Initial password (shown once; must be changed at first login): [bold]{sheet.initial_password}[/]",
             "",
         ]
+        if "rdp" in sheet.ports or "vnc" in sheet.ports:
+            lines += [
+                "A remote desktop cannot change it: for RDP, the member sets a password of their own on the "
+                "portal's My container page (Password), no SSH needed; VNC has its own password there.",
+                "",
+            ]
     else:
         lines += [
             "Log in with the SSH key (no password is set; sudo needs none). A password for the remote "
-            "desktop: the portal's My container page.",
+            "desktop (RDP), and the VNC password: the portal's My container page.",
             "",
         ]
     lines += ["~/.ssh/config:", sheet.ssh_config().rstrip()]

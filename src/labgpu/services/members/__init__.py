@@ -19,6 +19,7 @@ from labgpu.services.members._containers import (
     list_hosts,
     uptime_seconds,
 )
+from labgpu.services.members._desktop import VNC_PASSWORD_LENGTH, set_vnc_password
 from labgpu.services.members._homes import reachable_here
 from labgpu.services.members._keys import add_keys, list_keys, remove_key
 from labgpu.services.members._lifecycle import (
@@ -74,6 +75,7 @@ from labgpu.services.members._terminal_bridge import (
 __all__ = [
     "CLOSE_REASONS",
     "HOME_NOTE",
+    "VNC_PASSWORD_LENGTH",
     "BrowserSocket",
     "Change",
     "ConnectionSheet",
@@ -132,6 +134,7 @@ __all__ = [
     "set_container_password",
     "set_member",
     "set_power",
+    "set_vnc_password",
     "take_snapshot",
     "uptime_seconds",
     "validate_request",

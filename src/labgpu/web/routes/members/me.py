@@ -1,5 +1,5 @@
 """Pages: my container (state, limits, uptime, connection sheet, start/stop/restart, reset, the
-container's password, snapshots, SSH keys) and its downloads. Every action is on the logged-in member's own
+container's password, the VNC password, snapshots, SSH keys) and its downloads. Every action is on the logged-in member's own
 container: there is no name in these forms to tamper with."""
 
 from __future__ import annotations
@@ -124,6 +124,30 @@ def container_password(
         portal.check_password_strength(password, name=identity.name)
         members.set_container_password(svc, identity.name, password)
         out.done(N_("Your container's password was set. Use it for the remote desktop and password logins."))
+    return out.show(_me(request, renderer, svc, identity))
+
+
+@router.post("/me/vnc-password")
+def vnc_password(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    password: Annotated[str, Form(max_length=1024)] = "",
+    confirm_password: Annotated[str, Form(max_length=1024)] = "",
+) -> HTMLResponse:
+    """The VNC password, chosen by the member, apart from the container's password (VNC's own scheme is
+    weak: members._desktop says why); setting it starts the container's VNC desktop. No SSH needed."""
+    with Outcome(request, renderer) as out:
+        if password != confirm_password:
+            raise BadInput(N_("The two passwords differ."))
+        portal.check_password_strength(password, name=identity.name)
+        members.set_vnc_password(svc, identity.name, password)
+        out.done(
+            N_(
+                "Your VNC password was set and your VNC desktop is running. Connect a VNC client to the VNC port."
+            )
+        )
     return out.show(_me(request, renderer, svc, identity))
 
 

@@ -23,11 +23,12 @@ from labgpu.domain.members import (
     validate_cpu,
     validate_member_name,
 )
-from labgpu.errors import BadInput, Conflict
+from labgpu.errors import N_, BadInput, Conflict
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.hosts import local_host, place, services_for, validate_host_name
 from labgpu.services.members._keys import gateway_changed, read_keys
+from labgpu.services.members._my_templates import is_member_template
 from labgpu.services.members._placement import _ALLOCATION_RETRIES, new_port_maps
 from labgpu.services.members._provision import checkpoint, provision
 from labgpu.services.members._records import ConnectionSheet, MemberRequest, host_gpus
@@ -127,6 +128,14 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
 
 def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
     runtime = svc.runtime
+    if is_member_template(request.template):
+        raise BadInput(
+            N_(
+                "template %(template)s is a member's own template: a new member's container is not made from it"
+            ),
+            values={"template": request.template[:120]},
+            hint="its owner resets their container to it: `labgpu member reset NAME --template ALIAS`",
+        )
     if runtime.images.resolve_alias(request.template) is None:
         raise BadInput(
             f"unknown template {request.template!r}",

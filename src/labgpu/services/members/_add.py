@@ -62,6 +62,14 @@ def validate_request(
         raise BadInput(
             f"invalid template {template[:60]!r}: an image alias has no spaces or control characters"
         )
+    if template and is_member_template(template):
+        raise BadInput(
+            N_(
+                "template %(template)s is a member's own template: a new member's container is not made from it"
+            ),
+            values={"template": template[:120]},
+            hint="its owner resets their container to it: `labgpu member reset NAME --template ALIAS`",
+        )
     purposes = ("ssh",) + (("rdp",) if rdp else ()) + (("vnc",) if vnc else ())
     return MemberRequest(
         name=name,
@@ -128,14 +136,6 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
 
 def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
     runtime = svc.runtime
-    if is_member_template(request.template):
-        raise BadInput(
-            N_(
-                "template %(template)s is a member's own template: a new member's container is not made from it"
-            ),
-            values={"template": request.template[:120]},
-            hint="its owner resets their container to it: `labgpu member reset NAME --template ALIAS`",
-        )
     if runtime.images.resolve_alias(request.template) is None:
         raise BadInput(
             f"unknown template {request.template!r}",

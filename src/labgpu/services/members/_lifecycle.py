@@ -49,6 +49,8 @@ def reset_member(
     sheet with a new initial password. Raises NotFound, BadInput (unknown template), Conflict (an
     instance that is not the member's), ProvisionError."""
     svc = member_services(svc, name)  # the daemon of the member's host
+    if template is not None:
+        check_template_use(svc, name, template)  # a bad choice is told first, whatever the container's state
     with svc.session() as session:
         member = load_member(session, name)
         if member.state == MemberState.REMOVING:

@@ -146,6 +146,7 @@ def list_my_templates(svc: Services, owner: str | None = None) -> list[MyTemplat
 
 
 def _load(session: Session, owner: str, label: str) -> MemberTemplate:
+    validate_label(label)  # before the store sees it (PostgreSQL refuses a NUL with an error of its own)
     row = session.scalars(
         select(MemberTemplate)
         .join(Member)
@@ -173,6 +174,8 @@ def check_template_use(svc: Services, name: str, template: str) -> None:
     if match is None:
         return
     owner, label = match.group(1), match.group(2)
+    if not LABEL_RE.match(label):
+        raise BadInput(N_("unknown template %(template)s"), values={"template": repr(template[:120])})
     if owner != name:
         raise BadInput(
             N_(

@@ -645,6 +645,11 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "member.template.rm",
         "tests/web/test_my_templates_pages.py",
     ),
+    ("POST", "/admin/member-templates/delete"): (
+        my_templates.remove_my_template,
+        "member.template.rm",
+        "tests/web/test_my_templates_pages.py",
+    ),
     ("POST", "/me/templates/reset"): (
         lifecycle.reset_member,
         "member.reset",

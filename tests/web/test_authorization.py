@@ -126,6 +126,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/admin/members/{name}/remove"): ADMIN,
     ("GET", "/admin/containers"): ADMIN,
     ("GET", "/admin/templates"): ADMIN,
+    ("POST", "/admin/member-templates/delete"): ADMIN,
     ("GET", "/admin/shares"): ADMIN,
     ("POST", "/admin/shares"): ADMIN,
     ("POST", "/admin/shares/{name}/remove"): ADMIN,

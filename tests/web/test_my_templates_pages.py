@@ -85,6 +85,11 @@ def test_my_templates_save_list_reset_and_delete(labgpu_env: LabgpuEnv) -> None:
         with TestClient(app, client=("192.0.2.82", 1)) as a:
             assert login(a, "boss").status_code == 303
             assert [t["alias"] for t in a.get("/api/v1/member-templates").json()] == [alias]
+            admin_page = a.get("/admin/templates")
+            assert admin_page.status_code == 200 and f'data-alias="{alias}"' in admin_page.text
+            form = {"owner": name, "label": "nothing", "csrf_token": csrf_from(admin_page.text)}
+            r = a.post("/admin/member-templates/delete", data=form)
+            assert r.status_code == 404 and "has no template named nothing" in r.text
             assert o.get("/api/v1/member-templates").status_code == 403
 
         # Deleted: the image goes, the container made from it keeps running.

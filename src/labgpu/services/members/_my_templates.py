@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from labgpu.errors import N_, BadInput, Conflict, Exhausted, NotFound
@@ -278,7 +279,7 @@ def save_my_template(
         container,
         snapshot,
         properties=_properties(msvc, container, owner, alias, snapshot),
-        timeout=svc.settings.operation_timeout * 20,
+        timeout=svc.settings.operation_timeout * 6,  # a large root filesystem takes minutes to compress
     )
     size = runtime.images.get(fingerprint).size
     limit = svc.settings.member_template_quota_gib
@@ -292,6 +293,26 @@ def save_my_template(
             values={"size": f"{size / GIB:.1f}", "used": f"{used / GIB:.1f}", "limit": f"{limit:g}"},
         )
     runtime.images.set_alias(alias, fingerprint, description=f"{owner}'s template {label}")
+    try:
+        _record(svc, owner, label, alias, fingerprint, size, snapshot, description)
+    except IntegrityError:  # the same label saved at the same moment by another request: it won
+        raise Conflict(
+            N_("%(owner)s already has a template named %(label)s: delete it first or choose another label"),
+            values={"owner": owner, "label": label},
+        ) from None
+    return get_my_template(svc, owner, label)
+
+
+def _record(
+    svc: Services,
+    owner: str,
+    label: str,
+    alias: str,
+    fingerprint: str,
+    size: int,
+    snapshot: str,
+    description: str,
+) -> None:
     with svc.session() as session:
         member = load_member(session, owner)
         row = MemberTemplate(
@@ -314,7 +335,6 @@ def save_my_template(
             fingerprint=fingerprint,
             size_bytes=size,
         )
-    return get_my_template(svc, owner, label)
 
 
 def _drop_leftover(svc: Services, alias: str) -> None:

@@ -44,6 +44,7 @@ from labgpu.services.hosts import _gateway as gateway
 from labgpu.services.hosts import _remote as remote_hosts
 from labgpu.services.members import _lifecycle as lifecycle
 from labgpu.services.members import _moves as moves
+from labgpu.services.members import _my_templates as my_templates
 from labgpu.services.members import _shares as shares
 from labgpu.services.members import _snapshots as snapshots
 from labgpu.services.members._add import add_member
@@ -630,6 +631,36 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "member.snapshot.rm",
         "tests/web/test_member_self_service.py",
     ),
+    ("POST", "/api/v1/members/{name}/templates"): (
+        my_templates.save_my_template,
+        "member.template.save",
+        "tests/web/test_my_templates_pages.py",
+    ),
+    ("POST", "/me/templates"): (
+        my_templates.save_my_template,
+        "member.template.save",
+        "tests/web/test_my_templates_pages.py",
+    ),
+    ("DELETE", "/api/v1/members/{name}/templates/{label}"): (
+        my_templates.remove_my_template,
+        "member.template.rm",
+        "tests/web/test_my_templates_pages.py",
+    ),
+    ("POST", "/me/templates/delete"): (
+        my_templates.remove_my_template,
+        "member.template.rm",
+        "tests/web/test_my_templates_pages.py",
+    ),
+    ("POST", "/admin/member-templates/delete"): (
+        my_templates.remove_my_template,
+        "member.template.rm",
+        "tests/web/test_my_templates_pages.py",
+    ),
+    ("POST", "/me/templates/reset"): (
+        lifecycle.reset_member,
+        "member.reset",
+        "tests/web/test_my_templates_pages.py",
+    ),
     ("DELETE", "/api/v1/members/{name}"): (
         lifecycle.remove_member,
         "member.rm",
@@ -837,7 +868,7 @@ def _cli_commands() -> set[str]:
 READ_ONLY_COMMANDS = {
     "admin list", "backup list", "config reference", "config show", "container list", "db current", "doctor",
     "gpu bookings", "gpu idle", "gpu list", "gpu top", "gpu usage", "host gateway status", "host list", "jobs status", "member key list",
-    "member list", "member show", "member snapshots", "notice list", "share list", "template export",
+    "member list", "member show", "member snapshots", "member template list", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
     "app list",
     "notify queue", "notify channels",
@@ -899,6 +930,8 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "member set": (set_member, "member.set"),
     "member snapshot": (snapshots.take_snapshot, "member.snapshot"),
     "member snapshot-rm": (snapshots.delete_snapshot, "member.snapshot.rm"),
+    "member template save": (my_templates.save_my_template, "member.template.save"),
+    "member template rm": (my_templates.remove_my_template, "member.template.rm"),
     "member start": (set_power, "member.{action}"),
     "member stop": (set_power, "member.{action}"),
     "notice add": (notices.add_notice, "notice.add"),

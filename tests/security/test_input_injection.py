@@ -243,6 +243,53 @@ def test_hostile_snapshot_names_are_refused_before_the_daemon_is_asked(portal: P
     assert r.status_code in (400, 422) and "name" in r.text
 
 
+# Members' own templates: the label becomes part of an image alias (member/NAME/LABEL); the description a
+# property of the image; the template a reset is given is looked up, never taken as it is.
+HOSTILE_TEMPLATE_LABELS = [
+    "../x",
+    "a b",
+    "A",
+    "x;reboot",
+    "$(id)",
+    "a/b",
+    "x\ny",
+    "x\x00y",
+    "-rf",
+    "",
+    "x" * 41,
+]
+
+
+def test_hostile_template_labels_descriptions_and_references_are_refused(portal: Portal) -> None:
+    client, headers = _logged_in(portal, "alice")
+    before = {e.id for e in audit.list_events(portal.svc, limit=1000)}
+    for label in HOSTILE_TEMPLATE_LABELS:
+        r = client.post("/api/v1/members/alice/templates", json={"label": label}, headers=headers)
+        _one_line_error(r, 400, 422)
+        r = client.post("/me/templates", data={"label": label, "csrf_token": headers["X-CSRF-Token"]})
+        assert r.status_code in (400, 422), (label, r.status_code)
+        r = client.delete("/api/v1/members/alice/templates/" + quote(label, safe=""), headers=headers)
+        assert r.status_code in (400, 404, 405, 422), (label, r.status_code)
+        r = client.post("/me/templates/delete", data={"label": label, "csrf_token": headers["X-CSRF-Token"]})
+        assert r.status_code in (400, 422), (label, r.status_code)
+    for body in (
+        {"label": "ok", "description": "two\nlines"},
+        {"label": "ok", "description": "x" * 256},
+        {"label": "ok", "snapshot": "../x"},
+        {"label": "ok", "snapshot": "a b"},
+    ):
+        r = client.post("/api/v1/members/alice/templates", json=body, headers=headers)
+        _one_line_error(r, 400, 422)
+    for template in ("member/alice/../x", "member/alice/a\x00b", "member/bob/x", "member/alice/nothing"):
+        r = client.post(
+            "/api/v1/members/alice/reset", json={"confirm": "alice", "template": template}, headers=headers
+        )
+        # Not of the form member/NAME/LABEL: another template, which only an admin may choose (403).
+        assert r.status_code in (400, 403) and "template" in r.json()["error"]["message"], template
+    assert client.get("/api/v1/members/alice/templates").json() == []
+    assert [e for e in audit.list_events(portal.svc, limit=1000) if e.id not in before] == []
+
+
 def test_hostile_ssh_keys_are_refused_and_nothing_is_stored(portal: Portal) -> None:
     client, headers = _logged_in(portal, "alice")
     for key in _hostile_keys():
@@ -501,6 +548,12 @@ def test_cli_refuses_hostile_shares_snapshots_templates_and_keys(
         assert "invalid snapshot name" in _refused(capsys, "member", "snapshot", "--", "alice", snapshot)
     for template in ("x y", "x\ny", "x\x07"):
         assert "template" in _refused(capsys, "member", "add", "alice", "--template", template)
+    for label in HOSTILE_TEMPLATE_LABELS:
+        assert "label" in _refused(capsys, "member", "template", "save", "alice", "--label", label)
+        _refused(capsys, "member", "template", "rm", "alice", "--yes", "--", label)
+    assert "member's own template" in _refused(
+        capsys, "member", "add", "alice", "--template", "member/alice/x"
+    )
     for url in HOSTILE_AGENT_URLS:
         assert "invalid agent URL" in _refused(capsys, "host", "set", "gpu1", "--agent-url", url)
     for i, key in enumerate(k for k in _hostile_keys() if k):

@@ -54,6 +54,10 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/members/{name}/snapshots"): OBJECT,
     ("POST", "/api/v1/members/{name}/snapshots/{snapshot}/restore"): OBJECT,
     ("DELETE", "/api/v1/members/{name}/snapshots/{snapshot}"): OBJECT,
+    ("GET", "/api/v1/members/{name}/templates"): OBJECT,
+    ("POST", "/api/v1/members/{name}/templates"): OBJECT,
+    ("DELETE", "/api/v1/members/{name}/templates/{label}"): OBJECT,
+    ("GET", "/api/v1/member-templates"): ADMIN,
     ("GET", "/api/v1/members/{name}/keys"): OBJECT,
     ("POST", "/api/v1/members/{name}/keys"): OBJECT,
     ("DELETE", "/api/v1/members/{name}/keys"): OBJECT,
@@ -101,6 +105,10 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/me/snapshots"): SELF,
     ("POST", "/me/snapshots/restore"): SELF,
     ("POST", "/me/snapshots/delete"): SELF,
+    ("GET", "/me/templates"): SELF,
+    ("POST", "/me/templates"): SELF,
+    ("POST", "/me/templates/delete"): SELF,
+    ("POST", "/me/templates/reset"): SELF,
     ("POST", "/me/keys"): SELF,
     ("POST", "/me/keys/remove"): SELF,
     ("GET", "/me/ssh-config"): SELF,
@@ -119,6 +127,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/admin/members/{name}/remove"): ADMIN,
     ("GET", "/admin/containers"): ADMIN,
     ("GET", "/admin/templates"): ADMIN,
+    ("POST", "/admin/member-templates/delete"): ADMIN,
     ("GET", "/admin/shares"): ADMIN,
     ("POST", "/admin/shares"): ADMIN,
     ("POST", "/admin/shares/{name}/remove"): ADMIN,
@@ -219,6 +228,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{booking_id}", "1")
         .replace("{channel_id}", "1")
         .replace("{snapshot}", "snap-1")
+        .replace("{label}", "mytools")
         .replace("{share}", "datasets")
         .replace("{action}", "start")
         .replace("{app}", "jupyterlab")
@@ -317,7 +327,7 @@ def test_another_members_objects_look_exactly_like_missing_ones(portal: Portal) 
     portal.add_account(OTHER)
     client = portal.client()
     assert login(client, OTHER).status_code == 303
-    for suffix in ("", "/connection", "/keys", "/snapshots"):
+    for suffix in ("", "/connection", "/keys", "/snapshots", "/templates"):
         theirs = client.get(f"/api/v1/members/{OWNER}{suffix}")
         nobody = client.get(f"/api/v1/members/nobody-here{suffix}")
         assert theirs.status_code == nobody.status_code == 404

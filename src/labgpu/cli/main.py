@@ -67,6 +67,7 @@ def _register() -> None:
     hosts.app.add_typer(hosts.gateway_app, name="gateway")
     app.add_typer(members.app, name="member")
     members.app.add_typer(members.key_app, name="key")
+    members.app.add_typer(members.template_app, name="template")
     app.add_typer(members.share_app, name="share")
     app.add_typer(ops.db_app, name="db")
     app.add_typer(templates.app, name="template")

@@ -224,6 +224,37 @@ class Images:
             self.set_alias(alias, fingerprint)
         return fingerprint
 
+    def publish_snapshot(
+        self,
+        instance: str,
+        snapshot: str,
+        *,
+        properties: dict[str, str],
+        timeout: float | None = None,
+    ) -> str:
+        """Publish a snapshot of an instance (running or not) as a private image, with exactly
+        ``properties`` (those the instance's own image metadata carried are replaced, not merged);
+        returns its fingerprint. Only the root filesystem goes in: disk devices (a home folder) are
+        not part of a snapshot. Waits."""
+        body: dict[str, Any] = {
+            "source": {"type": "snapshot", "name": f"{instance}/{snapshot}"},
+            "properties": properties,
+            "public": False,
+        }
+        op = self._c.call(
+            "POST", "/1.0/images", what=f"publish {instance}/{snapshot}", json=body, timeout=timeout
+        )
+        fingerprint = str(((op or {}).get("metadata") or {}).get("fingerprint", ""))
+        if not fingerprint:
+            raise RuntimeError_(f"publishing {instance}/{snapshot} finished without a fingerprint")
+        self._c.call(
+            "PATCH",
+            f"/1.0/images/{fingerprint}",
+            what=f"set properties of image {fingerprint[:12]}",
+            json={"properties": properties, "public": False},
+        )
+        return fingerprint
+
     def import_unified(
         self,
         tarball: Path,

@@ -103,6 +103,8 @@ def create_app(
     from labgpu.web.routes.members import api as members_api
     from labgpu.web.routes.members import guide as members_guide
     from labgpu.web.routes.members import me
+    from labgpu.web.routes.members import my_templates as members_my_templates
+    from labgpu.web.routes.members import my_templates_api as members_my_templates_api
     from labgpu.web.routes.members import terminal as members_terminal
     from labgpu.web.routes.portal import account, apply, auth, signon, totp
     from labgpu.web.routes.portal import admin as portal_admin
@@ -187,6 +189,7 @@ def create_app(
     for module in (
         ops,
         portal_api,
+        members_my_templates_api,  # before members_api: /members/{name}/templates is not a power action
         members_api,
         gpus_api,
         usage_api,
@@ -198,6 +201,7 @@ def create_app(
         account,
         notify,
         me,
+        members_my_templates,
         portal_admin,
         members_admin,
         gpus_pages,

@@ -285,7 +285,11 @@ class RemovalOut(BaseModel):
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     confirm: str = Field(max_length=64, description="The member's name, typed again.")
-    template: str | None = Field(None, max_length=255, description="Another template (admins only).")
+    template: str | None = Field(
+        None,
+        max_length=255,
+        description="Another template: any for admins; for the member, one of their own (member/NAME/LABEL).",
+    )
 
 
 class InitialPasswordOut(BaseModel):
@@ -323,3 +327,35 @@ class KeyOut(BaseModel):
 class KeyAdd(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     key: str = Field(max_length=16384, description="One or more public keys, one per line.")
+
+
+class MyTemplateOut(BaseModel):
+    """A member's own template (an image saved from a snapshot of their container): ``members.MyTemplate``."""
+
+    __annotations__ = fields_of(
+        members.MyTemplate,
+        {
+            "alias": "The image alias, member/OWNER/LABEL: give it to a reset as its template.",
+            "size_bytes": "The image's size (compressed), what the quota counts.",
+            "in_use": "The owner's container is made from it: a reset without a template comes back to it.",
+        },
+    )
+
+
+class MyTemplateCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    label: str = Field(
+        max_length=40, description="1-40 lower-case letters, digits, dots, hyphens, underscores."
+    )
+    snapshot: str | None = Field(
+        None, max_length=63, description="The snapshot to publish; empty: one taken now."
+    )
+    description: str = Field("", max_length=255, description="One line saying what is in it.")
+
+
+class MyTemplateRemovalOut(BaseModel):
+    alias: str
+    image_deleted: bool
+    template_now: str | None = Field(
+        description="What a reset of the owner's container uses now, when it was this."
+    )

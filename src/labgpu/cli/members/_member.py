@@ -267,7 +267,11 @@ def reset(
     ctx: typer.Context,
     name: str,
     template: Annotated[
-        str | None, typer.Option(help="Rebuild from this template (image alias) instead of the member's.")
+        str | None,
+        typer.Option(
+            help="Rebuild from this template (image alias) instead of the member's: a lab template, or "
+            "one of the member's own (member/NAME/LABEL, see `member template list`)."
+        ),
     ] = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,

@@ -2,7 +2,7 @@
 
 Adding one (``add_member``, then the idempotent ``provision``), listing and showing them (``list_members``,
 ``get_member``), power, reset and removal (homes are kept unless purged), limits and GPUs (``set_member``),
-SSH keys, snapshots, shares of host folders, homes, moving a container to another host, and terminals in the
+SSH keys, snapshots, members' own templates (saved from a snapshot, to reset to), shares of host folders, homes, moving a container to another host, and terminals in the
 browser (``open_terminal``, the registry ``Terminals`` and the pump ``run_terminal``). The public face
 of ``services/members``: cli/, web/ and the other features import only this module.
 """
@@ -34,6 +34,17 @@ from labgpu.services.members._lookups import invoking_member
 from labgpu.services.members._mirrors import MirrorChange, apply_mirrors
 from labgpu.services.members._move_recovery import recover_moves
 from labgpu.services.members._moves import move_member, open_move
+from labgpu.services.members._my_templates import (
+    MyTemplate,
+    MyTemplateRemoval,
+    check_template_use,
+    get_my_template,
+    is_member_template,
+    list_my_templates,
+    remove_my_template,
+    save_my_template,
+    template_alias,
+)
 from labgpu.services.members._power import reset_password, set_container_password, set_power
 from labgpu.services.members._provision import checkpoint, ensure_running, provision
 from labgpu.services.members._records import (
@@ -85,6 +96,8 @@ __all__ = [
     "LiveTerminal",
     "MemberInfo",
     "MirrorChange",
+    "MyTemplate",
+    "MyTemplateRemoval",
     "OpenedTerminal",
     "ProvisionError",
     "Removal",
@@ -96,6 +109,7 @@ __all__ = [
     "add_share",
     "allowed_roots",
     "apply_mirrors",
+    "check_template_use",
     "checkpoint",
     "connect_terminal",
     "connection_sheet",
@@ -105,14 +119,17 @@ __all__ = [
     "ensure_running",
     "finish_removal",
     "get_member",
+    "get_my_template",
     "get_share",
     "home_dir",
     "host_gpus",
     "invoking_member",
+    "is_member_template",
     "list_containers",
     "list_hosts",
     "list_keys",
     "list_members",
+    "list_my_templates",
     "list_shares",
     "list_snapshots",
     "load_member",
@@ -126,16 +143,19 @@ __all__ = [
     "recover_moves",
     "remove_key",
     "remove_member",
+    "remove_my_template",
     "remove_share",
     "reset_member",
     "reset_password",
     "restore_snapshot",
     "run_terminal",
+    "save_my_template",
     "set_container_password",
     "set_member",
     "set_power",
     "set_vnc_password",
     "take_snapshot",
+    "template_alias",
     "uptime_seconds",
     "validate_request",
     "wait_member_ssh",

@@ -23,11 +23,12 @@ from labgpu.domain.members import (
     validate_cpu,
     validate_member_name,
 )
-from labgpu.errors import BadInput, Conflict
+from labgpu.errors import N_, BadInput, Conflict
 from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.hosts import local_host, place, services_for, validate_host_name
 from labgpu.services.members._keys import gateway_changed, read_keys
+from labgpu.services.members._my_templates import is_member_template
 from labgpu.services.members._placement import _ALLOCATION_RETRIES, new_port_maps
 from labgpu.services.members._provision import checkpoint, provision
 from labgpu.services.members._records import ConnectionSheet, MemberRequest, host_gpus
@@ -60,6 +61,14 @@ def validate_request(
     if template and (len(template) > 255 or not template.isprintable() or any(c.isspace() for c in template)):
         raise BadInput(
             f"invalid template {template[:60]!r}: an image alias has no spaces or control characters"
+        )
+    if template and is_member_template(template):
+        raise BadInput(
+            N_(
+                "template %(template)s is a member's own template: a new member's container is not made from it"
+            ),
+            values={"template": template[:120]},
+            hint="its owner resets their container to it: `labgpu member reset NAME --template ALIAS`",
         )
     purposes = ("ssh",) + (("rdp",) if rdp else ()) + (("vnc",) if vnc else ())
     return MemberRequest(

@@ -29,6 +29,7 @@ from labgpu.runtime.errors import RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.members._apply import owned_instance
 from labgpu.services.members._keys import gateway_changed
+from labgpu.services.members._my_templates import check_template_use
 from labgpu.services.members._provision import checkpoint, provision
 from labgpu.services.members._records import ConnectionSheet, home_dir, load_member, member_services
 from labgpu.store.models import MemberState, utcnow
@@ -48,6 +49,8 @@ def reset_member(
     sheet with a new initial password. Raises NotFound, BadInput (unknown template), Conflict (an
     instance that is not the member's), ProvisionError."""
     svc = member_services(svc, name)  # the daemon of the member's host
+    if template is not None:
+        check_template_use(svc, name, template)  # a bad choice is told first, whatever the container's state
     with svc.session() as session:
         member = load_member(session, name)
         if member.state == MemberState.REMOVING:
@@ -57,6 +60,7 @@ def reset_member(
         container = member.container
         old_template = member.template or svc.settings.default_template
     new_template = template or old_template
+    check_template_use(svc, name, new_template)
     # Checked before anything is deleted: a container that cannot be made again is not thrown away.
     if svc.runtime.images.resolve_alias(new_template) is None:
         raise BadInput(

@@ -98,7 +98,9 @@ def to_prune(snapshots: Sequence[SnapshotInfo], keep: int) -> list[str]:
     return [s.name for s in automatic[: max(0, len(automatic) - keep)]]
 
 
-def _container(svc: Services, name: str, *, changing: bool) -> str:
+def container_of(svc: Services, name: str, *, changing: bool) -> str:
+    """The name of ``name``'s container (``svc`` must talk to its host). Raises NotFound, Conflict (with
+    ``changing``: the member is being provisioned or removed)."""
     with svc.session() as session:
         member = load_member(session, name)
         state, container = member.state, member.container
@@ -112,7 +114,7 @@ def _container(svc: Services, name: str, *, changing: bool) -> str:
 def list_snapshots(svc: Services, name: str) -> list[SnapshotInfo]:
     """The member's container's snapshots, oldest first. Raises NotFound."""
     svc = member_services(svc, name)  # the daemon of the member's host
-    container = _container(svc, name, changing=False)
+    container = container_of(svc, name, changing=False)
     return oldest_first([SnapshotInfo.from_api(d) for d in svc.runtime.instances.snapshots(container)])
 
 
@@ -132,7 +134,7 @@ def take_snapshot(svc: Services, name: str, snapshot: str | None = None) -> Take
     if snapshot is not None:
         validate_snapshot_name(snapshot)
     svc = member_services(svc, name)  # the daemon of the member's host
-    container = _container(svc, name, changing=True)
+    container = container_of(svc, name, changing=True)
     runtime = svc.runtime
     existing = [SnapshotInfo.from_api(d) for d in runtime.instances.snapshots(container)]
     taken = {s.name for s in existing}
@@ -165,7 +167,7 @@ def restore_snapshot(svc: Services, name: str, snapshot: str) -> str:
     Waits. Audit ``member.restore``. Raises NotFound (no such snapshot), Conflict."""
     validate_snapshot_name(snapshot)
     svc = member_services(svc, name)  # the daemon of the member's host
-    container = _container(svc, name, changing=True)
+    container = container_of(svc, name, changing=True)
     runtime = svc.runtime
     names = [SnapshotInfo.from_api(d).name for d in runtime.instances.snapshots(container)]
     if snapshot not in names:
@@ -191,7 +193,7 @@ def delete_snapshot(svc: Services, name: str, snapshot: str) -> None:
     """Delete one snapshot of the member's container. Waits. Raises NotFound."""
     validate_snapshot_name(snapshot)
     svc = member_services(svc, name)  # the daemon of the member's host
-    container = _container(svc, name, changing=False)
+    container = container_of(svc, name, changing=False)
     names = [SnapshotInfo.from_api(d).name for d in svc.runtime.instances.snapshots(container)]
     if snapshot not in names:
         raise NotFound(f"{name} has no snapshot {snapshot}")

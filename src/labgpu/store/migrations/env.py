@@ -11,6 +11,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from labgpu.store import (
+    models_my_templates,  # noqa: F401 - its table, on Base.metadata
     models_notify,  # noqa: F401 - its tables, on Base.metadata
     models_signon,  # noqa: F401 - its table, on Base.metadata
 )

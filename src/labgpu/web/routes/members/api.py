@@ -49,7 +49,8 @@ def reset(name: VisibleMember, body: ResetRequest, identity: CurrentMember, svc:
     in it is lost). Waits until sshd answers. The answer holds a new first-login password, shown once."""
     if body.confirm != name:
         raise BadInput(N_("type the member's name to confirm the reset"))
-    if body.template and not identity.is_admin:
+    if body.template and not identity.is_admin and not members.is_member_template(body.template):
+        # A member may choose one of their own templates (the service refuses anybody else's).
         raise Forbidden("only an admin may choose another template")
     sheet = members.reset_member(svc, name, template=body.template or None)
     return ResetOut.model_validate(sheet.as_dict(with_password=True))

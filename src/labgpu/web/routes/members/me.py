@@ -60,6 +60,7 @@ def _page(
         snapshots=list(reversed(snaps)),
         keys=keys,
         uptime=uptime,
+        my_templates=members.list_my_templates(svc, identity.name) if info.container else [],
         **extra,
     )
 
@@ -95,11 +96,15 @@ def reset(
     svc: ServicesDep,
     renderer: RendererDep,
     confirm: Annotated[str, Form(max_length=64)] = "",
+    template: Annotated[str, Form(max_length=255)] = "",
 ) -> HTMLResponse:
     with Outcome(request, renderer) as out:
         if confirm.strip() != identity.name:
             raise BadInput(N_("type your name to confirm the reset"))
-        sheet = members.reset_member(svc, identity.name)
+        if template and not members.is_member_template(template):
+            # The portal offers the container's own template or one of the member's; nothing else.
+            raise BadInput(N_("choose your container's template or one of your own templates"))
+        sheet = members.reset_member(svc, identity.name, template=template or None)
         out.done(
             N_("Your container was rebuilt from its template. Your home folder was kept."),
             new_password=sheet.initial_password,

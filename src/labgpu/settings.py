@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from labgpu.errors import ConfigError
 from labgpu.settings_apps import AppsSettings
 from labgpu.settings_network import NetworkSettings
+from labgpu.settings_selfservice import SelfServiceSettings
 from labgpu.settings_signon import SignOnSettings
 from labgpu.settings_terminal import TerminalSettings
 
@@ -46,7 +47,9 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_file_values.get())
 
 
-class Settings(BaseSettings, NetworkSettings, SignOnSettings, AppsSettings, TerminalSettings):
+class Settings(
+    BaseSettings, NetworkSettings, SignOnSettings, AppsSettings, TerminalSettings, SelfServiceSettings
+):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 
     model_config = SettingsConfigDict(env_prefix="LABGPU_", extra="forbid", validate_default=True)

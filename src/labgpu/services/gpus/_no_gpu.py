@@ -67,7 +67,9 @@ def set_no_gpu(
         svc.audit(session, "member.no-gpu", name, no_gpu=no_gpu)
         host = member.host
     try:
-        applied = members_svc.apply_spec(svc, name)
+        applied = members_svc.apply_spec(
+            svc, name, gpus_on_host=dict(gpus_on_host) if gpus_on_host is not None else None
+        )
     except LabgpuError as exc:
         with svc.session() as session:
             member = members_svc.load_member(session, name)

@@ -84,8 +84,8 @@ def _view(row: GpuFreeRequest, member: str, host: str) -> FreeRequestView:
 
 
 def _views(session: Session, rows: list[GpuFreeRequest]) -> list[FreeRequestView]:
-    members = {k: v for k, v in session.execute(select(Member.id, Member.name)).tuples()}  # noqa: C416
-    hosts = {k: v for k, v in session.execute(select(Host.id, Host.name)).tuples()}  # noqa: C416
+    members = {k: v for k, v in session.execute(select(Member.id, Member.name)).tuples()}
+    hosts = {k: v for k, v in session.execute(select(Host.id, Host.name)).tuples()}
     return [_view(r, members.get(r.member_id, "?"), hosts.get(r.host_id, "?")) for r in rows]
 
 

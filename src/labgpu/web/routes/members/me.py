@@ -152,11 +152,7 @@ def take_snapshot(
     identity: CurrentMember,
     svc: ServicesDep,
     renderer: RendererDep,
-    name: NO_GPU_DONE = {
-    "on": N_("Your container has no GPU now (no-GPU mode)."),
-    "off": N_("Your GPUs are back."),
-}
-SnapshotField = "",
+    name: SnapshotField = "",
 ) -> HTMLResponse:
     with Outcome(request, renderer) as out:
         members.take_snapshot(svc, identity.name, name.strip() or None)
@@ -170,11 +166,7 @@ def restore_snapshot(
     identity: CurrentMember,
     svc: ServicesDep,
     renderer: RendererDep,
-    snapshot: NO_GPU_DONE = {
-    "on": N_("Your container has no GPU now (no-GPU mode)."),
-    "off": N_("Your GPUs are back."),
-}
-SnapshotField = "",
+    snapshot: SnapshotField = "",
 ) -> HTMLResponse:
     with Outcome(request, renderer) as out:
         members.restore_snapshot(svc, identity.name, snapshot)
@@ -188,11 +180,7 @@ def delete_snapshot(
     identity: CurrentMember,
     svc: ServicesDep,
     renderer: RendererDep,
-    snapshot: NO_GPU_DONE = {
-    "on": N_("Your container has no GPU now (no-GPU mode)."),
-    "off": N_("Your GPUs are back."),
-}
-SnapshotField = "",
+    snapshot: SnapshotField = "",
 ) -> HTMLResponse:
     with Outcome(request, renderer) as out:
         members.delete_snapshot(svc, identity.name, snapshot)

@@ -339,13 +339,13 @@ def check_free_requests(svc: Services, *, now: datetime | None = None) -> FreeCh
         subject, body = _message(svc, view, free, mode)
         notify.send(svc, notify.GPU_FREE, [view.member], subject, body, key=f"gpu-free:{view.id}")
         with svc.session() as session:
-            row = session.get(GpuFreeRequest, view.id)
-            if row is None or row.status != FreeRequestStatus.WAITING.value:
+            told = session.get(GpuFreeRequest, view.id)
+            if told is None or told.status != FreeRequestStatus.WAITING.value:
                 continue  # cancelled meanwhile (the message may still go: it was asked for)
-            row.status = FreeRequestStatus.SENT.value
-            row.ended_at = now
-            row.free_gpus = format_gpus(free)
-            report.sent.append(_view(row, view.member, view.host))
+            told.status = FreeRequestStatus.SENT.value
+            told.ended_at = now
+            told.free_gpus = format_gpus(free)
+            report.sent.append(_view(told, view.member, view.host))
     return report
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from labgpu.errors import Conflict, LabgpuError
+from labgpu.errors import N_, Conflict, LabgpuError
 from labgpu.services import members as members_svc
 from labgpu.services.context import Services
 from labgpu.services.gpus import _attach as gpu_attach
@@ -52,13 +52,16 @@ def set_no_gpu(
     in ONE request (live when it runs), then, on a host in booked mode, brings its booked GPUs to the mode
     (detached; attached again when switching back). ``gpus_on_host`` (index -> PCI address) stands for the
     host's GPUs where its daemon lists none (tests and demos). Raises NotAllowed, NotFound, Conflict (a
-    member being removed), and the daemon's refusal (then the row is put back). A booking's GPUs that could
-    not be attached or detached are a note, not an error: the bookings job tries again every minute."""
+    member being removed, or without a container), and the daemon's refusal (then the row is put back). A
+    booking's GPUs that could not be attached or detached are a note, not an error: the bookings job tries
+    again every minute."""
     _check_actor(svc, name, f"switch {name}'s GPUs off or on")
     with svc.session() as session:
         member = members_svc.load_member(session, name)
         if member.state == MemberState.REMOVING:
             raise Conflict(f"member {name} is being removed; finish with `labgpu member rm {name}`")
+        if member.container is None or member.uid is None:
+            raise Conflict(N_("%(name)s has no container"), values={"name": name})
         if member.no_gpu == no_gpu:
             return NoGpuOutcome(name, no_gpu, UNCHANGED)
         spec_version = member.spec_version

@@ -128,6 +128,7 @@ def test_a_booking_waits_while_no_gpu_mode_is_on(labgpu_env: LabgpuEnv, runtime)
                "--replay", str(RECORDING))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "approved -> active" in r.stdout
+    assert f"{name} is in no-GPU mode: booking" in r.stdout and "wait until they switch back" in r.stdout
     assert gpu_devices(runtime, name) == {}  # reserved, not attached: no-GPU mode wins
 
     back = gpus.set_no_gpu(svc, name, False, gpus_on_host=GPUS)

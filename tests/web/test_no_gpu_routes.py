@@ -63,3 +63,18 @@ def test_the_api_refuses_others_and_a_daemon_refusal_changes_nothing(portal: Por
     token = page_token(bob, "/me")
     page = bob.post("/me/no-gpu", data={"no_gpu": "on", "csrf_token": token})
     assert page.status_code == 409 and "bob has no container" in page.text
+
+
+def test_the_admin_pages_show_a_container_in_no_gpu_mode(portal: Portal) -> None:
+    portal.add_account("boss", role=Role.ADMIN)
+    portal.add_account("alice")
+    _give_container(portal, "alice")
+    with portal.svc.session() as session:
+        session.scalars(select(Member).where(Member.name == "alice")).one().no_gpu = True
+    boss = portal.client("192.0.2.34")
+    assert login(boss, "boss").status_code == 303
+    listing = boss.get("/admin/members").text
+    assert "none (no-GPU mode)" in listing
+    page = boss.get("/admin/members/alice").text
+    assert 'id="gpus-on"' in page and "The container runs without GPUs" in page
+    assert 'name="csrf_token" value=""' not in page  # the card's form carries the page's token

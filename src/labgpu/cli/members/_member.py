@@ -131,7 +131,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             i.state,
             f"{i.container} ({i.status})",
             f"{i.address}:{i.ports['ssh']}" if "ssh" in i.ports else "-",
-            i.gpus,
+            f"{i.gpus} (off: no-GPU mode)" if i.no_gpu else i.gpus,
             str(i.cpu or "-"),
             format_size(i.memory_bytes) if i.memory_bytes else "-",
             i.template or "-",

@@ -26,6 +26,7 @@ from labgpu.errors import ConfigError
 from labgpu.settings_apps import AppsSettings
 from labgpu.settings_my_templates import MyTemplateSettings
 from labgpu.settings_network import NetworkSettings
+from labgpu.settings_selfservice import SelfServiceSettings
 from labgpu.settings_signon import SignOnSettings
 from labgpu.settings_terminal import TerminalSettings
 
@@ -48,7 +49,13 @@ class _FileSource(PydanticBaseSettingsSource):
 
 
 class Settings(
-    BaseSettings, NetworkSettings, SignOnSettings, AppsSettings, TerminalSettings, MyTemplateSettings
+    BaseSettings,
+    NetworkSettings,
+    SignOnSettings,
+    AppsSettings,
+    TerminalSettings,
+    MyTemplateSettings,
+    SelfServiceSettings,
 ):
     """All of labgpu's settings. See docs/configuration.md for the full reference."""
 

@@ -1,6 +1,7 @@
 """Browser tests: Playwright driving Debian's Chromium (headless) against `labgpu serve` run as a
 subprocess on a free loopback port, with a real LXD/Incus daemon (``labgpu_env``) and a real SMTP server
-(``smtp_server``). Screenshots go to artifacts/screenshots/ (git-ignored)."""
+(``smtp_server``); or a portal app served in process (:func:`serve_app`). Screenshots go to
+artifacts/screenshots/ (git-ignored). :func:`log_in` is the log-in form, as a person fills it in."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from tests.conftest import LabgpuEnv, MailBox
+from tests.web.conftest import PASSWORD
 
 CHROMIUM = os.environ.get("LABGPU_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -105,3 +111,48 @@ def screenshot(page: object, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
     return path
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a thread cannot take signals
+        pass
+
+
+@contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """``app`` (a portal from create_app) served by uvicorn in a thread on a free loopback port; yields its
+    URL, http://127.0.0.1:PORT, and stops it afterwards."""
+    port = _free_port()
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="test-portal")
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the portal did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def log_in(
+    page: Any,
+    url: str,
+    name: str,
+    password: str = PASSWORD,
+    *,
+    next_path: str = "",
+    lands: str | None = "/me",
+) -> None:
+    """Log in through the form as a person does: open /login (with ``?next=`` when given), type the name
+    and password, press the button; then wait for the page it lands on (``lands``; None: do not wait,
+    e.g. when a second factor is asked next)."""
+    page.goto(f"{url}/login" + (f"?next={next_path}" if next_path else ""))
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("form[action='/login'] button[type=submit]")
+    if lands is not None:
+        page.wait_for_url(url + lands)

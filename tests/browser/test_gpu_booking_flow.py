@@ -7,14 +7,11 @@ REAL `labgpu agent` (replaying a recorded NVML reading) on another port. No LXD/
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from labgpu.services.gpus._usage import GpuUsageReader
@@ -22,15 +19,10 @@ from labgpu.settings import load_settings
 from labgpu.store.migrate import upgrade
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
-from tests.browser.conftest import screenshot
-from tests.web.conftest import PASSWORD, Portal
-from tests.web.gpus.helpers import AGENT_TOKEN, add_host, add_member, free_port, no_nvml, serve_agent
+from tests.browser.conftest import log_in, screenshot, serve_app
+from tests.web.conftest import Portal
+from tests.web.gpus.helpers import AGENT_TOKEN, add_host, add_member, no_nvml, serve_agent
 from tests.web.test_i18n import untranslated
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a thread cannot take signals
-        pass
 
 
 @pytest.fixture
@@ -50,35 +42,15 @@ def gpu_site(tmp_path: Path) -> Iterator[str]:
         add_member(portal, "alice", host_id)
         add_member(portal, "bob", host_id)
         add_member(portal, "boss", None, role=Role.ADMIN)
-        port = free_port()
-        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True, name="test-portal")
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the portal did not start")
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=20)
-
-
-def _login(page: Any, url: str, name: str) -> None:
-    page.goto(url + "/login")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("form[action='/login'] button[type=submit]")
-    page.wait_for_url(url + "/me")
+        with serve_app(app) as url:
+            yield url
 
 
 def test_a_member_books_a_gpu_on_the_board_and_sees_it(gpu_site: str, browser: Any) -> None:
     url = gpu_site
     context = browser.new_context(locale="en-US")
     page = context.new_page()
-    _login(page, url, "alice")
+    log_in(page, url, "alice")
 
     page.click("header nav a[href='/gpus']")
     page.wait_for_url(url + "/gpus")
@@ -104,7 +76,7 @@ def test_a_member_books_a_gpu_on_the_board_and_sees_it(gpu_site: str, browser: A
     # Without JavaScript the same form works as a plain POST; a clash is one sentence on the form.
     plain = browser.new_context(locale="en-US", java_script_enabled=False)
     bob = plain.new_page()
-    _login(bob, url, "bob")
+    log_in(bob, url, "bob")
     bob.goto(url + "/bookings")
     assert "alice" in bob.locator("#board-gpu1-2").inner_text()
     bob.check("input[name=gpu][value='2']")
@@ -121,7 +93,7 @@ def test_a_member_books_a_gpu_on_the_board_and_sees_it(gpu_site: str, browser: A
     # The same pages in Chinese.
     zh = browser.new_context(locale="zh-CN")
     page_zh = zh.new_page()
-    _login(page_zh, url, "alice")
+    log_in(page_zh, url, "alice")
     for path, name in (("/gpus", "zh-gpus"), ("/bookings", "zh-bookings")):
         page_zh.goto(url + path)
         assert untranslated(page_zh.content()) == [], path

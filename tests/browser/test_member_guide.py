@@ -7,27 +7,18 @@ recorded there as `member add` leaves it. No LXD/Incus daemon is needed: the gui
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from labgpu.settings import load_settings
 from labgpu.store.migrate import upgrade
 from labgpu.web.app import create_app
-from tests.browser.conftest import screenshot
-from tests.web.conftest import PASSWORD, Portal
-from tests.web.gpus.helpers import free_port
+from tests.browser.conftest import log_in, screenshot, serve_app
+from tests.web.conftest import Portal
 from tests.web.test_member_guide import give_container
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a thread cannot take signals
-        pass
 
 
 @pytest.fixture
@@ -43,20 +34,8 @@ def guide_site(tmp_path: Path) -> Iterator[str]:
     portal = Portal(app, settings)
     portal.add_account("carol")
     give_container(portal, "carol", ssh_port=22017, address="gpu7.campus.test")
-    port = free_port()
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True, name="test-portal")
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the portal did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serve_app(app) as url:
+        yield url
 
 
 def test_a_member_opens_the_guide_from_my_container(guide_site: str, browser: Any) -> None:
@@ -82,11 +61,7 @@ def test_a_member_opens_the_guide_from_my_container(guide_site: str, browser: An
             else None
         ),
     )
-    page.goto(url + "/login")
-    page.fill("#name", "carol")
-    page.fill("#password", PASSWORD)
-    page.click("form[action='/login'] button[type=submit]")
-    page.wait_for_url(url + "/me")
+    log_in(page, url, "carol")
 
     page.click("#guide-link a")
     page.wait_for_url(url + "/help")

@@ -10,7 +10,6 @@ daemon is needed."""
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +17,16 @@ from typing import Any
 
 import pyotp
 import pytest
-import uvicorn
 
 from labgpu.services.portal import _accounts as accounts
 from labgpu.settings import load_settings
 from labgpu.store.migrate import upgrade
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import log_in, screenshot, serve_app
 from tests.web.conftest import PASSWORD, Portal
-from tests.web.gpus.helpers import free_port
 from tests.web.test_i18n import untranslated
 from tests.web.test_totp import away_from_a_boundary
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a thread cannot take signals
-        pass
 
 
 @pytest.fixture
@@ -52,27 +44,12 @@ def totp_site(tmp_path: Path) -> Iterator[str]:
     portal = Portal(app, settings)
     portal.add_account("boss", role=Role.ADMIN)
     accounts.create_account(portal.svc, name="alice", password=PASSWORD, role=Role.MEMBER)
-    port = free_port()
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True, name="test-portal")
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the portal did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serve_app(app) as url:
+        yield url
 
 
 def _password(page: Any, url: str, name: str, next_: str = "/me") -> None:
-    page.goto(f"{url}/login?next={next_}")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("form[action='/login'] button[type=submit]")
+    log_in(page, url, name, next_path=next_, lands=None)  # a second factor is asked next
 
 
 def _log_out(page: Any) -> None:

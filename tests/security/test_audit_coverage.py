@@ -38,7 +38,9 @@ from labgpu.services.apps import _files as app_files
 from labgpu.services.gpus import _booking_requests as booking_requests
 from labgpu.services.gpus import _bookings as bookings
 from labgpu.services.gpus import _fair_use as gpu_fair_use
+from labgpu.services.gpus import _free_requests as free_requests
 from labgpu.services.gpus import _modes as gpu_modes
+from labgpu.services.gpus import _no_gpu as no_gpu
 from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.services.hosts import _gateway as gateway
 from labgpu.services.hosts import _remote as remote_hosts
@@ -155,6 +157,11 @@ class Lab:
             member = session.scalars(select(Member).where(Member.name == "alice")).one()
             member.host_id, member.container, member.gpu_spec = host_id, "alice", "none"
 
+    def alice_free_request(self) -> int:
+        """A waiting "tell me when GPUs are free" request of alice's, on her host."""
+        self.gpu_host()
+        return free_requests.ask_when_free(self.portal.svc, member="alice", count=1).id
+
     def alice_booking(self, *, pending: bool = False) -> int:
         """A booking of alice's (GPU 1, in an hour, for an hour); ``pending``: waiting for an admin."""
         self.gpu_host()
@@ -239,6 +246,30 @@ def _on_booking(who: str, action: str, *, api: bool, pending: bool = False, **bo
         return client.post(f"/bookings/{booking}/{action}", data={**body, "csrf_token": token})
 
     return who, call
+
+
+def _free_api(lab: Lab) -> httpx.Response:
+    lab.gpu_host()
+    return lab.alice.post("/api/v1/gpu-free-requests", json={"count": 2}, headers=lab.csrf(lab.alice))
+
+
+def _free_form(lab: Lab) -> httpx.Response:
+    lab.gpu_host()
+    return lab.alice.post(
+        "/gpus/notify-free", data={"count": "2", "csrf_token": page_token(lab.alice, "/gpus")}
+    )
+
+
+def _free_cancel(api: bool) -> Call:
+    def call(lab: Lab) -> httpx.Response:
+        request = lab.alice_free_request()
+        if api:
+            url = f"/api/v1/gpu-free-requests/{request}/cancel"
+            return lab.alice.post(url, json={}, headers=lab.csrf(lab.alice))
+        token = page_token(lab.alice, "/gpus")
+        return lab.alice.post(f"/gpus/notify-free/{request}/cancel", data={"csrf_token": token})
+
+    return "alice", call
 
 
 # (method, path) -> (expected audit action, target, the call).
@@ -495,6 +526,19 @@ RUN: dict[tuple[str, str], tuple[str, str, Call]] = {
         "alice",
         _on_booking("admin", "reject", api=False, pending=True, reason="GPU 1 is for the course"),
     ),
+    # "Tell me when GPUs are free": the target is the request's member.
+    ("POST", "/api/v1/gpu-free-requests"): ("gpu.free-request", "alice", ("alice", _free_api)),
+    ("POST", "/gpus/notify-free"): ("gpu.free-request", "alice", ("alice", _free_form)),
+    ("POST", "/api/v1/gpu-free-requests/{request_id}/cancel"): (
+        "gpu.free-request.cancel",
+        "alice",
+        _free_cancel(api=True),
+    ),
+    ("POST", "/gpus/notify-free/{request_id}/cancel"): (
+        "gpu.free-request.cancel",
+        "alice",
+        _free_cancel(api=False),
+    ),
     # GPU usage: a member's weekly-report choice
     ("POST", "/usage/weekly-report"): (
         "usage.settings",
@@ -576,6 +620,17 @@ NEEDS_DAEMON: dict[tuple[str, str], tuple[Callable[..., Any], str, str]] = {
         "tests/web/test_member_pages.py",
     ),
     ("POST", "/me/power"): (set_power, "member.{action}", "tests/web/test_member_pages.py"),
+    ("POST", "/me/no-gpu"): (no_gpu.set_no_gpu, "member.no-gpu", "tests/integration/test_no_gpu.py"),
+    ("POST", "/api/v1/members/{name}/no-gpu"): (
+        no_gpu.set_no_gpu,
+        "member.no-gpu",
+        "tests/integration/test_no_gpu.py",
+    ),
+    ("POST", "/admin/members/{name}/no-gpu"): (
+        no_gpu.set_no_gpu,
+        "member.no-gpu",
+        "tests/integration/test_no_gpu.py",
+    ),
     ("POST", "/api/v1/members/{name}/reset"): (
         lifecycle.reset_member,
         "member.reset",
@@ -867,7 +922,7 @@ def _cli_commands() -> set[str]:
 
 READ_ONLY_COMMANDS = {
     "admin list", "backup list", "config reference", "config show", "container list", "db current", "doctor",
-    "gpu bookings", "gpu idle", "gpu list", "gpu top", "gpu usage", "host gateway status", "host list", "jobs status", "member key list",
+    "gpu bookings", "gpu free-requests", "gpu idle", "gpu list", "gpu top", "gpu usage", "host gateway status", "host list", "jobs status", "member key list",
     "member list", "member show", "member snapshots", "member template list", "notice list", "share list", "template export",
     "template list", "template show", "template validate",
     "app list",
@@ -903,6 +958,8 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
     "gpu approve": (bookings.approve, "booking.approve"),
     "gpu assign": (gpu_modes.assign, "gpu.assign"),
     "gpu book": (bookings.book, "booking.add"),
+    "gpu notify-free": (free_requests.ask_when_free, "gpu.free-request"),
+    "gpu notify-free-cancel": (free_requests.cancel_free_request, "gpu.free-request.cancel"),
     "gpu cancel": (bookings.cancel, "booking.cancel"),
     "gpu extend": (bookings.extend, "booking.extend"),
     "gpu mode": (gpu_modes.set_mode, "gpu.mode"),
@@ -947,6 +1004,7 @@ AUDITED_COMMANDS: dict[str, tuple[Callable[..., Any], str]] = {
 # Commands whose options call further services (command -> [(service function, the action it audits)]).
 ALSO_AUDITED: dict[str, list[tuple[Callable[..., Any], str]]] = {
     "host set": [(remote_hosts.set_agent_url, "host.set")],  # --agent-url
+    "member set": [(no_gpu.set_no_gpu, "member.no-gpu")],  # --no-gpu/--gpu
 }
 
 

@@ -243,6 +243,43 @@ def test_another_members_token_finds_no_booking_of_alices(
     assert bookings.get_booking(portal.svc, mine).status == "approved"
 
 
+def test_another_members_token_finds_no_gpu_free_request_of_alices(
+    gpu_portal: PortalFactory, gpu_agent: ServedAgent
+) -> None:
+    """A "tell me when GPUs are free" request is alice's: bob's token gets exactly the answer for one that
+    does not exist, cannot ask on her behalf or list hers, and changes nothing."""
+    portal, _ = gpu_lab(gpu_portal, gpu_agent)
+    tokens = {
+        name: _make_token(portal, name, "admin" if name == "boss" else "member", "script")[0]
+        for name in ("alice", "bob", "boss")
+    }
+
+    def as_(name: str) -> TestClient:
+        return portal.client("198.51.100.45", headers={"Authorization": f"Bearer {tokens[name]}"})
+
+    made = as_("alice").post("/api/v1/gpu-free-requests", json={"count": 2})
+    assert made.status_code == 201 and made.json()["member"] == "alice", made.text
+    assert made.json()["host"] == "gpu1" and made.json()["status"] == "waiting"
+    mine, missing = made.json()["id"], made.json()["id"] + 100
+    before = {e.id for e in audit.list_events(portal.svc, limit=1000)}
+    bob = as_("bob")
+    theirs = bob.post(f"/api/v1/gpu-free-requests/{mine}/cancel", json={})
+    nothing = bob.post(f"/api/v1/gpu-free-requests/{missing}/cancel", json={})
+    assert theirs.status_code == nothing.status_code == 404, theirs.text
+    assert theirs.json()["error"]["message"].replace(str(mine), "N") == nothing.json()["error"][
+        "message"
+    ].replace(str(missing), "N")
+    r = bob.post("/api/v1/gpu-free-requests", json={"count": 1, "member": "alice"})
+    assert r.status_code == 403, r.text
+    assert bob.get("/api/v1/gpu-free-requests").json() == []
+    assert bob.get("/api/v1/gpu-free-requests?member=alice").status_code == 403
+    assert [e.id for e in audit.list_events(portal.svc, limit=1000) if e.id not in before] == []
+    # The owner sees it; an admin cancels it.
+    assert [r["id"] for r in as_("alice").get("/api/v1/gpu-free-requests").json()] == [mine]
+    done = as_("boss").post(f"/api/v1/gpu-free-requests/{mine}/cancel", json={})
+    assert done.status_code == 200 and done.json()["status"] == "cancelled", done.text
+
+
 # Two-factor log-in required for admins (require_totp_for_admins) --------------------------------------
 
 

@@ -67,6 +67,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/members/{name}/connection"): OBJECT,
     ("POST", "/api/v1/members/{name}/disable"): ADMIN,
     ("POST", "/api/v1/members/{name}/enable"): ADMIN,
+    ("POST", "/api/v1/members/{name}/no-gpu"): OBJECT,
     ("POST", "/api/v1/members/{name}/{action}"): OBJECT,
     ("GET", "/api/v1/containers"): ADMIN,
     ("GET", "/api/v1/hosts"): ADMIN,
@@ -85,6 +86,9 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/bookings/{booking_id}/extend"): SELF,
     ("POST", "/api/v1/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/api/v1/bookings/{booking_id}/reject"): ADMIN,
+    ("GET", "/api/v1/gpu-free-requests"): SELF,
+    ("POST", "/api/v1/gpu-free-requests"): SELF,
+    ("POST", "/api/v1/gpu-free-requests/{request_id}/cancel"): SELF,
     ("GET", "/"): PUBLIC,
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
@@ -99,6 +103,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/account/logout-everywhere"): SELF,
     ("GET", "/me"): SELF,
     ("POST", "/me/power"): SELF,
+    ("POST", "/me/no-gpu"): SELF,
     ("POST", "/me/reset"): SELF,
     ("POST", "/me/container-password"): SELF,
     ("POST", "/me/vnc-password"): SELF,
@@ -124,6 +129,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/admin/members/{name}/disable"): ADMIN,
     ("POST", "/admin/members/{name}/enable"): ADMIN,
     ("POST", "/admin/members/{name}/limits"): ADMIN,
+    ("POST", "/admin/members/{name}/no-gpu"): ADMIN,
     ("POST", "/admin/members/{name}/remove"): ADMIN,
     ("GET", "/admin/containers"): ADMIN,
     ("GET", "/admin/templates"): ADMIN,
@@ -140,6 +146,8 @@ TABLE: dict[tuple[str, str], str] = {
     ("POST", "/bookings/{booking_id}/extend"): SELF,
     ("POST", "/bookings/{booking_id}/approve"): ADMIN,
     ("POST", "/bookings/{booking_id}/reject"): ADMIN,
+    ("POST", "/gpus/notify-free"): SELF,
+    ("POST", "/gpus/notify-free/{request_id}/cancel"): SELF,
     # Web apps and files (issue 16): the member and admins; the apps origin itself is tests/browser's.
     ("GET", "/members/{name}/apps"): OBJECT,
     ("POST", "/members/{name}/apps/{app}/open"): OBJECT,
@@ -226,6 +234,7 @@ def _url(path: str, application_id: int, token_id: int) -> str:
         .replace("{application_id}", str(application_id))
         .replace("{token_id}", str(token_id))
         .replace("{booking_id}", "1")
+        .replace("{request_id}", "1")
         .replace("{channel_id}", "1")
         .replace("{snapshot}", "snap-1")
         .replace("{label}", "mytools")

@@ -12,6 +12,7 @@ Nothing is built at import. Typical use::
 from labgpu.store import (
     models_my_templates,  # noqa: F401 - registers its table on Base.metadata
     models_notify,  # noqa: F401 - registers its tables on Base.metadata
+    models_selfservice,  # noqa: F401 - registers its table on Base.metadata
     models_signon,  # noqa: F401 - registers its table on Base.metadata
     usage_models,  # noqa: F401  (its tables in Base.metadata)
 )

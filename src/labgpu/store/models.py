@@ -5,7 +5,6 @@ writers could race on (a name, a uid, a host port per listen address) is a datab
 clash surfaces as an IntegrityError (see :func:`labgpu.store.db.violated_constraint`) whatever the code
 above did. The schema itself is created by the Alembic revisions in ``migrations/versions``, never by
 ``create_all``; a test checks that these classes and the migrations agree.
-
 Times are timezone-aware UTC on both SQLite and PostgreSQL (:class:`UTCDateTime`).
 """
 
@@ -179,6 +178,7 @@ class Member(Base):
     disk_size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
     # "all", "none" or GPU indexes such as "0,2"; None: the policy's GPU mode decides.
     gpu_spec: Mapped[str | None] = mapped_column(sa.String(255))
+    no_gpu: Mapped[bool] = mapped_column(default=False, server_default=sa.false())  # GPUs off (no-GPU mode)
     # Bumped whenever the container's desired spec changes; written to user.labgpu.* on the instance so
     # the reconciler can tell a stale container.
     spec_version: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))

@@ -112,3 +112,50 @@ class BookingExtend(BaseModel):
 class BookingReject(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     reason: str | None = Field(None, max_length=2000, description="Mailed to the member.")
+
+
+class FreeRequestOut(BaseModel):
+    """A request to be told when GPUs are free (``gpus.FreeRequestView``)."""
+
+    id: int
+    member: str
+    host: str
+    count: int = Field(description="How many GPUs must be free at once.")
+    status: Literal["waiting", "sent", "expired", "cancelled"]
+    created: datetime
+    expires: datetime
+    ended: datetime | None = Field(description="When it was told, expired or cancelled.")
+    free_gpus: str | None = Field(description="The GPUs the notification named, e.g. 1,3.")
+
+
+class FreeRequestCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    count: int = Field(ge=1, le=64, description="How many GPUs must be free at once.")
+    host: str | None = Field(None, max_length=64, description="The host (default: the member's own).")
+    hours: float | None = Field(
+        None,
+        gt=0,
+        le=24 * 14,
+        description="Stop waiting after this many hours (default: gpu_free_request_hours).",
+    )
+    member: str | None = Field(
+        None, max_length=64, description="Whom to tell (admins only; default: the caller)."
+    )
+
+
+class NoGpuChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    no_gpu: bool = Field(
+        description="true: detach every GPU from the container (no-GPU mode); false: give them back."
+    )
+
+
+class NoGpuOut(BaseModel):
+    """The container after switching no-GPU mode (``gpus.NoGpuOutcome``)."""
+
+    member: str
+    no_gpu: bool
+    applied: str = Field(
+        description="live, at next start, when the container is created (labgpu reconcile), recorded, unchanged."
+    )
+    notes: list[str] = Field(description="What happened to booked GPUs, if any.")

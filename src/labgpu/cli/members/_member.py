@@ -137,7 +137,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             i.state,
             f"{i.container} ({i.status})",
             f"{i.address}:{i.ports['ssh']}" if "ssh" in i.ports else "-",
-            i.gpus,
+            f"{i.gpus} (off: no-GPU mode)" if i.no_gpu else i.gpus,
             str(i.cpu or "-"),
             format_size(i.memory_bytes) if i.memory_bytes else "-",
             i.template or "-",
@@ -233,12 +233,23 @@ def set_(
     vnc: Annotated[
         bool | None, typer.Option("--vnc/--no-vnc", help="Forward (or stop forwarding) a port to VNC 5901.")
     ] = None,
+    no_gpu: Annotated[
+        bool | None,
+        typer.Option(
+            "--no-gpu/--gpu",
+            help="No-GPU mode: detach every GPU from the container (its GPU choice is kept), or give them back.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a member's limits, GPUs, shares and ports; applied live when the container runs."""
     from labgpu.services.members import parse_set_request, set_member
 
     c = get_context(ctx)
+    given = any(v is not None for v in (cpu, memory, disk, gpus, rdp, vnc)) or bool(share or no_share)
+    if no_gpu is not None and not given:
+        _set_no_gpu(c, name, no_gpu, as_json=as_json)
+        return
     request = parse_set_request(
         cpu=cpu,
         memory=memory,
@@ -251,15 +262,38 @@ def set_(
     )
     changes = set_member(c.services, name, request)
     if as_json:
-        print_json({"name": name, "changes": [ch.as_dict() for ch in changes]})
+        out: dict[str, object] = {"name": name, "changes": [ch.as_dict() for ch in changes]}
+        if no_gpu is not None:
+            from labgpu.services.gpus import set_no_gpu
+
+            out["no_gpu"] = set_no_gpu(c.services, name, no_gpu).as_dict()
+        print_json(out)
         return
     if not changes:
         c.console.print(f"{name}: nothing to change, it is set that way already")
+    else:
+        table = Table("setting", "from", "to", "applied", "note", title=f"{name}: changed")
+        for ch in changes:
+            table.add_row(ch.setting, ch.old, ch.new, ch.applied, ch.note)
+        c.console.print(table)
+    if no_gpu is not None:
+        _set_no_gpu(c, name, no_gpu, as_json=False)
+
+
+def _set_no_gpu(c: CliContext, name: str, no_gpu: bool, *, as_json: bool) -> None:
+    from labgpu.services.gpus import set_no_gpu
+
+    outcome = set_no_gpu(c.services, name, no_gpu)
+    if as_json:
+        print_json(outcome.as_dict())
         return
-    table = Table("setting", "from", "to", "applied", "note", title=f"{name}: changed")
-    for ch in changes:
-        table.add_row(ch.setting, ch.old, ch.new, ch.applied, ch.note)
-    c.console.print(table)
+    state = "no GPU (every GPU detached; its GPU choice is kept)" if no_gpu else "GPUs on"
+    if outcome.applied == "unchanged":
+        c.console.print(f"{name}: {state} already")
+    else:
+        c.console.print(f"{name}: {state}, applied {outcome.applied}")
+    for note in outcome.notes:
+        c.console.print(f"  {escape(note)}")
 
 
 @app.command("reset")

@@ -2,7 +2,7 @@
 
 The GPU inventory with each process attributed to its member (``GpuUsageReader``), GPU modes (shared,
 assigned, booked) and attaching GPUs to containers, bookings and their requests and board, the idle-GPU
-rule and its samples, the usage history (samples, rollups, reports) and fair-use limits. The public face of ``services/gpus``: cli/, web/ and ops import only this module.
+rule and its samples, no-GPU mode and "tell me when GPUs are free", the usage history (samples, rollups, reports) and fair-use limits. The public face of ``services/gpus``: cli/, web/ and ops import only this module.
 """
 
 from __future__ import annotations
@@ -49,11 +49,20 @@ from labgpu.services.gpus._fair_use import (
     set_usage_settings,
     usage_settings,
 )
+from labgpu.services.gpus._free_requests import (
+    FreeCheck,
+    FreeRequestView,
+    ask_when_free,
+    cancel_free_request,
+    check_free_requests,
+    list_free_requests,
+)
 from labgpu.services.gpus._history import marks as rollup_marks
 from labgpu.services.gpus._history import prune_usage, roll_up
 from labgpu.services.gpus._holders import idle_gpus
 from labgpu.services.gpus._idle import check_idle, prune_samples, sample_agents, sample_gpus
 from labgpu.services.gpus._modes import MemberGpus, assign, get_mode, set_mode, unassign
+from labgpu.services.gpus._no_gpu import NoGpuOutcome, set_no_gpu
 from labgpu.services.gpus._notice import send_notice
 from labgpu.services.gpus._report import (
     BY,
@@ -78,20 +87,26 @@ __all__ = [
     "DetachReport",
     "FairUseEvent",
     "FairUseReport",
+    "FreeCheck",
+    "FreeRequestView",
     "GpuUsageReader",
     "MemberGpus",
     "MemberUsageSettings",
+    "NoGpuOutcome",
     "UsageLine",
     "UsageReport",
     "WeeklyReport",
     "active_gpus",
     "advance",
     "approve",
+    "ask_when_free",
     "assign",
     "book",
     "cancel",
     "cancel_booking",
+    "cancel_free_request",
     "check_fair_use",
+    "check_free_requests",
     "check_idle",
     "detach_cancelled",
     "extend",
@@ -103,6 +118,7 @@ __all__ = [
     "gpu_map",
     "idle_gpus",
     "list_bookings",
+    "list_free_requests",
     "local_tz",
     "make_sweep",
     "member_host",
@@ -120,6 +136,7 @@ __all__ = [
     "sample_gpus",
     "send_notice",
     "set_mode",
+    "set_no_gpu",
     "set_usage_settings",
     "sync_host",
     "tell_member",

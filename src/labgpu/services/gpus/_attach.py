@@ -289,6 +289,9 @@ def sync_host(
             return []
     with svc.session() as session:
         wanted_by_member = active_gpus(session, host.id)
+        # No-GPU mode wins over a booking: its GPUs stay the member's, attached once they switch back.
+        for name in session.scalars(select(Member.name).where(Member.host_id == host.id, Member.no_gpu)):
+            wanted_by_member.pop(name, None)
     host_svc = services_for(svc, host)
     instances = host_svc.runtime.instances.all(with_state=False)
     carrying = {

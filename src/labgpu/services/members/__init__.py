@@ -10,7 +10,7 @@ of ``services/members``: cli/, web/ and the other features import only this modu
 from __future__ import annotations
 
 from labgpu.services.members._add import add_member, validate_request
-from labgpu.services.members._apply import owned_instance
+from labgpu.services.members._apply import apply_spec, owned_instance
 from labgpu.services.members._containers import (
     ContainerRow,
     HostRow,
@@ -109,6 +109,7 @@ __all__ = [
     "add_share",
     "allowed_roots",
     "apply_mirrors",
+    "apply_spec",
     "check_template_use",
     "checkpoint",
     "connect_terminal",

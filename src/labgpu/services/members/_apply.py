@@ -89,17 +89,18 @@ def owned_instance(svc: Services, member: str, container: str | None) -> Instanc
     return inst
 
 
-def apply_spec(svc: Services, name: str) -> str:
+def apply_spec(svc: Services, name: str, *, gpus_on_host: dict[int, str] | None = None) -> str:
     """Bring the member's existing container to the spec in the store, in ONE update request.
 
     Returns how it applied: APPLIED_LIVE (running), APPLIED_NEXT_START (stopped),
     APPLIED_WHEN_CREATED (no container yet), or "unchanged". Raises Conflict for an instance that
     is not the member's, BadInput when check_safe refuses the result, runtime errors when the
-    daemon refuses the change (then nothing changed on the container). Waits for the update."""
+    daemon refuses the change (then nothing changed on the container). Waits for the update.
+    ``gpus_on_host`` stands for the host's GPUs where its daemon lists none (tests and demos)."""
     svc = member_services(svc, name)  # the daemon of the member's host
     with svc.session() as session:
         member = load_member(session, name)
-        spec = container_spec(svc, member)
+        spec = container_spec(svc, member, gpus_on_host=gpus_on_host)
         roots = allowed_roots(svc, session)
     inst = owned_instance(svc, name, spec.name)
     if inst is None:

@@ -31,6 +31,7 @@ def _info(svc: Services, member: Member) -> MemberInfo:
         memory_bytes=member.memory_limit_bytes,
         disk_bytes=member.disk_size_bytes,
         gpus=member.gpu_spec or svc.settings.default_gpus,
+        no_gpu=member.no_gpu,
         ports={str(p.purpose): p.host_port for p in member.port_maps},
         address=public_address(member.host, svc.settings) if member.host else None,
         shares=sorted(s.name for s in member.shares),

@@ -121,6 +121,7 @@ class MemberInfo:
     disk_bytes: int | None
     gpus: str
     ports: dict[str, int]
+    no_gpu: bool
     address: str | None
     shares: list[str]
     keys: list[str]
@@ -205,7 +206,10 @@ def container_spec(
             ShareSpec(s.name, s.source, s.path, s.readonly)
             for s in sorted(member.shares, key=lambda s: s.name)
         ),
-        gpus=parse_gpu_request(member.gpu_spec or svc.settings.default_gpus),
+        # No-GPU mode takes every GPU device away and keeps the member's choice for the way back.
+        gpus=GpuRequest("none")
+        if member.no_gpu
+        else parse_gpu_request(member.gpu_spec or svc.settings.default_gpus),
         host_gpus=gpus_on_host if gpus_on_host is not None else host_gpus(svc.runtime),
         spec_version=member.spec_version,
     )

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 
 from labgpu.errors import LabgpuError
-from labgpu.services import gpus, notify
+from labgpu.services import gpus, members, notify
 from labgpu.services.context import Services
 from labgpu.services.members import checkpoint
 from labgpu.services.ops._job_types import JobContext, JobResult
@@ -79,7 +79,16 @@ def run_bookings(svc: Services, ctx: JobContext) -> JobResult:
         (result.errors if o.failed else result.lines).append(line)
         notes[o.member] = _attach_note(o)
     for b in started:
-        _tell_started(svc, b, notes.get(b.member, ""))
+        note = notes.get(b.member, "")
+        if _in_no_gpu_mode(svc, b.member):
+            result.lines.append(
+                f"{b.member} is in no-GPU mode: booking {b.id}'s GPUs wait until they switch back"
+            )
+            note += (
+                "You are in no-GPU mode: the booking's GPUs are kept for you but not put into your container. "
+                "Give the GPUs back on My container (or `labgpu member set NAME --gpu`) to have them at once.\n"
+            )
+        _tell_started(svc, b, note)
     result.lines += _remind(svc, now=ctx.now)
     result.data["attach"] = [o.as_dict() for o in outcomes]
     if not result.lines and not result.errors:
@@ -102,6 +111,13 @@ def _attach_note(outcome: gpus.AttachOutcome) -> str:
             "the admins see this in `labgpu jobs status`.\n"
         )
     return ""
+
+
+def _in_no_gpu_mode(svc: Services, member: str) -> bool:
+    try:
+        return members.get_member(svc, member, live=False).no_gpu
+    except LabgpuError:
+        return False
 
 
 def _when(t: datetime) -> str:

@@ -11,6 +11,8 @@ Jobs (:data:`JOBS`):
   member (the local host's from NVML, other hosts' from their GPU agents), then the fair-use limits on
   what it saw, then the idle rule on every host: mail once per idle spell, release idle bookings when
   policy says so.
+- ``gpu-free`` (every minute): members who asked to be told when GPUs are free are told once when they
+  are (by the samples ``gpu-idle`` writes; :func:`labgpu.services.gpus.check_free_requests`).
 - ``reconcile`` (every ``reconcile_interval_minutes``): :func:`labgpu.services.ops._reconcile.reconcile`.
 - ``usage-rollup`` (every 10 minutes): complete hours of GPU usage samples into hourly rows, complete days
   into daily rows (:func:`labgpu.services.gpus._history.roll_up`).
@@ -146,6 +148,12 @@ def run_prune(svc: Services, ctx: JobContext) -> JobResult:
     return JobResult(lines=lines)
 
 
+def run_gpu_free(svc: Services, ctx: JobContext) -> JobResult:
+    """Tell the members waiting for free GPUs whose GPUs are free (once), and end expired requests."""
+    report = gpus.check_free_requests(svc, now=ctx.now)
+    return JobResult(lines=report.lines(), data={"sent": [v.id for v in report.sent]})
+
+
 def run_notify(svc: Services, ctx: JobContext) -> JobResult:
     """Send the queued notifications that are due: those whose first attempt failed (or whose portal
     stopped before it sent them), with a doubling wait between attempts. A channel that fails is a
@@ -164,6 +172,8 @@ JOBS: dict[str, Job] = {
             timedelta(minutes=10), run_bookings),
         Job("gpu-idle", "sample GPU use per member; fair-use limits; mail about (or release) idle GPUs",
             lambda s: timedelta(seconds=s.settings.gpu_sample_seconds), timedelta(minutes=10), run_gpu_idle),
+        Job("gpu-free", "tell members waiting for free GPUs when they are free", lambda s: timedelta(minutes=1),
+            timedelta(minutes=10), run_gpu_free),
         Job("reconcile", "repair drift between the store and the daemon",
             lambda s: timedelta(minutes=s.settings.reconcile_interval_minutes), timedelta(minutes=30), run_reconcile),
         Job("usage-rollup", "roll GPU usage samples up into hours and days", lambda s: timedelta(minutes=10),

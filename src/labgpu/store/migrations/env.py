@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from labgpu.store import (
     models_my_templates,  # noqa: F401 - its table, on Base.metadata
     models_notify,  # noqa: F401 - its tables, on Base.metadata
+    models_selfservice,  # noqa: F401 - its table, on Base.metadata
     models_signon,  # noqa: F401 - its table, on Base.metadata
 )
 from labgpu.store.models import Base

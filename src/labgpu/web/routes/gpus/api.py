@@ -22,11 +22,14 @@ from labgpu.web.schemas_gpus import (
     BookingExtend,
     BookingOut,
     BookingReject,
+    FreeRequestCreate,
+    FreeRequestOut,
     HostGpusOut,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["gpus"], responses=ERROR_RESPONSES)
 BookingId = Annotated[int, Path(ge=1, le=2**53, description="The booking's id.")]
+RequestId = Annotated[int, Path(ge=1, le=2**53, description="The request's id.")]
 
 
 def _out(view: BookingView, **extra: Any) -> dict[str, Any]:
@@ -112,3 +115,37 @@ def reject_booking(
 ) -> BookingOut:
     """Reject a pending booking, freeing its GPUs; the member is mailed the reason. Admins only."""
     return BookingOut.model_validate(_out(gpus.reject_booking(svc, booking_id, reason=body.reason)))
+
+
+@router.get("/gpu-free-requests", response_model=list[FreeRequestOut])
+def list_free_requests(
+    _: CurrentMember,
+    svc: ServicesDep,
+    include_all: Annotated[
+        bool, Query(alias="all", description="Also sent, expired and cancelled requests.")
+    ] = False,
+    member: Annotated[str | None, Query(max_length=64, description="Only this member's (admins).")] = None,
+) -> list[FreeRequestOut]:
+    """Requests to be told when GPUs are free, newest first: the caller's own (an admin: everyone's),
+    waiting ones unless ``all=1``."""
+    if member:
+        validate_member_name(member)
+    views = gpus.list_free_requests(svc, member=member or None, include_all=include_all)
+    return [FreeRequestOut.model_validate(v.as_dict()) for v in views]
+
+
+@router.post("/gpu-free-requests", response_model=FreeRequestOut, status_code=201)
+def create_free_request(body: FreeRequestCreate, identity: CurrentMember, svc: ServicesDep) -> FreeRequestOut:
+    """Be told once (through the member's notification channels: mail, webhooks) when ``count`` GPUs are
+    free on ``host`` (default: the member's host): nobody holds them and they were idle for
+    gpu_free_minutes. Ends when told, at its expiry, or when cancelled. 409 when one already waits there."""
+    view = gpus.ask_when_free(
+        svc, member=body.member or identity.name, count=body.count, host=body.host, hours=body.hours
+    )
+    return FreeRequestOut.model_validate(view.as_dict())
+
+
+@router.post("/gpu-free-requests/{request_id}/cancel", response_model=FreeRequestOut)
+def cancel_free_request(request_id: RequestId, _: CurrentMember, svc: ServicesDep) -> FreeRequestOut:
+    """Cancel a waiting request (the caller's own; an admin: anyone's)."""
+    return FreeRequestOut.model_validate(gpus.cancel_free_request(svc, request_id).as_dict())

@@ -1,9 +1,10 @@
-"""Pages: GPU usage (every host's GPUs, their processes and holders) and the bookings board (book, cancel,
+"""Pages: GPU usage (every host's GPUs, their processes and holders; "tell me when N GPUs are free") and the bookings board (book, cancel,
 extend; admins approve and reject). Every signed-in member sees both: who uses which GPU is no secret in a
 lab. The rules, and who may change which booking, are :mod:`labgpu.services.gpus._bookings`'s."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
@@ -71,17 +72,79 @@ class Clock:
 # GPU usage ----------------------------------------------------------------------------------------
 
 
+def _gpus_page(
+    request: Request,
+    renderer: Renderer,
+    svc: Services,
+    reader: GpuUsageReader,
+    identity: Identity,
+    status_code: int = 200,
+    **extra: Any,
+) -> HTMLResponse:
+    hosts = reader.read(svc)
+    clock = Clock(gpus_svc.local_tz())
+    mine = gpus_svc.member_host(svc, identity.name)
+    return renderer.render(
+        request,
+        "gpus.html",
+        status_code,
+        hosts=hosts,
+        clock=clock,
+        free_requests=gpus_svc.list_free_requests(svc, member=identity.name),
+        my_host=mine.name if mine is not None else "",
+        free_hours=svc.settings.gpu_free_request_hours,
+        free_minutes=svc.settings.gpu_free_minutes,
+        **extra,
+    )
+
+
 @router.get("/gpus")
 def gpus_page(
     request: Request,
-    _: CurrentMember,
+    identity: CurrentMember,
     svc: ServicesDep,
     reader: GpuUsageDep,
     renderer: RendererDep,
 ) -> HTMLResponse:
-    hosts = reader.read(svc)
-    clock = Clock(gpus_svc.local_tz())
-    return renderer.render(request, "gpus.html", hosts=hosts, clock=clock)
+    return _gpus_page(request, renderer, svc, reader, identity)
+
+
+@router.post("/gpus/notify-free")
+def notify_free(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+    count: Annotated[str, Form(max_length=8)] = "",
+    host: Annotated[str, Form(max_length=64)] = "",
+) -> HTMLResponse:
+    """Tell me (once) when ``count`` GPUs are free on ``host``."""
+    with Outcome(request, renderer, error_field="free_error") as out:
+        text = count.strip()
+        if not text.isdigit():
+            raise BadInput(N_("say how many GPUs"))
+        view = gpus_svc.ask_when_free(svc, member=identity.name, count=int(text), host=host.strip() or None)
+        out.done(
+            N_("You will be told once when %(count)s GPU(s) are free on %(host)s (until %(until)s)."),
+            {"count": view.count, "host": view.host, "until": Clock(gpus_svc.local_tz()).full(view.expires)},
+        )
+    return out.show(functools.partial(_gpus_page, request, renderer, svc, reader, identity))
+
+
+@router.post("/gpus/notify-free/{request_id}/cancel")
+def cancel_notify_free(
+    request_id: BookingId,
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    reader: GpuUsageDep,
+    renderer: RendererDep,
+) -> HTMLResponse:
+    with Outcome(request, renderer, error_field="free_error") as out:
+        view = gpus_svc.cancel_free_request(svc, request_id)
+        out.done(N_("Request %(id)s was cancelled."), {"id": view.id})
+    return out.show(functools.partial(_gpus_page, request, renderer, svc, reader, identity))
 
 
 # The bookings board -------------------------------------------------------------------------------

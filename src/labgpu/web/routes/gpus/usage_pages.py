@@ -26,9 +26,12 @@ ByQuery = Annotated[str, Query(max_length=8)]
 
 def _chart(request: Request, renderer: Renderer, report: gpus_svc.UsageReport, title: str) -> Any:
     gettext = renderer.gettext(request)
+    # The usage of no member ("(others)") is named in the reader's language, as the table names it.
+    outside = gettext("others (host processes, containers not labgpu's)")
+    series = {outside if name == "(others)" else name: values for name, values in report.series.items()}
     return stacked_bars(
         report.buckets,
-        report.series,
+        series,
         tz=gpus_svc.local_tz(),
         unit=report.unit,
         title=gettext(title),

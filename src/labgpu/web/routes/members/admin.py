@@ -1,16 +1,16 @@
-"""Admin pages of members: the list (search), a member (disable/enable, limits and GPUs, removal with a
+"""Admin pages of members: the list (search), a member (disable/enable, limits and GPUs, no-GPU mode, removal with a
 typed confirmation), every container (the status page) and the shares."""
 
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
 from labgpu.errors import N_, BadInput
-from labgpu.services import members, portal
+from labgpu.services import gpus, members, portal
 from labgpu.services.context import Services
 from labgpu.web.deps import AdminRequired, RendererDep, ServicesDep
 from labgpu.web.outcome import Outcome, Page
@@ -119,6 +119,24 @@ def set_limits(
             out.done(N_("Changed: %(changes)s."), {"changes": listed})
         else:
             out.done(N_("Nothing to change."))
+    return out.show(_member(request, renderer, svc, name))
+
+
+@router.post("/admin/members/{name}/no-gpu")
+def no_gpu(
+    name: str,
+    request: Request,
+    _: AdminRequired,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    no_gpu: Annotated[Literal["on", "off"], Form()],
+) -> HTMLResponse:
+    with Outcome(request, renderer) as out:
+        gpus.set_no_gpu(svc, name, no_gpu == "on")
+        if no_gpu == "on":
+            out.done(N_("%(name)s's container has no GPU now (no-GPU mode)."), {"name": name})
+        else:
+            out.done(N_("%(name)s's container has its GPUs back."), {"name": name})
     return out.show(_member(request, renderer, svc, name))
 
 

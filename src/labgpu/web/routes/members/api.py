@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from labgpu.errors import N_, BadInput, NotFound
-from labgpu.services import members, portal
+from labgpu.services import gpus, members, portal
 from labgpu.services.portal import Forbidden
 from labgpu.web.deps import AdminRequired, CurrentMember, ServicesDep, VisibleMember
 from labgpu.web.schemas import (
@@ -34,6 +34,7 @@ from labgpu.web.schemas import (
     SnapshotOut,
     SnapshotTaken,
 )
+from labgpu.web.schemas_gpus import NoGpuChange, NoGpuOut
 from labgpu.web.terminals import end_terminals
 from labgpu.web.views import connection_sheet
 
@@ -151,6 +152,14 @@ def enable_member(name: str, _: AdminRequired, svc: ServicesDep) -> AccountOut:
     """Enable a disabled account again (revoked sessions and tokens stay revoked). Admins only."""
     portal.set_disabled(svc, name, disabled=False)
     return AccountOut(**portal.get_account(svc, name).as_dict())
+
+
+@router.post("/members/{name}/no-gpu", response_model=NoGpuOut)
+def set_no_gpu(name: VisibleMember, body: NoGpuChange, svc: ServicesDep) -> NoGpuOut:
+    """No-GPU mode: ``no_gpu: true`` detaches every GPU from the container (live when it runs; its GPU
+    choice is kept), ``false`` gives them back. Kept by reconcile; booked GPUs wait until it is off.
+    Admin or the member."""
+    return NoGpuOut.model_validate(gpus.set_no_gpu(svc, name, body.no_gpu).as_dict())
 
 
 @router.post("/members/{name}/{action}", response_model=PowerOut)

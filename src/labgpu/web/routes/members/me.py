@@ -1,4 +1,4 @@
-"""Pages: my container (state, limits, uptime, connection sheet, start/stop/restart, reset, the
+"""Pages: my container (state, limits, uptime, connection sheet, start/stop/restart, no-GPU mode, reset, the
 container's password, the VNC password, snapshots, SSH keys) and its downloads. Every action is on the logged-in member's own
 container: there is no name in these forms to tamper with."""
 
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from labgpu.errors import N_, BadInput, LabgpuError, NotFound
-from labgpu.services import members, portal
+from labgpu.services import gpus, members, portal
 from labgpu.services.context import Services
 from labgpu.services.portal import Identity
 from labgpu.web.deps import CurrentMember, RendererDep, ServicesDep
@@ -25,6 +25,10 @@ POWER_DONE = {
     "start": N_("Your container was started."),
     "stop": N_("Your container was stopped."),
     "restart": N_("Your container was restarted."),
+}
+NO_GPU_DONE = {
+    "on": N_("Your container has no GPU now (no-GPU mode)."),
+    "off": N_("Your GPUs are back."),
 }
 SnapshotField = Annotated[str, Form(max_length=63)]
 
@@ -86,6 +90,21 @@ def power(
     with Outcome(request, renderer) as out:
         members.set_power(svc, identity.name, action)
         out.done(POWER_DONE[action])
+    return out.show(_me(request, renderer, svc, identity))
+
+
+@router.post("/me/no-gpu")
+def no_gpu(
+    request: Request,
+    identity: CurrentMember,
+    svc: ServicesDep,
+    renderer: RendererDep,
+    no_gpu: Annotated[Literal["on", "off"], Form()],
+) -> HTMLResponse:
+    """No-GPU mode on (every GPU detached) or off (the GPUs back), one click each way."""
+    with Outcome(request, renderer) as out:
+        gpus.set_no_gpu(svc, identity.name, no_gpu == "on")
+        out.done(NO_GPU_DONE[no_gpu])
     return out.show(_me(request, renderer, svc, identity))
 
 

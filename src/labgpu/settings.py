@@ -1,12 +1,9 @@
 """Settings: one typed object, read from a TOML file and ``LABGPU_*`` variables.
 
-Precedence, highest first: explicit overrides (tests, CLI flags), environment
-variables, the TOML file, the defaults below. The file is ``--config``, else
-``$LABGPU_CONFIG``, else ``/etc/labgpu/labgpu.toml`` when it exists.
-
-Every setting has a type, a default and a help text; ``docs/configuration.md``
-must describe each one (a test checks it). Nothing here runs at import time:
-call :func:`load_settings`.
+Precedence, highest first: explicit overrides (tests, CLI flags), environment variables, the TOML file,
+the defaults below. The file is ``--config``, else ``$LABGPU_CONFIG``, else ``/etc/labgpu/labgpu.toml``
+when it exists. Every setting has a type, a default and a help text; ``docs/configuration.md`` must
+describe each one (a test checks it). Nothing here runs at import time: call :func:`load_settings`.
 """
 
 from __future__ import annotations
@@ -581,10 +578,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from the file, the environment and ``overrides``.
-
-    Raises ConfigError with a message naming the setting and how to fix it.
-    """
+    """Build the settings from the file, the environment and ``overrides``. Raises ConfigError with a
+    message naming the setting and how to fix it."""
     path = resolve_config_path(config)
     values = _read_toml(path) if path is not None else {}
     token = _file_values.set(values)

@@ -95,9 +95,7 @@ def start_interactive(
 def exec_websocket_path(started: InteractiveExec, secret: str) -> str:
     """The path (on the daemon's socket or HTTPS address) of one of ``started``'s WebSockets: ``secret`` is
     its ``data_secret`` or its ``control_secret``."""
-    return (
-        f"/1.0/operations/{quote(started.operation_id, safe='')}/websocket?secret={quote(secret, safe='')}"
-    )
+    return f"/1.0/operations/{quote(started.operation_id, safe='')}/websocket?secret={quote(secret, safe='')}"
 
 
 def cancel_interactive(client: RuntimeClient, started: InteractiveExec) -> None:

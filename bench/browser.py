@@ -8,7 +8,9 @@ memory and CPU can be read from /proc).
 - keystroke round trip: one character typed into the terminal's WebSocket until the pty's echo of it comes
   back, against the same through `ssh -tt` to the same container's SSH port (median and p95 of R rounds,
   and their ratio; targets: ratio <= 1.5, under 10 ms on loopback), and straight on the daemon's exec
-  WebSockets without the portal (the floor of any bridge);
+  WebSockets without the portal (the floor of any bridge). The three ways take turns key by key and are
+  read alike (a blocking read in one thread; the WebSocket clients offer permessage-deflate as Chromium
+  does), and the load average is reported beside them: on a shared machine it moves every figure;
 - 50 idle terminals open at once: the portal's resident memory before and with them, and its CPU use while
   they sit idle.
 
@@ -22,17 +24,21 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import secrets
+import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,8 +66,6 @@ class TerminalLab:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -119,12 +123,14 @@ def terminal_lab(daemon: str, *, max_open: int) -> Iterator[TerminalLab]:
         # The first-login password change would stop a key login too: the bench member has done it.
         runtime.instances.exec(name, ["chage", "-d", time.strftime("%Y-%m-%d"), settings.container_user])
         set_password(svc, name=name, password=PASSWORD)
-        port = _free_port()
+        port, apps_port = _free_port(), _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LABGPU_")}
         env.update({f"LABGPU_{k.upper()}": v for k, v in overrides.items()})
         log = (work / "serve.log").open("w")
+        # The apps origin on a free port too: another serve may hold the setting's default.
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", str(apps_port)]
         portal = subprocess.Popen(
-            [sys.executable, "-m", "labgpu.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "labgpu.cli", *serve],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -175,179 +181,232 @@ def _login(url: str, name: str, portal: subprocess.Popen[bytes]) -> str:
         return f"labgpu_session={client.cookies['labgpu_session']}"
 
 
-def terminal_open(lab: TerminalLab) -> Any:
+# Keystrokes: three ways into the same shell, timed alike ----------------------------------------------
+
+WARMUP = 20  # rounds typed before the timed ones
+
+
+class _Way(Protocol):
+    """A way to type into a shell of the container and read its echo, in this thread."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def recv(self, timeout: float) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _WebSocketWay:
+    """A WebSocket client read the way the ``ssh -tt`` pipe is read: a blocking socket and select() in this
+    thread, with the ``websockets`` package's Sans-I/O protocol (no event loop and no reader thread: either
+    would add a hand-off of its own to every echo that the ssh side does not have). It offers
+    permessage-deflate as Chromium does; the server decides (``extensions``: what it agreed to)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        url: str,
+        *,
+        origin: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+        from websockets.protocol import State
+        from websockets.uri import parse_uri
+
+        self._sock = sock
+        self._events: deque[Any] = deque()
+        self._protocol = ClientProtocol(
+            parse_uri(url),
+            origin=origin,  # type: ignore[arg-type]
+            extensions=[ClientPerMessageDeflateFactory(client_max_window_bits=True)],
+            max_size=None,
+        )
+        request = self._protocol.connect()
+        request.headers.update(headers or {})
+        self._protocol.send_request(request)
+        self._flush()
+        while self._protocol.state is State.CONNECTING:
+            self._feed(30)
+        if self._protocol.state is not State.OPEN:
+            raise RuntimeError(f"WebSocket refused: {self._protocol.handshake_exc}")
+        response = self._events.popleft()
+        self.extensions = response.headers.get("Sec-WebSocket-Extensions")
+
+    def _flush(self) -> None:
+        self._sock.sendall(b"".join(self._protocol.data_to_send()))  # pongs and close replies too
+
+    def _feed(self, timeout: float) -> None:
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        data = self._sock.recv(65536)
+        if data:
+            self._protocol.receive_data(data)
+        else:
+            self._protocol.receive_eof()
+        self._flush()
+        self._events.extend(self._protocol.events_received())
+        if not data and not self._events:
+            raise EOFError("the WebSocket closed")
+
+    def send(self, data: bytes) -> None:
+        self._protocol.send_binary(data)
+        self._flush()
+
+    def recv(self, timeout: float) -> bytes:
+        from websockets.frames import Frame, Opcode
+
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._events:
+                event = self._events.popleft()
+                if isinstance(event, Frame) and event.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
+                    return bytes(event.data)
+                if isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    raise EOFError("the WebSocket closed")
+            self._feed(max(0.0, deadline - time.monotonic()))  # pings come without data
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _SshWay:
+    """``ssh -tt`` to the container's SSH port, read through its pipe."""
+
+    def __init__(self, lab: TerminalLab) -> None:
+        self._proc = subprocess.Popen(
+            ["ssh", "-tt", *SSH_OPTS, "-i", str(lab.key), "-p", str(lab.ssh_port), "ubuntu@127.0.0.1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin, self._fd = self._proc.stdin, self._proc.stdout.fileno()
+
+    def send(self, data: bytes) -> None:
+        self._stdin.write(data)
+
+    def recv(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        return os.read(self._fd, 65536)
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+def _tcp(url: str) -> socket.socket:
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as browsers do
+    return sock
+
+
+def terminal_open(lab: TerminalLab) -> _WebSocketWay:
     """One terminal's WebSocket, opened as the portal's page opens it; returns once the prompt is there."""
-    from websockets.sync.client import connect
-
-    ws = connect(
+    way = _WebSocketWay(
+        _tcp(lab.url),
         lab.url.replace("http://", "ws://") + f"/terminal/{lab.name}/ws?cols=120&rows=40",
-        origin=lab.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": lab.cookie},
-        compression=None,
-        open_timeout=60,
+        origin=lab.url,
+        headers={"Cookie": lab.cookie},
     )
-    _read_until(lambda timeout: ws.recv(timeout=timeout), b"$ ")
-    return ws
+    _read_until(way.recv, b"$ ")
+    return way
 
 
-def _read_until(recv: Any, needle: bytes, timeout: float = 30) -> None:
+@contextlib.contextmanager
+def _daemon_direct(lab: TerminalLab) -> Iterator[_WebSocketWay]:
+    """The shell straight on the daemon's exec WebSockets (no portal): the floor of any bridge."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labgpu.runtime.client import RuntimeClient
+    from labgpu.runtime.endpoint import Endpoint
+    from labgpu.runtime.terminal import exec_websocket_path, start_interactive
+    from labgpu.services.members._terminal import TERMINAL_ENV, terminal_command
+
+    with RuntimeClient(Endpoint.unix(Path(SOCKETS[lab.daemon]))) as client:
+        started = start_interactive(
+            client, lab.name, terminal_command("ubuntu"), environment=dict(TERMINAL_ENV), cols=120, rows=40
+        )
+
+    def one(secret: str) -> _WebSocketWay:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(SOCKETS[lab.daemon])
+        return _WebSocketWay(sock, "ws://runtime" + exec_websocket_path(started, secret))
+
+    # Both at once: the daemon starts the shell once both are connected.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        data, control = pool.map(one, [started.data_secret, started.control_secret])
+    try:
+        yield data
+    finally:
+        data.close()
+        control.close()
+
+
+def _read_until(recv: Callable[[float], bytes], needle: bytes, timeout: float = 30) -> None:
     seen = b""
     deadline = time.monotonic() + timeout
     while needle not in seen:
-        data = recv(max(0.01, deadline - time.monotonic()))
-        seen += data if isinstance(data, bytes) else data.encode()
+        seen += recv(max(0.01, deadline - time.monotonic()))
         if time.monotonic() > deadline:
             raise TimeoutError(f"{needle!r} did not come: {seen[-200:]!r}")
 
 
-def _keystrokes(send: Any, recv: Any, rounds: int) -> list[float]:
-    """Seconds from typing one character to its echo, ``rounds`` times (the line is cleared every 50)."""
-    times = []
-    for i in range(rounds):
-        if i % 50 == 49:
-            send(b"\x15")  # Ctrl-U: an empty line again (its echo is drained by the next waits)
-            time.sleep(0.02)
-            with contextlib.suppress(TimeoutError):
-                while True:
-                    recv(0.02)
-        start = time.perf_counter()
-        send(b"x")
-        _read_until(recv, b"x", timeout=10)
-        times.append(time.perf_counter() - start)
-    return times
+def _drain(way: _Way, wait: float = 0.02) -> None:
+    with contextlib.suppress(TimeoutError):
+        while True:
+            way.recv(wait)
 
 
-def terminal_keystrokes_portal(lab: TerminalLab, rounds: int) -> list[float]:
-    """Keystrokes through the portal, from an asyncio client in this thread (a browser's event loop has no
-    thread hand-off either; the sync client's reader thread would add its own to every echo)."""
-    import asyncio
-
-    from websockets.asyncio.client import connect
-
-    async def run() -> list[float]:
-        async with connect(
-            lab.url.replace("http://", "ws://") + f"/terminal/{lab.name}/ws?cols=120&rows=40",
-            origin=lab.url,  # type: ignore[arg-type]
-            additional_headers={"Cookie": lab.cookie},
-            compression=None,
-        ) as ws:
-
-            async def recv(timeout: float) -> bytes:
-                data = await asyncio.wait_for(ws.recv(), timeout)
-                return data if isinstance(data, bytes) else data.encode()
-
-            async def until(needle: bytes, timeout: float = 30) -> None:
-                seen = b""
-                while needle not in seen:
-                    seen += await recv(timeout)
-
-            async def strokes(n: int) -> list[float]:
-                times = []
-                for i in range(n):
-                    if i % 50 == 49:
-                        await ws.send(b"\x15")
-                        await asyncio.sleep(0.02)
-                        with contextlib.suppress(TimeoutError):
-                            while True:
-                                await recv(0.02)
-                    start = time.perf_counter()
-                    await ws.send(b"x")
-                    await until(b"x", 10)
-                    times.append(time.perf_counter() - start)
-                return times
-
-            await until(b"$ ")
-            await strokes(20)  # warm up
-            return await strokes(rounds)
-
-    return asyncio.run(run())
+def _keystroke(way: _Way) -> float:
+    """Seconds from typing one character to its echo."""
+    start = time.perf_counter()
+    way.send(b"x")
+    _read_until(way.recv, b"x", timeout=10)
+    return time.perf_counter() - start
 
 
-def terminal_keystrokes_direct(lab: TerminalLab, rounds: int) -> list[float]:
-    """The floor of any bridge: the same keystrokes straight on the daemon's exec WebSockets (no portal)."""
-    import asyncio
-
-    from labgpu.runtime.client import RuntimeClient
-    from labgpu.runtime.endpoint import Endpoint
-    from labgpu.runtime.terminal import ExecStream, start_interactive
-    from labgpu.services.members._terminal import TERMINAL_ENV, terminal_command
-
-    client = RuntimeClient(Endpoint.unix(Path(SOCKETS[lab.daemon])))
-
-    async def run() -> list[float]:
-        started = start_interactive(
-            client, lab.name, terminal_command("ubuntu"), environment=dict(TERMINAL_ENV)
-        )
-        stream = await ExecStream.connect(client, started)
-
-        async def recv(timeout: float) -> bytes:
-            data = await asyncio.wait_for(stream.recv(), timeout)
-            if data is None:
-                raise EOFError
-            return data
-
-        async def until(needle: bytes, timeout: float = 30) -> None:
-            seen = b""
-            while needle not in seen:
-                seen += await recv(timeout)
-
-        async def strokes(n: int) -> list[float]:
-            times = []
-            for i in range(n):
-                if i % 50 == 49:
-                    await stream.send(b"\x15")
-                    await asyncio.sleep(0.02)
-                    with contextlib.suppress(TimeoutError):
-                        while True:
-                            await recv(0.02)
-                start = time.perf_counter()
-                await stream.send(b"x")
-                await until(b"x", 10)
-                times.append(time.perf_counter() - start)
-            return times
-
-        try:
-            await until(b"$ ")
-            await strokes(20)
-            return await strokes(rounds)
-        finally:
-            await stream.close()
-
-    try:
-        return asyncio.run(run())
-    finally:
-        client.close()
-
-
-def terminal_keystrokes_ssh(lab: TerminalLab, rounds: int) -> list[float]:
-    import select
-
-    proc = subprocess.Popen(
-        ["ssh", "-tt", *SSH_OPTS, "-i", str(lab.key), "-p", str(lab.ssh_port), "ubuntu@127.0.0.1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        bufsize=0,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    fd = proc.stdout.fileno()
-
-    def send(data: bytes) -> None:
-        proc.stdin.write(data)  # type: ignore[union-attr]
-
-    def recv(timeout: float) -> bytes:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        return os.read(fd, 65536)
-
-    try:
-        _read_until(recv, b"$ ")
-        _keystrokes(send, recv, 20)
-        return _keystrokes(send, recv, rounds)
-    finally:
-        proc.kill()
-        proc.wait()
+def terminal_keystrokes(lab: TerminalLab, rounds: int) -> dict[str, Any]:
+    """One character typed and its echo awaited, ``rounds`` times each way: through the portal's terminal,
+    through ``ssh -tt``, and straight on the daemon's exec WebSockets. The ways take turns key by key, in a
+    shuffled order, so that the load of this shared machine weighs on all three alike; each is read the same
+    way (a blocking read in this thread). The line is cleared every 50 keys."""
+    order = ["portal", "ssh", "direct"]
+    times: dict[str, list[float]] = {name: [] for name in order}
+    shuffle = random.Random(0).shuffle
+    with contextlib.ExitStack() as stack:
+        portal = terminal_open(lab)
+        stack.callback(portal.close)
+        ssh = _SshWay(lab)
+        stack.callback(ssh.close)
+        direct = stack.enter_context(_daemon_direct(lab))
+        ways: dict[str, _Way] = {"portal": portal, "ssh": ssh, "direct": direct}
+        for way in (ssh, direct):  # the portal's prompt came in terminal_open
+            _read_until(way.recv, b"$ ")
+        load_before = os.getloadavg()[0]
+        for i in range(WARMUP + rounds):
+            if i % 50 == 49:
+                for way in ways.values():
+                    way.send(b"\x15")  # Ctrl-U: an empty line again
+                time.sleep(0.02)
+                for way in ways.values():
+                    _drain(way)
+            shuffle(order)
+            for name in order:
+                elapsed = _keystroke(ways[name])
+                if i >= WARMUP:
+                    times[name].append(elapsed)
+        return {
+            "times": times,
+            "load": (round(load_before, 2), round(os.getloadavg()[0], 2)),
+            "deflate": bool(portal.extensions and "permessage-deflate" in portal.extensions),
+        }
 
 
 def _rss_kib(pid: int) -> int:
@@ -362,6 +421,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _idle(ways: list[_WebSocketWay], seconds: float) -> None:
+    """Leave the terminals idle for ``seconds``, answering the portal's keepalive pings as a browser does."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(1.0, left))
+        for way in ways:
+            _drain(way, 0)
+
+
 def terminal_idle(lab: TerminalLab, count: int, window: float) -> dict[str, float]:
     """Open ``count`` terminals at once, leave them idle for ``window`` seconds: the portal's memory and CPU."""
     from concurrent.futures import ThreadPoolExecutor
@@ -369,17 +437,17 @@ def terminal_idle(lab: TerminalLab, count: int, window: float) -> dict[str, floa
     before = _rss_kib(lab.portal_pid)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=count) as pool:
-        sockets = list(pool.map(lambda _: terminal_open(lab), range(count)))
+        ways = list(pool.map(lambda _: terminal_open(lab), range(count)))
     opened_in = time.perf_counter() - start
     try:
-        time.sleep(2)
+        _idle(ways, 2)
         with_them = _rss_kib(lab.portal_pid)
         cpu0, t0 = _cpu_seconds(lab.portal_pid), time.perf_counter()
-        time.sleep(window)
+        _idle(ways, window)
         cpu = (_cpu_seconds(lab.portal_pid) - cpu0) / (time.perf_counter() - t0)
     finally:
-        for ws in sockets:
-            ws.close()
+        for way in ways:
+            way.close()
     return {
         "terminals": count,
         "open_all_s": round(opened_in, 2),
@@ -390,39 +458,45 @@ def terminal_idle(lab: TerminalLab, count: int, window: float) -> dict[str, floa
     }
 
 
+def _ms(values: list[float], percentile: int | None = None) -> float:
+    """The median (or a percentile) of ``values`` in milliseconds."""
+    if percentile is None:
+        return round(statistics.median(values) * 1000, 3)
+    return round(statistics.quantiles(values, n=100)[percentile - 1] * 1000, 2)
+
+
 def terminal_bench(daemon: str, rounds: int, idle: int, window: float) -> dict[str, Any]:
     with terminal_lab(daemon, max_open=idle + 5) as lab:
-        portal = terminal_keystrokes_portal(lab, rounds)
-        ssh = terminal_keystrokes_ssh(lab, rounds)
-        direct = terminal_keystrokes_direct(lab, rounds)
+        keys = terminal_keystrokes(lab, rounds)
         idle_figures = terminal_idle(lab, idle, window)
-
-    def ms(values: list[float], q: float) -> float:
-        return round(statistics.quantiles(values, n=100)[int(q) - 1] * 1000, 2) if q < 100 else 0.0
-
-    portal_median, ssh_median = statistics.median(portal) * 1000, statistics.median(ssh) * 1000
+    times = keys["times"]
+    figures = {name: {"median": _ms(times[name]), "p95": _ms(times[name], 95)} for name in times}
     return {
         "daemon": daemon,
         "rounds": rounds,
-        "keystroke_portal_ms": {"median": round(portal_median, 2), "p95": ms(portal, 95)},
-        "keystroke_ssh_ms": {"median": round(ssh_median, 2), "p95": ms(ssh, 95)},
-        "keystroke_daemon_direct_ms": {
-            "median": round(statistics.median(direct) * 1000, 2),
-            "p95": ms(direct, 95),
-        },
-        "keystroke_ratio": round(portal_median / ssh_median, 2),
+        "keystroke_portal_ms": figures["portal"],
+        "keystroke_ssh_ms": figures["ssh"],
+        "keystroke_daemon_direct_ms": figures["direct"],
+        "keystroke_ratio": round(statistics.median(times["portal"]) / statistics.median(times["ssh"]), 2),
+        "portal_deflate": keys["deflate"],
+        "load_average": list(keys["load"]),
         "idle": idle_figures,
     }
 
 
 def terminal_report(r: dict[str, Any]) -> str:
-    i = r["idle"]
+    i, portal, ssh, direct = (
+        r["idle"],
+        r["keystroke_portal_ms"],
+        r["keystroke_ssh_ms"],
+        r["keystroke_daemon_direct_ms"],
+    )
     return (
-        f"{r['daemon']}: keystroke round trip, median (p95) of {r['rounds']}: portal terminal "
-        f"{r['keystroke_portal_ms']['median']} ms ({r['keystroke_portal_ms']['p95']}), ssh -tt "
-        f"{r['keystroke_ssh_ms']['median']} ms ({r['keystroke_ssh_ms']['p95']}), ratio {r['keystroke_ratio']}; "
-        f"the daemon's exec WebSockets without the portal {r['keystroke_daemon_direct_ms']['median']} ms "
-        f"({r['keystroke_daemon_direct_ms']['p95']})\n"
+        f"{r['daemon']}: keystroke round trip, median (p95) of {r['rounds']}, the three ways taking turns: "
+        f"portal terminal {portal['median']} ms ({portal['p95']}), ssh -tt {ssh['median']} ms ({ssh['p95']}), "
+        f"ratio {r['keystroke_ratio']}; the daemon's exec WebSockets without the portal {direct['median']} ms "
+        f"({direct['p95']}); permessage-deflate {'on' if r['portal_deflate'] else 'off'}; load average "
+        f"{r['load_average'][0]} -> {r['load_average'][1]}\n"
         f"{r['daemon']}: {i['terminals']} idle terminals (opened in {i['open_all_s']} s): portal RSS "
         f"{i['rss_before_mib']} -> {i['rss_with_mib']} MiB ({i['rss_per_terminal_kib']} KiB each), "
         f"CPU {i['idle_cpu_percent']} % while idle"

@@ -108,6 +108,7 @@ def test_a_member_uses_the_terminal_in_the_browser(
     term.wait_for_function(
         "() => window.labgpuTerminal.term.buffer.active.getLine(0).translateToString().includes('$')"
     )
+    assert term.evaluate("() => window.labgpuTerminal.socket.extensions") == ""  # keystrokes not deflated
     _type(term, f"echo from-browser-$(id -un)-$(pwd) > ~/{name}/typed")
     assert _wait_for_file(home / "typed") == "from-browser-ubuntu-/home/ubuntu\n"
 

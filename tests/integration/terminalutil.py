@@ -15,6 +15,8 @@ import httpx
 import uvicorn
 from websockets.sync.client import ClientConnection, connect
 
+from labgpu.cli.portal import portal_websocket_options
+
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -34,7 +36,7 @@ def serve(app: Any) -> Iterator[str]:
     """``app`` at http://127.0.0.1:PORT (uvicorn with its WebSocket support, as `labgpu serve` runs it)."""
     port = free_port()
     server = _Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **portal_websocket_options())
     )
     thread = threading.Thread(target=server.run, daemon=True, name="test-portal")
     thread.start()
@@ -74,13 +76,14 @@ def ws_url(url: str, name: str, **query: int) -> str:
 def open_ws(
     url: str, name: str, client: httpx.Client | None, *, origin: str | None = "same", **query: int
 ) -> ClientConnection:
-    """The terminal's WebSocket, with the cookies of ``client`` and an Origin ("same": the portal's)."""
+    """The terminal's WebSocket, with the cookies of ``client`` and an Origin ("same": the portal's); like a
+    browser, it offers permessage-deflate."""
     return connect(
         ws_url(url, name, **query),
         origin=(url if origin == "same" else origin),  # type: ignore[arg-type]
         additional_headers=cookie_header(client),
         open_timeout=30,
-        compression=None,
+        compression="deflate",
     )
 
 

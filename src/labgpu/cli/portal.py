@@ -326,11 +326,6 @@ def run_portal(
     shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     c.console.print(f"labgpu portal on [bold]{tls.scheme}://{shown}:{bind_port}/[/] (Ctrl-C stops it)")
     print_tls(c, tls)
-    # WebSockets (the terminal) through the `websockets` package's Sans-I/O protocol where this uvicorn has
-    # it; its older protocol is deprecated in recent websockets releases.
-    from uvicorn.config import WS_PROTOCOLS
-
-    ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
     https = tls.https and tls.certfile is not None and tls.keyfile is not None
     certfile = str(tls.certfile) if https else None
     keyfile = str(tls.keyfile) if https else None
@@ -340,9 +335,9 @@ def run_portal(
             host=bind_host,
             port=bind_port,
             log_level="info",
-            ws=ws,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
+            **portal_websocket_options(),
         )
         return
     from labgpu.web.routes.apps.origin import create_apps_app
@@ -355,9 +350,9 @@ def run_portal(
             host=bind_host,
             port=bind_port,
             log_level="info",
-            ws=ws,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
+            **portal_websocket_options(),
         ),
         # No access log here: the enter URL carries a one-time ticket, and members' app paths are theirs.
         uvicorn.Config(
@@ -365,12 +360,24 @@ def run_portal(
             host=bind_host,
             port=settings.apps_port,
             log_level="info",
-            ws=ws,
+            ws=portal_websocket_options()["ws"],
             access_log=False,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         ),
     )
+
+
+def portal_websocket_options() -> dict[str, Any]:
+    """uvicorn's WebSocket options for the portal's origin (the terminal): the `websockets` package's Sans-I/O
+    protocol where this uvicorn has it (its older protocol is deprecated in recent websockets releases), and
+    no permessage-deflate, which browsers offer and uvicorn accepts by default: a terminal's messages are a
+    keystroke and its echo, a few bytes that compression cannot shrink and that both ends would deflate and
+    inflate on the way (ssh does not compress by default either)."""
+    from uvicorn.config import WS_PROTOCOLS
+
+    ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+    return {"ws": ws, "ws_per_message_deflate": False}
 
 
 def _serve_both(portal: Any, apps: Any) -> None:
@@ -388,7 +395,10 @@ def _serve_both(portal: Any, apps: Any) -> None:
             server.should_exit = True
         await asyncio.gather(*pending, return_exceptions=True)
 
-    asyncio.run(main())
+    # The loop uvicorn picks when it runs one server itself: uvloop where it is installed (the locks have it),
+    # whose C event loop and transports take a fifth off the portal's CPU time per keystroke of a terminal.
+    with asyncio.Runner(loop_factory=portal.get_loop_factory()) as runner:
+        runner.run(main())
 
 
 def print_tls(c: CliContext, tls: PortalTls) -> None:

@@ -92,6 +92,12 @@ def start_interactive(
     )
 
 
+def exec_websocket_path(started: InteractiveExec, secret: str) -> str:
+    """The path (on the daemon's socket or HTTPS address) of one of ``started``'s WebSockets: ``secret`` is
+    its ``data_secret`` or its ``control_secret``."""
+    return f"/1.0/operations/{quote(started.operation_id, safe='')}/websocket?secret={quote(secret, safe='')}"
+
+
 def cancel_interactive(client: RuntimeClient, started: InteractiveExec) -> None:
     """Give up on an exec whose WebSockets never connected (best effort: the daemon may be gone)."""
     with contextlib.suppress(Exception):
@@ -117,10 +123,7 @@ class ExecStream:
         Raises RuntimeUnavailable when the daemon cannot be reached, RuntimeError_ when it refuses."""
 
         async def one(secret: str) -> ClientConnection:
-            path = (
-                f"/1.0/operations/{quote(started.operation_id, safe='')}/websocket"
-                f"?secret={quote(secret, safe='')}"
-            )
+            path = exec_websocket_path(started, secret)
             options: dict[str, Any] = {
                 "open_timeout": timeout,
                 "compression": None,  # keystrokes are a few bytes: no deflate, no latency for it

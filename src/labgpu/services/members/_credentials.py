@@ -1,0 +1,78 @@
+"""A new container's SSH keys and login policy, written before its first start.
+
+A container that was just created has not started: nothing in it runs, so nothing can be executed there,
+but the daemon's file API reads and writes its root filesystem (LXD and Incus alike; the first start then
+maps the files' owners like the rest of the image). Writing the keys and the sudo rule there means sshd
+finds them when it first answers: ``member add`` is done when SSH is ready, with no process started in
+the container afterwards (members._keys and members._login do the same with one exec each on a running
+container: for a container that already existed, and as the fallback here).
+
+The files are the same as those the exec path writes: ``~/.ssh`` (0700) and ``authorized_keys`` (0600,
+labgpu's block; lines the image had are kept) owned by the user, and the sudo rule (0440, root). The
+password of a member without a key is still set after sshd answers (``chpasswd`` needs a running
+container; and an image with cloud-init would lock a password set before its first boot)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from labgpu.runtime.errors import RuntimeNotFound
+from labgpu.services.context import Services
+from labgpu.services.members._keys import MAX_AUTHORIZED_KEYS, merged_authorized_keys
+from labgpu.services.members._login import SUDOERS_FILE, sudo_rule
+
+#: /etc/passwd and /etc/shadow bigger than this are not read (they are not an image's).
+MAX_ACCOUNTS_FILE = 1024 * 1024
+
+
+def _read(svc: Services, container: str, path: str, limit: int) -> str | None:
+    try:
+        data = svc.runtime.instances.pull_file(container, path)
+    except RuntimeNotFound:
+        return None
+    return data.decode("utf-8", errors="replace") if len(data) <= limit else None
+
+
+def _account(text: str | None, user: str) -> list[str] | None:
+    for line in (text or "").splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return fields
+    return None
+
+
+def write_before_start(svc: Services, container: str, keys: Sequence[str]) -> bool:
+    """Write the member's SSH keys and the login policy (sudo rule) into ``container``, which must not have
+    started yet. Returns True when done; False when this way does not apply and the exec path must do it
+    once the container runs: the image has no such user yet (cloud-init makes it at the first boot), or
+    the user has an initial password nobody has used yet (install_keys drops it). Raises runtime errors
+    when the daemon refuses a request."""
+    user = svc.settings.container_user
+    runtime = svc.runtime
+    account = _account(_read(svc, container, "/etc/passwd", MAX_ACCOUNTS_FILE), user)
+    if account is None or len(account) < 6 or not (account[2].isdigit() and account[3].isdigit()):
+        return False
+    uid, gid, home = int(account[2]), int(account[3]), f"/home/{user}"
+    has_key = any(k.strip() for k in keys)
+    if has_key:
+        shadow = _account(_read(svc, container, "/etc/shadow", MAX_ACCOUNTS_FILE), user)
+        if shadow is None or (len(shadow) > 2 and shadow[2] == "0"):
+            return False
+    try:
+        # An existing folder is left as the image made it; the daemon creates a missing one.
+        runtime.instances.make_dir(container, f"{home}/.ssh", uid=uid, gid=gid, mode=0o700)
+    except RuntimeNotFound:
+        return False  # no home folder in the image: the exec path says so clearly
+    path = f"{home}/.ssh/authorized_keys"
+    current = _read(svc, container, path, MAX_AUTHORIZED_KEYS)
+    runtime.instances.push_file(
+        container, path, merged_authorized_keys(current, keys).encode(), uid=uid, gid=gid, mode=0o600
+    )
+    # No /etc/sudoers.d (no sudo in the image): the login script skips the rule too.
+    with contextlib.suppress(RuntimeNotFound):
+        if svc.settings.container_sudo_nopasswd:
+            runtime.instances.push_file(container, SUDOERS_FILE, sudo_rule(user).encode(), mode=0o440)
+        else:
+            runtime.instances.delete_file(container, SUDOERS_FILE)
+    return True

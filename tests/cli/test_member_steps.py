@@ -29,8 +29,8 @@ ADD_WITH_KEY = [
     "placement and desired state",
     "home folder",
     "creating the container",
-    "SSH keys and login policy, before the first start",
     "starting the container",
+    "SSH keys and login policy, while it boots",
     "waiting for sshd",
     "recording the member as running",
 ]

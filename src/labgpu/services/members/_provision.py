@@ -17,7 +17,7 @@ from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeConflict, RuntimeError_, RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.hosts import public_address, services_for
-from labgpu.services.members._credentials import write_before_start
+from labgpu.services.members._credentials import write_while_booting
 from labgpu.services.members._homes import ensure_home_on
 from labgpu.services.members._keys import install_keys
 from labgpu.services.members._login import generate_password, set_login
@@ -123,8 +123,8 @@ def provision(
 
     The container is made on the member's host (a member without one, after `host rm --force`, is
     placed first). Each step checks before acting, so this is safe to run again after any crash.
-    A container made here gets its SSH keys and login policy before its first start
-    (members._credentials); one that existed gets them through the running container afterwards.
+    A container made here gets its SSH keys and login policy while it boots (members._credentials); one
+    that existed gets them through the running container once sshd answers.
     ``report`` is told each step as it begins. Waits for sshd (up to SSH_READY_TIMEOUT). Raises
     ProvisionError, Conflict or runtime errors."""
     place_unplaced(svc, name)
@@ -143,16 +143,16 @@ def provision(
     checkpoint("home")
     report("creating the container")
     created = ensure_container(svc, spec, roots)
-    # Keys and sudo rule in place before sshd first answers. A crash before they are written leaves a
-    # container that exists: the next run writes them through the running container instead.
-    written = False
-    if created:
-        report("SSH keys and login policy, before the first start")
-        written = write_before_start(svc, spec.name, keys)
     checkpoint("container")
     report("starting the container")
     ensure_running(svc.runtime, spec.name)
     checkpoint("running")
+    # A new container gets its keys and sudo rule while it boots, in place when sshd first answers. After a
+    # crash the container exists: the keys then come through the running container, after sshd answers.
+    written = False
+    if created:
+        report("SSH keys and login policy, while it boots")
+        written = write_while_booting(svc, spec.name, keys)
     if not created or mirrors_configured(svc):
         report("package mirrors")
         apply_mirrors(svc, spec.name, new_container=created)

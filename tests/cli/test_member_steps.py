@@ -18,14 +18,14 @@ import pytest
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.members._records import load_member
 from tests.conftest import LabgpuEnv, unique_name
-from tests.integration.sshutil import make_key, ssh_key
+from tests.integration.sshutil import change_expired_password, make_key, ssh_key, ssh_password
 
 pytestmark = pytest.mark.integration
 
 LABGPU = [sys.executable, "-m", "labgpu.cli"]
 STEP_LINE = re.compile(r"^(?P<step>[^:]+): (?P<seconds>\d+\.\d\d)s$")
 
-ADD_WITH_KEY = [
+ADD_STEPS = [
     "placement and desired state",
     "home folder",
     "creating the container",
@@ -64,7 +64,7 @@ def test_member_add_prints_each_step_in_order_and_the_key_works_when_it_returns(
     key = make_key(tmp_path, "k")
     r = labgpu(labgpu_env.env(), "member", "add", name, "--ssh-key", f"{key}.pub")
     assert r.returncode == 0, r.stderr
-    assert steps_of(r.stdout) == ADD_WITH_KEY
+    assert steps_of(r.stdout) == ADD_STEPS
     assert "connection sheet" in r.stdout
     # Done means done: the key logs in now, without waiting for anything.
     login = ssh_key(key, ssh_port(labgpu_env, name), "id -un; stat -c '%U %a' ~/.ssh ~/.ssh/authorized_keys")
@@ -76,18 +76,24 @@ def test_member_add_prints_each_step_in_order_and_the_key_works_when_it_returns(
     # Reset: the old container goes first, then the same provisioning steps.
     r = labgpu(labgpu_env.env(), "member", "reset", name, "--yes")
     assert r.returncode == 0, r.stderr
-    assert steps_of(r.stdout) == ["checking the template", "deleting the old container", *ADD_WITH_KEY[1:]]
+    assert steps_of(r.stdout) == ["checking the template", "deleting the old container", *ADD_STEPS[1:]]
     assert ssh_key(key, ssh_port(labgpu_env, name), "true").returncode == 0
 
 
-def test_member_add_without_a_key_sets_the_password_after_sshd_and_json_stays_json(
+def test_member_add_without_a_key_sets_the_expired_password_while_it_boots_and_json_stays_json(
     labgpu_env: LabgpuEnv, runtime: RuntimeClient
 ) -> None:
     name = unique_name("st")
     r = labgpu(labgpu_env.env(), "member", "add", name)
     assert r.returncode == 0, r.stderr
-    assert steps_of(r.stdout) == [*ADD_WITH_KEY[:-1], "initial password", ADD_WITH_KEY[-1]]
-    assert "Initial password (shown once" in r.stdout
+    assert steps_of(r.stdout) == ADD_STEPS
+    found = re.search(r"Initial password \(shown once; must be changed at first login\): (\S+)", r.stdout)
+    assert found, r.stdout
+    # In place and expired when the command returns: the first login changes it.
+    port = ssh_port(labgpu_env, name)
+    transcript = change_expired_password(port, found[1], "Lab-gpu-2026-steps")
+    assert "password" in transcript.lower()
+    assert ssh_password("Lab-gpu-2026-steps", port, "id -un").stdout.split() == ["ubuntu"]
 
     other = unique_name("st")
     r = labgpu(labgpu_env.env(), "member", "add", other, "--json")
@@ -103,5 +109,5 @@ def test_on_a_terminal_finished_steps_are_marked(labgpu_env: LabgpuEnv, runtime:
     assert r.returncode == 0, r.stderr
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", r.stdout)
     marked = re.findall(r"✓ (.+?)  \d+\.\d\ds", text)
-    assert marked == [*ADD_WITH_KEY[:-1], "initial password", ADD_WITH_KEY[-1]], text
+    assert marked == ADD_STEPS, text
     assert re.search(r"total \d+\.\d\ds", text)

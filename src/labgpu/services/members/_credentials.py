@@ -7,12 +7,14 @@ SSH is ready, and the writing costs no time of its own. members._keys and member
 one exec each once sshd answers: for a container that already existed, and as the fallback here.
 
 Not while an image with cloud-init boots: cloud-init rewrites ``authorized_keys`` at its first boot
-(reading it, then writing it back), and a key written in between would be lost. sshd starts after
-cloud-init, so those containers get their keys after sshd answers, as before.
+(reading it, then writing it back: a key written in between would be lost) and locks the default user's
+password. sshd starts after cloud-init, so those containers get their keys and password after sshd answers,
+as before.
 
 The files are the same as those the exec path writes: ``~/.ssh`` (0700) and ``authorized_keys`` (0600,
 labgpu's block; lines the image had are kept) owned by the user, and the sudo rule (0440, root). The
-password of a member without a key is set after sshd answers (``chpasswd`` in the container)."""
+initial password of a member without a key is set meanwhile too, by the same login script as ever (one
+exec: ``chpasswd`` runs in the booting container)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from labgpu.errors import LabgpuError
 from labgpu.runtime.errors import RuntimeError_, RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.members._keys import MAX_AUTHORIZED_KEYS, merged_authorized_keys
-from labgpu.services.members._login import SUDOERS_FILE, sudo_rule
+from labgpu.services.members._login import SUDOERS_FILE, set_login, sudo_rule
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +63,23 @@ def _account(text: str | None, user: str) -> list[str] | None:
 CLOUD_INIT = "/usr/bin/cloud-init"
 
 
-def write_while_booting(svc: Services, container: str, keys: Sequence[str]) -> bool:
+def write_while_booting(
+    svc: Services, container: str, keys: Sequence[str], *, password: str | None = None
+) -> bool:
     """Write the member's SSH keys and the login policy (sudo rule) into ``container``, which was just
-    created and started. Returns True when done; False when this way does not apply and the exec path
-    must do it once sshd answers: the image has cloud-init, has no such user, or the user has an initial
-    password nobody has used yet (install_keys drops it), or the daemon refused a request (a container
-    that stops at boot is then reported by the wait for sshd, with its status)."""
+    created and started, and set ``password`` (expired: an initial password) when given. Returns True when
+    done; False when this way does not apply and the exec path must do it once sshd answers: the image has
+    cloud-init, has no such user, or the user has an initial password nobody has used yet (install_keys
+    drops it), or the daemon refused a request (a container that stops at boot is then reported by the
+    wait for sshd, with its status)."""
     try:
-        return _write(svc, container, keys)
+        return _write(svc, container, keys, password)
     except LabgpuError as exc:
-        log.info("%s: keys left for after sshd answers (%s)", container, exc.message)
+        log.info("%s: credentials left for after sshd answers (%s)", container, exc.message)
         return False
 
 
-def _write(svc: Services, container: str, keys: Sequence[str]) -> bool:
+def _write(svc: Services, container: str, keys: Sequence[str], password: str | None) -> bool:
     user = svc.settings.container_user
     runtime = svc.runtime
     if _exists(svc, container, CLOUD_INIT):
@@ -98,6 +103,17 @@ def _write(svc: Services, container: str, keys: Sequence[str]) -> bool:
     runtime.instances.push_file(
         container, path, merged_authorized_keys(current, keys).encode(), uid=uid, gid=gid, mode=0o600
     )
+    if password is not None:
+        # chpasswd, with the same login script as ever (it writes the sudo rule too): one exec.
+        set_login(
+            runtime,
+            container,
+            user=user,
+            sudo_nopasswd=svc.settings.container_sudo_nopasswd,
+            password=password,
+            expire=True,
+        )
+        return True
     # No /etc/sudoers.d (no sudo in the image): the login script skips the rule too.
     with contextlib.suppress(RuntimeNotFound):
         if svc.settings.container_sudo_nopasswd:

@@ -149,10 +149,11 @@ def provision(
     checkpoint("running")
     # A new container gets its keys and sudo rule while it boots, in place when sshd first answers. After a
     # crash the container exists: the keys then come through the running container, after sshd answers.
+    password = generate_password() if set_password and not keys else None
     written = False
     if created:
         report("SSH keys and login policy, while it boots")
-        written = write_while_booting(svc, spec.name, keys)
+        written = write_while_booting(svc, spec.name, keys, password=password)
     if not created or mirrors_configured(svc):
         report("package mirrors")
         apply_mirrors(svc, spec.name, new_container=created)
@@ -163,17 +164,15 @@ def provision(
     checkpoint("ssh")
     # A member with a key logs in with it from the first second: no admin-known password, which, expired,
     # would hold up their key logins too (members._login).
-    password: str | None = None
-    if set_password and not keys:
-        report("initial password")
-        password = set_initial_password(svc, spec.name)
-    elif not written:
-        report("login policy")
+    if not written:
+        report("initial password and login policy" if password else "login policy")
         set_login(
             svc.runtime,
             spec.name,
             user=svc.settings.container_user,
             sudo_nopasswd=svc.settings.container_sudo_nopasswd,
+            password=password,
+            expire=True,
         )
     checkpoint("password")
     if not written:

@@ -12,9 +12,12 @@ password. sshd starts after cloud-init, so those containers get their keys and p
 as before.
 
 The files are the same as those the exec path writes: ``~/.ssh`` (0700) and ``authorized_keys`` (0600,
-labgpu's block; lines the image had are kept) owned by the user, and the sudo rule (0440, root). The
-initial password of a member without a key is set meanwhile too, by the same login script as ever (one
-exec: ``chpasswd`` runs in the booting container)."""
+labgpu's block; lines the image had are kept) owned by the user, and the sudo rule (0440, root).
+
+The initial password of a member without a key is NOT set while the container boots: /etc/shadow is not
+settled then. systemd-sysusers (and cloud-init, systemd-firstboot where present) rewrite it early in the
+boot, and a password set by ``chpasswd`` at that moment was seen lost (the login refused it). sshd starts
+after them, so the password is set once sshd answers, as before."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from labgpu.errors import LabgpuError
 from labgpu.runtime.errors import RuntimeError_, RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.members._keys import MAX_AUTHORIZED_KEYS, merged_authorized_keys
-from labgpu.services.members._login import SUDOERS_FILE, set_login, sudo_rule
+from labgpu.services.members._login import SUDOERS_FILE, sudo_rule
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +66,20 @@ def _account(text: str | None, user: str) -> list[str] | None:
 CLOUD_INIT = "/usr/bin/cloud-init"
 
 
-def write_while_booting(
-    svc: Services, container: str, keys: Sequence[str], *, password: str | None = None
-) -> bool:
+def write_while_booting(svc: Services, container: str, keys: Sequence[str]) -> bool:
     """Write the member's SSH keys and the login policy (sudo rule) into ``container``, which was just
-    created and started, and set ``password`` (expired: an initial password) when given. Returns True when
-    done; False when this way does not apply and the exec path must do it once sshd answers: the image has
-    cloud-init, has no such user, or the user has an initial password nobody has used yet (install_keys
-    drops it), or the daemon refused a request (a container that stops at boot is then reported by the
-    wait for sshd, with its status)."""
+    created and started. Returns True when done; False when this way does not apply and the exec path
+    must do it once sshd answers: the image has cloud-init, has no such user, or the user has an initial
+    password nobody has used yet (install_keys drops it), or the daemon refused a request (a container
+    that stops at boot is then reported by the wait for sshd, with its status)."""
     try:
-        return _write(svc, container, keys, password)
+        return _write(svc, container, keys)
     except LabgpuError as exc:
-        log.info("%s: credentials left for after sshd answers (%s)", container, exc.message)
+        log.info("%s: keys left for after sshd answers (%s)", container, exc.message)
         return False
 
 
-def _write(svc: Services, container: str, keys: Sequence[str], password: str | None) -> bool:
+def _write(svc: Services, container: str, keys: Sequence[str]) -> bool:
     user = svc.settings.container_user
     runtime = svc.runtime
     if _exists(svc, container, CLOUD_INIT):
@@ -103,17 +103,6 @@ def _write(svc: Services, container: str, keys: Sequence[str], password: str | N
     runtime.instances.push_file(
         container, path, merged_authorized_keys(current, keys).encode(), uid=uid, gid=gid, mode=0o600
     )
-    if password is not None:
-        # chpasswd, with the same login script as ever (it writes the sudo rule too): one exec.
-        set_login(
-            runtime,
-            container,
-            user=user,
-            sudo_nopasswd=svc.settings.container_sudo_nopasswd,
-            password=password,
-            expire=True,
-        )
-        return True
     # No /etc/sudoers.d (no sudo in the image): the login script skips the rule too.
     with contextlib.suppress(RuntimeNotFound):
         if svc.settings.container_sudo_nopasswd:

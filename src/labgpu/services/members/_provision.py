@@ -153,7 +153,7 @@ def provision(
     written = False
     if created:
         report("SSH keys and login policy, while it boots")
-        written = write_while_booting(svc, spec.name, keys, password=password)
+        written = write_while_booting(svc, spec.name, keys)
     if not created or mirrors_configured(svc):
         report("package mirrors")
         apply_mirrors(svc, spec.name, new_container=created)
@@ -164,8 +164,8 @@ def provision(
     checkpoint("ssh")
     # A member with a key logs in with it from the first second: no admin-known password, which, expired,
     # would hold up their key logins too (members._login).
-    if not written:
-        report("initial password and login policy" if password else "login policy")
+    if password is not None or not written:
+        report("initial password" if password else "login policy")
         set_login(
             svc.runtime,
             spec.name,

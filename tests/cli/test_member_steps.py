@@ -84,7 +84,7 @@ def test_member_add_without_a_key_sets_the_expired_password_after_sshd_and_json_
     labgpu_env: LabgpuEnv, runtime: RuntimeClient
 ) -> None:
     name = unique_name("st")
-    r = labgpu(labgpu_env.env(), "member", "add", name)
+    r = labgpu({**labgpu_env.env(), "COLUMNS": "200"}, "member", "add", name)  # the sheet's lines unwrapped
     assert r.returncode == 0, r.stderr
     assert steps_of(r.stdout) == [*ADD_STEPS[:-1], "initial password", ADD_STEPS[-1]]
     found = re.search(r"Initial password \(shown once; must be changed at first login\): (\S+)", r.stdout)

@@ -14,10 +14,10 @@ as before.
 The files are the same as those the exec path writes: ``~/.ssh`` (0700) and ``authorized_keys`` (0600,
 labgpu's block; lines the image had are kept) owned by the user, and the sudo rule (0440, root).
 
-The initial password of a member without a key is NOT set while the container boots: /etc/shadow is not
-settled then. systemd-sysusers (and cloud-init, systemd-firstboot where present) rewrite it early in the
-boot, and a password set by ``chpasswd`` at that moment was seen lost (the login refused it). sshd starts
-after them, so the password is set once sshd answers, as before."""
+The initial password of a member without a key is NOT set while the container boots: first-boot services
+may rewrite /etc/shadow then (cloud-init locks the default user's password; systemd-sysusers and
+systemd-firstboot add accounts and root's password). sshd starts after them, so the password is set once
+sshd answers, as before: one exec, about 0.1 s after SSH is ready."""
 
 from __future__ import annotations
 

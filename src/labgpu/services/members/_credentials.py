@@ -17,7 +17,7 @@ labgpu's block; lines the image had are kept) owned by the user, and the sudo ru
 The initial password of a member without a key is NOT set while the container boots: first-boot services
 may rewrite /etc/shadow then (cloud-init locks the default user's password; systemd-sysusers and
 systemd-firstboot add accounts and root's password). sshd starts after them, so the password is set once
-sshd answers, as before: one exec, about 0.1 s after SSH is ready."""
+sshd answers, as before (one exec)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark: `member add` to SSH-ready versus the seeds' manual way, same image, same pool, same run.
+"""Benchmark: `member add` to done versus the seeds' manual way, same image, same pool, same run.
 
-Three ways to give someone a container they can SSH into, each from the same
+Three ways to give someone a container they can SSH into with their key, each from the same
 local image on the same storage pool:
 
-- labgpu:      the `member add` service: home folder, uid and port in the store, ONE create request
-               (raw.idmap, home disk, SSH proxy, limits), start, wait for the SSH banner through the
-               proxy. Timed to SSH-ready (the banner answers) and to done (password and keys set).
+- labgpu:      the `member add` service with a public key: home folder, uid and port in the store, ONE
+               create request (raw.idmap, home disk, SSH proxy, limits), the key and sudo rule written
+               before the first start, start, wait for the SSH banner through the proxy. Timed to
+               SSH-ready (the banner answers) and to done (everything in place; the command returns).
+               With --no-key the member gets the initial password instead (set after sshd answers).
 - manual:      `lxc launch IMAGE NAME -s POOL`, `lxc config device add NAME ssh proxy
-               listen=tcp:127.0.0.1:PORT connect=tcp:127.0.0.1:22`, wait for the banner. No home folder,
-               no uid mapping: less work than labgpu does.
+               listen=tcp:127.0.0.1:PORT connect=tcp:127.0.0.1:22`, `lxc file push -p` of the key to
+               ~ubuntu/.ssh/authorized_keys, wait for the banner (done). No home folder, no uid mapping, no
+               store: less work than labgpu does.
 - manual+home: what the seeds do for a member (seed 001): launch, `lxc config device add NAME home disk
                source=DIR path=/home/ubuntu/NAME`, raw.idmap with `lxc config set`, a restart (the uid
                map only applies at a start; `--force` here, the seeds' clean restart is slower), the proxy,
-               wait for the banner.
+               the key, wait for the banner.
 
 Each way runs ROUNDS times, one container at a time (order rotated each round),
 then N at once (threads). Medians are printed with the ratios labgpu/manual;
@@ -23,6 +26,7 @@ deleted at the end (containers, home folders, the bench profile, the store).
     .venv/bin/python bench/provision.py --daemon lxd
     .venv/bin/python bench/provision.py --daemon incus --rounds 5 -n 4 --json
     .venv/bin/python bench/provision.py --daemon lxd --temp-pool btrfs   # copy-on-write clones
+    .venv/bin/python bench/provision.py --daemon lxd --temp-pool dir     # every container unpacks the image
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class Bench:
         self.manual_ports = iter(range(base + 50, base + 100))
         self.manual_uids = iter(range(MANUAL_UID_BASE, MANUAL_UID_BASE + 50))
         self.made: list[str] = []
+        self.key = self.tmp / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        self.public_key = self.key.with_suffix(".pub").read_text()
         self.lock = threading.Lock()
         self.marks = threading.local()
         self.serial = 0
@@ -176,13 +183,20 @@ class Bench:
     def labgpu(self) -> dict[str, float]:
         """One `member add`; returns seconds to SSH-ready, to done, and per step."""
         name = self.name("l")
-        self.marks.steps = {}
+        self.marks.steps, self.marks.took, self.marks.current = {}, {}, None
         t0 = time.perf_counter()
-        request = validate_request(self.svc, name=name, gpus="none")
-        add_member(self.svc, request)
+        keys = [] if self.args.no_key else [self.public_key]
+        request = validate_request(self.svc, name=name, gpus="none", ssh_keys=keys)
+        add_member(self.svc, request, report=self.report)
         done = time.perf_counter() - t0
+        self.report("")  # ends the last step
         steps = {step: at - t0 for step, at in self.marks.steps.items()}
-        return {"ssh_ready": steps["ssh"], "done": done, **{f"step:{k}": v for k, v in steps.items()}}
+        return {
+            "ssh_ready": steps["ssh"],
+            "done": done,
+            **{f"step:{k}": v for k, v in steps.items()},
+            **{f"took:{k}": v for k, v in self.marks.took.items() if k},
+        }
 
     def manual(self, *, home: bool) -> dict[str, float]:
         name = self.name("h" if home else "m")
@@ -202,8 +216,11 @@ class Bench:
             self.run(self.cli, "restart", "--force", name)
         self.run(self.cli, "config", "device", "add", name, "ssh", "proxy",
                  f"listen=tcp:127.0.0.1:{port}", "connect=tcp:127.0.0.1:22")  # fmt: skip
+        self.run(self.cli, "file", "push", "-p", "--uid", "1000", "--gid", "1000", "--mode", "0600",
+                 str(self.key.with_suffix(".pub")), f"{name}/home/ubuntu/.ssh/authorized_keys")  # fmt: skip
         wait_for_ssh("127.0.0.1", port, timeout=300)
-        return {"ssh_ready": time.perf_counter() - t0}
+        took = time.perf_counter() - t0
+        return {"ssh_ready": took, "done": took}
 
     @staticmethod
     def run(*argv: str) -> None:
@@ -215,6 +232,15 @@ class Bench:
         steps = getattr(self.marks, "steps", None)
         if steps is not None:
             steps[step] = time.perf_counter()
+
+    def report(self, step: str) -> None:
+        """The service's step reporter: seconds spent in each step, as `member add` shows them."""
+        now = time.perf_counter()
+        current = getattr(self.marks, "current", None)
+        if current is not None:
+            took = self.marks.took
+            took[current[0]] = took.get(current[0], 0.0) + now - current[1]
+        self.marks.current = (step, now)
 
     # Rounds -------------------------------------------------------------------------------------
 
@@ -251,12 +277,13 @@ class Bench:
                     results = [f.result() for f in futures]
                 round_ = {
                     "all_ssh_ready": max(r["ssh_ready"] for r in results),
+                    "all_done": max(r["done"] for r in results),
                     "wall": time.perf_counter() - t0,
                 }
                 if way == "labgpu":
                     for key in results[0]:
-                        if key.startswith("step:"):
-                            round_[key] = statistics.mean(r[key] for r in results)
+                        if key.startswith(("step:", "took:")):
+                            round_[key] = statistics.mean(r[key] for r in results if key in r)
                 rounds[way].append(round_)
                 self.cleanup_made()
             order = order[1:] + order[:1]
@@ -292,101 +319,148 @@ def main() -> int:
         "-n", type=int, default=4, help="containers at once in the parallel part (default 4; 0: skip)"
     )
     ap.add_argument("--parallel-rounds", type=int, default=2, help="rounds of the parallel part (default 2)")
+    ap.add_argument(
+        "--no-key", action="store_true", help="labgpu's members get no key (the initial password path)"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
 
     bench = Bench(args)
     # Per-step times, no fault injection: every module that calls checkpoint() gets the bench's.
     _add.checkpoint = _provision.checkpoint = bench.checkpoint  # type: ignore[assignment]
+    load_before = os.getloadavg()
     try:
         bench.setup()
         seq = bench.sequential()
         par = bench.parallel() if args.n > 0 else {}
     finally:
         bench.cleanup()
+    result = summary(bench, args, seq, par, load_before)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_summary(result, args)
+    return 0
 
+
+def took_medians(results: list[dict[str, float]]) -> dict[str, float]:
+    keys = dict.fromkeys(k for r in results for k in r if k.startswith("took:"))
+    return {k.removeprefix("took:"): round(median_of(results, k), 3) for k in keys}
+
+
+def summary(
+    bench: Bench,
+    args: argparse.Namespace,
+    seq: dict[str, list[dict[str, float]]],
+    par: dict[str, dict[str, float]],
+    load_before: tuple[float, float, float],
+) -> dict[str, Any]:
     lab, man, home = seq["labgpu"], seq["manual"], seq["manual+home"]
-    t_lab, t_man, t_home = (median_of(x, "ssh_ready") for x in (lab, man, home))
+    t_lab, t_man = (median_of(x, "ssh_ready") for x in (lab, man))
+    d_lab, d_man, d_home = (median_of(x, "done") for x in (lab, man, home))
     steps = [s for s in PROVISION_STEPS if s != "desired-state"]
+    server = bench.client.server()
     result: dict[str, Any] = {
         "daemon": args.daemon,
-        "server": f"{bench.client.server().label} {bench.client.server().version}",
+        "server": f"{server.label} {server.version}",
         "image": args.image,
         "pool": args.pool,
+        "pool_driver": args.temp_pool or pool_driver(bench, args.pool),
+        "labgpu_key": not args.no_key,
         "rounds": args.rounds,
         "sequential_median_s": {
             "labgpu_ssh_ready": round(t_lab, 3),
-            "labgpu_done": round(median_of(lab, "done"), 3),
-            "manual_ssh_ready": round(t_man, 3),
-            "manual_home_ssh_ready": round(t_home, 3),
+            "labgpu_done": round(d_lab, 3),
+            "manual_done": round(d_man, 3),
+            "manual_home_done": round(d_home, 3),
         },
-        "ratio_labgpu_over_manual": round(t_lab / t_man, 3),
-        "ratio_labgpu_over_manual_home": round(t_lab / t_home, 3),
+        "ratio_done_labgpu_over_manual": round(d_lab / d_man, 3),
+        "ratio_ssh_ready_labgpu_over_manual": round(t_lab / t_man, 3),
+        "ratio_done_labgpu_over_manual_home": round(d_lab / d_home, 3),
         # Every timed round, to judge the spread on a busy machine.
-        "samples_ssh_ready_s": {way: [round(r["ssh_ready"], 3) for r in rs] for way, rs in seq.items()},
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "samples_done_s": {way: [round(r["done"], 3) for r in rs] for way, rs in seq.items()},
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
         # Seconds from the start of `member add` to the end of each step (median).
         "labgpu_steps_s": {s: round(median_of(lab, f"step:{s}"), 3) for s in ["desired-state", *steps]},
+        # Seconds spent in each step as `member add` reports them (median).
+        "labgpu_step_took_s": took_medians(lab),
     }
     if par:
         result["parallel"] = {
             "n": args.n,
             "rounds": args.parallel_rounds,
             **{
-                way: {k: round(v, 3) for k, v in r.items() if not k.startswith("step:")}
+                way: {k: round(v, 3) for k, v in r.items() if not k.startswith(("step:", "took:"))}
                 for way, r in par.items()
             },
-            # labgpu: mean over the N members of the seconds to the end of each step (median of rounds)
-            "labgpu_steps_s": {
-                k.removeprefix("step:"): round(v, 3)
+            # labgpu: mean over the N members of the seconds spent in each step (median of rounds)
+            "labgpu_step_took_s": {
+                k.removeprefix("took:"): round(v, 3)
                 for k, v in par["labgpu"].items()
-                if k.startswith("step:")
+                if k.startswith("took:")
             },
-            "ratio_labgpu_over_manual": round(
+            "ratio_done_labgpu_over_manual": round(par["labgpu"]["all_done"] / par["manual"]["all_done"], 3),
+            "ratio_ssh_ready_labgpu_over_manual": round(
                 par["labgpu"]["all_ssh_ready"] / par["manual"]["all_ssh_ready"], 3
             ),
-            "ratio_labgpu_over_manual_home": round(
-                par["labgpu"]["all_ssh_ready"] / par["manual+home"]["all_ssh_ready"], 3
+            "ratio_done_labgpu_over_manual_home": round(
+                par["labgpu"]["all_done"] / par["manual+home"]["all_done"], 3
             ),
         }
-    if args.json:
-        print(json.dumps(result))
-        return 0
+    return result
+
+
+def pool_driver(bench: Bench, pool: str) -> str:
+    with contextlib.suppress(Exception):
+        found = bench.client.storage_pools.find(pool)
+        if found is not None:
+            return str(found.driver)
+    return "?"
+
+
+def print_summary(result: dict[str, Any], args: argparse.Namespace) -> None:
     seqm = result["sequential_median_s"]
+    key = "with a key" if result["labgpu_key"] else "without a key (initial password)"
     print(
-        f"{result['server']}, image {args.image}, pool {args.pool}: median of {args.rounds} rounds, to SSH-ready"
+        f"{result['server']}, image {args.image}, pool {args.pool} ({result['pool_driver']}): "
+        f"median of {args.rounds} rounds"
     )
     print(
-        f"  labgpu member add:  {seqm['labgpu_ssh_ready']:6.2f} s  (done, with password and keys: {seqm['labgpu_done']:.2f} s)"
+        f"  labgpu member add ({key}): SSH-ready {seqm['labgpu_ssh_ready']:.2f} s, done {seqm['labgpu_done']:.2f} s"
     )
-    print(f"  manual:             {seqm['manual_ssh_ready']:6.2f} s  (no home, no idmap)")
+    print(f"  manual (launch, proxy, key push, banner):   done {seqm['manual_done']:.2f} s")
+    print(f"  manual+home (+ home disk, raw.idmap, restart): done {seqm['manual_home_done']:.2f} s")
     print(
-        f"  manual+home:        {seqm['manual_home_ssh_ready']:6.2f} s  (home disk + raw.idmap + restart, as the seeds)"
-    )
-    print(f"  ratio labgpu/manual: {result['ratio_labgpu_over_manual']:.3f}   "
-          f"labgpu/manual+home: {result['ratio_labgpu_over_manual_home']:.3f}")  # fmt: skip
-    print(
-        "  labgpu, end of each step: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in result["labgpu_steps_s"].items())
+        f"  ratio done labgpu/manual: {result['ratio_done_labgpu_over_manual']:.3f}   "
+        f"labgpu/manual+home: {result['ratio_done_labgpu_over_manual_home']:.3f}"
     )
     print(
-        "  samples: "
-        + "; ".join(
-            f"{w} " + " ".join(f"{x:.1f}" for x in v) for w, v in result["samples_ssh_ready_s"].items()
-        )
-        + f"  (load average {' '.join(map(str, result['load_average']))} on {os.cpu_count()} CPUs)"
+        "  labgpu, seconds in each step: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["labgpu_step_took_s"].items())
     )
-    if par:
+    print(
+        "  samples (done): "
+        + "; ".join(f"{w} " + " ".join(f"{x:.1f}" for x in v) for w, v in result["samples_done_s"].items())
+    )
+    print(
+        f"  load average before {' '.join(map(str, result['load_average_before']))}, "
+        f"after {' '.join(map(str, result['load_average_after']))} on {result['cpus']} CPUs"
+    )
+    if "parallel" in result:
         p = result["parallel"]
-        print(f"{args.n} at once, until all answer SSH (median of {args.parallel_rounds} rounds):")
+        print(f"{p['n']} at once, until all are done (median of {p['rounds']} rounds):")
         for way in ("labgpu", "manual", "manual+home"):
-            print(f"  {way:18s} {p[way]['all_ssh_ready']:6.2f} s")
-        print(f"  ratio labgpu/manual: {p['ratio_labgpu_over_manual']:.3f}   "
-              f"labgpu/manual+home: {p['ratio_labgpu_over_manual_home']:.3f}")  # fmt: skip
+            print(f"  {way:12s} SSH-ready {p[way]['all_ssh_ready']:6.2f} s, done {p[way]['all_done']:6.2f} s")
         print(
-            "  labgpu, end of each step: " + ", ".join(f"{k} {v:.2f}" for k, v in p["labgpu_steps_s"].items())
+            f"  ratio done labgpu/manual: {p['ratio_done_labgpu_over_manual']:.3f}   "
+            f"labgpu/manual+home: {p['ratio_done_labgpu_over_manual_home']:.3f}"
         )
-    return 0
+        print(
+            "  labgpu, seconds in each step (mean): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in p["labgpu_step_took_s"].items())
+        )
 
 
 if __name__ == "__main__":

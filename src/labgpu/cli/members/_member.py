@@ -14,6 +14,7 @@ from rich.table import Table
 from labgpu.cli.context import CliContext, get_context, print_json
 from labgpu.cli.members._keys import read_key_files
 from labgpu.cli.options import JsonOpt, YesOpt, confirm
+from labgpu.cli.steps import LiveSteps
 from labgpu.domain.members import format_size
 
 app = typer.Typer(help="Members and their containers.", no_args_is_help=True)
@@ -115,8 +116,8 @@ def add(
         sheet = add_member(svc, request)
         print_json(sheet.as_dict(with_password=True))
         return
-    with c.console.status(f"provisioning {name}'s container"):
-        sheet = add_member(svc, request)
+    with LiveSteps(c.console) as steps:
+        sheet = add_member(svc, request, report=steps)
     print_sheet(c, sheet)
 
 
@@ -329,8 +330,8 @@ def reset(
     if as_json:
         print_json(reset_member(svc, name, template=template).as_dict(with_password=True))
         return
-    with c.console.status(f"rebuilding {name}'s container"):
-        sheet = reset_member(svc, name, template=template)
+    with LiveSteps(c.console) as steps:
+        sheet = reset_member(svc, name, template=template, report=steps)
     c.console.print(f"{name}'s container was rebuilt; home, ports and SSH keys kept.")
     print_sheet(c, sheet)
 
@@ -478,8 +479,8 @@ def member_move(
     if as_json:
         print_json(move_member(c.services, name, to).as_dict())
         return
-    with c.console.status(f"moving {name}'s container to {to}"):
-        result = move_member(c.services, name, to)
+    with LiveSteps(c.console) as steps:
+        result = move_member(c.services, name, to, report=steps)
     user = c.services.settings.container_user
     c.console.print(
         f"moved {escape(name)} from {escape(result.source)} to {escape(result.dest)} ({result.how}); "

@@ -68,6 +68,7 @@ from labgpu.services.members._snapshots import (
     take_snapshot,
 )
 from labgpu.services.members._ssh import wait_member_ssh
+from labgpu.services.members._steps import StepReporter
 from labgpu.services.members._terminal import (
     ContainerNotRunning,
     OpenedTerminal,
@@ -102,6 +103,7 @@ __all__ = [
     "ProvisionError",
     "Removal",
     "SnapshotInfo",
+    "StepReporter",
     "Terminals",
     "TooManyTerminals",
     "add_keys",

@@ -32,6 +32,7 @@ from labgpu.services.members._my_templates import is_member_template
 from labgpu.services.members._placement import _ALLOCATION_RETRIES, new_port_maps
 from labgpu.services.members._provision import checkpoint, provision
 from labgpu.services.members._records import ConnectionSheet, MemberRequest, host_gpus
+from labgpu.services.members._steps import StepReporter, silent
 from labgpu.store.db import violated_constraint
 from labgpu.store.models import Host, Member, MemberState, Share, SshKey
 
@@ -103,13 +104,17 @@ def gpus_for_host(request: MemberRequest, host: Host) -> tuple[MemberRequest, st
 # Add ----------------------------------------------------------------------------------------------
 
 
-def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) -> ConnectionSheet:
+def add_member(
+    svc: Services, request: MemberRequest, *, wait_ssh: bool = True, report: StepReporter = silent
+) -> ConnectionSheet:
     """Add a member and provision their container; return the connection sheet (with the password).
 
     The container goes to ``request.host``, or to the host placement chooses (the sheet's notes say
     which and why). A member left half-made by a crash (state provisioning) is resumed when
-    added again. Raises BadInput / Conflict before touching anything when the
-    request is wrong, ProvisionError (member kept, resumable) when a step fails."""
+    added again. ``report`` is told each step as it begins (members._steps). Raises BadInput /
+    Conflict before touching anything when the request is wrong, ProvisionError (member kept,
+    resumable) when a step fails."""
+    report("placement and desired state")
     with svc.session() as session:
         existing = session.scalars(select(Member).where(Member.name == request.name)).first()
         if existing is not None and existing.state != MemberState.PROVISIONING:
@@ -130,7 +135,7 @@ def add_member(svc: Services, request: MemberRequest, *, wait_ssh: bool = True) 
         _write_desired_state(svc, request, host_id=placement.host.id)
         checkpoint("desired-state")
         notes = tuple(n for n in (placement.note, gpu_note) if n)
-    sheet = provision(svc, request.name, wait_ssh=wait_ssh)
+    sheet = provision(svc, request.name, wait_ssh=wait_ssh, report=report)
     return replace(sheet, notes=(*sheet.notes, *notes, *gateway_changed(svc, request.name)))
 
 
@@ -151,7 +156,7 @@ def _check_request_against_world(svc: Services, request: MemberRequest) -> None:
         inst = None
     if inst is not None and inst.label("owner") != request.name:
         raise Conflict(f"an instance named {request.name} already exists on the host and is not labgpu's")
-    missing = missing_gpus(request.gpus, host_gpus(runtime))
+    missing = missing_gpus(request.gpus, host_gpus(runtime)) if request.gpus.mode == "indexes" else []
     if missing:
         raise BadInput(f"this host has no GPU {', '.join(map(str, missing))}")
     with svc.session() as session:

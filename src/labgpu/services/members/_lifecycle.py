@@ -32,13 +32,19 @@ from labgpu.services.members._keys import gateway_changed
 from labgpu.services.members._my_templates import check_template_use
 from labgpu.services.members._provision import checkpoint, provision
 from labgpu.services.members._records import ConnectionSheet, home_dir, load_member, member_services
+from labgpu.services.members._steps import StepReporter, silent
 from labgpu.store.models import MemberState, utcnow
 
 # Reset --------------------------------------------------------------------------------------------
 
 
 def reset_member(
-    svc: Services, name: str, *, template: str | None = None, wait_ssh: bool = True
+    svc: Services,
+    name: str,
+    *,
+    template: str | None = None,
+    wait_ssh: bool = True,
+    report: StepReporter = silent,
 ) -> ConnectionSheet:
     """Rebuild a member's container from its template (or ``template``), keeping home, ports, keys.
 
@@ -47,7 +53,8 @@ def reset_member(
     ``member.reset``) BEFORE the container is deleted, so a crash is finished by running the reset
     again, ``member add NAME`` or ``labgpu reconcile``. Waits for sshd. Returns the connection
     sheet with a new initial password. Raises NotFound, BadInput (unknown template), Conflict (an
-    instance that is not the member's), ProvisionError."""
+    instance that is not the member's), ProvisionError. ``report`` is told each step as it begins."""
+    report("checking the template")
     svc = member_services(svc, name)  # the daemon of the member's host
     if template is not None:
         check_template_use(svc, name, template)  # a bad choice is told first, whatever the container's state
@@ -78,9 +85,10 @@ def reset_member(
         svc.audit(session, "member.reset", name, template=new_template, previous_template=old_template)
     checkpoint("reset-marked")
     if inst is not None:
+        report("deleting the old container")
         _delete_container(svc, container)
     checkpoint("reset-deleted")
-    return provision(svc, name, wait_ssh=wait_ssh)
+    return provision(svc, name, wait_ssh=wait_ssh, report=report)
 
 
 def _delete_container(svc: Services, container: str) -> None:

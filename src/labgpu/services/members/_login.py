@@ -33,15 +33,23 @@ PASSWORD_LENGTH = 16
 
 SUDOERS_FILE = "/etc/sudoers.d/labgpu-container-user"
 
-# $1 user, $2 sudo policy (nopasswd|password), $3 password file or "-", $4 expire the password (1|0).
-# Idempotent: every part checks before it changes. The password file is removed whatever happens.
+
+def sudo_rule(user: str) -> str:
+    """The sudoers file for ``container_sudo_nopasswd`` (``user`` is a setting checked as a user name)."""
+    return (
+        "# labgpu (setting container_sudo_nopasswd): the container's own user runs sudo without a password.\n"
+        f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    )
+
+
+# $1 user, $2 sudo policy (nopasswd|password), $3 password file or "-", $4 expire the password (1|0),
+# $5 the sudo rule (sudo_rule()). Idempotent: every part checks before it changes. The password file is
+# removed whatever happens.
 LOGIN_SCRIPT = r"""
 set -u
-user="$1"; sudo_policy="$2"; secret="$3"; expire="$4"
+user="$1"; sudo_policy="$2"; secret="$3"; expire="$4"; rule="$5"
 fail() { [ "$secret" = "-" ] || rm -f "$secret"; echo "$*" >&2; exit 1; }
 id -u "$user" >/dev/null 2>&1 || fail "no user $user in the container"
-rule="# labgpu (setting container_sudo_nopasswd): the container's own user runs sudo without a password.
-$user ALL=(ALL:ALL) NOPASSWD: ALL"
 sudoers=/etc/sudoers.d/labgpu-container-user
 if [ "$sudo_policy" = nopasswd ]; then
   if [ -d /etc/sudoers.d ] && [ "$(cat "$sudoers" 2>/dev/null)" != "$rule" ]; then
@@ -91,7 +99,7 @@ def set_login(
         secret = f"/root/.labgpu-passwd-{secrets.token_hex(4)}"
         runtime.instances.push_file(container, secret, f"{user}:{password}\n".encode(), mode=0o600)
     argv = ["sh", "-c", LOGIN_SCRIPT, "sh", user, "nopasswd" if sudo_nopasswd else "password", secret]
-    result = runtime.instances.exec(container, [*argv, "1" if expire else "0"])
+    result = runtime.instances.exec(container, [*argv, "1" if expire else "0", sudo_rule(user).rstrip("\n")])
     if not result.ok:
         what = "setting the password and login policy" if password is not None else "setting the login policy"
         raise ProvisionError(f"{what} in {container} failed: {result.stderr.strip()[:200]}")

@@ -29,6 +29,12 @@ def configured(svc: Services) -> m.Mirrors:
     return m.Mirrors.from_settings(s.apt_mirror, s.pip_index_url, s.conda_mirror)
 
 
+def mirrors_configured(svc: Services) -> bool:
+    """Whether any mirror setting is set (a new container then gets files)."""
+    want = configured(svc)
+    return bool(want.apt or want.pip or want.conda)
+
+
 def _read(svc: Services, container: str, path: str) -> str | None:
     try:
         data = svc.runtime.instances.pull_file(container, path)

@@ -53,6 +53,7 @@ from labgpu.services.members._placement import new_port_maps
 from labgpu.services.members._provision import checkpoint
 from labgpu.services.members._records import allowed_roots, container_spec, load_member
 from labgpu.services.members._ssh import wait_ssh_on
+from labgpu.services.members._steps import StepReporter, silent
 from labgpu.store.models import (
     AuditEvent,
     Booking,
@@ -285,12 +286,16 @@ def _plan(svc: Services, name: str, to: str) -> MovePlan:
 # Moving ---------------------------------------------------------------------------------------------
 
 
-def move_member(svc: Services, name: str, to: str, *, wait_ssh: bool = True) -> MoveResult:
+def move_member(
+    svc: Services, name: str, to: str, *, wait_ssh: bool = True, report: StepReporter = silent
+) -> MoveResult:
     """Move ``name``'s container to host ``to`` (cold), keeping home, keys and GPU request.
 
     Raises BadInput / Conflict before anything changes; MoveFailed when a step failed and the move
     was rolled back (the member is where they were). Waits for every step, sshd included. Audited as
-    ``member.move`` (started), ``member.moved`` (committed), ``member.move.done``."""
+    ``member.move`` (started), ``member.moved`` (committed), ``member.move.done``. ``report`` is told
+    each step as it begins."""
+    report("planning the move")
     plan = _plan(svc, name, to)
     src = services_for(svc, plan.source)
     dst = services_for(svc, plan.dest)
@@ -300,24 +305,29 @@ def move_member(svc: Services, name: str, to: str, *, wait_ssh: bool = True) -> 
     notes: list[str] = []
     how = plan.how
     try:
+        report(f"stopping the container on {plan.source.name}")
         with contextlib.suppress(RuntimeNotFound):
             if src.runtime.instances.state(plan.container).status != "Stopped":
                 src.runtime.instances.stop(plan.container)
         checkpoint("move-stopped")
+        report(f"moving the container to {plan.dest.name}")
         how = _transfer(svc, plan, src, dst)
         checkpoint("move-copied")
+        report("moving the home folder")
         notes.append(homes.transfer_home(svc, plan.source, plan.dest, name))
         checkpoint("move-home")
         if plan.run_after:
-            start_and_wait(dst, plan, wait_ssh=wait_ssh)
+            start_and_wait(dst, plan, wait_ssh=wait_ssh, report=report)
         checkpoint("move-started")
     except LabgpuError as exc:
         undone = roll_back(svc, plan, src, dst)
         raise MoveFailed(
             f"moving {name} to {to} failed and was undone ({undone}): {exc.message}", hint=exc.hint
         ) from exc
+    report("recording the new host")
     ports = commit_move(svc, plan, dst)
     checkpoint("move-committed")
+    report(f"deleting the original on {plan.source.name}")
     finish_move(svc, plan, src)
     address = public_address(plan.dest, svc.settings)
     mailed = _tell_member(svc, plan, address, ports, notes)
@@ -381,13 +391,15 @@ def put_spec(runtime: RuntimeClient, container: str, spec: ContainerSpec, *, roo
         runtime.instances.update(container, config=config, devices=devices)
 
 
-def start_and_wait(dst: Services, plan: MovePlan, *, wait_ssh: bool) -> None:
+def start_and_wait(dst: Services, plan: MovePlan, *, wait_ssh: bool, report: StepReporter = silent) -> None:
     """Start the moved container on the new host and, with ``wait_ssh``, wait for its sshd at the new
     address and port. Raises ProvisionError when sshd does not answer in time."""
     runtime = dst.runtime
+    report(f"starting the container on {plan.dest.name}")
     if runtime.instances.state(plan.container).status != "Running":
         runtime.instances.start(plan.container)
     if wait_ssh and "ssh" in plan.ports:
+        report("waiting for sshd")
         wait_ssh_on(dst, plan.dest, dst.settings.listen_address, plan.ports["ssh"], plan.container)
 
 

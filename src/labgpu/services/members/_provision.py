@@ -17,10 +17,11 @@ from labgpu.runtime.client import RuntimeClient
 from labgpu.runtime.errors import RuntimeBadRequest, RuntimeConflict, RuntimeError_, RuntimeNotFound
 from labgpu.services.context import Services
 from labgpu.services.hosts import public_address, services_for
+from labgpu.services.members._credentials import write_while_booting
 from labgpu.services.members._homes import ensure_home_on
 from labgpu.services.members._keys import install_keys
 from labgpu.services.members._login import generate_password, set_login
-from labgpu.services.members._mirrors import apply_mirrors
+from labgpu.services.members._mirrors import apply_mirrors, mirrors_configured
 from labgpu.services.members._placement import place_unplaced
 from labgpu.services.members._records import (
     ConnectionSheet,
@@ -30,6 +31,7 @@ from labgpu.services.members._records import (
     load_member,
 )
 from labgpu.services.members._ssh import wait_ssh_on
+from labgpu.services.members._steps import StepReporter, silent
 from labgpu.store.models import MemberState
 
 
@@ -110,13 +112,21 @@ def checkpoint(step: str) -> None:
 
 
 def provision(
-    svc: Services, name: str, *, wait_ssh: bool = True, set_password: bool = True
+    svc: Services,
+    name: str,
+    *,
+    wait_ssh: bool = True,
+    set_password: bool = True,
+    report: StepReporter = silent,
 ) -> ConnectionSheet:
     """Bring the daemon to the member's desired state: home, container, running, sshd, credentials.
 
     The container is made on the member's host (a member without one, after `host rm --force`, is
     placed first). Each step checks before acting, so this is safe to run again after any crash.
-    Waits for sshd (up to SSH_READY_TIMEOUT). Raises ProvisionError, Conflict or runtime errors."""
+    A container made here gets its SSH keys and login policy while it boots (members._credentials); one
+    that existed gets them through the running container once sshd answers.
+    ``report`` is told each step as it begins. Waits for sshd (up to SSH_READY_TIMEOUT). Raises
+    ProvisionError, Conflict or runtime errors."""
     place_unplaced(svc, name)
     with svc.session() as session:
         member = load_member(session, name)
@@ -128,32 +138,48 @@ def provision(
         host_name = host.name if host else ""
         address = public_address(host, svc.settings) if host else svc.settings.listen_address
     assert member.uid is not None and member.container is not None
+    report("home folder")
     ensure_home_on(svc, host, name, member.uid)
     checkpoint("home")
+    report("creating the container")
     created = ensure_container(svc, spec, roots)
     checkpoint("container")
+    report("starting the container")
     ensure_running(svc.runtime, spec.name)
     checkpoint("running")
-    apply_mirrors(svc, spec.name, new_container=created)
+    # A new container gets its keys and sudo rule while it boots, in place when sshd first answers. After a
+    # crash the container exists: the keys then come through the running container, after sshd answers.
+    password = generate_password() if set_password and not keys else None
+    written = False
+    if created:
+        report("SSH keys and login policy, while it boots")
+        written = write_while_booting(svc, spec.name, keys)
+    if not created or mirrors_configured(svc):
+        report("package mirrors")
+        apply_mirrors(svc, spec.name, new_container=created)
     ssh = next(p for p in spec.ports if p.purpose == "ssh")
     if wait_ssh:
+        report("waiting for sshd")
         wait_ssh_on(svc, host, ssh.listen_address, ssh.host_port, spec.name)
     checkpoint("ssh")
     # A member with a key logs in with it from the first second: no admin-known password, which, expired,
     # would hold up their key logins too (members._login).
-    if set_password and not keys:
-        password: str | None = set_initial_password(svc, spec.name)
-    else:
-        password = None
+    if password is not None or not written:
+        report("initial password" if password else "login policy")
         set_login(
             svc.runtime,
             spec.name,
             user=svc.settings.container_user,
             sudo_nopasswd=svc.settings.container_sudo_nopasswd,
+            password=password,
+            expire=True,
         )
     checkpoint("password")
-    install_keys(svc, spec.name, keys)
+    if not written:
+        report("SSH keys")
+        install_keys(svc, spec.name, keys)
     checkpoint("keys")
+    report("recording the member as running")
     with svc.session() as session:
         row = load_member(session, name)
         if row.state == MemberState.PROVISIONING:

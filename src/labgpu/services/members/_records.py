@@ -186,6 +186,15 @@ def container_spec(
     """The container ``member`` should have, from the store and the settings."""
     if member.uid is None or member.container is None:
         raise ProvisionError(f"member {member.name} has no uid or container name")
+    # No-GPU mode takes every GPU device away and keeps the member's choice for the way back.
+    gpus = (
+        GpuRequest("none")
+        if member.no_gpu
+        else parse_gpu_request(member.gpu_spec or svc.settings.default_gpus)
+    )
+    if gpus_on_host is None:
+        # Only GPU devices need the host's GPUs (a request to the daemon's hardware inventory).
+        gpus_on_host = host_gpus(svc.runtime) if gpus.mode != "none" else {}
     return ContainerSpec(
         name=member.container,
         owner=member.name,
@@ -206,11 +215,8 @@ def container_spec(
             ShareSpec(s.name, s.source, s.path, s.readonly)
             for s in sorted(member.shares, key=lambda s: s.name)
         ),
-        # No-GPU mode takes every GPU device away and keeps the member's choice for the way back.
-        gpus=GpuRequest("none")
-        if member.no_gpu
-        else parse_gpu_request(member.gpu_spec or svc.settings.default_gpus),
-        host_gpus=gpus_on_host if gpus_on_host is not None else host_gpus(svc.runtime),
+        gpus=gpus,
+        host_gpus=gpus_on_host,
         spec_version=member.spec_version,
     )
 

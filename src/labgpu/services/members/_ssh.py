@@ -15,6 +15,10 @@ from labgpu.store.models import Host, PortPurpose
 
 SSH_READY_TIMEOUT = 120.0
 HALTED_CHECK_EVERY_S = 2.0  # how often wait_for_ssh asks the daemon whether the container still runs
+# Between two knocks on the SSH port. A knock costs a connection to the proxy device and one from it inside
+# the container; every 50 ms the wait ends at most 50 ms after sshd answers (0.3 s before: 0.15 s lost on
+# average in each `member add`).
+KNOCK_EVERY_S = 0.05
 
 
 def probe_address(listen_address: str) -> str:
@@ -83,7 +87,7 @@ def wait_for_ssh(
                     hint=f"see why with `lxc info {container} --show-log` (or `incus info {container} "
                     "--show-log`); `labgpu doctor` checks the kernel limits that make containers die at boot",
                 )
-        time.sleep(0.3)
+        time.sleep(KNOCK_EVERY_S)
     raise ProvisionError(f"sshd did not answer on {address}:{port} within {timeout:g}s ({last})")
 
 

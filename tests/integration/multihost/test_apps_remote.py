@@ -270,13 +270,17 @@ def test_an_app_on_another_host_is_proxied_through_the_daemon(
     assert opens == [member]
 
 
-def test_an_app_on_another_host_without_python3_is_refused_clearly(hosts_env: HostsEnv) -> None:
+def test_an_app_on_another_host_without_python3_is_refused_clearly(
+    hosts_env: HostsEnv, socket_dir: Path
+) -> None:
     """The ssh test image has no python3: opening an app there says what is missing (409), and adds nothing."""
     from labgpu.services import apps
     from tests.conftest import TEST_IMAGE_ALIASES
 
     d = hosts_env.daemons
     member = unique_name("ra")
+    # A short folder: the state dir's under pytest's (with xdist's worker folder) is too long for a unix socket.
+    hosts_env.overrides["apps_socket_dir"] = str(socket_dir)
     svc = hosts_env.services()
     add_host(svc, "s1", d["s1"].url, token=d["s1"].token())
     set_drained(svc, local_host_name(svc), True)

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -195,6 +196,35 @@ class RdpClient:
         return self.log.read_text(errors="replace")[-3000:]
 
 
+# An RDP client's first words (MS-RDPBCGR 2.2.1.1): a TPKT header, an X.224 Connection Request, and an RDP
+# Negotiation Request for TLS. An RDP server answers with a TPKT (version 3) holding a Connection Confirm.
+_X224_CONNECTION_REQUEST = bytes.fromhex("030000130ee000000000000100080001000000")
+
+
+def rdp_answers(port: int) -> bool:
+    """Whether an RDP server answers on 127.0.0.1:``port``. The daemon's proxy device takes the connection
+    even while xrdp in the container is not listening yet (then it closes it): only an answer counts."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(_X224_CONNECTION_REQUEST)
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    return len(reply) >= 11 and reply[:2] == b"\x03\x00" and reply[5] == 0xD0
+
+
+def wait_rdp(port: int, timeout: float = 180) -> float:
+    """Wait until xrdp answers on ``port`` (a container just made says done when sshd answers; xrdp may
+    come up seconds later on a loaded machine, and xfreerdp gives up at once on a closed connection).
+    Returns the seconds waited."""
+    start = time.monotonic()
+    while not rdp_answers(port):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"no RDP server answered on port {port} within {timeout:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
 @contextlib.contextmanager
 def rdp_login(display: Display, port: int, user: str, password: str, log: Path) -> Iterator[RdpClient]:
     """FreeRDP's X11 client (``xfreerdp``) connected to 127.0.0.1:``port`` as ``user`` with ``password``,
@@ -206,6 +236,9 @@ def rdp_login(display: Display, port: int, user: str, password: str, log: Path) 
         "xfreerdp", f"/v:127.0.0.1:{port}", f"/u:{user}", f"/p:{password}", "/cert:ignore",
         "/size:1280x800", "-grab-keyboard", "/log-level:INFO",
     ]  # fmt: skip
+    waited = wait_rdp(port)
+    if waited > 1:
+        print(f"xrdp answered on port {port} after {waited:.1f} s")
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=display.env(), stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -401,6 +401,32 @@ def labgpu_env(
         cleanup.instance(name)
 
 
+# Chromium (Playwright), for tests/browser and the browser checks elsewhere -------------------------------
+
+CHROMIUM = os.environ.get("LABGPU_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, one per test process (Playwright's sync API allows one at a time)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/install-deps --test)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
 # Mail: a real SMTP server (aiosmtpd) on loopback ----------------------------------------------------
 
 

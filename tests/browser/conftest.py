@@ -24,15 +24,6 @@ import uvicorn
 from tests.conftest import LabgpuEnv, MailBox
 from tests.web.conftest import PASSWORD
 
-CHROMIUM = os.environ.get("LABGPU_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 ADMIN_PASSWORD = "amber-falcon-62-ledger"
 
@@ -92,18 +83,6 @@ def served(labgpu_env: LabgpuEnv, smtp_server: MailBox, tmp_path: Path) -> Itera
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/install-deps --test)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 def screenshot(page: object, name: str) -> Path:

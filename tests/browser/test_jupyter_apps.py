@@ -16,6 +16,7 @@ byte for byte, while the portal's memory is measured (printed, not asserted).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -37,7 +38,7 @@ from labgpu.services.templates._catalog import PROP_SPEC_HASH, PROP_TEMPLATE, ex
 from labgpu.services.templates._spec_loading import load_spec
 from labgpu.system.base_image import resolve_cache_dir
 from tests.browser.conftest import ADMIN_PASSWORD, screenshot
-from tests.conftest import LabgpuEnv, port_block
+from tests.conftest import LabgpuEnv, machine_lock, port_block
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,7 +75,9 @@ def jupyter_spec(folder: Path) -> Path:
 
 
 def ensure_jupyter_template(runtime: RuntimeClient, env: LabgpuEnv, folder: Path) -> str:
-    """The template on the daemon, built at most once per recipe (see the module)."""
+    """The template on ``runtime``'s daemon, built at most once per recipe (see the module). ``env``'s
+    services build it (on their own daemon) when the image cache has no export of this recipe yet; one
+    process of the machine builds at a time (another one waits, then imports the export)."""
     loaded = load_spec(jupyter_spec(folder))
     spec_hash = loaded.spec_hash()
     for image in runtime.images.all():
@@ -86,16 +89,55 @@ def ensure_jupyter_template(runtime: RuntimeClient, env: LabgpuEnv, folder: Path
             return TEMPLATE
     cached = resolve_cache_dir() / "templates" / f"{TEMPLATE}-{spec_hash}.tar"
     svc = env.services()
-    if not cached.is_file():
-        build_template(svc, loaded, network="none")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(cached.name + ".part")
-        partial.unlink(missing_ok=True)
-        export_template(runtime, TEMPLATE, partial, overwrite=True)
-        partial.replace(cached)
-        return TEMPLATE
-    import_template(svc, [cached])
+    with machine_lock("jupyter-template"):
+        if not cached.is_file():
+            build_template(svc, loaded, network="none")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(cached.name + ".part")
+            partial.unlink(missing_ok=True)
+            export_template(svc.runtime, TEMPLATE, partial, overwrite=True)
+            partial.replace(cached)
+            if svc.runtime.endpoint == runtime.endpoint:
+                return TEMPLATE
+    import_template(dataclasses.replace(svc, runtime=runtime), [cached])
     return TEMPLATE
+
+
+@contextlib.contextmanager
+def labgpu_serve(
+    env: dict[str, str], folder: Path
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes], Path]]:
+    """`labgpu serve` with its apps origin as a subprocess on free loopback ports, with the settings of ``env``
+    (LABGPU_* variables) and the portal URL it is reached at; yields (portal URL, apps URL, process, log)
+    once both answer, and stops it afterwards."""
+    port, apps_port = _free_port(), _free_port()
+    url, apps_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{apps_port}"
+    log = folder / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*LABGPU, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", str(apps_port)],
+            env={**env, "LABGPU_PORTAL_URL": url + "/"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=2)
+                httpx.get(apps_url + "/", timeout=2)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("labgpu serve did not start:\n" + log.read_text()[-3000:]) from None
+                time.sleep(0.3)
+        yield url, apps_url, proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @dataclass
@@ -119,8 +161,6 @@ def running_lab(runtime: RuntimeClient, profile: str, pool: str, folder: Path) -
 
     sockets = Path("/tmp") / f"lgpa-{secrets.token_hex(3)}"  # a socket path has at most 107 bytes
     start, end = port_block(20000, 31999)
-    port, apps_port = _free_port(), _free_port()
-    url, apps_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{apps_port}"
     env = LabgpuEnv(
         overrides={
             "state_dir": str(folder / "state"),
@@ -135,7 +175,6 @@ def running_lab(runtime: RuntimeClient, profile: str, pool: str, folder: Path) -
             "network_mode": "none",
             "ssh_ready_timeout": "180",
             "apps_socket_dir": str(sockets),
-            "portal_url": url + "/",
             "trusted_proxies": "",
             "jobs_in_serve": "false",
         },
@@ -144,39 +183,15 @@ def running_lab(runtime: RuntimeClient, profile: str, pool: str, folder: Path) -
     env.overrides["default_template"] = ensure_jupyter_template(runtime, env, folder)
     svc = env.services()
     container = None
-    proc = None
     try:
         sheet = add_member(svc, validate_request(svc, name=MEMBER, template=TEMPLATE))
         container = sheet.container
         set_password(svc, name=MEMBER, password=PASSWORD)
         create_account(svc, name=OTHER, password=PASSWORD, role=Role.MEMBER)
         create_account(svc, name="boss", password=ADMIN_PASSWORD, role=Role.ADMIN)
-        log = folder / "serve.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [*LABGPU, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", str(apps_port)],
-                env=env.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/healthz", timeout=2)
-                httpx.get(apps_url + "/", timeout=2)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("labgpu serve did not start:\n" + log.read_text()[-3000:]) from None
-                time.sleep(0.3)
-        yield Lab(url, apps_url, env.env(), proc.pid, runtime, container, log)
+        with labgpu_serve(env.env(), folder) as (url, apps_url, proc, log):
+            yield Lab(url, apps_url, env.env(), proc.pid, runtime, container, log)
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         if container:
             with contextlib.suppress(Exception):
                 runtime.instances.stop(container, force=True)
@@ -193,17 +208,18 @@ def lab(
         yield running
 
 
-def _login(page: Any, lab: Lab, name: str, password: str = PASSWORD) -> None:
-    page.goto(lab.url + "/login")
+def _login(page: Any, url: str, name: str, password: str = PASSWORD) -> None:
+    page.goto(url + "/login")
     page.fill("#name", name)
     page.fill("#password", password)
     page.click("form[action='/login'] button[type=submit]")
     page.wait_for_load_state()
 
 
-def _open_app(page: Any, lab: Lab, app: str, *, timeout: float = 120_000) -> Any:
-    """Click the app's button on "My container"; return the new tab once the app's page answers."""
-    page.goto(lab.url + "/me")
+def open_app(page: Any, url: str, app: str, *, timeout: float = 120_000) -> Any:
+    """Click the app's button on "My container" (of the portal at ``url``); return the new tab once the app's
+    page answers."""
+    page.goto(url + "/me")
     page.wait_for_selector(f"#open-{app}", timeout=30_000)
     with page.context.expect_page(timeout=timeout) as new:
         page.click(f"#open-{app}")
@@ -216,6 +232,22 @@ def _open_app(page: Any, lab: Lab, app: str, *, timeout: float = 120_000) -> Any
     return tab
 
 
+def run_a_cell(lab_tab: Any) -> str:
+    """In JupyterLab's tab: a new notebook from the launcher, a cell that prints 42 and the host name, run;
+    returns the cell's output once it is there (the kernel starts first)."""
+    lab_tab.wait_for_selector(".jp-LauncherCard", timeout=120_000)
+    lab_tab.click(".jp-LauncherCard[data-category='Notebook']")
+    cell = lab_tab.locator(".jp-Notebook .jp-Cell .cm-content").first
+    cell.wait_for(timeout=60_000)
+    lab_tab.wait_for_timeout(1000)  # the notebook settles (its first cell is drawn again once)
+    cell.click()
+    lab_tab.keyboard.type("print(6 * 7, 'from', __import__('socket').gethostname())")
+    lab_tab.keyboard.press("Shift+Enter")
+    output = lab_tab.locator(".jp-OutputArea-output").first
+    output.wait_for(timeout=180_000)
+    return str(output.inner_text())
+
+
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -226,26 +258,16 @@ def _rss_kb(pid: int) -> int:
 def test_jupyterlab_runs_a_cell_vscode_loads_and_tensorboard_answers(lab: Lab, browser: Any) -> None:
     context = browser.new_context()
     page = context.new_page()
-    _login(page, lab, MEMBER)
+    _login(page, lab.url, MEMBER)
     page.goto(lab.url + "/me")
     page.wait_for_selector("#open-jupyterlab", timeout=30_000)
     assert page.is_visible("#open-code-server") and page.is_visible("#open-tensorboard")
     screenshot(page, "apps-my-container")
 
     # JupyterLab: a new notebook's kernel starts and runs a cell (its WebSockets go through the proxy).
-    lab_tab = _open_app(page, lab, "jupyterlab")
+    lab_tab = open_app(page, lab.url, "jupyterlab")
     assert lab_tab.url.startswith(lab.apps_url + f"/m/{MEMBER}/jupyterlab/")
-    lab_tab.wait_for_selector(".jp-LauncherCard", timeout=120_000)
-    lab_tab.click(".jp-LauncherCard[data-category='Notebook']")
-    cell = lab_tab.locator(".jp-Notebook .jp-Cell .cm-content").first
-    cell.wait_for(timeout=60_000)
-    lab_tab.wait_for_timeout(1000)  # the notebook settles (its first cell is drawn again once)
-    cell.click()
-    lab_tab.keyboard.type("print(6 * 7, 'from', __import__('socket').gethostname())")
-    lab_tab.keyboard.press("Shift+Enter")
-    output = lab_tab.locator(".jp-OutputArea-output").first
-    output.wait_for(timeout=180_000)  # the kernel starts first
-    assert f"42 from {lab.container}" in output.inner_text()
+    assert f"42 from {lab.container}" in run_a_cell(lab_tab)
     screenshot(lab_tab, "apps-jupyterlab")
     # The app cookie is scoped to this app's path (the proxy keeps it and the portal's from the app).
     assert "labgpu_app" in {c["name"] for c in context.cookies(lab.apps_url + f"/m/{MEMBER}/jupyterlab/")}
@@ -254,12 +276,12 @@ def test_jupyterlab_runs_a_cell_vscode_loads_and_tensorboard_answers(lab: Lab, b
     }
 
     # VS Code: the workbench loads (its own WebSocket included).
-    code_tab = _open_app(page, lab, "code-server")
+    code_tab = open_app(page, lab.url, "code-server")
     code_tab.wait_for_selector(".monaco-workbench", timeout=180_000)
     screenshot(code_tab, "apps-vscode")
 
     # TensorBoard answers under its prefix.
-    board_tab = _open_app(page, lab, "tensorboard")
+    board_tab = open_app(page, lab.url, "tensorboard")
     board_tab.wait_for_selector("text=TensorBoard", timeout=120_000)
     page.goto(lab.url + "/me")
     page.wait_for_selector("#app-jupyterlab [data-app-state='running']", timeout=30_000)
@@ -342,7 +364,7 @@ def test_a_100_mb_file_goes_up_and_down_in_the_browser_with_the_portals_memory_f
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
     context = browser.new_context(accept_downloads=True)
     page = context.new_page()
-    _login(page, lab, MEMBER)
+    _login(page, lab.url, MEMBER)
     page.goto(lab.url + f"/members/{MEMBER}/files")
     before = _rss_kb(lab.pid)
     peak = before

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import ADMIN_PASSWORD, CHROMIUM, CHROMIUM_ARGS, _free_port, screenshot
-from tests.conftest import LabgpuEnv
+from tests.browser.conftest import ADMIN_PASSWORD, _free_port, screenshot
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LabgpuEnv
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,7 @@ app the template declares: a small HTTP server with a WebSocket echo (stdlib pyt
 as the container user's systemd unit. The real portal and apps origin (in-process ASGI apps) open it, proxy
 HTTP both ways (a 3 MB upload, a 20 MB answer) and a WebSocket, through a socket of the portal's own that
 relays every connection through the daemon, with no proxy device in the container and no port on any host.
+The real JupyterLab (templates/jupyter.yaml) on s1 runs a notebook cell in Chromium through the same relay.
 The authorization checks hold: another member cannot open it, the apps origin refuses a request without the
 app cookie and a WebSocket from another origin.
 """
@@ -19,6 +20,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -33,6 +35,8 @@ from labgpu.services.portal._accounts import create_account, set_password
 from labgpu.store.models import AuditEvent, Role
 from labgpu.web.app import create_app
 from labgpu.web.routes.apps.origin import create_apps_app
+from tests.browser.conftest import log_in
+from tests.browser.test_jupyter_apps import ensure_jupyter_template, labgpu_serve, open_app, run_a_cell
 from tests.conftest import TOOLS_IMAGE, _ensure_test_image, unique_name
 from tests.integration.multihost.conftest import HostsEnv, local_host_name
 from tests.web.conftest import csrf_from, login
@@ -296,3 +300,40 @@ def test_an_app_on_another_host_without_python3_is_refused_clearly(
     assert not [k for k in runtime.instances.get(container).devices if k.startswith(rules.DEVICE_PREFIX)]
     with svc.session() as session:
         assert not session.scalars(select(AuditEvent).where(AuditEvent.action == "app.open")).all()
+
+
+@pytest.mark.timeout(3600)  # on a machine without the jupyter template's export, it is built first
+def test_real_jupyterlab_on_another_host_runs_a_cell_in_the_browser(
+    hosts_env: HostsEnv, socket_dir: Path, tmp_path: Path, browser: Any
+) -> None:
+    """The real thing through the relay: JupyterLab from templates/jupyter.yaml in a container on s1, opened
+    in Chromium from a real `labgpu serve`; its many parallel requests and the kernel's WebSockets all go
+    through the portal's relay socket and s1's exec API. A notebook cell runs in that container."""
+    d = hosts_env.daemons
+    member = unique_name("rj")
+    hosts_env.overrides.update(
+        {"apps_socket_dir": str(socket_dir), "jobs_in_serve": "false", "trusted_proxies": ""}
+    )
+    template = ensure_jupyter_template(d["s1"].client, hosts_env, tmp_path)  # type: ignore[arg-type]
+    svc = hosts_env.services()
+    add_host(svc, "s1", d["s1"].url, token=d["s1"].token())
+    set_drained(svc, local_host_name(svc), True)
+    request = validate_request(svc, name=member, template=template, host="s1")
+    container = add_member(svc, request, wait_ssh=False).container
+    hosts_env.instances.append(("s1", container))
+    set_password(svc, name=member, password=PASSWORD)
+    with labgpu_serve(hosts_env.env(), tmp_path) as (url, apps_url, _, log):
+        context = browser.new_context()
+        page = context.new_page()
+        log_in(page, url, member, PASSWORD)
+        lab_tab = open_app(page, url, "jupyterlab")
+        assert lab_tab.url.startswith(apps_url + f"/m/{member}/jupyterlab/"), lab_tab.url
+        output = run_a_cell(lab_tab)
+        assert f"42 from {container}" in output, output
+        context.close()
+        # Relayed: no app device in the container, only the portal's own socket (0600).
+        devices = d["s1"].client.instances.get(container).devices
+        assert not [k for k in devices if k.startswith(rules.DEVICE_PREFIX)], devices
+        relay_sockets = list(socket_dir.glob("r*.sock"))
+        assert len(relay_sockets) == 1, log.read_text()[-2000:]
+        assert stat.S_IMODE(relay_sockets[0].stat().st_mode) == 0o600

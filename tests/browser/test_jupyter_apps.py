@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from labgpu.runtime.client import RuntimeClient
 from labgpu.services.templates._build import build_template
@@ -234,17 +235,33 @@ def open_app(page: Any, url: str, app: str, *, timeout: float = 120_000) -> Any:
 
 def run_a_cell(lab_tab: Any) -> str:
     """In JupyterLab's tab: a new notebook from the launcher, a cell that prints 42 and the host name, run;
-    returns the cell's output once it is there (the kernel starts first)."""
+    returns the cell's output once it is there. Waits as a person does: for the kernel to say Idle before
+    typing (on a loaded machine it takes a while to start), for the typed code to be in the cell before
+    running it, and runs the cell once more (Ctrl+Enter, in place) when a minute passes without output."""
+    code = "print(6 * 7, 'from', __import__('socket').gethostname())"
     lab_tab.wait_for_selector(".jp-LauncherCard", timeout=120_000)
     lab_tab.click(".jp-LauncherCard[data-category='Notebook']")
+    lab_tab.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=240_000)
     cell = lab_tab.locator(".jp-Notebook .jp-Cell .cm-content").first
     cell.wait_for(timeout=60_000)
     lab_tab.wait_for_timeout(1000)  # the notebook settles (its first cell is drawn again once)
     cell.click()
-    lab_tab.keyboard.type("print(6 * 7, 'from', __import__('socket').gethostname())")
+    lab_tab.keyboard.type(code)
+    deadline = time.monotonic() + 30
+    while code not in cell.inner_text() and time.monotonic() < deadline:
+        lab_tab.wait_for_timeout(300)
+    assert code in cell.inner_text(), f"the code did not reach the cell: {cell.inner_text()!r}"
     lab_tab.keyboard.press("Shift+Enter")
     output = lab_tab.locator(".jp-OutputArea-output").first
-    output.wait_for(timeout=180_000)
+    for attempt in range(3):
+        try:
+            output.wait_for(timeout=60_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            cell.click()
+            lab_tab.keyboard.press("Control+Enter")
     return str(output.inner_text())
 
 

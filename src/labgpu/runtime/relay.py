@@ -112,7 +112,8 @@ def start_relay(client: RuntimeClient, instance: str, port: int) -> RelayExec:
 
 
 def cancel_relay(client: RuntimeClient, started: RelayExec) -> None:
-    """Give up on a forwarder whose WebSockets never connected (best effort: the daemon may be gone)."""
+    """Give up on a forwarder whose WebSockets never connected (best effort: the daemon may be gone; as with
+    :func:`terminal.cancel_interactive`, the exec fails by itself 5 seconds later when the DELETE is refused)."""
     with contextlib.suppress(Exception):
         client.raw("DELETE", f"/1.0/operations/{quote(started.operation_id, safe='')}", project=False)
 

@@ -135,3 +135,38 @@ def log_in(
     page.click("form[action='/login'] button[type=submit]")
     if lands is not None:
         page.wait_for_url(url + lands)
+
+
+@contextmanager
+def serve_gpu_site(
+    tmp_path: Path, *, members: tuple[str, ...], admins: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """A portal served at http://127.0.0.1:PORT with host gpu1 (booked mode, its GPUs from a served agent on
+    the recorded fake NVML), ``members`` with their containers on gpu1 and ``admins``; no daemon, no jobs."""
+    from pydantic import SecretStr
+
+    from labgpu.services.gpus._usage import GpuUsageReader
+    from labgpu.settings import load_settings
+    from labgpu.store.migrate import upgrade
+    from labgpu.store.models import Role
+    from labgpu.web.app import create_app
+    from tests.web.conftest import Portal
+    from tests.web.gpus.helpers import AGENT_TOKEN, add_host, add_member, no_nvml, serve_agent
+
+    with serve_agent(tmp_path) as agent:
+        settings = load_settings(
+            state_dir=str(tmp_path / "state"),
+            runtime_url=f"unix://{tmp_path}/no-daemon.sock",
+            trusted_proxies="",
+            jobs_in_serve=False,
+        ).model_copy(update={"agent_token": SecretStr(AGENT_TOKEN)})
+        upgrade(settings)
+        app = create_app(settings, background=False, gpu_usage=GpuUsageReader(source=no_nvml))
+        portal = Portal(app, settings)
+        host_id = add_host(portal, agent_url=agent.url)
+        for name in members:
+            add_member(portal, name, host_id)
+        for name in admins:
+            add_member(portal, name, None, role=Role.ADMIN)
+        with serve_app(app) as url:
+            yield url

@@ -12,38 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from labgpu.services.gpus._usage import GpuUsageReader
-from labgpu.settings import load_settings
-from labgpu.store.migrate import upgrade
-from labgpu.store.models import Role
-from labgpu.web.app import create_app
-from tests.browser.conftest import log_in, screenshot, serve_app
-from tests.web.conftest import Portal
-from tests.web.gpus.helpers import AGENT_TOKEN, add_host, add_member, no_nvml, serve_agent
+from tests.browser.conftest import log_in, screenshot, serve_gpu_site
 from tests.web.test_i18n import untranslated
 
 
 @pytest.fixture
 def gpu_site(tmp_path: Path) -> Iterator[str]:
-    """The portal at http://127.0.0.1:PORT with host gpu1 (booked mode, its agent), alice, bob and boss."""
-    with serve_agent(tmp_path) as agent:
-        settings = load_settings(
-            state_dir=str(tmp_path / "state"),
-            runtime_url=f"unix://{tmp_path}/no-daemon.sock",
-            trusted_proxies="",
-            jobs_in_serve=False,
-        ).model_copy(update={"agent_token": SecretStr(AGENT_TOKEN)})
-        upgrade(settings)
-        app = create_app(settings, background=False, gpu_usage=GpuUsageReader(source=no_nvml))
-        portal = Portal(app, settings)
-        host_id = add_host(portal, agent_url=agent.url)
-        add_member(portal, "alice", host_id)
-        add_member(portal, "bob", host_id)
-        add_member(portal, "boss", None, role=Role.ADMIN)
-        with serve_app(app) as url:
-            yield url
+    """The portal with host gpu1 (booked mode, its agent), alice, bob and boss."""
+    with serve_gpu_site(tmp_path, members=("alice", "bob"), admins=("boss",)) as url:
+        yield url
 
 
 def test_a_member_books_a_gpu_on_the_board_and_sees_it(gpu_site: str, browser: Any) -> None:

@@ -18,22 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from labgpu.services.gpus import _modes as gpu_modes
-from labgpu.services.gpus._usage import GpuUsageReader
 from labgpu.services.members._add import add_member, validate_request
 from labgpu.services.portal import _accounts as accounts
-from labgpu.settings import load_settings
-from labgpu.store.migrate import upgrade
 from labgpu.store.models import Member
 from labgpu.web.app import create_app
-from tests.browser.conftest import log_in, screenshot, serve_app
+from tests.browser.conftest import log_in, screenshot, serve_app, serve_gpu_site
 from tests.conftest import LabgpuEnv
-from tests.web.conftest import PASSWORD, Portal
-from tests.web.gpus.helpers import AGENT_TOKEN, add_host, no_nvml, serve_agent
-from tests.web.gpus.helpers import add_member as add_portal_member
+from tests.web.conftest import PASSWORD
 from tests.web.test_i18n import untranslated
 from tests.web.usage.lab import ME, UsageLab, build_lab, replay
 
@@ -105,19 +99,8 @@ def test_the_usage_pages_show_the_days_figures_in_english_and_chinese(
 @pytest.fixture
 def gpu_site(tmp_path: Path) -> Iterator[str]:
     """The portal with host gpu1 (booked mode, its GPUs from a served agent) and alice's container there."""
-    with serve_agent(tmp_path) as agent:
-        settings = load_settings(
-            state_dir=str(tmp_path / "state"),
-            runtime_url=f"unix://{tmp_path}/no-daemon.sock",
-            trusted_proxies="",
-            jobs_in_serve=False,
-        ).model_copy(update={"agent_token": SecretStr(AGENT_TOKEN)})
-        upgrade(settings)
-        app = create_app(settings, background=False, gpu_usage=GpuUsageReader(source=no_nvml))
-        portal = Portal(app, settings)
-        add_portal_member(portal, "alice", add_host(portal, agent_url=agent.url))
-        with serve_app(app) as url:
-            yield url
+    with serve_gpu_site(tmp_path, members=("alice",)) as url:
+        yield url
 
 
 def test_a_member_asks_to_be_told_when_gpus_are_free_and_cancels(gpu_site: str, browser: Any) -> None:

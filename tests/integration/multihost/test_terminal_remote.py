@@ -1,4 +1,4 @@
-"""The terminal in the browser for containers on other hosts: a standalone daemon reached over HTTPS with
+"""The terminal and the home's files in the browser for containers on other hosts: a standalone daemon reached over HTTPS with
 labgpu's client certificate (s1), and a member of a cluster reached through the cluster (c2, through c1).
 
 The portal (uvicorn, in a thread) bridges the browser's WebSocket to that daemon's interactive exec, the
@@ -10,6 +10,7 @@ audited with the host, and closing the browser's side leaves no shell behind.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 
 import pytest
@@ -22,7 +23,7 @@ from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import TEST_IMAGE_ALIASES, unique_name
 from tests.integration.multihost.conftest import HostsEnv, local_host_name
-from tests.integration.terminalutil import login, open_ws, read_until, serve
+from tests.integration.terminalutil import CSRF_RE, login, open_ws, read_until, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -30,7 +31,7 @@ PASSWORD = "quiet-walnut-58-harbor"
 
 
 @pytest.mark.parametrize("host", ["s1", "c2"])
-def test_a_terminal_in_a_container_on_another_host(hosts_env: HostsEnv, host: str) -> None:
+def test_a_terminal_and_the_homes_files_for_a_container_on_another_host(hosts_env: HostsEnv, host: str) -> None:
     d = hosts_env.daemons
     hosts_env.overrides.update(trusted_proxies="", jobs_in_serve="false")
     svc = hosts_env.services()
@@ -59,6 +60,24 @@ def test_a_terminal_in_a_container_on_another_host(hosts_env: HostsEnv, host: st
             read_until(ws, b"43 132")
         # Another member gets nothing.
         assert login(url, other, PASSWORD).get(f"/terminal/{name}").status_code == 404
+
+        # The home's files in the browser work there too (the daemon's files API): up, listed, down.
+        token = CSRF_RE.search(member.get("/me").text)
+        assert token is not None
+        body = secrets.token_bytes(3_000_000)
+        put = member.put(
+            f"/members/{name}/files/upload",
+            params={"path": "", "filename": "数据.bin"},
+            content=body,
+            headers={"X-CSRF-Token": token.group(1)},
+        )
+        assert put.status_code == 200 and put.json()["size"] == len(body), put.text[:300]
+        assert "数据.bin" in member.get(f"/members/{name}/files").text
+        got = member.get(f"/members/{name}/files/download", params={"path": "数据.bin"})
+        assert got.status_code == 200 and got.content == body
+        home = hosts_env.settings().container_home.format(name=name)
+        owner = daemon.client.instances.exec(container, ["stat", "-c", "%U", f"{home}/数据.bin"]).stdout
+        assert owner.strip() == "ubuntu"
 
     opens = [e for e in audit.list_events(svc, limit=100) if e.action == "member.terminal"]
     assert [e.actor for e in opens] == [name]

@@ -1,5 +1,6 @@
-"""The terminal and the home's files in the browser for containers on other hosts: a standalone daemon reached over HTTPS with
-labgpu's client certificate (s1), and a member of a cluster reached through the cluster (c2, through c1).
+"""The terminal and the home's files in the browser for containers on other hosts: a standalone daemon
+reached over HTTPS with labgpu's client certificate (s1), and a member of a cluster reached through the
+cluster (c2, through c1).
 
 The portal (uvicorn, in a thread) bridges the browser's WebSocket to that daemon's interactive exec, the
 same way as for the local daemon: the member's shell runs as the container's user in that container (its

@@ -32,7 +32,9 @@ PASSWORD = "quiet-walnut-58-harbor"
 
 
 @pytest.mark.parametrize("host", ["s1", "c2"])
-def test_a_terminal_and_the_homes_files_for_a_container_on_another_host(hosts_env: HostsEnv, host: str) -> None:
+def test_a_terminal_and_the_homes_files_for_a_container_on_another_host(
+    hosts_env: HostsEnv, host: str
+) -> None:
     d = hosts_env.daemons
     hosts_env.overrides.update(trusted_proxies="", jobs_in_serve="false")
     svc = hosts_env.services()

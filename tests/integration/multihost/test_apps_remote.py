@@ -37,7 +37,14 @@ from labgpu.web.app import create_app
 from labgpu.web.routes.apps.origin import create_apps_app
 from tests.browser.conftest import log_in
 from tests.browser.test_jupyter_apps import ensure_jupyter_template, labgpu_serve, open_app, run_a_cell
-from tests.conftest import TOOLS_IMAGE, _ensure_test_image, unique_name
+from tests.conftest import (
+    TOOLS_IMAGE,
+    LabgpuEnv,
+    _ensure_test_image,
+    ensure_test_pool,
+    ensure_test_profile,
+    unique_name,
+)
 from tests.integration.multihost.conftest import HostsEnv, local_host_name
 from tests.web.conftest import csrf_from, login
 
@@ -314,7 +321,22 @@ def test_real_jupyterlab_on_another_host_runs_a_cell_in_the_browser(
     hosts_env.overrides.update(
         {"apps_socket_dir": str(socket_dir), "jobs_in_serve": "false", "trusted_proxies": ""}
     )
-    template = ensure_jupyter_template(d["s1"].client, hosts_env, tmp_path)  # type: ignore[arg-type]
+    # Built (when no export of the recipe is cached yet) as tests/browser/test_jupyter_apps.py builds it: on
+    # the main Incus, in the test pool and profile, without a network; then imported on s1.
+    local = hosts_env.local
+    pool = ensure_test_pool(local)
+    builder = LabgpuEnv(
+        overrides={
+            "state_dir": str(tmp_path / "build"),
+            "home_base": str(tmp_path / "build-home"),
+            "runtime_url": f"unix://{local.endpoint.socket_path}",
+            "profile_name": ensure_test_profile(local, pool),
+            "storage_pool": pool,
+            "network_mode": "none",
+        },
+        runtime=local,
+    )
+    template = ensure_jupyter_template(d["s1"].client, builder, tmp_path)
     svc = hosts_env.services()
     add_host(svc, "s1", d["s1"].url, token=d["s1"].token())
     set_drained(svc, local_host_name(svc), True)

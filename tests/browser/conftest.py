@@ -58,11 +58,28 @@ def served(labgpu_env: LabgpuEnv, smtp_server: MailBox, tmp_path: Path) -> Itera
         capture_output=True,
         text=True,
     )
-    log = tmp_path / "serve.log"
+    with labgpu_serve(env, tmp_path, port=port, apps=False) as (_, _, _, log):
+        yield Served(url=url, env=env, log=log)
+
+
+@contextmanager
+def labgpu_serve(
+    env: dict[str, str], folder: Path, *, port: int | None = None, apps: bool = True
+) -> Iterator[tuple[str, str | None, subprocess.Popen[bytes], Path]]:
+    """`labgpu serve` as a subprocess on a free loopback port (or ``port``), with the settings of ``env``
+    (LABGPU_* variables) and, unless ``env`` names one, the portal URL it is reached at; with ``apps``, its
+    apps origin on another free port. Yields (portal URL, apps URL or None, process, log) once they answer,
+    and stops it afterwards."""
+    port = port or _free_port()
+    apps_port = _free_port() if apps else 0
+    url = f"http://127.0.0.1:{port}"
+    apps_url = f"http://127.0.0.1:{apps_port}" if apps else None
+    labgpu = shutil.which("labgpu", path=str(Path(os.sys.executable).parent)) or "labgpu"
+    log = folder / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", "0"],
-            env=env,
+            [labgpu, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", str(apps_port)],
+            env={"LABGPU_PORTAL_URL": url + "/", **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -71,12 +88,14 @@ def served(labgpu_env: LabgpuEnv, smtp_server: MailBox, tmp_path: Path) -> Itera
         while True:
             try:
                 httpx.get(url + "/healthz", timeout=2)
+                if apps_url:
+                    httpx.get(apps_url + "/", timeout=2)
                 break
             except httpx.HTTPError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("labgpu serve did not start:\n" + log.read_text()[-2000:]) from None
+                    raise RuntimeError("labgpu serve did not start:\n" + log.read_text()[-3000:]) from None
                 time.sleep(0.2)
-        yield Served(url=url, env=env, log=log)
+        yield url, apps_url, proc, log
     finally:
         proc.terminate()
         try:

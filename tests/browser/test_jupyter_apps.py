@@ -21,8 +21,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from labgpu.services.templates._build import build_template
 from labgpu.services.templates._catalog import PROP_SPEC_HASH, PROP_TEMPLATE, export_template, import_template
 from labgpu.services.templates._spec_loading import load_spec
 from labgpu.system.base_image import resolve_cache_dir
-from tests.browser.conftest import ADMIN_PASSWORD, screenshot
+from tests.browser.conftest import ADMIN_PASSWORD, labgpu_serve, screenshot
 from tests.conftest import LabgpuEnv, machine_lock, port_block
 
 pytestmark = [
@@ -53,7 +51,6 @@ TEMPLATE = "labgpu-test-jupyter"
 MEMBER, OTHER = "ana", "ben"
 PASSWORD = "quiet-walnut-58-harbor"
 HOME = f"/home/ubuntu/{MEMBER}"  # the container_home setting's default
-LABGPU = [sys.executable, "-m", "labgpu.cli"]
 
 
 def _free_port() -> int:
@@ -102,43 +99,6 @@ def ensure_jupyter_template(runtime: RuntimeClient, env: LabgpuEnv, folder: Path
                 return TEMPLATE
     import_template(dataclasses.replace(svc, runtime=runtime), [cached])
     return TEMPLATE
-
-
-@contextlib.contextmanager
-def labgpu_serve(
-    env: dict[str, str], folder: Path
-) -> Iterator[tuple[str, str, subprocess.Popen[bytes], Path]]:
-    """`labgpu serve` with its apps origin as a subprocess on free loopback ports, with the settings of ``env``
-    (LABGPU_* variables) and the portal URL it is reached at; yields (portal URL, apps URL, process, log)
-    once both answer, and stops it afterwards."""
-    port, apps_port = _free_port(), _free_port()
-    url, apps_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{apps_port}"
-    log = folder / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*LABGPU, "serve", "--host", "127.0.0.1", "--port", str(port), "--apps-port", str(apps_port)],
-            env={**env, "LABGPU_PORTAL_URL": url + "/"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/healthz", timeout=2)
-                httpx.get(apps_url + "/", timeout=2)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("labgpu serve did not start:\n" + log.read_text()[-3000:]) from None
-                time.sleep(0.3)
-        yield url, apps_url, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @dataclass
@@ -191,6 +151,7 @@ def running_lab(runtime: RuntimeClient, profile: str, pool: str, folder: Path) -
         create_account(svc, name=OTHER, password=PASSWORD, role=Role.MEMBER)
         create_account(svc, name="boss", password=ADMIN_PASSWORD, role=Role.ADMIN)
         with labgpu_serve(env.env(), folder) as (url, apps_url, proc, log):
+            assert apps_url is not None
             yield Lab(url, apps_url, env.env(), proc.pid, runtime, container, log)
     finally:
         if container:

@@ -35,8 +35,8 @@ from labgpu.services.portal._accounts import create_account, set_password
 from labgpu.store.models import AuditEvent, Role
 from labgpu.web.app import create_app
 from labgpu.web.routes.apps.origin import create_apps_app
-from tests.browser.conftest import log_in
-from tests.browser.test_jupyter_apps import ensure_jupyter_template, labgpu_serve, open_app, run_a_cell
+from tests.browser.conftest import labgpu_serve, log_in
+from tests.browser.test_jupyter_apps import ensure_jupyter_template, open_app, run_a_cell
 from tests.conftest import (
     TOOLS_IMAGE,
     LabgpuEnv,
@@ -349,7 +349,7 @@ def test_real_jupyterlab_on_another_host_runs_a_cell_in_the_browser(
         page = context.new_page()
         log_in(page, url, member, PASSWORD)
         lab_tab = open_app(page, url, "jupyterlab")
-        assert lab_tab.url.startswith(apps_url + f"/m/{member}/jupyterlab/"), lab_tab.url
+        assert lab_tab.url.startswith(f"{apps_url}/m/{member}/jupyterlab/"), lab_tab.url
         output = run_a_cell(lab_tab)
         assert f"42 from {container}" in output, output
         context.close()

@@ -48,7 +48,8 @@ def jupyter_load(browser: Any, url: str, cookies: list[dict[str, Any]]) -> float
 def jupyter_first_load(runtime: RuntimeClient, browser: Any, rounds: int) -> dict[str, float]:
     """Median first load through the portal and straight to the container's port, and their ratio."""
     import httpx
-    from tests.browser.test_jupyter_apps import MEMBER, _free_port, _login_client, running_lab
+    from tests.browser.conftest import _free_port
+    from tests.browser.test_jupyter_apps import MEMBER, _login_client, running_lab
     from tests.conftest import ensure_test_pool, ensure_test_profile
 
     pool = ensure_test_pool(runtime)

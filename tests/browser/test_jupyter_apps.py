@@ -36,7 +36,7 @@ from labgpu.services.templates._build import build_template
 from labgpu.services.templates._catalog import PROP_SPEC_HASH, PROP_TEMPLATE, export_template, import_template
 from labgpu.services.templates._spec_loading import load_spec
 from labgpu.system.base_image import resolve_cache_dir
-from tests.browser.conftest import ADMIN_PASSWORD, labgpu_serve, screenshot
+from tests.browser.conftest import ADMIN_PASSWORD, labgpu_serve, log_in, screenshot
 from tests.conftest import LabgpuEnv, machine_lock, port_block
 
 pytestmark = [
@@ -51,14 +51,6 @@ TEMPLATE = "labgpu-test-jupyter"
 MEMBER, OTHER = "ana", "ben"
 PASSWORD = "quiet-walnut-58-harbor"
 HOME = f"/home/ubuntu/{MEMBER}"  # the container_home setting's default
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def jupyter_spec(folder: Path) -> Path:
@@ -170,14 +162,6 @@ def lab(
         yield running
 
 
-def _login(page: Any, url: str, name: str, password: str = PASSWORD) -> None:
-    page.goto(url + "/login")
-    page.fill("#name", name)
-    page.fill("#password", password)
-    page.click("form[action='/login'] button[type=submit]")
-    page.wait_for_load_state()
-
-
 def open_app(page: Any, url: str, app: str, *, timeout: float = 120_000) -> Any:
     """Click the app's button on "My container" (of the portal at ``url``); return the new tab once the app's
     page answers."""
@@ -236,7 +220,7 @@ def _rss_kb(pid: int) -> int:
 def test_jupyterlab_runs_a_cell_vscode_loads_and_tensorboard_answers(lab: Lab, browser: Any) -> None:
     context = browser.new_context()
     page = context.new_page()
-    _login(page, lab.url, MEMBER)
+    log_in(page, lab.url, MEMBER, PASSWORD)
     page.goto(lab.url + "/me")
     page.wait_for_selector("#open-jupyterlab", timeout=30_000)
     assert page.is_visible("#open-code-server") and page.is_visible("#open-tensorboard")
@@ -342,7 +326,7 @@ def test_a_100_mb_file_goes_up_and_down_in_the_browser_with_the_portals_memory_f
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
     context = browser.new_context(accept_downloads=True)
     page = context.new_page()
-    _login(page, lab.url, MEMBER)
+    log_in(page, lab.url, MEMBER, PASSWORD)
     page.goto(lab.url + f"/members/{MEMBER}/files")
     before = _rss_kb(lab.pid)
     peak = before

@@ -101,3 +101,15 @@ def read_until(ws: ClientConnection, needle: bytes, timeout: float = 30) -> byte
             continue
         seen += message if isinstance(message, bytes) else message.encode()
     return seen
+
+
+def shells_left(runtime: Any, container: str, timeout: float = 20) -> list[str]:
+    """The processes named ``runuser`` (a terminal's login shell) still in ``container`` once they are gone
+    or ``timeout`` seconds have passed: a closed terminal's shell gets SIGHUP and ends, not at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = runtime.instances.exec(container, ["ps", "-eo", "comm="]).stdout.split()
+        left = [n for n in names if n == "runuser"]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)

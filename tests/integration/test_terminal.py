@@ -24,7 +24,7 @@ from labgpu.services.portal import _audit as audit
 from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import LabgpuEnv, unique_name
-from tests.integration.terminalutil import CSRF_RE, login, open_ws, read_until, serve
+from tests.integration.terminalutil import CSRF_RE, login, open_ws, read_until, serve, shells_left
 
 pytestmark = pytest.mark.integration
 PASSWORD = "plum-tractor-71-orbit"
@@ -121,10 +121,4 @@ def test_a_members_terminal_through_the_portal(labgpu_env: LabgpuEnv) -> None:
         assert _close_code(ws_admin, timeout=30) == 4000
 
     # No shell is left behind in the container.
-    deadline = time.monotonic() + 15
-    while True:
-        ps = svc.runtime.instances.exec(name, ["ps", "-eo", "comm="])
-        if "runuser" not in ps.stdout.split() or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert "runuser" not in ps.stdout.split(), ps.stdout
+    assert shells_left(svc.runtime, name, timeout=15) == []

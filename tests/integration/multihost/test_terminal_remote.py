@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 
 import pytest
 
@@ -24,7 +23,7 @@ from labgpu.store.models import Role
 from labgpu.web.app import create_app
 from tests.conftest import TEST_IMAGE_ALIASES, unique_name
 from tests.integration.multihost.conftest import HostsEnv, local_host_name
-from tests.integration.terminalutil import CSRF_RE, login, open_ws, read_until, serve
+from tests.integration.terminalutil import CSRF_RE, login, open_ws, read_until, serve, shells_left
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -86,10 +85,4 @@ def test_a_terminal_and_the_homes_files_for_a_container_on_another_host(
     assert [e.actor for e in opens] == [name]
     assert (opens[0].detail or {}).get("host") == host, opens[0].detail
     # The shell ended with the browser's side (it got SIGHUP): no runuser is left in that container.
-    deadline = time.monotonic() + 20
-    while True:
-        ps = daemon.client.instances.exec(container, ["ps", "-eo", "comm="]).stdout.split()
-        if "runuser" not in ps or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert "runuser" not in ps, ps
+    assert shells_left(daemon.client, container, timeout=20) == []
